@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs what the tests need (the local embedding model), then
+# `cargo test`. Extra arguments go to cargo test (e.g. `scripts/test.sh --test api`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# One shared build folder outside the checkout, so fresh clones build incrementally.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tenantry/target}"
+TENANTRY_MODEL_DIR="$(scripts/install-model.sh)"
+export TENANTRY_MODEL_DIR
+cargo test --locked "$@"

@@ -1,0 +1,179 @@
+//! `POST /v1/chat`: retrieve the caller's passages, ask the chat model, answer with sources.
+use std::time::Instant;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, AppState, Caller};
+use crate::llm::{ChatRequest, Message, Usage};
+use crate::vector::{Filter, Kind, payload_str};
+
+/// Body of `POST /v1/chat`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatBody {
+    /// The question.
+    pub question: String,
+    /// Chat model; the tenant's default when absent. Must be in the tenant's allow-list.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Passages to retrieve (1..=50); the tenant's `retrieval.topK` when absent.
+    #[serde(default)]
+    pub top_k: Option<i32>,
+}
+
+/// A passage the answer was built from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Source {
+    /// Document id.
+    pub document_id: String,
+    /// Index of the chunk within the document.
+    pub chunk: u64,
+    /// Cosine similarity to the question.
+    pub score: f32,
+    /// The passage.
+    pub text: String,
+    /// Document title, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// Response of `POST /v1/chat`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatAnswer {
+    /// The answer.
+    pub answer: String,
+    /// Tenant that was served.
+    pub tenant_id: String,
+    /// Model that answered (`extractive` for the offline responder).
+    pub model: String,
+    /// Passages used, best first.
+    pub sources: Vec<Source>,
+    /// Whether the answer came from the semantic cache.
+    pub cached: bool,
+    /// Tokens used.
+    pub usage: Usage,
+}
+
+/// The system prompt (the seed's, plus what to do without an answer).
+pub fn system_prompt(tenant: &str) -> String {
+    format!(
+        "Answer using only the provided context. Tenant: {tenant}. If the context does not \
+         contain the answer, say that you do not know."
+    )
+}
+
+/// Answers a question from the caller's documents.
+pub async fn chat(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ChatBody>,
+) -> Result<ApiJson<ChatAnswer>, ApiError> {
+    let started = Instant::now();
+    let question = body.question.trim();
+    if question.is_empty() {
+        return Err(ApiError::Invalid("question must not be empty".to_string()));
+    }
+    let max = state.config.limits.max_question_chars;
+    if question.chars().count() > max {
+        return Err(ApiError::Invalid(format!(
+            "question must be at most {max} characters"
+        )));
+    }
+    let tenant = &caller.tenant;
+    let model = body
+        .model
+        .clone()
+        .unwrap_or_else(|| tenant.chat_model.clone());
+    if !tenant.model_allowed(&model) {
+        return Err(ApiError::ModelNotAllowed(model));
+    }
+    let top_k = body.top_k.unwrap_or(tenant.spec.retrieval.top_k);
+    if !(1..=50).contains(&top_k) {
+        return Err(ApiError::Invalid(
+            "top_k must be between 1 and 50".to_string(),
+        ));
+    }
+
+    let query = state
+        .embedder
+        .embed(vec![question.to_string()])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("embedder returned no vector".to_string()))?;
+    let hits = caller
+        .vectors
+        .search(Kind::Docs, query, Filter::default(), top_k as usize)
+        .await?;
+    let sources: Vec<Source> = hits
+        .iter()
+        .map(|h| Source {
+            document_id: payload_str(&h.payload, "document_id")
+                .unwrap_or_default()
+                .to_string(),
+            chunk: h
+                .payload
+                .get("chunk_index")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            score: h.score,
+            text: payload_str(&h.payload, "text")
+                .unwrap_or_default()
+                .to_string(),
+            title: payload_str(&h.payload, "title").map(str::to_string),
+        })
+        .collect();
+
+    let passages: Vec<String> = sources.iter().map(|s| s.text.clone()).collect();
+    let context = passages.join("\n\n---\n\n");
+    let request = ChatRequest {
+        model: model.clone(),
+        messages: vec![
+            Message::new("system", system_prompt(tenant.id.as_str())),
+            Message::new(
+                "user",
+                format!("Context: {context}\n\nQuestion: {question}"),
+            ),
+        ],
+        max_tokens: state.config.llm.max_tokens,
+        passages,
+    };
+    let result = state.llm.complete(request).await;
+    let elapsed = started.elapsed();
+    let tenant_id = tenant.id.as_str();
+    match result {
+        Ok(resp) => {
+            state.metrics.record(
+                tenant_id,
+                &resp.model,
+                true,
+                elapsed.as_secs_f64(),
+                resp.usage.prompt_tokens,
+                resp.usage.completion_tokens,
+            );
+            tracing::info!(
+                tenant_id,
+                model = %resp.model,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                tokens = resp.usage.prompt_tokens + resp.usage.completion_tokens,
+                sources = sources.len(),
+                "LLM request completed"
+            );
+            Ok(ApiJson(ChatAnswer {
+                answer: resp.content,
+                tenant_id: tenant_id.to_string(),
+                model: resp.model,
+                sources,
+                cached: false,
+                usage: resp.usage,
+            }))
+        }
+        Err(e) => {
+            state
+                .metrics
+                .record(tenant_id, &model, false, elapsed.as_secs_f64(), 0, 0);
+            tracing::warn!(tenant_id, model = %model, error = %e, "LLM request failed");
+            Err(ApiError::Upstream(e))
+        }
+    }
+}

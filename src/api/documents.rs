@@ -1,0 +1,289 @@
+//! `POST /v1/documents`, `GET /v1/documents`, `GET|DELETE /v1/documents/{id}`.
+//!
+//! A document is stored as chunks; each chunk is a point whose payload carries the document
+//! id, its index, the chunk text and the document's title and metadata. Chunk ids are derived
+//! from (document id, index), so re-ingesting a document under the same id replaces it in
+//! place. A document id of another tenant is indistinguishable from a missing one (404).
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use axum::extract::State;
+
+use super::{ApiError, ApiJson, AppState, Caller};
+use crate::auth::keys::unix_now;
+use crate::chunk::chunk;
+use crate::crd::TenantId;
+use crate::vector::{Filter, Kind, Point, Record, payload_str};
+
+/// Body of `POST /v1/documents`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestRequest {
+    /// Document text.
+    pub text: String,
+    /// Optional title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Free-form metadata (a JSON object), returned with the document and its sources.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// Optional id (UUID): ingesting again under the same id replaces the document.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+}
+
+/// Response of `POST /v1/documents`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IngestResponse {
+    /// Document id.
+    pub id: Uuid,
+    /// Tenant the document belongs to.
+    pub tenant_id: String,
+    /// Number of chunks stored.
+    pub chunks: usize,
+}
+
+/// One document in listings.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct DocumentInfo {
+    /// Document id.
+    pub id: Uuid,
+    /// Title, if given.
+    pub title: Option<String>,
+    /// Metadata.
+    pub metadata: Map<String, Value>,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Ingestion time (Unix seconds).
+    pub created_at: i64,
+}
+
+/// Chunk id: a UUIDv5 of `<tenant>/<index>` in the document id's namespace. The tenant is
+/// part of it so that, in a shared (Partition) collection, a caller who reuses another
+/// tenant's document id writes different points instead of overwriting theirs.
+pub fn chunk_id(tenant: &TenantId, document: Uuid, index: usize) -> Uuid {
+    Uuid::new_v5(&document, format!("{tenant}/{index}").as_bytes())
+}
+
+const MAX_TITLE: usize = 512;
+
+/// Stores a document: chunk, embed, upsert (durable), then answer with its id.
+pub async fn ingest(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<IngestRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if body.text.trim().is_empty() {
+        return Err(ApiError::Invalid("text must not be empty".to_string()));
+    }
+    if body
+        .title
+        .as_ref()
+        .is_some_and(|t| t.chars().count() > MAX_TITLE)
+    {
+        return Err(ApiError::Invalid(format!(
+            "title must be at most {MAX_TITLE} characters"
+        )));
+    }
+    let cfg = &state.config.chunking;
+    let chunks = chunk(&body.text, cfg.size, cfg.overlap);
+    let id = body.id.unwrap_or_else(Uuid::new_v4);
+    let vectors = state.embedder.embed(chunks.clone()).await?;
+    if vectors.len() != chunks.len() {
+        return Err(ApiError::Internal(format!(
+            "embedder returned {} vectors for {} chunks",
+            vectors.len(),
+            chunks.len()
+        )));
+    }
+    let now = unix_now();
+    let count = chunks.len();
+    let points = chunks
+        .into_iter()
+        .zip(vectors)
+        .enumerate()
+        .map(|(i, (text, vector))| {
+            let payload = json!({
+                "document_id": id.to_string(),
+                "chunk_index": i,
+                "chunk_count": count,
+                "text": text,
+                "title": body.title,
+                "metadata": body.metadata,
+                "created_at": now,
+            });
+            Point {
+                id: chunk_id(&caller.principal.tenant, id, i),
+                vector,
+                payload: match payload {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                },
+            }
+        })
+        .collect();
+    caller.vectors.ensure().await?;
+    caller.vectors.upsert(Kind::Docs, points).await?;
+    // A replaced document may have had more chunks: remove the tail.
+    let stale = caller
+        .vectors
+        .count(
+            Kind::Docs,
+            Filter::default().keyword("document_id", id.to_string()),
+        )
+        .await?;
+    if stale > count as u64 {
+        remove_tail(&caller, id, count).await?;
+    }
+    tracing::info!(tenant_id = %caller.principal.tenant, document_id = %id, chunks = count, "document ingested");
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(IngestResponse {
+            id,
+            tenant_id: caller.principal.tenant.to_string(),
+            chunks: count,
+        }),
+    ))
+}
+
+async fn remove_tail(caller: &Caller, id: Uuid, keep: usize) -> Result<(), ApiError> {
+    let filter = Filter::default().keyword("document_id", id.to_string());
+    let mut offset = None;
+    let mut stale = Vec::new();
+    loop {
+        let (page, next) = caller
+            .vectors
+            .scroll(Kind::Docs, filter.clone(), 256, offset)
+            .await?;
+        stale.extend(page.iter().filter_map(|r| {
+            let idx = r.payload.get("chunk_index")?.as_i64()?;
+            (idx >= keep as i64).then_some(idx)
+        }));
+        match next {
+            Some(n) => offset = Some(n),
+            None => break,
+        }
+    }
+    for idx in stale {
+        caller
+            .vectors
+            .delete(Kind::Docs, filter.clone().integer("chunk_index", idx))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Query of `GET /v1/documents`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size (1..=500, default 50).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Cursor from the previous page's `next_cursor`.
+    #[serde(default)]
+    pub cursor: Option<Uuid>,
+}
+
+fn info(r: &Record) -> Option<DocumentInfo> {
+    let p = &r.payload;
+    Some(DocumentInfo {
+        id: payload_str(p, "document_id")?.parse().ok()?,
+        title: payload_str(p, "title").map(str::to_string),
+        metadata: p
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+        chunks: p.get("chunk_count").and_then(Value::as_u64).unwrap_or(0),
+        created_at: p.get("created_at").and_then(Value::as_i64).unwrap_or(0),
+    })
+}
+
+/// Lists the caller's documents, a page at a time.
+pub async fn list(
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::Invalid("limit must be between 1 and 500".into()));
+    }
+    let (page, next) = caller
+        .vectors
+        .scroll(
+            Kind::Docs,
+            Filter::default().integer("chunk_index", 0),
+            limit,
+            q.cursor,
+        )
+        .await?;
+    let documents: Vec<DocumentInfo> = page.iter().filter_map(info).collect();
+    Ok(ApiJson(json!({
+        "tenant_id": caller.principal.tenant.to_string(),
+        "documents": documents,
+        "next_cursor": next,
+    })))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    // An unparseable id is as unknown as a foreign one.
+    id.parse()
+        .map_err(|_| ApiError::NotFound("document not found".to_string()))
+}
+
+/// One document's metadata.
+pub async fn get_one(
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let (page, _) = caller
+        .vectors
+        .scroll(
+            Kind::Docs,
+            Filter::default()
+                .keyword("document_id", id.to_string())
+                .integer("chunk_index", 0),
+            1,
+            None,
+        )
+        .await?;
+    page.first()
+        .and_then(info)
+        .map(ApiJson)
+        .ok_or_else(|| ApiError::NotFound("document not found".to_string()))
+}
+
+/// Deletes a document and all its chunks (durable when 204 is returned).
+pub async fn delete(caller: Caller, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let filter = Filter::default().keyword("document_id", id.to_string());
+    let n = caller.vectors.count(Kind::Docs, filter.clone()).await?;
+    if n == 0 {
+        return Err(ApiError::NotFound("document not found".to_string()));
+    }
+    caller.vectors.delete(Kind::Docs, filter).await?;
+    tracing::info!(tenant_id = %caller.principal.tenant, document_id = %id, "document deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ids_differ_per_tenant_for_the_same_document_id() {
+        let doc = Uuid::new_v4();
+        let a = TenantId::parse("a").expect("id");
+        let b = TenantId::parse("b").expect("id");
+        assert_ne!(chunk_id(&a, doc, 0), chunk_id(&b, doc, 0));
+        assert_eq!(chunk_id(&a, doc, 1), chunk_id(&a, doc, 1));
+        assert_ne!(chunk_id(&a, doc, 0), chunk_id(&a, doc, 1));
+    }
+}

@@ -1,0 +1,155 @@
+//! HTTP errors: one enum, one JSON body shape `{"error": {"code", "message"}}`, and a JSON
+//! extractor whose rejections use the same shape.
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::embed::EmbedError;
+use crate::llm::LlmError;
+use crate::vector::VectorError;
+
+/// Every error the API returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: missing, malformed, expired or wrongly signed token.
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    /// 403: the tenant is suspended.
+    #[error("tenant is suspended")]
+    Suspended,
+    /// 403: the model is not in the tenant's allow-list.
+    #[error("model {0:?} is not allowed for this tenant")]
+    ModelNotAllowed(String),
+    /// 404: no such resource (for this tenant).
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists with another method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: body larger than the limit.
+    #[error("request body is too large")]
+    TooLarge,
+    /// 415: body is not JSON.
+    #[error("expected a JSON body (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// 422: the body is not valid JSON or does not match the schema, or a value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// 502 / 504: the chat model failed or timed out.
+    #[error(transparent)]
+    Upstream(#[from] LlmError),
+    /// 503: the vector store is down.
+    #[error("vector store unavailable")]
+    Store(#[source] VectorError),
+    /// 503: the embedding model failed.
+    #[error("embedding failed")]
+    Embedding(#[source] EmbedError),
+    /// 504: the whole request took longer than the configured limit.
+    #[error("request timed out")]
+    Timeout,
+    /// 500: a bug or an unexpected condition; details only in the log.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<VectorError> for ApiError {
+    fn from(e: VectorError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(e: EmbedError) -> Self {
+        Self::Embedding(e)
+    }
+}
+
+impl ApiError {
+    /// HTTP status of this error.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Suspended | Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Upstream(LlmError::Timeout) | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Store(_) | Self::Embedding(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Suspended => "tenant_suspended",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Invalid(_) => "invalid_request",
+            Self::Upstream(LlmError::Timeout) => "upstream_timeout",
+            Self::Upstream(_) => "upstream_error",
+            Self::Store(_) => "store_unavailable",
+            Self::Embedding(_) => "embedding_unavailable",
+            Self::Timeout => "timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        if status.is_server_error() {
+            // The body stays generic; the cause goes to the log only.
+            let cause = match &self {
+                Self::Store(e) => e.to_string(),
+                Self::Embedding(e) => e.to_string(),
+                Self::Internal(e) => e.clone(),
+                other => other.to_string(),
+            };
+            tracing::error!(code = self.code(), status = status.as_u16(), error = %cause, "request failed");
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// `axum::Json` whose rejections are [`ApiError`]s (422/413/415 with the JSON error body).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+                r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+                r => ApiError::Invalid(r.body_text()),
+            }),
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,206 @@
+//! `GET /healthz`, `GET /readyz`, `GET /openapi.json`, and `GET /dev/token` (only with
+//! `serve --dev`).
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiJson, AppState};
+use crate::crd::{TenantId, parse_duration};
+
+/// Liveness: the process answers.
+pub async fn healthz() -> impl IntoResponse {
+    ApiJson(json!({"status": "ok"}))
+}
+
+/// Readiness: tenants are loaded and the vector store is usable.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let tenants = state.registry.loaded();
+    let store = state.vectors.ready().await;
+    let ready = tenants && store.is_ok();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "tenants": if tenants { "ok" } else { "loading" },
+            "vector_store": if store.is_ok() { "ok" } else { "unavailable" },
+        },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, ApiJson(body))
+}
+
+/// Query of `GET /dev/token`.
+#[derive(Debug, Deserialize)]
+pub struct DevTokenQuery {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// User.
+    pub sub: String,
+    /// Validity (default `1h`).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// Mints a token (development only; without `--dev` the route does not exist: 404).
+pub async fn dev_token(
+    State(state): State<AppState>,
+    query: Result<Query<DevTokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !state.dev {
+        return Err(ApiError::NotFound(
+            "no route for GET /dev/token".to_string(),
+        ));
+    }
+    let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let ttl = parse_duration(q.ttl.as_deref().unwrap_or("1h"))
+        .ok_or_else(|| ApiError::Invalid("ttl must be a duration like 1h".to_string()))?;
+    let tenant = TenantId::parse(&q.tenant_id)
+        .ok()
+        .and_then(|id| state.registry.get(&id))
+        .ok_or_else(|| ApiError::NotFound("unknown tenant".to_string()))?;
+    let token = tenant
+        .keyring
+        .mint(&tenant.id, &q.sub, ttl.as_secs())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(ApiJson(json!({"token": token})))
+}
+
+/// The OpenAPI 3.1 description of the API.
+pub async fn openapi() -> impl IntoResponse {
+    ApiJson(openapi_document())
+}
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi_document() -> Value {
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let err = |description: &str| json!({"description": description, "content": {"application/json": {"schema": error}}});
+    let json_body = |schema: Value| json!({"required": true, "content": {"application/json": {"schema": schema}}});
+    let ok = |description: &str, schema: Value| json!({"description": description, "content": {"application/json": {"schema": schema}}});
+    let common = |mut responses: serde_json::Map<String, Value>| {
+        responses.insert(
+            "401".into(),
+            err("Missing, malformed, expired or wrongly signed token"),
+        );
+        responses.insert("403".into(), err("Tenant suspended"));
+        responses.insert("503".into(), err("A dependency is unavailable"));
+        Value::Object(responses)
+    };
+    let map = |pairs: Vec<(&str, Value)>| {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tenantry chat API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Tenant-scoped RAG chat. Every request carries a tenant JWT (`Authorization: Bearer`); everything it reaches is scoped to that tenant.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/chat": {"post": {
+                "summary": "Answer a question from the tenant's documents",
+                "requestBody": json_body(json!({"$ref": "#/components/schemas/ChatRequest"})),
+                "responses": common(map(vec![
+                    ("200", ok("Answer", json!({"$ref": "#/components/schemas/ChatResponse"}))),
+                    ("403", err("Tenant suspended or model not allowed")),
+                    ("413", err("Body too large")),
+                    ("422", err("Invalid body")),
+                    ("502", err("Upstream model failed")),
+                    ("504", err("Upstream model timed out")),
+                ])),
+            }},
+            "/v1/documents": {
+                "post": {
+                    "summary": "Ingest a document (returns after the write is durable)",
+                    "requestBody": json_body(json!({"$ref": "#/components/schemas/IngestRequest"})),
+                    "responses": common(map(vec![
+                        ("201", ok("Stored", json!({"$ref": "#/components/schemas/IngestResponse"}))),
+                        ("413", err("Body too large")),
+                        ("422", err("Invalid body")),
+                    ])),
+                },
+                "get": {
+                    "summary": "List the tenant's documents",
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                    ],
+                    "responses": common(map(vec![
+                        ("200", ok("A page of documents", json!({"$ref": "#/components/schemas/DocumentList"}))),
+                    ])),
+                },
+            },
+            "/v1/documents/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+                "get": {
+                    "summary": "A document's metadata",
+                    "responses": common(map(vec![
+                        ("200", ok("The document", json!({"$ref": "#/components/schemas/Document"}))),
+                        ("404", err("No such document for this tenant")),
+                    ])),
+                },
+                "delete": {
+                    "summary": "Delete a document and its chunks",
+                    "responses": common(map(vec![
+                        ("204", json!({"description": "Deleted"})),
+                        ("404", err("No such document for this tenant")),
+                    ])),
+                },
+            },
+            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI document"}}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+                "ChatRequest": {"type": "object", "required": ["question"], "additionalProperties": false, "properties": {
+                    "question": {"type": "string", "minLength": 1},
+                    "model": {"type": "string"},
+                    "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
+                }},
+                "ChatResponse": {"type": "object", "required": ["answer", "tenant_id", "model", "sources", "cached", "usage"], "properties": {
+                    "answer": {"type": "string"},
+                    "tenant_id": {"type": "string"},
+                    "model": {"type": "string"},
+                    "sources": {"type": "array", "items": {"type": "object", "required": ["document_id", "chunk", "score", "text"], "properties": {
+                        "document_id": {"type": "string", "format": "uuid"},
+                        "chunk": {"type": "integer"},
+                        "score": {"type": "number"},
+                        "text": {"type": "string"},
+                        "title": {"type": "string"},
+                    }}},
+                    "cached": {"type": "boolean"},
+                    "usage": {"type": "object", "required": ["prompt_tokens", "completion_tokens"], "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}}},
+                }},
+                "IngestRequest": {"type": "object", "required": ["text"], "additionalProperties": false, "properties": {
+                    "text": {"type": "string", "minLength": 1},
+                    "title": {"type": "string", "maxLength": 512},
+                    "metadata": {"type": "object"},
+                    "id": {"type": "string", "format": "uuid", "description": "Ingesting again under the same id replaces the document"},
+                }},
+                "IngestResponse": {"type": "object", "required": ["id", "tenant_id", "chunks"], "properties": {
+                    "id": {"type": "string", "format": "uuid"}, "tenant_id": {"type": "string"}, "chunks": {"type": "integer"},
+                }},
+                "Document": {"type": "object", "required": ["id", "metadata", "chunks", "created_at"], "properties": {
+                    "id": {"type": "string", "format": "uuid"}, "title": {"type": ["string", "null"]}, "metadata": {"type": "object"},
+                    "chunks": {"type": "integer"}, "created_at": {"type": "integer", "description": "Unix seconds"},
+                }},
+                "DocumentList": {"type": "object", "required": ["tenant_id", "documents"], "properties": {
+                    "tenant_id": {"type": "string"},
+                    "documents": {"type": "array", "items": {"$ref": "#/components/schemas/Document"}},
+                    "next_cursor": {"type": ["string", "null"], "format": "uuid"},
+                }},
+            },
+        },
+    })
+}

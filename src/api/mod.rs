@@ -1,0 +1,180 @@
+//! The HTTP API of `serve`: state, the authenticated-caller extractor, the router and the
+//! cross-cutting middleware (request log, whole-request timeout, body limit, JSON 404/405).
+pub mod chat;
+pub mod documents;
+pub mod error;
+pub mod health;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::auth::{self, Principal};
+use crate::config::ServeConfig;
+use crate::embed::Embedder;
+use crate::llm::ChatModel;
+use crate::metrics::Metrics;
+use crate::tenants::{Registry, TenantConfig};
+use crate::vector::{TenantVectors, VectorBackend};
+pub use error::{ApiError, ApiJson};
+
+/// Shared state of every handler. Its I/O seams are trait objects, so tests and deployments
+/// choose the implementations.
+#[derive(Clone)]
+pub struct AppState {
+    /// Known tenants and their keys.
+    pub registry: Arc<Registry>,
+    /// Vector store (tenant-agnostic; handlers reach it only through [`Caller::vectors`]).
+    pub vectors: Arc<dyn VectorBackend>,
+    /// Embedding model.
+    pub embedder: Arc<dyn Embedder>,
+    /// Chat model.
+    pub llm: Arc<dyn ChatModel>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Configuration.
+    pub config: Arc<ServeConfig>,
+    /// Whether `/dev/token` is enabled.
+    pub dev: bool,
+}
+
+/// An authenticated request: the verified principal, its tenant's configuration, and the
+/// vector store scoped to that tenant. The only way handlers learn which tenant they serve.
+pub struct Caller {
+    /// Verified token subject and tenant.
+    pub principal: Principal,
+    /// The tenant's configuration.
+    pub tenant: Arc<TenantConfig>,
+    /// The vector store, confined to this tenant.
+    pub vectors: TenantVectors,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = auth::bearer(header)?;
+        let principal = auth::verify(token, state.registry.as_ref())?;
+        let tenant = state
+            .registry
+            .get(&principal.tenant)
+            .ok_or(ApiError::Unauthorized(auth::AuthError::UnknownKey))?;
+        if tenant.spec.suspend {
+            return Err(ApiError::Suspended);
+        }
+        let vectors = TenantVectors::new(
+            state.vectors.clone(),
+            principal.tenant.clone(),
+            tenant.spec.retrieval.isolation,
+            state.embedder.dimension(),
+        );
+        Ok(Caller {
+            principal,
+            tenant,
+            vectors,
+        })
+    }
+}
+
+/// The API router (without the metrics endpoint, which listens on its own port).
+pub fn router(state: AppState) -> Router {
+    let limits = state.config.limits.clone();
+    Router::new()
+        .route("/v1/chat", post(chat::chat))
+        .route(
+            "/v1/documents",
+            post(documents::ingest).get(documents::list),
+        )
+        .route(
+            "/v1/documents/{id}",
+            get(documents::get_one).delete(documents::delete),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(health::openapi))
+        .route("/dev/token", get(health::dev_token))
+        // A route layer sees the matched route, so the log names routes, not raw URIs.
+        .route_layer(middleware::from_fn(access_log))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            Duration::from_secs(limits.request_timeout_seconds),
+            timeout,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Bounds the whole request and marks every response `Cache-Control: no-store` (answers are
+/// per tenant and must not be kept by shared caches).
+async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let mut resp = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout.into_response(),
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Logs one line per request with the matched route (never the raw URI: it may hold ids).
+async fn access_log(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let resp = next.run(req).await;
+    tracing::info!(
+        method = %method,
+        route = %route,
+        status = resp.status().as_u16(),
+        latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "http request"
+    );
+    resp
+}
+
+/// Router of the metrics port: `GET /metrics`.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
+        }),
+    )
+}

@@ -1,0 +1,269 @@
+//! Authentication: a bearer JWT in, a verified [`Principal`] (tenant + user) out.
+//!
+//! A token is accepted only if all of these hold:
+//! - its header names an allowed algorithm (`EdDSA` or `HS256`; never `none`, no RSA/ECDSA)
+//!   and that algorithm is the one the tenant it claims is configured for;
+//! - its `kid` names a key in *that tenant's* keyring (so a token signed with tenant A's key
+//!   that claims tenant B finds no key), and the key has not expired after a rotation;
+//! - the signature verifies with that key, `exp` is present and not past (30 s leeway), `sub`
+//!   is present.
+//!
+//! The tenant scope of every request comes only from here.
+pub mod keys;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::crd::{Algorithm, TenantId};
+use keys::{Claims, Keyring, unix_now};
+
+/// Clock skew tolerated on `exp`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The tenant every operation of this request is scoped to.
+    pub tenant: TenantId,
+    /// The user (`sub` claim).
+    pub sub: String,
+}
+
+/// Why a token was refused. Every variant maps to HTTP 401; messages never include the token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token")]
+    Missing,
+    /// Not a well-formed JWT.
+    #[error("malformed token")]
+    Malformed,
+    /// The header's algorithm is not accepted for the tenant.
+    #[error("token algorithm not allowed")]
+    Algorithm,
+    /// The token names no tenant or one that does not exist, or its key is unknown or retired.
+    #[error("unknown tenant or signing key")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("invalid token signature")]
+    Signature,
+    /// `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// A required claim is missing or malformed.
+    #[error("invalid token claims: {0}")]
+    Claims(String),
+}
+
+/// The keys that verify one tenant's tokens.
+#[derive(Clone)]
+pub struct TenantKeys {
+    /// The tenant's only accepted algorithm.
+    pub algorithm: Algorithm,
+    /// `(kid, expires_at, key)` of every key of that algorithm.
+    pub keys: Vec<(String, Option<i64>, DecodingKey)>,
+}
+
+impl TenantKeys {
+    /// Verification keys from a keyring; keys of another algorithm are left out.
+    pub fn from_keyring(ring: &Keyring, algorithm: Algorithm) -> Self {
+        let keys = ring
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == algorithm)
+            .filter_map(|k| Some((k.kid.clone(), k.expires_at, k.decoding_key()?)))
+            .collect();
+        Self { algorithm, keys }
+    }
+}
+
+/// Finds the verification keys of a tenant.
+pub trait KeyLookup: Send + Sync {
+    /// The tenant's keys, or `None` for an unknown tenant.
+    fn tenant_keys(&self, tenant: &TenantId) -> Option<Arc<TenantKeys>>;
+}
+
+#[derive(Deserialize)]
+struct UnverifiedTenant {
+    tenant_id: Option<String>,
+}
+
+/// Extracts the token from an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
+    let value = header.ok_or(AuthError::Missing)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token.trim())
+}
+
+/// Verifies `token` and returns the caller it proves.
+pub fn verify(token: &str, lookup: &dyn KeyLookup) -> Result<Principal, AuthError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+    let alg = match header.alg {
+        jsonwebtoken::Algorithm::EdDSA => Algorithm::EdDSA,
+        jsonwebtoken::Algorithm::HS256 => Algorithm::HS256,
+        _ => return Err(AuthError::Algorithm),
+    };
+    let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+
+    // Which tenant's keys to try comes from the unverified payload; the signature check below
+    // then proves the key belongs to that tenant, because only that tenant's keys are tried.
+    let payload = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::Malformed)?;
+    let claimed: UnverifiedTenant =
+        serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
+    let tenant = claimed
+        .tenant_id
+        .as_deref()
+        .and_then(|t| TenantId::parse(t).ok())
+        .ok_or_else(|| AuthError::Claims("tenant_id missing or invalid".to_string()))?;
+
+    let keys = lookup.tenant_keys(&tenant).ok_or(AuthError::UnknownKey)?;
+    if keys.algorithm != alg {
+        return Err(AuthError::Algorithm);
+    }
+    let now = unix_now();
+    let (_, _, key) = keys
+        .keys
+        .iter()
+        .find(|(k, expires, _)| *k == kid && expires.is_none_or(|e| e > now))
+        .ok_or(AuthError::UnknownKey)?;
+
+    let mut validation = Validation::new(header.alg);
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::ExpiredSignature => AuthError::Expired,
+            K::InvalidSignature => AuthError::Signature,
+            K::InvalidAlgorithm => AuthError::Algorithm,
+            K::MissingRequiredClaim(c) => AuthError::Claims(format!("{c} is required")),
+            K::InvalidClaimFormat(c) => AuthError::Claims(format!("{c} is malformed")),
+            _ => AuthError::Malformed,
+        }
+    })?;
+    let claims = data.claims;
+    if claims.tenant_id != tenant.as_str() {
+        return Err(AuthError::Claims("tenant_id mismatch".to_string()));
+    }
+    if claims.sub.trim().is_empty() {
+        return Err(AuthError::Claims("sub is required".to_string()));
+    }
+    Ok(Principal {
+        tenant,
+        sub: claims.sub,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Map(HashMap<TenantId, Arc<TenantKeys>>);
+    impl KeyLookup for Map {
+        fn tenant_keys(&self, tenant: &TenantId) -> Option<Arc<TenantKeys>> {
+            self.0.get(tenant).cloned()
+        }
+    }
+
+    fn id(s: &str) -> TenantId {
+        TenantId::parse(s).expect("id")
+    }
+
+    fn setup() -> (Map, Keyring, Keyring) {
+        let a = Keyring::generate(Algorithm::EdDSA);
+        let b = Keyring::generate(Algorithm::HS256);
+        let map = Map(HashMap::from([
+            (
+                id("a"),
+                Arc::new(TenantKeys::from_keyring(&a, Algorithm::EdDSA)),
+            ),
+            (
+                id("b"),
+                Arc::new(TenantKeys::from_keyring(&b, Algorithm::HS256)),
+            ),
+        ]));
+        (map, a, b)
+    }
+
+    #[test]
+    fn valid_tokens_of_both_algorithms() {
+        let (map, a, b) = setup();
+        let t = a.mint(&id("a"), "alice", 60).expect("mint");
+        assert_eq!(
+            verify(&t, &map),
+            Ok(Principal {
+                tenant: id("a"),
+                sub: "alice".into()
+            })
+        );
+        let t = b.mint(&id("b"), "bob", 60).expect("mint");
+        assert_eq!(verify(&t, &map).map(|p| p.tenant), Ok(id("b")));
+    }
+
+    #[test]
+    fn key_of_one_tenant_cannot_claim_another() {
+        let (map, a, _) = setup();
+        // Signed with a's key, claims b.
+        let t = a.mint(&id("b"), "mallory", 60).expect("mint");
+        assert!(matches!(
+            verify(&t, &map),
+            Err(AuthError::Algorithm | AuthError::UnknownKey)
+        ));
+        // Same algorithm: a second EdDSA tenant.
+        let c = Keyring::generate(Algorithm::EdDSA);
+        let mut map = map;
+        map.0.insert(
+            id("c"),
+            Arc::new(TenantKeys::from_keyring(&c, Algorithm::EdDSA)),
+        );
+        let t = a.mint(&id("c"), "mallory", 60).expect("mint");
+        assert_eq!(verify(&t, &map), Err(AuthError::UnknownKey));
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_key_for_the_overlap() {
+        let (mut map, mut a, _) = setup();
+        let old = a.mint(&id("a"), "u", 600).expect("mint");
+        a.rotate(Algorithm::EdDSA, Some(3600));
+        map.0.insert(
+            id("a"),
+            Arc::new(TenantKeys::from_keyring(&a, Algorithm::EdDSA)),
+        );
+        assert!(verify(&old, &map).is_ok());
+        let new = a.mint(&id("a"), "u", 600).expect("mint");
+        assert!(verify(&new, &map).is_ok());
+        // Overlap over: the old key no longer verifies, and the next rotation drops it.
+        let old_kid = a.keys[0].kid.clone();
+        a.keys[0].expires_at = Some(unix_now() - 1);
+        map.0.insert(
+            id("a"),
+            Arc::new(TenantKeys::from_keyring(&a, Algorithm::EdDSA)),
+        );
+        assert_eq!(verify(&old, &map), Err(AuthError::UnknownKey));
+        assert!(verify(&new, &map).is_ok());
+        a.rotate(Algorithm::EdDSA, Some(3600));
+        assert!(a.keys.iter().all(|k| k.kid != old_kid));
+        assert_eq!(a.keys.len(), 2);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(None), Err(AuthError::Missing));
+        assert_eq!(bearer(Some("Basic abc")), Err(AuthError::Malformed));
+        assert_eq!(bearer(Some("Bearer ")), Err(AuthError::Malformed));
+        assert_eq!(bearer(Some("bearer abc")), Ok("abc"));
+    }
+}

@@ -1,0 +1,278 @@
+//! The `serve` configuration file (`config/local.yaml` by default) and its defaults.
+//!
+//! Command-line flags and `TENANTRY_*` variables choose addresses and folders; this file holds
+//! the settings a deployment tunes: the chat model endpoint, embeddings, chunking and limits.
+//! Unknown keys are refused so a typo is an error, not a silently ignored setting.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid config {path}: {reason}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Chat model endpoint.
+    #[serde(default)]
+    pub llm: LlmConfig,
+    /// Embedding model.
+    #[serde(default)]
+    pub embedding: EmbeddingConfig,
+    /// How documents are split.
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// An OpenAI-compatible chat endpoint. Without a base URL (here or in `OPENAI_BASE_URL`),
+/// answers come from the offline extractive responder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Base URL, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8080/v1`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the API key.
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// Chat model used when neither the request nor the tenant names one.
+    #[serde(default = "default_chat_model")]
+    pub model: String,
+    /// Completion tokens requested per answer.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Timeout of one upstream call, in seconds.
+    #[serde(default = "default_llm_timeout")]
+    pub timeout_seconds: u64,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            api_key_env: default_api_key_env(),
+            model: default_chat_model(),
+            max_tokens: default_max_tokens(),
+            timeout_seconds: default_llm_timeout(),
+        }
+    }
+}
+
+fn default_api_key_env() -> String {
+    "OPENAI_API_KEY".to_string()
+}
+fn default_chat_model() -> String {
+    "gpt-4o-mini".to_string()
+}
+fn default_max_tokens() -> u32 {
+    512
+}
+fn default_llm_timeout() -> u64 {
+    60
+}
+
+/// Where embeddings come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", tag = "provider", deny_unknown_fields)]
+pub enum EmbeddingConfig {
+    /// all-MiniLM-L6-v2 in-process (384 dimensions).
+    #[serde(rename = "local", rename_all = "camelCase")]
+    Local {
+        /// Folder with `model.safetensors`, `tokenizer.json`, `config.json`
+        /// (installed by `scripts/install-model.sh`).
+        #[serde(default = "default_model_dir")]
+        model_dir: PathBuf,
+    },
+    /// An OpenAI-compatible `/v1/embeddings` endpoint.
+    #[serde(rename = "openai", rename_all = "camelCase")]
+    OpenAi {
+        /// Base URL, e.g. `https://api.openai.com/v1`.
+        base_url: String,
+        /// Environment variable holding the API key.
+        #[serde(default = "default_api_key_env")]
+        api_key_env: String,
+        /// Model name, e.g. `text-embedding-3-small`.
+        model: String,
+        /// Vector dimension the model returns.
+        dimension: usize,
+    },
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self::Local {
+            model_dir: default_model_dir(),
+        }
+    }
+}
+
+fn default_model_dir() -> PathBuf {
+    PathBuf::from("models/all-MiniLM-L6-v2")
+}
+
+/// Chunking of ingested documents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChunkingConfig {
+    /// Target chunk length in characters.
+    #[serde(default = "default_chunk_size")]
+    pub size: usize,
+    /// Characters shared by consecutive chunks.
+    #[serde(default = "default_overlap")]
+    pub overlap: usize,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        Self {
+            size: default_chunk_size(),
+            overlap: default_overlap(),
+        }
+    }
+}
+
+fn default_chunk_size() -> usize {
+    800
+}
+fn default_overlap() -> usize {
+    160
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body, in bytes (larger: 413).
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// Longest question, in characters.
+    #[serde(default = "default_question")]
+    pub max_question_chars: usize,
+    /// Whole-request timeout, in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_body(),
+            max_question_chars: default_question(),
+            request_timeout_seconds: default_request_timeout(),
+        }
+    }
+}
+
+fn default_body() -> usize {
+    2 * 1024 * 1024
+}
+fn default_question() -> usize {
+    4_000
+}
+fn default_request_timeout() -> u64 {
+    120
+}
+
+impl ServeConfig {
+    /// Reads `path`; a missing file at the default location means all defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let config: Self = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        config.check().map_err(|reason| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Cross-field checks.
+    pub fn check(&self) -> Result<(), String> {
+        let c = &self.chunking;
+        if c.size < 50 {
+            return Err("chunking.size must be at least 50".to_string());
+        }
+        if c.overlap >= c.size / 2 {
+            return Err("chunking.overlap must be less than half of chunking.size".to_string());
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err("limits.maxBodyBytes must be at least 1024".to_string());
+        }
+        Ok(())
+    }
+
+    /// The chat endpoint's base URL: `OPENAI_BASE_URL` wins over the file.
+    pub fn llm_base_url(&self) -> Option<String> {
+        std::env::var("OPENAI_BASE_URL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.llm.base_url.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_local_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.yaml");
+        let c = ServeConfig::load(&path, true).expect("config/local.yaml is valid");
+        assert!(matches!(c.embedding, EmbeddingConfig::Local { .. }));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "llm:\n  baseUrl: http://x\n  modle: typo\n").expect("write");
+        let err = ServeConfig::load(&p, true).expect_err("typo refused");
+        assert!(err.to_string().contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_missing_explicit_file_is_an_error() {
+        let p = Path::new("/nonexistent/tenantry.yaml");
+        assert_eq!(
+            ServeConfig::load(p, false).ok(),
+            Some(ServeConfig::default())
+        );
+        assert!(ServeConfig::load(p, true).is_err());
+    }
+}

@@ -1,0 +1,766 @@
+//! The `Tenant` and `QuotaTier` custom resources (group `tenantry.dev`, version `v1alpha1`),
+//! their defaults and validation, and the resolution of a tenant's effective quota.
+//!
+//! Static rules (ranges, enums, patterns, cross-field CEL rules) live in the generated schema so
+//! the API server refuses a bad manifest with a message; [`Tenant::validate`] re-checks the same
+//! rules in Rust for the embedded default, where no API server reads the manifests.
+use std::fmt;
+use std::time::Duration;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the custom resources.
+pub const GROUP: &str = "tenantry.dev";
+/// Finalizer the operator puts on every Tenant to clean up vector data.
+pub const FINALIZER: &str = "tenantry.dev/cleanup";
+/// The single server-side-apply field manager used for every write.
+pub const FIELD_MANAGER: &str = "tenantry";
+/// Label naming the owning tenant on every object tenantry creates.
+pub const TENANT_LABEL: &str = "tenantry.dev/tenant";
+/// Annotation that forces a signing-key rotation when its value changes.
+pub const ROTATE_ANNOTATION: &str = "tenantry.dev/rotate-key";
+/// Longest tenant id: leaves room for prefixes and suffixes in namespace, Secret and
+/// collection names (all limited to 63 characters).
+pub const MAX_TENANT_ID_LEN: usize = 40;
+
+/// Condition types written to `Tenant.status.conditions`.
+pub mod condition {
+    /// Everything below is ready.
+    pub const READY: &str = "Ready";
+    /// The signing key Secret exists and is current.
+    pub const SIGNING_KEY_READY: &str = "SigningKeyReady";
+    /// The tenant's vector collections exist.
+    pub const VECTOR_STORE_READY: &str = "VectorStoreReady";
+    /// The effective quota is resolved and published.
+    pub const QUOTA_READY: &str = "QuotaReady";
+    /// The chat API Deployment is available.
+    pub const API_READY: &str = "ApiReady";
+}
+
+/// Reasons used in conditions and Events (PascalCase).
+pub mod reason {
+    /// The spec failed validation.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The referenced QuotaTier does not exist.
+    pub const TIER_NOT_FOUND: &str = "TierNotFound";
+    /// All steps succeeded.
+    pub const RECONCILED: &str = "Reconciled";
+    /// The tenant is suspended.
+    pub const SUSPENDED: &str = "Suspended";
+}
+
+const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40";
+const NAME_MESSAGE: &str = "metadata.name is the tenant id: a DNS-1123 label (lowercase letters, digits, '-'; starts and ends alphanumeric) of at most 40 characters";
+const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A tenant of the chat API: its quota tier, models, retrieval, cache and auth settings.
+/// The object's name is the tenant id used in tokens, collections, Redis keys and metrics.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tenantry.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    plural = "tenants",
+    shortname = "tn",
+    status = "TenantStatus",
+    doc = "A tenant of the tenantry chat API. The object's name is the tenant id.",
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE),
+    printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", description = "QuotaTier of the tenant"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Ready condition"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "In-cluster URL of the tenant's chat API"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Name of the QuotaTier that sets this tenant's default limits (`free`, `pro`,
+    /// `enterprise` are always known).
+    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
+    pub tier: String,
+    /// Per-tenant overrides of the tier's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaOverrides>,
+    /// Chat and embedding models, and the allow-list of models callers may request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Models>,
+    /// Retrieval settings.
+    #[serde(default)]
+    pub retrieval: Retrieval,
+    /// Tenant-scoped semantic cache of final answers.
+    #[serde(default)]
+    pub semantic_cache: SemanticCache,
+    /// Token verification settings.
+    #[serde(default)]
+    pub auth: Auth,
+    /// The tenant's chat API Deployment and autoscaling.
+    #[serde(default)]
+    pub api: ApiSpec,
+    /// What happens to the tenant's vector data when the Tenant is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Keep the data but refuse all traffic (the API is scaled to zero; requests get 403).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Limits a tenant overrides; unset fields come from the tier.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaOverrides {
+    /// Tokens (prompt + completion) per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub daily_tokens: Option<i64>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub requests_per_minute: Option<i64>,
+    /// Tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub tokens_per_minute: Option<i64>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_concurrent_requests: Option<i64>,
+}
+
+/// Models a tenant uses and may request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.chat) || !has(self.allowed) || size(self.allowed) == 0 || self.chat in self.allowed").message("models.chat must be one of models.allowed"))]
+pub struct Models {
+    /// Default chat model (used when a request names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub chat: Option<String>,
+    /// Embedding model for documents and questions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub embedding: Option<String>,
+    /// Models callers may request; others are refused with 403. Empty: the tier's list, or only
+    /// the default chat model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed: Vec<String>,
+}
+
+/// How a tenant's documents are stored and retrieved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retrieval {
+    /// Passages retrieved per question.
+    #[serde(default = "default_top_k")]
+    #[schemars(range(min = 1, max = 50))]
+    pub top_k: i32,
+    /// `Collection`: a collection per tenant. `Partition`: one shared collection, every query
+    /// filtered by the tenant id (for thousands of small tenants).
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+impl Default for Retrieval {
+    fn default() -> Self {
+        Self {
+            top_k: default_top_k(),
+            isolation: Isolation::default(),
+        }
+    }
+}
+
+fn default_top_k() -> i32 {
+    4
+}
+
+/// Vector-store isolation mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Isolation {
+    /// One collection per tenant.
+    #[default]
+    Collection,
+    /// One shared collection, tenant id as an indexed payload key.
+    Partition,
+}
+
+/// Semantic cache settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SemanticCache {
+    /// Whether answers are cached.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Minimum cosine similarity between questions for a hit.
+    #[serde(default = "default_threshold")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub threshold: f64,
+    /// How long an answer stays valid (Go-style duration, e.g. `24h`, `90m`).
+    #[serde(default = "default_ttl")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub ttl: String,
+}
+
+impl Default for SemanticCache {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: default_threshold(),
+            ttl: default_ttl(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_threshold() -> f64 {
+    0.95
+}
+fn default_ttl() -> String {
+    "24h".to_string()
+}
+
+/// Token verification settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// Signing algorithm of the tenant's key; tokens with any other `alg` are refused.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Rotate the signing key this often (Go-style duration, e.g. `720h`); unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub rotate_every: Option<String>,
+    /// Extra external OIDC issuers whose tokens are accepted for this tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<Issuer>,
+}
+
+/// JWT signing algorithm.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Algorithm {
+    /// Ed25519 signatures (asymmetric; the default).
+    #[default]
+    EdDSA,
+    /// HMAC-SHA256 with a shared secret.
+    HS256,
+}
+
+/// An external OIDC issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Issuer {
+    /// Expected `iss` claim.
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    /// URL of the issuer's JWKS.
+    #[schemars(regex(pattern = r"^https://"))]
+    pub jwks_uri: String,
+    /// Expected `aud` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+/// The tenant's chat API Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiSpec {
+    /// Replica bounds for the HorizontalPodAutoscaler; unset: the tier's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
+    /// CPU utilisation the autoscaler aims for, in percent.
+    #[serde(default = "default_cpu", rename = "targetCPUUtilizationPercentage")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+    /// Compute resources of the API container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+impl Default for ApiSpec {
+    fn default() -> Self {
+        Self {
+            replicas: None,
+            target_cpu_utilization_percentage: default_cpu(),
+            resources: None,
+        }
+    }
+}
+
+fn default_cpu() -> i32 {
+    70
+}
+
+/// Replica bounds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.min <= self.max").message("replicas.min must not exceed replicas.max"))]
+pub struct Replicas {
+    /// Minimum replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min: i32,
+    /// Maximum replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max: i32,
+}
+
+/// Container resources (Kubernetes quantities, e.g. `250m`, `512Mi`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Resources {
+    /// Requested resources (`cpu`, `memory`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub requests: std::collections::BTreeMap<String, String>,
+    /// Resource limits (`cpu`, `memory`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub limits: std::collections::BTreeMap<String, String>,
+}
+
+/// What happens to vector data when a Tenant is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the collections (or partition points).
+    #[default]
+    Retain,
+    /// Delete them.
+    Delete,
+}
+
+/// Observed state of a Tenant, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `SigningKeyReady`, `VectorStoreReady`, `QuotaReady`, `ApiReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Namespace holding the tenant's API and Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the signing-key Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+    /// `kid` of the key new tokens are signed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_key_id: Option<String>,
+    /// Vector collections holding the tenant's data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<String>,
+    /// In-cluster URL of the tenant's chat API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Limits in force: the tier's, with the tenant's overrides applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_quota: Option<EffectiveQuota>,
+}
+
+/// A standard Kubernetes condition.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// PascalCase reason.
+    #[serde(default)]
+    pub reason: String,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// Generation the condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A named set of default limits tenants refer to by `spec.tier`.
+// Two printer columns share `type_ = "integer"`; clippy mistakes that for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "tenantry.dev",
+    version = "v1alpha1",
+    kind = "QuotaTier",
+    plural = "quotatiers",
+    shortname = "qt",
+    doc = "Default limits and models for the tenants that name it in spec.tier.",
+    printcolumn(
+        name = "DailyTokens",
+        type_ = "integer",
+        json_path = ".spec.dailyTokens"
+    ),
+    printcolumn(name = "RPM", type_ = "integer", json_path = ".spec.requestsPerMinute"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaTierSpec {
+    /// Tokens (prompt + completion) per UTC day.
+    #[schemars(range(min = 0))]
+    pub daily_tokens: i64,
+    /// Requests per minute.
+    #[schemars(range(min = 0))]
+    pub requests_per_minute: i64,
+    /// Tokens per minute.
+    #[schemars(range(min = 0))]
+    pub tokens_per_minute: i64,
+    /// Requests in flight at once.
+    #[schemars(range(min = 0))]
+    pub max_concurrent_requests: i64,
+    /// Models tenants of this tier may request (when the tenant lists none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_models: Vec<String>,
+    /// Default replica bounds of a tenant's API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
+}
+
+/// Limits in force for a tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveQuota {
+    /// Tokens per UTC day.
+    pub daily_tokens: i64,
+    /// Requests per minute.
+    pub requests_per_minute: i64,
+    /// Tokens per minute.
+    pub tokens_per_minute: i64,
+    /// Requests in flight at once.
+    pub max_concurrent_requests: i64,
+}
+
+/// The tiers known without any QuotaTier object (the seed's budgets).
+pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
+    let (daily, rpm, tpm, conc, min, max) = match name {
+        "free" => (50_000, 20, 10_000, 2, 1, 2),
+        "pro" => (500_000, 100, 100_000, 10, 2, 5),
+        "enterprise" => (5_000_000, 1_000, 1_000_000, 50, 3, 10),
+        _ => return None,
+    };
+    Some(QuotaTierSpec {
+        daily_tokens: daily,
+        requests_per_minute: rpm,
+        tokens_per_minute: tpm,
+        max_concurrent_requests: conc,
+        allowed_models: Vec::new(),
+        replicas: Some(Replicas { min, max }),
+    })
+}
+
+impl EffectiveQuota {
+    /// The tier's limits with the tenant's overrides applied.
+    pub fn resolve(tier: &QuotaTierSpec, overrides: Option<&QuotaOverrides>) -> Self {
+        let o = overrides.cloned().unwrap_or_default();
+        Self {
+            daily_tokens: o.daily_tokens.unwrap_or(tier.daily_tokens),
+            requests_per_minute: o.requests_per_minute.unwrap_or(tier.requests_per_minute),
+            tokens_per_minute: o.tokens_per_minute.unwrap_or(tier.tokens_per_minute),
+            max_concurrent_requests: o
+                .max_concurrent_requests
+                .unwrap_or(tier.max_concurrent_requests),
+        }
+    }
+}
+
+/// A validated tenant id: a DNS-1123 label of at most [`MAX_TENANT_ID_LEN`] characters.
+///
+/// Only constructed through [`TenantId::parse`], so a value of this type is always safe to put
+/// in collection names, Redis keys, file paths and metric labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TenantId(String);
+
+/// Why a tenant id was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid tenant id {0:?}: {NAME_MESSAGE}")]
+pub struct InvalidTenantId(pub String);
+
+impl TenantId {
+    /// Validates `s` as a tenant id.
+    pub fn parse(s: &str) -> Result<Self, InvalidTenantId> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_TENANT_ID_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(InvalidTenantId(s.chars().take(80).collect()))
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a Go-style duration made of `<n>ms`, `<n>s`, `<n>m`, `<n>h` parts (e.g. `1h30m`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
+    }
+    Some(total)
+}
+
+/// One problem found in a manifest, with the field path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Field path, e.g. `spec.semanticCache.threshold`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl Tenant {
+    /// The tenant id (the object's name), validated.
+    pub fn tenant_id(&self) -> Result<TenantId, InvalidTenantId> {
+        TenantId::parse(self.metadata.name.as_deref().unwrap_or_default())
+    }
+
+    /// Checks the same rules the CRD schema enforces, for manifests no API server has seen.
+    /// Returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<Invalid>> {
+        let mut errs = Vec::new();
+        let mut bad = |field: &str, message: String| {
+            errs.push(Invalid {
+                field: field.to_string(),
+                message,
+            })
+        };
+        if let Err(e) = self.tenant_id() {
+            bad("metadata.name", e.to_string());
+        }
+        let s = &self.spec;
+        if TenantId::parse(&s.tier).is_err() {
+            bad(
+                "spec.tier",
+                format!("{:?} is not a valid QuotaTier name", s.tier),
+            );
+        }
+        if let Some(q) = &s.quota {
+            for (name, v) in [
+                ("dailyTokens", q.daily_tokens),
+                ("requestsPerMinute", q.requests_per_minute),
+                ("tokensPerMinute", q.tokens_per_minute),
+                ("maxConcurrentRequests", q.max_concurrent_requests),
+            ] {
+                if v.is_some_and(|v| v < 0) {
+                    bad(&format!("spec.quota.{name}"), "must be >= 0".to_string());
+                }
+            }
+        }
+        if let Some(m) = &s.models
+            && let Some(chat) = &m.chat
+            && !m.allowed.is_empty()
+            && !m.allowed.contains(chat)
+        {
+            bad(
+                "spec.models.chat",
+                "models.chat must be one of models.allowed".to_string(),
+            );
+        }
+        if !(1..=50).contains(&s.retrieval.top_k) {
+            bad(
+                "spec.retrieval.topK",
+                "must be between 1 and 50".to_string(),
+            );
+        }
+        let c = &s.semantic_cache;
+        if !(0.0..=1.0).contains(&c.threshold) {
+            bad(
+                "spec.semanticCache.threshold",
+                "must be between 0 and 1".to_string(),
+            );
+        }
+        if parse_duration(&c.ttl).is_none() {
+            bad(
+                "spec.semanticCache.ttl",
+                format!("{:?} is not a duration like 24h or 90m", c.ttl),
+            );
+        }
+        if let Some(r) = &s.auth.rotate_every
+            && parse_duration(r).is_none_or(|d| d.is_zero())
+        {
+            bad(
+                "spec.auth.rotateEvery",
+                format!("{r:?} is not a duration like 720h"),
+            );
+        }
+        if let Some(r) = &s.api.replicas
+            && (r.min < 1 || r.max < 1 || r.min > r.max)
+        {
+            bad("spec.api.replicas", "need 1 <= min <= max".to_string());
+        }
+        if !(1..=100).contains(&s.api.target_cpu_utilization_percentage) {
+            bad(
+                "spec.api.targetCPUUtilizationPercentage",
+                "must be between 1 and 100".to_string(),
+            );
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+}
+
+/// The CRD YAML checked in under `crds/`, as printed by `tenantry crd`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let mut out = String::from(
+        "# Generated by `tenantry crd`; do not edit. CustomResourceDefinitions of tenantry.dev.\n",
+    );
+    for crd in [Tenant::crd(), QuotaTier::crd()] {
+        out.push_str("---\n");
+        // Serialising a CRD cannot fail: it is plain data.
+        out.push_str(&serde_saphyr::to_string(&crd).unwrap_or_default());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(yaml: &str) -> Tenant {
+        serde_saphyr::from_str(yaml).expect("valid yaml")
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let t = tenant(
+            "apiVersion: tenantry.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {tier: pro}\n",
+        );
+        assert_eq!(t.spec.retrieval.top_k, 4);
+        assert_eq!(t.spec.retrieval.isolation, Isolation::Collection);
+        assert!(t.spec.semantic_cache.enabled);
+        assert_eq!(t.spec.semantic_cache.threshold, 0.95);
+        assert_eq!(t.spec.auth.algorithm, Algorithm::EdDSA);
+        assert_eq!(t.spec.deletion_policy, DeletionPolicy::Retain);
+        assert!(t.validate().is_ok());
+    }
+
+    #[test]
+    fn invalid_specs_are_reported_per_field() {
+        let t = tenant(
+            "metadata: {name: Acme_Corp}\nspec:\n  tier: pro\n  quota: {dailyTokens: -1}\n  semanticCache: {threshold: 1.5, ttl: soon}\n  api: {replicas: {min: 3, max: 2}}\n",
+        );
+        let errs = t.validate().expect_err("invalid");
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "spec.quota.dailyTokens",
+                "spec.semanticCache.threshold",
+                "spec.semanticCache.ttl",
+                "spec.api.replicas"
+            ]
+        );
+    }
+
+    #[test]
+    fn tenant_ids() {
+        for ok in ["acme", "a", "tenant-1", "0abc"] {
+            assert!(TenantId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "a:b",
+            "a*",
+            "a\nb",
+            &"a".repeat(41),
+        ] {
+            assert!(TenantId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1d"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn effective_quota_applies_overrides() {
+        let tier = builtin_tier("free").expect("builtin");
+        let q = EffectiveQuota::resolve(
+            &tier,
+            Some(&QuotaOverrides {
+                daily_tokens: Some(7),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(q.daily_tokens, 7);
+        assert_eq!(q.requests_per_minute, tier.requests_per_minute);
+    }
+
+    #[test]
+    fn crd_carries_validation_rules() {
+        let yaml = crd_yaml();
+        for needle in [
+            "x-kubernetes-validations",
+            "self.min <= self.max",
+            "self.metadata.name.matches",
+            "shortNames",
+            "- tn",
+            "- qt",
+            "maximum: 1.0",
+            "Collection",
+            "Partition",
+        ] {
+            assert!(yaml.contains(needle), "CRD lacks {needle}");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Embeddings: the [`Embedder`] trait and its two implementations — the in-process
+//! all-MiniLM-L6-v2 model ([`local::LocalEmbedder`]) and any OpenAI-compatible
+//! `/v1/embeddings` endpoint ([`openai::OpenAiEmbedder`]).
+pub mod local;
+pub mod openai;
+
+use async_trait::async_trait;
+
+/// Errors from an embedder.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// Model files missing or unreadable (start-up error).
+    #[error("cannot load embedding model from {path}: {reason}")]
+    Load {
+        /// Model folder.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The model failed on this input.
+    #[error("embedding failed: {0}")]
+    Compute(String),
+    /// The remote embedding endpoint failed or is unreachable (HTTP 503).
+    #[error("embedding endpoint unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Turns texts into L2-normalised dense vectors (so cosine similarity is a dot product).
+#[async_trait]
+pub trait Embedder: Send + Sync + 'static {
+    /// Name of the embedding model (recorded with cached answers).
+    fn model(&self) -> &str;
+    /// Vector dimension.
+    fn dimension(&self) -> usize;
+    /// Embeds each text; the result has one vector per input, in order.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError>;
+}

@@ -1,0 +1,35 @@
+//! tenantry: a Kubernetes operator and a tenant-aware RAG chat API in one binary.
+//!
+//! Module map:
+//! - [`cli`]: command-line interface (`serve`, `token`, `crd`).
+//! - [`crd`]: the `Tenant` and `QuotaTier` custom resources (group `tenantry.dev`).
+//! - [`config`]: the `serve` configuration file and its defaults.
+//! - [`tenants`]: the tenant registry `serve` reads from manifests on disk, reloaded on change.
+//! - [`auth`]: per-tenant signing keys and JWT verification (token -> verified tenant).
+//! - [`vector`]: the vector-store trait, the tenant-scoped handle, and the embedded backend.
+//! - [`embed`]: the embedding trait, the in-process model and the OpenAI-compatible client.
+//! - [`llm`]: the chat-model trait, the OpenAI-compatible client and the offline responder.
+//! - [`chunk`]: splitting documents into overlapping chunks.
+//! - [`api`]: the HTTP API (axum router, handlers, errors).
+//! - [`serve`]: wiring of `tenantry serve` and its lifecycle.
+//! - [`metrics`]: Prometheus metric families.
+//! - [`telemetry`]: logging setup.
+pub mod api;
+pub mod auth;
+pub mod chunk;
+pub mod cli;
+pub mod config;
+pub mod crd;
+pub mod embed;
+pub mod llm;
+pub mod metrics;
+pub mod serve;
+pub mod telemetry;
+pub mod tenants;
+pub mod vector;
+
+/// Installs ring as the process-wide rustls crypto provider (idempotent). Every TLS client and
+/// server in the program uses ring; without one installed, rustls cannot pick a provider.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,82 @@
+//! Chat models: the [`ChatModel`] trait, the OpenAI-compatible client ([`openai::OpenAiChat`])
+//! and the offline [`extractive::Extractive`] responder used when no endpoint is configured.
+pub mod extractive;
+pub mod openai;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Errors from a chat model.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// The upstream answered with an error or an unusable response (HTTP 502).
+    #[error("upstream model error: {0}")]
+    Upstream(String),
+    /// The upstream did not answer in time (HTTP 504).
+    #[error("upstream model timed out")]
+    Timeout,
+}
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// Text.
+    pub content: String,
+}
+
+impl Message {
+    /// A message with `role` and `content`.
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.into(),
+        }
+    }
+}
+
+/// One completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// Model to call.
+    pub model: String,
+    /// Conversation, system prompt first.
+    pub messages: Vec<Message>,
+    /// Most completion tokens to generate.
+    pub max_tokens: u32,
+    /// The retrieved passages the messages were built from (for responders that answer from
+    /// them directly); best first.
+    pub passages: Vec<String>,
+}
+
+/// Token usage of one completion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+}
+
+/// One completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    /// The answer text.
+    pub content: String,
+    /// Model that answered.
+    pub model: String,
+    /// Tokens used.
+    pub usage: Usage,
+}
+
+/// A chat-completion model.
+#[async_trait]
+pub trait ChatModel: Send + Sync + 'static {
+    /// Whether this is the offline responder (answers name the model `extractive`).
+    fn offline(&self) -> bool {
+        false
+    }
+    /// Generates an answer.
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError>;
+}

@@ -1,0 +1,45 @@
+//! The `tenantry` binary: parse the command line, set up logging, dispatch.
+use anyhow::{Context as _, anyhow};
+use clap::Parser as _;
+use tenantry::cli::{Cli, Command, TokenArgs};
+use tenantry::crd::{TenantId, parse_duration};
+use tenantry::tenants::{KeySource, Registry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tenantry::install_crypto_provider();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            tenantry::telemetry::init();
+            tenantry::serve::run(args).await?;
+        }
+        Command::Token(args) => println!("{}", token(&args)?),
+        Command::Crd => print!("{}", tenantry::crd::crd_yaml()),
+    }
+    Ok(())
+}
+
+/// Mints a token with the tenant's current key (creating the key like `serve` would).
+fn token(args: &TokenArgs) -> anyhow::Result<String> {
+    let tenant = TenantId::parse(&args.tenant)?;
+    let ttl = parse_duration(&args.ttl)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow!("--ttl {:?} is not a duration like 1h or 30m", args.ttl))?;
+    let registry = Registry::new(
+        args.tenants.clone(),
+        KeySource {
+            dir: args.data_dir.join("keys"),
+            create_missing: true,
+        },
+        String::new(),
+    );
+    registry.reload();
+    let config = registry.get(&tenant).with_context(|| {
+        format!(
+            "tenant {tenant} is not defined (or invalid) in {}",
+            args.tenants.display()
+        )
+    })?;
+    Ok(config.keyring.mint(&tenant, &args.sub, ttl.as_secs())?)
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics of the chat API, with the seed's names: `llm_requests_total`,
+//! `llm_request_latency_seconds`, `llm_tokens_total`, served on the metrics port.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `llm_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Model that answered (or was asked for).
+    pub model: String,
+    /// `success` or `error`.
+    pub status: String,
+}
+
+/// Labels of `llm_request_latency_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Model.
+    pub model: String,
+}
+
+/// Labels of `llm_tokens_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Model.
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub r#type: String,
+}
+
+/// Every metric family of `serve`, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// `llm_requests_total{tenant_id,model,status}`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `llm_request_latency_seconds{tenant_id,model}`.
+    pub latency: Family<ModelLabels, Histogram>,
+    /// `llm_tokens_total{tenant_id,model,type}`.
+    pub tokens: Family<TokenLabels, Counter>,
+}
+
+/// The seed's latency buckets (seconds).
+pub const LATENCY_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("llm_requests", "Total LLM requests", requests.clone());
+        let latency = Family::<ModelLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register(
+            "llm_request_latency_seconds",
+            "LLM request latency",
+            latency.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register("llm_tokens", "Total tokens used", tokens.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            tokens,
+        }
+    }
+}
+
+impl Metrics {
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Records one finished chat request.
+    pub fn record(
+        &self,
+        tenant: &str,
+        model: &str,
+        ok: bool,
+        seconds: f64,
+        prompt: u64,
+        completion: u64,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant_id: tenant.to_string(),
+                model: model.to_string(),
+                status: if ok { "success" } else { "error" }.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ModelLabels {
+                tenant_id: tenant.to_string(),
+                model: model.to_string(),
+            })
+            .observe(seconds);
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    tenant_id: tenant.to_string(),
+                    model: model.to_string(),
+                    r#type: kind.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_seed() {
+        let m = Metrics::default();
+        m.record("acme", "gpt-4o-mini", true, 0.3, 10, 5);
+        let text = m.encode();
+        for needle in [
+            r#"llm_requests_total{tenant_id="acme",model="gpt-4o-mini",status="success"} 1"#,
+            r#"llm_request_latency_seconds_bucket{le="0.5",tenant_id="acme",model="gpt-4o-mini"} 1"#,
+            r#"llm_tokens_total{tenant_id="acme",model="gpt-4o-mini",type="prompt"} 10"#,
+            r#"llm_tokens_total{tenant_id="acme",model="gpt-4o-mini",type="completion"} 5"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

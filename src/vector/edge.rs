@@ -1,0 +1,1139 @@
+//! The embedded vector backend: [`EdgeBackend`], Qdrant's engine running in-process through the
+//! `qdrant-edge` crate (pinned `=0.7.2`).
+//!
+//! This module owns everything below `root` (the data directory given to [`EdgeBackend::open`]):
+//!
+//! - `root/.edge.lock`: an exclusive `flock(2)` held for the lifetime of the backend, so at most
+//!   one [`EdgeBackend`] (in this or any other process) uses a data directory at a time. A second
+//!   open fails with [`VectorError::Locked`].
+//! - `root/<collection>/`: one qdrant-edge shard per collection (`edge_config.json`, `wal/`,
+//!   `segments/`, ...). Collections are loaded lazily on first use, so data written by an
+//!   earlier process is visible after a restart.
+//!
+//! Concurrency model, per collection: reads (search, scroll, count) run concurrently; writes
+//! (upsert, delete, index creation) are serialised by a mutex and each is followed by
+//! `EdgeShard::flush()` under the same mutex, which fsyncs the WAL and the segments. This is
+//! required: qdrant-edge's `flush()` panics (`try_lock().expect(..)`) if a write is in progress,
+//! and qdrant-edge 0.7.2 never replays its WAL on load, so only flushed segments survive a crash.
+//! Every qdrant-edge call is blocking and runs on `tokio::task::spawn_blocking`.
+
+use std::collections::HashMap;
+use std::fs::{File, TryLockError};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+
+use async_trait::async_trait;
+use qdrant_edge as qe;
+use serde_json::{Map, Value};
+
+use super::{
+    CollectionSpec, Filter, MatchValue, Point, Record, ScoredPoint, TENANT_KEY, VectorBackend,
+    VectorError,
+};
+
+/// Capacity of one WAL segment file per collection (the qdrant-edge default is 32 MiB, too much
+/// when there are hundreds of collections). Larger single writes still fit: the WAL grows a
+/// segment for an oversized entry. Note that qdrant-edge 0.7.2 never truncates (nor replays) its
+/// WAL, so `wal/` keeps every operation ever written, in files of this size.
+pub const WAL_SEGMENT_CAPACITY: usize = 4 * 1024 * 1024;
+
+/// Upper bound applied to `limit` in [`VectorBackend::search`] and [`VectorBackend::scroll`]
+/// (qdrant-edge pre-allocates result buffers of `limit` entries).
+pub const MAX_LIMIT: usize = 10_000;
+
+/// Name of the lock file in the data directory.
+const LOCK_FILE: &str = ".edge.lock";
+
+/// Name of the file qdrant-edge writes into every shard directory.
+const EDGE_CONFIG_FILE: &str = "edge_config.json";
+
+/// Longest accepted collection name (a single path component).
+const MAX_NAME_LEN: usize = 200;
+
+/// The embedded Qdrant backend: one qdrant-edge shard per collection under a data directory.
+///
+/// Open at most one `EdgeBackend` per data directory; share it (`Arc<dyn VectorBackend>`)
+/// instead of opening it again. A second [`EdgeBackend::open`] of the same root, from this
+/// process or another one, fails with [`VectorError::Locked`] while the first is alive. Cloning
+/// is cheap and shares the same shards.
+#[derive(Clone)]
+pub struct EdgeBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    /// Holds the exclusive lock on `root/.edge.lock` until the backend is dropped.
+    _lock: File,
+    /// Loaded collections. Structural changes (load, create, drop) happen with this held.
+    collections: Mutex<HashMap<String, Arc<Collection>>>,
+}
+
+/// One loaded collection.
+struct Collection {
+    name: String,
+    dimension: usize,
+    /// Serialises writes and flushes. Lock order: `collections` -> `write` -> `shard`.
+    write: Mutex<()>,
+    /// The shard; `None` once the collection was dropped (late holders of the `Arc` then see
+    /// a missing collection).
+    shard: RwLock<Option<qe::EdgeShard>>,
+}
+
+impl std::fmt::Debug for EdgeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeBackend")
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EdgeBackend {
+    /// Opens (creating it if needed) the data directory `root` and locks it exclusively.
+    ///
+    /// Collections already on disk are loaded lazily on first use. Fails with
+    /// [`VectorError::Locked`] if another `EdgeBackend` — in this process or another — holds
+    /// `root`, and with [`VectorError::Unavailable`] if `root` cannot be created or locked.
+    pub fn open(root: &Path) -> Result<EdgeBackend, VectorError> {
+        std::fs::create_dir_all(root).map_err(|e| {
+            VectorError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                root.display()
+            ))
+        })?;
+        let lock_path = root.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                VectorError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(VectorError::Locked(root.display().to_string()));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(VectorError::Unavailable(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )));
+            }
+        }
+        Ok(EdgeBackend {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                _lock: lock,
+                collections: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Runs `f` on the blocking pool with the shared state; a panic in `f` (qdrant-edge panics
+    /// on some I/O failures, e.g. in `flush`) becomes [`VectorError::Unavailable`].
+    async fn blocking<T, F>(&self, f: F) -> Result<T, VectorError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, VectorError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                Err(VectorError::Unavailable(format!(
+                    "qdrant-edge panicked: {msg}"
+                )))
+            }
+            Err(e) => Err(VectorError::Unavailable(format!("vector task failed: {e}"))),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Refuses collection names that are not `[a-z0-9_]+` (so a name is one safe path component).
+fn validate_name(name: &str) -> Result<(), VectorError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(VectorError::Invalid(format!(
+            "invalid collection name {name:?}: must match [a-z0-9_]+ (at most {MAX_NAME_LEN} bytes)"
+        )))
+    }
+}
+
+/// Maps a qdrant-edge error; `path` is the shard directory (for lock errors).
+fn map_err(path: &Path, e: qe::OperationError) -> VectorError {
+    use qe::OperationError as E;
+    let msg = e.to_string();
+    match e {
+        E::WrongVectorDimension { .. }
+        | E::VectorNameNotExists { .. }
+        | E::PointIdError { .. }
+        | E::TypeError { .. }
+        | E::TypeInferenceError { .. }
+        | E::ValidationError { .. }
+        | E::WrongSparse
+        | E::WrongMulti
+        | E::NonFiniteNumber { .. } => VectorError::Invalid(msg),
+        // The WAL directory is `flock`ed; the error arrives stringified
+        // (`InitWalError("Os { .. kind: WouldBlock .. }")`).
+        _ if msg.contains("WouldBlock") => VectorError::Locked(path.display().to_string()),
+        _ => VectorError::Unavailable(msg),
+    }
+}
+
+fn to_edge_filter(filter: &Filter) -> Result<Option<qe::Filter>, VectorError> {
+    if filter.must.is_empty() {
+        return Ok(None);
+    }
+    let mut conditions = Vec::with_capacity(filter.must.len());
+    for (key, value) in &filter.must {
+        let path = qe::JsonPath::try_from(key.as_str())
+            .map_err(|()| VectorError::Invalid(format!("invalid payload key {key:?}")))?;
+        let matcher = match value {
+            MatchValue::Keyword(s) => qe::Match::from(s.clone()),
+            MatchValue::Integer(i) => qe::Match::from(*i),
+        };
+        conditions.push(qe::Condition::Field(qe::FieldCondition::new_match(
+            path, matcher,
+        )));
+    }
+    Ok(Some(qe::Filter {
+        must: Some(conditions),
+        ..Default::default()
+    }))
+}
+
+fn to_uuid(id: qe::PointId) -> Result<uuid::Uuid, VectorError> {
+    match id {
+        qe::PointId::Uuid(u) => Ok(u),
+        qe::PointId::NumId(n) => Err(VectorError::Invalid(format!(
+            "point id {n} is an integer; this store only holds UUID ids"
+        ))),
+    }
+}
+
+fn payload_map(payload: Option<qe::Payload>) -> Map<String, Value> {
+    payload.map(|p| p.0).unwrap_or_default()
+}
+
+fn check_vector(vector: &[f32], dimension: usize, collection: &str) -> Result<(), VectorError> {
+    if vector.len() != dimension {
+        return Err(VectorError::Invalid(format!(
+            "vector dimension {} does not match collection {collection} (dimension {dimension})",
+            vector.len()
+        )));
+    }
+    if vector.iter().any(|v| !v.is_finite()) {
+        return Err(VectorError::Invalid(format!(
+            "vector for collection {collection} contains a non-finite value"
+        )));
+    }
+    Ok(())
+}
+
+fn edge_config(dimension: usize) -> Result<qe::EdgeConfig, VectorError> {
+    let retain_closed = NonZeroUsize::new(1)
+        .ok_or_else(|| VectorError::Invalid("retain_closed must be non-zero".into()))?;
+    Ok(qe::EdgeConfigBuilder::new()
+        .vector(
+            qe::DEFAULT_VECTOR_NAME,
+            qe::EdgeVectorParamsBuilder::new(dimension, qe::Distance::Cosine).build(),
+        )
+        .wal_options(qe::WalOptions {
+            segment_capacity: WAL_SEGMENT_CAPACITY,
+            segment_queue_len: 0,
+            retain_closed,
+        })
+        .build())
+}
+
+impl Collection {
+    fn open_existing(name: &str, path: &Path) -> Result<Collection, VectorError> {
+        let shard = qe::EdgeShard::load(path, None).map_err(|e| map_err(path, e))?;
+        let dimension = shard
+            .config()
+            .vectors
+            .get(qe::DEFAULT_VECTOR_NAME)
+            .map(|v| v.size)
+            .ok_or_else(|| {
+                VectorError::Unavailable(format!(
+                    "collection {name} at {} has no default dense vector",
+                    path.display()
+                ))
+            })?;
+        Ok(Collection::new(name, dimension, shard))
+    }
+
+    fn new(name: &str, dimension: usize, shard: qe::EdgeShard) -> Collection {
+        Collection {
+            name: name.to_string(),
+            dimension,
+            write: Mutex::new(()),
+            shard: RwLock::new(Some(shard)),
+        }
+    }
+
+    /// Applies `op` and flushes, serialised with all other writes to this collection.
+    /// Returns `Ok(false)` if the collection was dropped meanwhile.
+    fn write(&self, op: qe::UpdateOperation) -> Result<bool, VectorError> {
+        let _writer = lock(&self.write);
+        let guard = read(&self.shard);
+        let Some(shard) = guard.as_ref() else {
+            return Ok(false);
+        };
+        let result = shard.update(op).map_err(|e| map_err(shard.path(), e));
+        // Flush even if the update failed: the operation may be in the WAL already.
+        shard.flush();
+        result.map(|()| true)
+    }
+
+    /// Whether the tenant keyword index exists.
+    fn has_tenant_index(&self) -> bool {
+        let Ok(path) = qe::JsonPath::try_from(TENANT_KEY) else {
+            return false;
+        };
+        read(&self.shard)
+            .as_ref()
+            .is_some_and(|s| s.info().payload_schema.contains_key(&path))
+    }
+
+    /// Creates a keyword index on [`TENANT_KEY`] with `is_tenant: true`.
+    fn create_tenant_index(&self) -> Result<(), VectorError> {
+        let create: qe::CreateIndex = serde_json::from_value(serde_json::json!({
+            "field_name": TENANT_KEY,
+            "field_schema": {"type": "keyword", "is_tenant": true},
+        }))
+        .map_err(|e| VectorError::Invalid(format!("tenant index definition: {e}")))?;
+        let op =
+            qe::UpdateOperation::FieldIndexOperation(qe::FieldIndexOperations::CreateIndex(create));
+        self.write(op).map(|_| ())
+    }
+}
+
+impl Inner {
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The collection `name`, loading it from disk if needed; `None` if it does not exist.
+    fn get(&self, name: &str) -> Result<Option<Arc<Collection>>, VectorError> {
+        validate_name(name)?;
+        let mut map = lock(&self.collections);
+        self.get_locked(&mut map, name)
+    }
+
+    fn get_locked(
+        &self,
+        map: &mut HashMap<String, Arc<Collection>>,
+        name: &str,
+    ) -> Result<Option<Arc<Collection>>, VectorError> {
+        if let Some(c) = map.get(name) {
+            return Ok(Some(Arc::clone(c)));
+        }
+        let path = self.path(name);
+        if !path.join(EDGE_CONFIG_FILE).is_file() {
+            return Ok(None);
+        }
+        let collection = Arc::new(Collection::open_existing(name, &path)?);
+        map.insert(name.to_string(), Arc::clone(&collection));
+        Ok(Some(collection))
+    }
+
+    fn ensure(&self, name: &str, spec: &CollectionSpec) -> Result<(), VectorError> {
+        validate_name(name)?;
+        if spec.dimension == 0 {
+            return Err(VectorError::Invalid(format!(
+                "collection {name}: dimension must be positive"
+            )));
+        }
+        let mut map = lock(&self.collections);
+        let collection = match self.get_locked(&mut map, name)? {
+            Some(c) => {
+                if c.dimension != spec.dimension {
+                    return Err(VectorError::Invalid(format!(
+                        "collection {name} exists with dimension {}, requested {}",
+                        c.dimension, spec.dimension
+                    )));
+                }
+                c
+            }
+            None => {
+                let path = self.path(name);
+                std::fs::create_dir_all(&path).map_err(|e| {
+                    VectorError::Unavailable(format!("cannot create {}: {e}", path.display()))
+                })?;
+                let shard = qe::EdgeShard::new(&path, edge_config(spec.dimension)?)
+                    .map_err(|e| map_err(&path, e))?;
+                let c = Arc::new(Collection::new(name, spec.dimension, shard));
+                map.insert(name.to_string(), Arc::clone(&c));
+                c
+            }
+        };
+        drop(map);
+        if spec.multi_tenant && !collection.has_tenant_index() {
+            collection.create_tenant_index()?;
+        }
+        Ok(())
+    }
+
+    fn drop_collection(&self, name: &str) -> Result<(), VectorError> {
+        validate_name(name)?;
+        let mut map = lock(&self.collections);
+        if let Some(c) = map.remove(name) {
+            let _writer = lock(&c.write);
+            let shard = c
+                .shard
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            // Dropping the shard flushes it and releases its WAL lock.
+            drop(shard);
+        }
+        let path = self.path(name);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VectorError::Unavailable(format!(
+                "cannot delete {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl VectorBackend for EdgeBackend {
+    async fn ensure_collection(
+        &self,
+        name: &str,
+        spec: &CollectionSpec,
+    ) -> Result<(), VectorError> {
+        let name = name.to_string();
+        let spec = spec.clone();
+        self.blocking(move |inner| inner.ensure(&name, &spec)).await
+    }
+
+    async fn drop_collection(&self, name: &str) -> Result<(), VectorError> {
+        let name = name.to_string();
+        self.blocking(move |inner| inner.drop_collection(&name))
+            .await
+    }
+
+    async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<(), VectorError> {
+        let name = collection.to_string();
+        self.blocking(move |inner| {
+            let missing = || VectorError::Invalid(format!("collection {name} does not exist"));
+            let c = inner.get(&name)?.ok_or_else(missing)?;
+            if points.is_empty() {
+                return Ok(());
+            }
+            let mut list = Vec::with_capacity(points.len());
+            for p in points {
+                check_vector(&p.vector, c.dimension, &c.name)?;
+                list.push(qe::PointStructPersisted {
+                    id: qe::PointId::Uuid(p.id),
+                    vector: qe::VectorStructPersisted::Single(p.vector),
+                    payload: Some(qe::Payload(p.payload)),
+                });
+            }
+            let op = qe::UpdateOperation::PointOperation(qe::PointOperations::UpsertPoints(
+                qe::PointInsertOperations::PointsList(list),
+            ));
+            if c.write(op)? { Ok(()) } else { Err(missing()) }
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<ScoredPoint>, VectorError> {
+        let name = collection.to_string();
+        let filter = to_edge_filter(filter)?;
+        let limit = limit.min(MAX_LIMIT);
+        self.blocking(move |inner| {
+            let Some(c) = inner.get(&name)? else {
+                return Ok(Vec::new());
+            };
+            check_vector(&vector, c.dimension, &c.name)?;
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let guard = read(&c.shard);
+            let Some(shard) = guard.as_ref() else {
+                return Ok(Vec::new());
+            };
+            let request = qe::SearchRequest {
+                query: qe::QueryEnum::Nearest(qe::NamedQuery {
+                    query: qe::VectorInternal::Dense(vector),
+                    using: None,
+                }),
+                filter,
+                params: None,
+                limit,
+                offset: 0,
+                with_payload: Some(qe::WithPayloadInterface::Bool(true)),
+                with_vector: Some(qe::WithVector::Bool(false)),
+                score_threshold: None,
+            };
+            let found = shard
+                .search(request)
+                .map_err(|e| map_err(shard.path(), e))?;
+            found
+                .into_iter()
+                .map(|p| {
+                    Ok(ScoredPoint {
+                        id: to_uuid(p.id)?,
+                        score: p.score,
+                        payload: payload_map(p.payload),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn scroll(
+        &self,
+        collection: &str,
+        filter: &Filter,
+        limit: usize,
+        offset: Option<uuid::Uuid>,
+    ) -> Result<(Vec<Record>, Option<uuid::Uuid>), VectorError> {
+        let name = collection.to_string();
+        let filter = to_edge_filter(filter)?;
+        let limit = limit.min(MAX_LIMIT);
+        self.blocking(move |inner| {
+            let Some(c) = inner.get(&name)? else {
+                return Ok((Vec::new(), None));
+            };
+            if limit == 0 {
+                return Ok((Vec::new(), offset));
+            }
+            let guard = read(&c.shard);
+            let Some(shard) = guard.as_ref() else {
+                return Ok((Vec::new(), None));
+            };
+            // qdrant's `offset` is inclusive and its next offset is the first id of the next
+            // page, so feeding the returned offset back continues exactly where the page ended.
+            let request = qe::ScrollRequest {
+                offset: offset.map(qe::PointId::Uuid),
+                limit: Some(limit),
+                filter,
+                with_payload: Some(qe::WithPayloadInterface::Bool(true)),
+                with_vector: qe::WithVector::Bool(false),
+                order_by: None,
+            };
+            let (records, next) = shard
+                .scroll(request)
+                .map_err(|e| map_err(shard.path(), e))?;
+            let records = records
+                .into_iter()
+                .map(|r| {
+                    Ok(Record {
+                        id: to_uuid(r.id)?,
+                        payload: payload_map(r.payload),
+                    })
+                })
+                .collect::<Result<Vec<_>, VectorError>>()?;
+            Ok((records, next.map(to_uuid).transpose()?))
+        })
+        .await
+    }
+
+    async fn count(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
+        let name = collection.to_string();
+        let filter = to_edge_filter(filter)?;
+        self.blocking(move |inner| {
+            let Some(c) = inner.get(&name)? else {
+                return Ok(0);
+            };
+            let guard = read(&c.shard);
+            let Some(shard) = guard.as_ref() else {
+                return Ok(0);
+            };
+            let n = shard
+                .count(qe::CountRequest {
+                    filter,
+                    exact: true,
+                })
+                .map_err(|e| map_err(shard.path(), e))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn delete(&self, collection: &str, filter: &Filter) -> Result<(), VectorError> {
+        let name = collection.to_string();
+        let filter = to_edge_filter(filter)?.unwrap_or_default();
+        self.blocking(move |inner| {
+            let Some(c) = inner.get(&name)? else {
+                return Ok(());
+            };
+            let op = qe::UpdateOperation::PointOperation(
+                qe::PointOperations::DeletePointsByFilter(filter),
+            );
+            c.write(op).map(|_| ())
+        })
+        .await
+    }
+
+    async fn ready(&self) -> Result<(), VectorError> {
+        let root = self.inner.root.clone();
+        match tokio::fs::metadata(&root).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(VectorError::Unavailable(format!(
+                "{} is not a directory",
+                root.display()
+            ))),
+            Err(e) => Err(VectorError::Unavailable(format!(
+                "data directory {}: {e}",
+                root.display()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::vector::VectorBackend;
+    use serde_json::json;
+
+    const DIM: usize = 4;
+
+    fn spec(multi_tenant: bool) -> CollectionSpec {
+        CollectionSpec {
+            dimension: DIM,
+            multi_tenant,
+        }
+    }
+
+    fn point(vector: [f32; DIM], tenant: &str, n: i64) -> Point {
+        let payload = json!({ "tenant_id": tenant, "n": n, "text": format!("{tenant}-{n}") });
+        Point {
+            id: uuid::Uuid::new_v4(),
+            vector: vector.to_vec(),
+            payload: payload.as_object().unwrap().clone(),
+        }
+    }
+
+    async fn backend() -> (tempfile::TempDir, EdgeBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = EdgeBackend::open(dir.path()).unwrap();
+        (dir, backend)
+    }
+
+    /// Two tenants, three points each; `n` is 0..3.
+    async fn seeded(name: &str) -> (tempfile::TempDir, EdgeBackend, Vec<Point>) {
+        let (dir, b) = backend().await;
+        b.ensure_collection(name, &spec(true)).await.unwrap();
+        let points = vec![
+            point([1.0, 0.0, 0.0, 0.0], "acme", 0),
+            point([0.9, 0.1, 0.0, 0.0], "acme", 1),
+            point([0.0, 1.0, 0.0, 0.0], "acme", 2),
+            point([1.0, 0.0, 0.0, 0.0], "globex", 0),
+            point([0.0, 0.0, 1.0, 0.0], "globex", 1),
+            point([0.0, 0.0, 0.0, 1.0], "globex", 2),
+        ];
+        b.upsert(name, points.clone()).await.unwrap();
+        (dir, b, points)
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (na * nb)
+    }
+
+    #[tokio::test]
+    async fn ensure_collection_is_idempotent_and_validates() {
+        let (dir, b) = backend().await;
+        b.ensure_collection("docs", &spec(false)).await.unwrap();
+        b.ensure_collection("docs", &spec(false)).await.unwrap();
+        b.upsert("docs", vec![point([1.0, 2.0, 3.0, 4.0], "acme", 1)])
+            .await
+            .unwrap();
+        b.ensure_collection("docs", &spec(false)).await.unwrap();
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 1);
+        assert!(dir.path().join("docs").join(EDGE_CONFIG_FILE).is_file());
+
+        let other_dim = CollectionSpec {
+            dimension: 8,
+            multi_tenant: false,
+        };
+        assert!(matches!(
+            b.ensure_collection("docs", &other_dim).await,
+            Err(VectorError::Invalid(_))
+        ));
+        for bad in ["", "../etc", "a/b", "Docs", "a-b", ".edge", "a.b"] {
+            assert!(
+                matches!(
+                    b.ensure_collection(bad, &spec(false)).await,
+                    Err(VectorError::Invalid(_))
+                ),
+                "{bad:?} accepted"
+            );
+            assert!(matches!(
+                b.count(bad, &Filter::default()).await,
+                Err(VectorError::Invalid(_))
+            ));
+        }
+        assert!(b.ready().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn multi_tenant_collection_gets_tenant_keyword_index() {
+        let (_dir, b) = backend().await;
+        b.ensure_collection("shared", &spec(true)).await.unwrap();
+        b.ensure_collection("shared", &spec(true)).await.unwrap();
+        b.ensure_collection("single", &spec(false)).await.unwrap();
+        let inner = &b.inner;
+        let shared = inner.get("shared").unwrap().unwrap();
+        let single = inner.get("single").unwrap().unwrap();
+        assert!(shared.has_tenant_index());
+        assert!(!single.has_tenant_index());
+        let info = read(&shared.shard).as_ref().unwrap().info();
+        let index = info
+            .payload_schema
+            .get(&qe::JsonPath::try_from(TENANT_KEY).unwrap())
+            .unwrap();
+        let params = serde_json::to_value(index.params.as_ref().unwrap()).unwrap();
+        assert_eq!(params["type"], "keyword");
+        assert_eq!(params["is_tenant"], true);
+    }
+
+    #[tokio::test]
+    async fn search_returns_nearest_first_with_cosine_scores() {
+        let (_dir, b, points) = seeded("docs").await;
+        let query = vec![1.0, 0.2, 0.0, 0.0];
+        let hits = b
+            .search("docs", query.clone(), &Filter::default(), 3)
+            .await
+            .unwrap();
+        assert_eq!(hits.len(), 3);
+        for w in hits.windows(2) {
+            assert!(w[0].score >= w[1].score);
+        }
+        // Best match is acme-1 ([0.9, 0.1, 0, 0]).
+        assert_eq!(hits[0].id, points[1].id);
+        assert_eq!(hits[0].payload, points[1].payload);
+        for hit in &hits {
+            let p = points.iter().find(|p| p.id == hit.id).unwrap();
+            let expected = cosine(&query, &p.vector);
+            assert!(
+                (hit.score - expected).abs() < 1e-4,
+                "score {} != cosine {expected}",
+                hit.score
+            );
+        }
+        let all = b
+            .search("docs", query, &Filter::default(), 100)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), points.len());
+    }
+
+    #[tokio::test]
+    async fn filters_restrict_by_keyword_and_integer() {
+        let (_dir, b, _points) = seeded("docs").await;
+        let query = vec![1.0, 0.0, 0.0, 0.0];
+        let acme = Filter::default().keyword(TENANT_KEY, "acme");
+        let hits = b.search("docs", query.clone(), &acme, 10).await.unwrap();
+        assert_eq!(hits.len(), 3);
+        assert!(hits.iter().all(|h| h.payload["tenant_id"] == "acme"));
+
+        let globex_n1 = Filter::default()
+            .keyword(TENANT_KEY, "globex")
+            .integer("n", 1);
+        let hits = b
+            .search("docs", query.clone(), &globex_n1, 10)
+            .await
+            .unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].payload["text"], "globex-1");
+
+        let n0 = Filter::default().integer("n", 0);
+        let hits = b.search("docs", query.clone(), &n0, 10).await.unwrap();
+        assert_eq!(hits.len(), 2);
+
+        let nobody = Filter::default().keyword(TENANT_KEY, "initech");
+        assert!(
+            b.search("docs", query, &nobody, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let (page, _) = b.scroll("docs", &acme, 10, None).await.unwrap();
+        assert_eq!(page.len(), 3);
+        assert!(page.iter().all(|r| r.payload["tenant_id"] == "acme"));
+    }
+
+    #[tokio::test]
+    async fn count_with_and_without_filter() {
+        let (_dir, b, _points) = seeded("docs").await;
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 6);
+        let acme = Filter::default().keyword(TENANT_KEY, "acme");
+        assert_eq!(b.count("docs", &acme).await.unwrap(), 3);
+        assert_eq!(b.count("docs", &acme.integer("n", 2)).await.unwrap(), 1);
+        let f = Filter::default().integer("n", 7);
+        assert_eq!(b.count("docs", &f).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn delete_by_filter_removes_exactly_the_matching_points() {
+        let (_dir, b, points) = seeded("docs").await;
+        let f = Filter::default()
+            .keyword(TENANT_KEY, "acme")
+            .integer("n", 1);
+        b.delete("docs", &f).await.unwrap();
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 5);
+        let (rest, _) = b
+            .scroll("docs", &Filter::default(), 10, None)
+            .await
+            .unwrap();
+        assert!(rest.iter().all(|r| r.id != points[1].id));
+
+        b.delete("docs", &Filter::default().keyword(TENANT_KEY, "globex"))
+            .await
+            .unwrap();
+        let acme = Filter::default().keyword(TENANT_KEY, "acme");
+        assert_eq!(b.count("docs", &acme).await.unwrap(), 2);
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 2);
+
+        // An empty filter matches everything.
+        b.delete("docs", &Filter::default()).await.unwrap();
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn scroll_pages_through_all_points_exactly_once() {
+        let (_dir, b) = backend().await;
+        b.ensure_collection("docs", &spec(false)).await.unwrap();
+        let points: Vec<Point> = (0..25)
+            .map(|i| point([1.0, i as f32, 0.5, 0.0], "acme", i))
+            .collect();
+        b.upsert("docs", points.clone()).await.unwrap();
+
+        let mut seen = Vec::new();
+        let mut offset = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = b
+                .scroll("docs", &Filter::default(), 10, offset)
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(page.len() <= 10);
+            seen.extend(page.into_iter().map(|r| r.id));
+            match next {
+                Some(n) => offset = Some(n),
+                None => break,
+            }
+            assert!(pages < 10, "scroll does not terminate");
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen.len(), 25);
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "pages are ordered by id");
+        sorted.dedup();
+        assert_eq!(sorted.len(), 25);
+        let mut expected: Vec<_> = points.iter().map(|p| p.id).collect();
+        expected.sort();
+        assert_eq!(sorted, expected);
+    }
+
+    #[tokio::test]
+    async fn drop_collection_removes_points_and_folder() {
+        let (dir, b, _points) = seeded("docs").await;
+        b.drop_collection("docs").await.unwrap();
+        assert!(!dir.path().join("docs").exists());
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 0);
+        // Dropping again (or something that never existed) is fine.
+        b.drop_collection("docs").await.unwrap();
+        b.drop_collection("never").await.unwrap();
+        // The name can be reused, empty.
+        b.ensure_collection("docs", &spec(true)).await.unwrap();
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn missing_collection_reads_are_empty_and_upsert_fails() {
+        let (_dir, b) = backend().await;
+        let f = Filter::default();
+        assert!(
+            b.search("nope", vec![1.0; DIM], &f, 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(b.scroll("nope", &f, 5, None).await.unwrap(), (vec![], None));
+        assert_eq!(b.count("nope", &f).await.unwrap(), 0);
+        b.delete("nope", &f).await.unwrap();
+        let err = b
+            .upsert("nope", vec![point([1.0; DIM], "acme", 0)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, VectorError::Invalid(m) if m.contains("does not exist")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_dimension_is_an_error() {
+        let (_dir, b, _points) = seeded("docs").await;
+        let mut bad = point([1.0; DIM], "acme", 9);
+        bad.vector.push(1.0);
+        let ok = point([1.0; DIM], "acme", 8);
+        assert!(matches!(
+            b.upsert("docs", vec![ok, bad]).await,
+            Err(VectorError::Invalid(_))
+        ));
+        // Nothing of the rejected batch was written.
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 6);
+        assert!(matches!(
+            b.search("docs", vec![1.0; DIM - 1], &Filter::default(), 3)
+                .await,
+            Err(VectorError::Invalid(_))
+        ));
+        let mut nan = point([1.0; DIM], "acme", 9);
+        nan.vector[0] = f32::NAN;
+        assert!(matches!(
+            b.upsert("docs", vec![nan]).await,
+            Err(VectorError::Invalid(_))
+        ));
+        assert!(matches!(
+            b.ensure_collection(
+                "zero",
+                &CollectionSpec {
+                    dimension: 0,
+                    multi_tenant: false
+                }
+            )
+            .await,
+            Err(VectorError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let points = {
+            let b = EdgeBackend::open(dir.path()).unwrap();
+            b.ensure_collection("docs", &spec(true)).await.unwrap();
+            b.ensure_collection("cache", &spec(false)).await.unwrap();
+            let points: Vec<Point> = (0..12)
+                .map(|i| point([1.0, i as f32, 0.0, 1.0], "acme", i))
+                .collect();
+            b.upsert("docs", points.clone()).await.unwrap();
+            b.upsert("cache", points[..2].to_vec()).await.unwrap();
+            b.delete("docs", &Filter::default().integer("n", 11))
+                .await
+                .unwrap();
+            points
+        };
+        let b = EdgeBackend::open(dir.path()).unwrap();
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 11);
+        assert_eq!(b.count("cache", &Filter::default()).await.unwrap(), 2);
+        let hits = b
+            .search("docs", points[3].vector.clone(), &Filter::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(hits[0].id, points[3].id);
+        assert_eq!(hits[0].payload, points[3].payload);
+        // Loaded collections keep their dimension, WAL options and tenant index.
+        let docs = b.inner.get("docs").unwrap().unwrap();
+        assert_eq!(docs.dimension, DIM);
+        assert!(docs.has_tenant_index());
+        let wal = read(&docs.shard)
+            .as_ref()
+            .unwrap()
+            .config()
+            .wal_options
+            .clone()
+            .unwrap();
+        assert_eq!(wal.segment_capacity, WAL_SEGMENT_CAPACITY);
+        b.ensure_collection("docs", &spec(true)).await.unwrap();
+        b.upsert("docs", vec![point([0.0, 1.0, 0.0, 0.0], "acme", 20)])
+            .await
+            .unwrap();
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 12);
+    }
+
+    #[tokio::test]
+    async fn second_open_in_same_process_is_locked() {
+        let (dir, b) = backend().await;
+        b.ensure_collection("docs", &spec(false)).await.unwrap();
+        let err = EdgeBackend::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, VectorError::Locked(p) if p.contains(&*dir.path().to_string_lossy()))
+        );
+        // Opening the shard directly is refused too (the WAL directory is flocked).
+        let shard_dir = dir.path().join("docs");
+        match qe::EdgeShard::load(&shard_dir, None) {
+            Ok(_) => panic!("shard opened twice"),
+            Err(e) => assert!(matches!(map_err(&shard_dir, e), VectorError::Locked(_))),
+        }
+        drop(b);
+        let b = EdgeBackend::open(dir.path()).unwrap();
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 0);
+    }
+
+    const LOCK_CHILD_ENV: &str = "TENANTRY_EDGE_LOCK_CHILD_ROOT";
+    const CRASH_CHILD_ENV: &str = "TENANTRY_EDGE_CRASH_CHILD_ROOT";
+
+    /// Runs the test `name` of this test binary in a child process with `env=root`; returns
+    /// whether it succeeded. Asserts the child really ran that one test.
+    fn run_child(name: &str, env: &str, root: &Path) -> bool {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads", "1"])
+            .env(env, root)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("running 1 test"), "child output: {stdout}");
+        out.status.success()
+    }
+
+    /// Child of `second_open_in_other_process_is_locked`; a no-op in a normal test run.
+    #[test]
+    fn lock_child_process() {
+        let Some(root) = std::env::var_os(LOCK_CHILD_ENV) else {
+            return;
+        };
+        match EdgeBackend::open(Path::new(&root)) {
+            Err(VectorError::Locked(_)) => {}
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn second_open_in_other_process_is_locked() {
+        let (dir, b) = backend().await;
+        b.ensure_collection("docs", &spec(false)).await.unwrap();
+        assert!(
+            run_child(
+                "vector::edge::tests::lock_child_process",
+                LOCK_CHILD_ENV,
+                dir.path()
+            ),
+            "child did not see the data dir as locked"
+        );
+        drop(b);
+        // Once released, another process can open it (the child now fails its assertion).
+        assert!(!run_child(
+            "vector::edge::tests::lock_child_process",
+            LOCK_CHILD_ENV,
+            dir.path()
+        ));
+    }
+
+    /// Child of `acknowledged_writes_survive_a_crash`: writes, then aborts without running any
+    /// destructor (so nothing is flushed on drop). A no-op in a normal test run.
+    #[test]
+    fn crash_child_process() {
+        let Some(root) = std::env::var_os(CRASH_CHILD_ENV) else {
+            return;
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let b = EdgeBackend::open(Path::new(&root)).unwrap();
+            b.ensure_collection("docs", &spec(true)).await.unwrap();
+            let points: Vec<Point> = (0..10)
+                .map(|i| point([1.0, i as f32, 0.0, 0.0], "acme", i))
+                .collect();
+            b.upsert("docs", points).await.unwrap();
+            b.delete("docs", &Filter::default().integer("n", 3))
+                .await
+                .unwrap();
+            b.upsert("docs", vec![point([0.0, 0.0, 1.0, 0.0], "globex", 0)])
+                .await
+                .unwrap();
+            std::process::abort();
+        });
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!run_child(
+            "vector::edge::tests::crash_child_process",
+            CRASH_CHILD_ENV,
+            dir.path()
+        ));
+        let b = EdgeBackend::open(dir.path()).unwrap();
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 10);
+        let acme = Filter::default().keyword(TENANT_KEY, "acme");
+        assert_eq!(b.count("docs", &acme).await.unwrap(), 9);
+        assert_eq!(b.count("docs", &acme.integer("n", 3)).await.unwrap(), 0);
+        assert!(b.inner.get("docs").unwrap().unwrap().has_tenant_index());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_upserts_and_reads_do_not_panic() {
+        let (_dir, b) = backend().await;
+        b.ensure_collection("docs", &spec(true)).await.unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move {
+                let tenant = format!("t{t}");
+                for i in 0..10 {
+                    let pts = (0..5)
+                        .map(|j| point([1.0, t as f32, i as f32, j as f32], &tenant, i * 5 + j))
+                        .collect();
+                    b.upsert("docs", pts).await.unwrap();
+                    let f = Filter::default().keyword(TENANT_KEY, tenant.as_str());
+                    b.search("docs", vec![1.0, 0.0, 0.0, 0.0], &f, 3)
+                        .await
+                        .unwrap();
+                    b.count("docs", &f).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 400);
+        for t in 0..8 {
+            let f = Filter::default().keyword(TENANT_KEY, format!("t{t}"));
+            assert_eq!(b.count("docs", &f).await.unwrap(), 50);
+        }
+    }
+}

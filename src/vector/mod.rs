@@ -1,0 +1,321 @@
+//! Vector storage: the backend trait, and [`TenantVectors`], the only way the rest of the
+//! program reaches stored points.
+//!
+//! Backends ([`VectorBackend`]) know about collections, points and filters, nothing about
+//! tenants. [`TenantVectors`] is built from a verified [`TenantId`] and is the single choke point
+//! that scopes every operation: it picks the collection for the tenant's isolation mode, stamps
+//! `tenant_id` into every payload it writes, and adds a `tenant_id == <tenant>` condition to
+//! every read, count and delete — in both isolation modes, so a mistake in collection naming
+//! still cannot leak points across tenants.
+pub mod edge;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::crd::{Isolation, TenantId};
+
+/// Payload key holding the owning tenant of every point.
+pub const TENANT_KEY: &str = "tenant_id";
+
+/// Errors from a vector backend.
+#[derive(Debug, thiserror::Error)]
+pub enum VectorError {
+    /// The backend cannot be reached or refused the operation (HTTP 503).
+    #[error("vector store unavailable: {0}")]
+    Unavailable(String),
+    /// The data directory is locked by another process (HTTP 503 at start-up).
+    #[error("vector store data directory {0} is in use by another process")]
+    Locked(String),
+    /// The request was invalid for this collection (wrong dimension, ...). HTTP 500.
+    #[error("invalid vector operation: {0}")]
+    Invalid(String),
+}
+
+/// A value a payload field is matched against.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MatchValue {
+    /// Exact keyword match.
+    Keyword(String),
+    /// Exact integer match.
+    Integer(i64),
+}
+
+/// A conjunction of exact-match conditions on payload fields (all must hold).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// `(payload key, value)` pairs that must all match.
+    pub must: Vec<(String, MatchValue)>,
+}
+
+impl Filter {
+    /// Adds a keyword condition.
+    pub fn keyword(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.must
+            .push((key.to_string(), MatchValue::Keyword(value.into())));
+        self
+    }
+
+    /// Adds an integer condition.
+    pub fn integer(mut self, key: &str, value: i64) -> Self {
+        self.must
+            .push((key.to_string(), MatchValue::Integer(value)));
+        self
+    }
+}
+
+/// A point to store: id (UUID), dense vector, JSON object payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Point id; a UUID.
+    pub id: uuid::Uuid,
+    /// Dense vector; its length must equal the collection's dimension.
+    pub vector: Vec<f32>,
+    /// Payload fields.
+    pub payload: Map<String, Value>,
+}
+
+/// A search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredPoint {
+    /// Point id.
+    pub id: uuid::Uuid,
+    /// Cosine similarity (higher is closer).
+    pub score: f32,
+    /// Payload fields.
+    pub payload: Map<String, Value>,
+}
+
+/// A stored point without its vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Point id.
+    pub id: uuid::Uuid,
+    /// Payload fields.
+    pub payload: Map<String, Value>,
+}
+
+/// Parameters of a collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionSpec {
+    /// Vector dimension.
+    pub dimension: usize,
+    /// Whether many tenants share the collection: backends that can, index [`TENANT_KEY`] as a
+    /// tenant key (Qdrant's keyword index with `is_tenant: true`).
+    pub multi_tenant: bool,
+}
+
+/// A vector database: collections of points with cosine distance.
+///
+/// Every write is durable when the call returns `Ok` (a crash right after does not lose it).
+/// Implementations are tenant-agnostic; use [`TenantVectors`] to reach them.
+#[async_trait]
+pub trait VectorBackend: Send + Sync + 'static {
+    /// Creates the collection if it does not exist (idempotent).
+    async fn ensure_collection(&self, name: &str, spec: &CollectionSpec)
+    -> Result<(), VectorError>;
+    /// Deletes the collection and all its points; succeeds if it does not exist.
+    async fn drop_collection(&self, name: &str) -> Result<(), VectorError>;
+    /// Inserts or replaces points; durable on return.
+    async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<(), VectorError>;
+    /// Nearest neighbours of `vector` among points matching `filter`, best first.
+    async fn search(
+        &self,
+        collection: &str,
+        vector: Vec<f32>,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<ScoredPoint>, VectorError>;
+    /// Points matching `filter`, ordered by id, at most `limit`, starting after `offset`;
+    /// returns the page and the id to continue from.
+    async fn scroll(
+        &self,
+        collection: &str,
+        filter: &Filter,
+        limit: usize,
+        offset: Option<uuid::Uuid>,
+    ) -> Result<(Vec<Record>, Option<uuid::Uuid>), VectorError>;
+    /// Number of points matching `filter` (exact).
+    async fn count(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError>;
+    /// Deletes the points matching `filter`; durable on return.
+    async fn delete(&self, collection: &str, filter: &Filter) -> Result<(), VectorError>;
+    /// Whether the backend is usable (for `/readyz`).
+    async fn ready(&self) -> Result<(), VectorError>;
+}
+
+/// Which of a tenant's two collections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Document chunks.
+    Docs,
+    /// Semantic-cache entries.
+    Cache,
+}
+
+impl Kind {
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Docs => "docs",
+            Kind::Cache => "cache",
+        }
+    }
+}
+
+/// Name of the collection holding `tenant`'s points of `kind` under `isolation`.
+///
+/// `Collection`: `tenant_<id>_docs` / `tenant_<id>_cache` (dashes become underscores, as in the
+/// seed's `tenant_{tenant_id}`). `Partition`: one shared `shared_<kind>_<dimension>` collection
+/// per embedding dimension.
+pub fn collection_name(tenant: &TenantId, isolation: Isolation, kind: Kind, dim: usize) -> String {
+    match isolation {
+        Isolation::Collection => {
+            format!(
+                "tenant_{}_{}",
+                tenant.as_str().replace('-', "_"),
+                kind.suffix()
+            )
+        }
+        Isolation::Partition => format!("shared_{}_{}", kind.suffix(), dim),
+    }
+}
+
+/// The vector store as seen by one tenant. Built only from a verified [`TenantId`]; every
+/// operation is confined to that tenant's points.
+#[derive(Clone)]
+pub struct TenantVectors {
+    backend: Arc<dyn VectorBackend>,
+    tenant: TenantId,
+    isolation: Isolation,
+    dimension: usize,
+}
+
+impl TenantVectors {
+    /// Scopes `backend` to `tenant`.
+    pub fn new(
+        backend: Arc<dyn VectorBackend>,
+        tenant: TenantId,
+        isolation: Isolation,
+        dimension: usize,
+    ) -> Self {
+        Self {
+            backend,
+            tenant,
+            isolation,
+            dimension,
+        }
+    }
+
+    /// The tenant this handle is scoped to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Collection used for `kind`.
+    pub fn collection(&self, kind: Kind) -> String {
+        collection_name(&self.tenant, self.isolation, kind, self.dimension)
+    }
+
+    fn scoped(&self, filter: Filter) -> Filter {
+        let mut f = Filter::default().keyword(TENANT_KEY, self.tenant.as_str());
+        // The tenant condition comes first and cannot be removed by the caller's conditions:
+        // all conditions are conjunctive.
+        f.must
+            .extend(filter.must.into_iter().filter(|(k, _)| k != TENANT_KEY));
+        f
+    }
+
+    /// Ensures both collections exist.
+    pub async fn ensure(&self) -> Result<(), VectorError> {
+        let spec = CollectionSpec {
+            dimension: self.dimension,
+            multi_tenant: self.isolation == Isolation::Partition,
+        };
+        for kind in [Kind::Docs, Kind::Cache] {
+            self.backend
+                .ensure_collection(&self.collection(kind), &spec)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores points, stamping the tenant into each payload (overriding any caller value).
+    pub async fn upsert(&self, kind: Kind, mut points: Vec<Point>) -> Result<(), VectorError> {
+        for p in &mut points {
+            p.payload.insert(
+                TENANT_KEY.to_string(),
+                Value::String(self.tenant.as_str().to_string()),
+            );
+        }
+        self.backend.upsert(&self.collection(kind), points).await
+    }
+
+    /// Nearest neighbours among this tenant's points.
+    pub async fn search(
+        &self,
+        kind: Kind,
+        vector: Vec<f32>,
+        filter: Filter,
+        limit: usize,
+    ) -> Result<Vec<ScoredPoint>, VectorError> {
+        self.backend
+            .search(&self.collection(kind), vector, &self.scoped(filter), limit)
+            .await
+    }
+
+    /// A page of this tenant's points.
+    pub async fn scroll(
+        &self,
+        kind: Kind,
+        filter: Filter,
+        limit: usize,
+        offset: Option<uuid::Uuid>,
+    ) -> Result<(Vec<Record>, Option<uuid::Uuid>), VectorError> {
+        self.backend
+            .scroll(&self.collection(kind), &self.scoped(filter), limit, offset)
+            .await
+    }
+
+    /// Counts this tenant's points matching `filter`.
+    pub async fn count(&self, kind: Kind, filter: Filter) -> Result<u64, VectorError> {
+        self.backend
+            .count(&self.collection(kind), &self.scoped(filter))
+            .await
+    }
+
+    /// Deletes this tenant's points matching `filter`.
+    pub async fn delete(&self, kind: Kind, filter: Filter) -> Result<(), VectorError> {
+        self.backend
+            .delete(&self.collection(kind), &self.scoped(filter))
+            .await
+    }
+
+    /// Removes all of this tenant's vector data (both kinds). In `Collection` mode the
+    /// collections are dropped; in `Partition` mode only this tenant's points are deleted.
+    pub async fn purge(&self) -> Result<(), VectorError> {
+        for kind in [Kind::Docs, Kind::Cache] {
+            match self.isolation {
+                Isolation::Collection => {
+                    self.backend.drop_collection(&self.collection(kind)).await?
+                }
+                Isolation::Partition => self.delete(kind, Filter::default()).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Payload helper: a string field.
+pub fn payload_str<'a>(payload: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    payload.get(key).and_then(Value::as_str)
+}
+
+/// Payload helper: metadata object as a string map (non-string values rendered as JSON).
+pub fn payload_metadata(payload: &Map<String, Value>) -> BTreeMap<String, Value> {
+    payload
+        .get("metadata")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,369 @@
+//! Test harness: a real `tenantry serve` process on 127.0.0.1 with the embedded vector store
+//! and the local embedding model, and a scripted OpenAI-compatible chat server on loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::{Value, json};
+use tenantry::auth::keys::{Keyring, keyring_path};
+use tenantry::crd::TenantId;
+
+/// The local embedding model folder; fails loudly when missing.
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("TENANTRY_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "embedding model missing at {}: run scripts/install-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// A Tenant manifest.
+pub fn tenant_yaml(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: tenantry.dev/v1alpha1\nkind: Tenant\nmetadata:\n  name: {name}\nspec:\n  tier: pro\n{extra_spec}"
+    )
+}
+
+/// A scripted OpenAI-compatible chat server. It answers
+/// `ANSWER[<model>]: <the user message>` so tests can see exactly what context reached the
+/// model, and records every request body. Model `fail-500` gets a 500; `slow` waits 30 s.
+#[derive(Clone)]
+pub struct ScriptedLlm {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// Bodies of the requests received.
+    pub requests: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn completions(
+    State(log): State<Arc<Mutex<Vec<Value>>>>,
+    Json(body): Json<Value>,
+) -> impl IntoResponse {
+    log.lock().expect("lock").push(body.clone());
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    if model == "fail-500" {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "boom", "type": "server_error"}})),
+        )
+            .into_response();
+    }
+    if model == "slow" {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    let user = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let answer = format!("ANSWER[{model}]: {user}");
+    let prompt_tokens = body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    m["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .count()
+                })
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    Json(json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1_700_000_000u64,
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7},
+    }))
+    .into_response()
+}
+
+impl ScriptedLlm {
+    /// Starts the server on 127.0.0.1:0.
+    pub async fn start() -> Self {
+        tenantry::install_crypto_provider();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(requests.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, requests }
+    }
+
+    /// Base URL for `OPENAI_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The user messages received so far.
+    pub fn user_messages(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|b| {
+                b["messages"]
+                    .as_array()?
+                    .iter()
+                    .find(|m| m["role"] == "user")?["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+/// Folders of one `serve` instance (kept across restarts).
+pub struct Dirs {
+    /// Holds everything; removed on drop.
+    pub root: tempfile::TempDir,
+}
+
+impl Dirs {
+    /// New empty folders.
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("tenants")).expect("mkdir");
+        Self { root }
+    }
+    /// Data folder.
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+    /// Tenants folder.
+    pub fn tenants(&self) -> PathBuf {
+        self.root.path().join("tenants")
+    }
+    /// Writes a tenant manifest file.
+    pub fn add_tenant(&self, name: &str, extra_spec: &str) {
+        self.write_manifest(&format!("{name}.yaml"), &tenant_yaml(name, extra_spec));
+    }
+    /// Writes any manifest file.
+    pub fn write_manifest(&self, file: &str, text: &str) {
+        std::fs::write(self.tenants().join(file), text).expect("write manifest");
+    }
+    /// Writes a config file and returns its path.
+    pub fn config(&self, yaml: &str) -> PathBuf {
+        let p = self.root.path().join("config.yaml");
+        std::fs::write(&p, yaml).expect("write config");
+        p
+    }
+    /// Mints a token with the tenant's current key from the data folder.
+    pub fn token(&self, tenant: &str, sub: &str) -> String {
+        let id = TenantId::parse(tenant).expect("tenant id");
+        let ring = Keyring::read(&keyring_path(&self.data().join("keys"), &id)).expect("keyring");
+        ring.mint(&id, sub, 3600).expect("mint")
+    }
+    /// The tenant's keyring.
+    pub fn keyring(&self, tenant: &str) -> Keyring {
+        let id = TenantId::parse(tenant).expect("tenant id");
+        Keyring::read(&keyring_path(&self.data().join("keys"), &id)).expect("keyring")
+    }
+}
+
+/// A running `tenantry serve` child process; terminated on drop.
+pub struct Server {
+    child: Child,
+    /// API address.
+    pub addr: SocketAddr,
+    /// Metrics address.
+    pub metrics_addr: SocketAddr,
+    /// JSON log lines printed so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// Options of one start.
+#[derive(Default)]
+pub struct Start<'a> {
+    /// Scripted LLM to use (none: offline responder).
+    pub llm: Option<&'a ScriptedLlm>,
+    /// Config file.
+    pub config: Option<PathBuf>,
+    /// Extra arguments.
+    pub args: Vec<String>,
+}
+
+impl Server {
+    /// Starts `serve` on 127.0.0.1:0 with `dirs` and waits until it listens.
+    pub fn start(dirs: &Dirs, opts: Start<'_>) -> Self {
+        tenantry::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dirs.data())
+            .arg("--tenants")
+            .arg(dirs.tenants())
+            .args(&opts.args)
+            .current_dir(dirs.root.path())
+            .env("TENANTRY_MODEL_DIR", model_dir())
+            .env("RUST_LOG", "info")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("OPENAI_API_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(c) = &opts.config {
+            cmd.arg("--config").arg(c);
+        }
+        if let Some(llm) = opts.llm {
+            cmd.env("OPENAI_BASE_URL", llm.base_url());
+        }
+        let mut child = cmd.spawn().expect("spawn tenantry serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "listening"
+                {
+                    let _ = tx.send((
+                        v["addr"].as_str().map(str::to_string),
+                        v["metrics_addr"].as_str().map(str::to_string),
+                    ));
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok((Some(a), Some(m))) => (a.parse().expect("addr"), m.parse().expect("addr")),
+            other => {
+                let _ = child.kill();
+                panic!(
+                    "serve did not start ({other:?}); logs:\n{}",
+                    logs.lock().expect("lock").join("\n")
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            metrics_addr,
+            logs,
+            http,
+        }
+    }
+
+    /// URL of `path` on the API.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "serve exited with {status}");
+    }
+
+    /// POSTs JSON with a bearer token; returns status and JSON body.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        status_json(r).await
+    }
+
+    /// GETs with a bearer token.
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        status_json(r).await
+    }
+
+    /// DELETEs with a bearer token.
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        status_json(r).await
+    }
+
+    /// Ingests a document; returns its id.
+    pub async fn ingest(&self, token: &str, title: &str, text: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/v1/documents",
+                token,
+                json!({"text": text, "title": title}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Asks a question.
+    pub async fn chat(&self, token: &str, question: &str) -> (StatusCode, Value) {
+        self.post("/v1/chat", token, json!({"question": question}))
+            .await
+    }
+
+    /// Waits until a request succeeds (tenant reloads are asynchronous).
+    pub async fn wait_for_token(&self, token: &str) {
+        for _ in 0..100 {
+            let (s, _) = self.get("/v1/documents", token).await;
+            if s == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("token never accepted");
+    }
+}
+
+/// Status and JSON body (Null when the body is empty or not JSON).
+pub async fn status_json(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = StatusCode::from_u16(r.status().as_u16()).expect("status");
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
