@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what the tests need (the local embedding model), then
-# `cargo test`. Extra arguments go to cargo test (e.g. `scripts/test.sh --test api`).
+# Runs the whole test suite: installs what the tests need (the local embedding model, a real
+# kube-apiserver + etcd built once from the Go module proxy and cached), then `cargo test`. Extra arguments go to cargo test (e.g. `scripts/test.sh --test api`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One shared build folder outside the checkout, so fresh clones build incrementally.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tenantry/target}"
 TENANTRY_MODEL_DIR="$(scripts/install-model.sh)"
 export TENANTRY_MODEL_DIR
+# The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build).
+eval "$(scripts/kube-test-env.sh start)"
 cargo test --locked "$@"

@@ -23,6 +23,92 @@ pub enum Command {
     Token(TokenArgs),
     /// Print the CustomResourceDefinitions (the YAML checked in under crds/).
     Crd,
+    /// Run the Kubernetes operator that turns Tenants into running chat APIs.
+    Operator(OperatorArgs),
+}
+
+/// Options of `tenantry operator`.
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
+    /// Prefix of tenant namespaces (`tenant-` makes `tenant-acme`).
+    #[arg(long, env = "TENANTRY_NAMESPACE_PREFIX", default_value = "tenant-")]
+    pub namespace_prefix: String,
+    /// Image of the tenants' chat API (this same binary, run as `serve`).
+    #[arg(long, env = "TENANTRY_IMAGE", default_value = concat!("tenantry:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Pull policy of that image.
+    #[arg(
+        long,
+        env = "TENANTRY_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub image_pull_policy: String,
+    /// Extra environment of the chat API containers, as KEY=VALUE (repeatable; comma-separated
+    /// in the environment variable), e.g. OPENAI_BASE_URL=http://llm:8080/v1.
+    #[arg(long, env = "TENANTRY_API_ENV", value_delimiter = ',')]
+    pub api_env: Vec<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "TENANTRY_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(
+        long,
+        env = "TENANTRY_LEASE_NAMESPACE",
+        default_value = "tenantry-system"
+    )]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "TENANTRY_LEASE_NAME", default_value = "tenantry-operator")]
+    pub lease_name: String,
+    /// How long a leader's Lease lasts without renewal (e.g. 15s).
+    #[arg(long, env = "TENANTRY_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: String,
+    /// This replica's identity in the Lease (default: the pod's hostname).
+    #[arg(long, env = "TENANTRY_IDENTITY")]
+    pub identity: Option<String>,
+    /// Folder of the embedded vector store in which tenants' collections are provisioned.
+    #[arg(
+        long,
+        env = "TENANTRY_VECTOR_DATA_DIR",
+        default_value = "./operator-data"
+    )]
+    pub vector_data_dir: PathBuf,
+    /// Dimension of the tenants' embedding vectors (all-MiniLM-L6-v2: 384).
+    #[arg(long, env = "TENANTRY_EMBEDDING_DIMENSION", default_value_t = 384)]
+    pub embedding_dimension: usize,
+    /// Qdrant server (gRPC, `http://qdrant:6334`, or `https://...` for TLS) in which tenants'
+    /// collections are provisioned and deleted, instead of the embedded store in
+    /// --vector-data-dir; also given to the chat API pods. The operator's API key is read from
+    /// TENANTRY_QDRANT_API_KEY.
+    #[arg(long, env = "TENANTRY_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+    /// Bound on one Qdrant request, in milliseconds.
+    #[arg(long, env = "TENANTRY_QDRANT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub qdrant_timeout_ms: u64,
+    /// Bound on connecting to Qdrant, in milliseconds.
+    #[arg(
+        long,
+        env = "TENANTRY_QDRANT_CONNECT_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub qdrant_connect_timeout_ms: u64,
+    /// Create tenants' collections with vectors and payloads on disk (memory-mapped).
+    #[arg(long, env = "TENANTRY_QDRANT_ON_DISK", default_value_t = false)]
+    pub qdrant_on_disk: bool,
+    /// Quantization of new collections: `none` or `scalar` (int8, kept in RAM).
+    #[arg(long, env = "TENANTRY_QDRANT_QUANTIZATION", default_value = "none")]
+    pub qdrant_quantization: crate::vector::qdrant::Quantization,
+    /// Secret holding the Qdrant API key of the chat API pods (read through
+    /// `valueFrom.secretKeyRef`, so it must exist in every tenant namespace). Unset: no key.
+    #[arg(long, env = "TENANTRY_QDRANT_API_KEY_SECRET")]
+    pub qdrant_api_key_secret: Option<String>,
+    /// Key of the API key inside that Secret.
+    #[arg(
+        long,
+        env = "TENANTRY_QDRANT_API_KEY_SECRET_KEY",
+        default_value = "api-key"
+    )]
+    pub qdrant_api_key_secret_key: String,
 }
 
 /// Options of `tenantry serve`.
@@ -44,12 +130,26 @@ pub struct ServeArgs {
     /// Folder of Tenant/QuotaTier manifests (YAML, as for kubectl apply); reloaded on change.
     #[arg(long, env = "TENANTRY_TENANTS", default_value = "config/tenants")]
     pub tenants: PathBuf,
+    /// Folder of read-only `<tenant>.json` keyrings (e.g. mounted from the operator's
+    /// Secrets). Unset: `<data-dir>/keys`, where missing keyrings are generated.
+    #[arg(long, env = "TENANTRY_KEYS_DIR")]
+    pub keys_dir: Option<PathBuf>,
     /// Folder with the local embedding model; overrides `embedding.modelDir` of the config.
     #[arg(long, env = "TENANTRY_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
     /// Development mode: enables GET /dev/token to mint tokens over HTTP. Never in production.
     #[arg(long, env = "TENANTRY_DEV", default_value_t = false)]
     pub dev: bool,
+    /// Redis for quotas and rate limits shared by every replica, e.g. `redis://host:6379`,
+    /// `rediss://:password@host:6380/0` (TLS). Overrides `quota.redisUrl` of the config; unset
+    /// in both: in-process counters (one replica only).
+    #[arg(long, env = "TENANTRY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<RedisUrl>,
+    /// Qdrant server holding the vectors (gRPC, `http://qdrant:6334`, or `https://...` for
+    /// TLS); overrides `vector.qdrantUrl` of the config. Unset in both: the embedded store under
+    /// --data-dir. The API key is read from TENANTRY_QDRANT_API_KEY (or `vector.apiKeyEnv`).
+    #[arg(long, env = "TENANTRY_QDRANT_URL")]
+    pub qdrant_url: Option<String>,
 }
 
 /// Options of `tenantry token`.
@@ -72,11 +172,44 @@ pub struct TokenArgs {
     pub tenants: PathBuf,
 }
 
+/// A Redis URL from the command line; its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::quota::redact_url(&self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn redis_url_debug_hides_the_password() {
+        let cli = Cli::try_parse_from([
+            "tenantry",
+            "serve",
+            "--redis-url",
+            "rediss://:hunter2@redis:6380",
+        ])
+        .expect("parses");
+        let text = format!("{cli:?}");
+        assert!(
+            !text.contains("hunter2") && text.contains("redis:6380"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn cli_is_consistent_and_every_flag_has_an_env_var() {

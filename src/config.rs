@@ -45,6 +45,97 @@ pub struct ServeConfig {
     /// Request limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Where quotas are enforced.
+    #[serde(default)]
+    pub quota: QuotaConfig,
+    /// Where vectors are stored.
+    #[serde(default)]
+    pub vector: VectorConfig,
+}
+
+/// Vector store: a Qdrant server (gRPC) when a URL is given here, in `TENANTRY_QDRANT_URL` or
+/// `--qdrant-url`; the embedded store under `--data-dir` otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VectorConfig {
+    /// `http://host:6334`, or `https://...` for TLS (the gRPC port).
+    #[serde(default)]
+    pub qdrant_url: Option<String>,
+    /// Name of the environment variable holding the Qdrant API key (unset or empty: none).
+    #[serde(default = "default_qdrant_api_key_env")]
+    pub api_key_env: String,
+    /// Bound on one Qdrant request, in milliseconds.
+    #[serde(default = "default_qdrant_timeout")]
+    pub timeout_ms: u64,
+    /// Bound on connecting to Qdrant, in milliseconds.
+    #[serde(default = "default_qdrant_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Collections this process creates keep vectors and payloads on disk (memory-mapped).
+    #[serde(default)]
+    pub on_disk: bool,
+    /// Quantization of collections this process creates: `none` or `scalar` (int8).
+    #[serde(default)]
+    pub quantization: crate::vector::qdrant::Quantization,
+}
+
+impl Default for VectorConfig {
+    fn default() -> Self {
+        Self {
+            qdrant_url: None,
+            api_key_env: default_qdrant_api_key_env(),
+            timeout_ms: default_qdrant_timeout(),
+            connect_timeout_ms: default_qdrant_connect_timeout(),
+            on_disk: false,
+            quantization: crate::vector::qdrant::Quantization::None,
+        }
+    }
+}
+
+fn default_qdrant_api_key_env() -> String {
+    "TENANTRY_QDRANT_API_KEY".to_string()
+}
+fn default_qdrant_timeout() -> u64 {
+    10_000
+}
+fn default_qdrant_connect_timeout() -> u64 {
+    2_000
+}
+
+/// Quota backend: Redis (shared by every replica) when a URL is given here, in
+/// `TENANTRY_REDIS_URL` or `--redis-url`; in-process counters otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// What to do when Redis is unreachable: `failClosed` (503) or `failOpen` (serve unmetered).
+    #[serde(default)]
+    pub fail_mode: crate::quota::FailMode,
+    /// Bound on one Redis command, in milliseconds.
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_ms: u64,
+    /// Bound on connecting to Redis, in milliseconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            fail_mode: crate::quota::FailMode::default(),
+            command_timeout_ms: default_command_timeout(),
+            connect_timeout_ms: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_command_timeout() -> u64 {
+    500
+}
+fn default_connect_timeout() -> u64 {
+    1_000
 }
 
 /// An OpenAI-compatible chat endpoint. Without a base URL (here or in `OPENAI_BASE_URL`),
@@ -234,6 +325,16 @@ impl ServeConfig {
         if self.limits.max_body_bytes < 1024 {
             return Err("limits.maxBodyBytes must be at least 1024".to_string());
         }
+        if self.quota.command_timeout_ms == 0 || self.quota.connect_timeout_ms == 0 {
+            return Err(
+                "quota.commandTimeoutMs and quota.connectTimeoutMs must be positive".to_string(),
+            );
+        }
+        if self.vector.timeout_ms == 0 || self.vector.connect_timeout_ms == 0 {
+            return Err(
+                "vector.timeoutMs and vector.connectTimeoutMs must be positive".to_string(),
+            );
+        }
         Ok(())
     }
 
@@ -255,6 +356,53 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.yaml");
         let c = ServeConfig::load(&path, true).expect("config/local.yaml is valid");
         assert!(matches!(c.embedding, EmbeddingConfig::Local { .. }));
+    }
+
+    #[test]
+    fn quota_section_parses() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "quota:\n  redisUrl: redis://127.0.0.1:6379\n  failMode: failOpen\n  commandTimeoutMs: 50\n",
+        )
+        .expect("write");
+        let c = ServeConfig::load(&p, true).expect("valid");
+        assert_eq!(c.quota.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.quota.fail_mode, crate::quota::FailMode::FailOpen);
+        assert_eq!(c.quota.command_timeout_ms, 50);
+        assert_eq!(
+            ServeConfig::default().quota.fail_mode,
+            crate::quota::FailMode::FailClosed
+        );
+        std::fs::write(&p, "quota:\n  failMode: sometimes\n").expect("write");
+        assert!(ServeConfig::load(&p, true).is_err());
+    }
+
+    #[test]
+    fn vector_section_parses() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "vector:\n  qdrantUrl: https://qdrant:6334\n  apiKeyEnv: QKEY\n  timeoutMs: 700\n  onDisk: true\n  quantization: scalar\n",
+        )
+        .expect("write");
+        let c = ServeConfig::load(&p, true).expect("valid");
+        assert_eq!(c.vector.qdrant_url.as_deref(), Some("https://qdrant:6334"));
+        assert_eq!(c.vector.api_key_env, "QKEY");
+        assert_eq!(c.vector.timeout_ms, 700);
+        assert_eq!(c.vector.connect_timeout_ms, 2_000);
+        assert!(c.vector.on_disk);
+        assert_eq!(
+            c.vector.quantization,
+            crate::vector::qdrant::Quantization::Scalar
+        );
+        assert_eq!(ServeConfig::default().vector.qdrant_url, None);
+        std::fs::write(&p, "vector:\n  timeoutMs: 0\n").expect("write");
+        assert!(ServeConfig::load(&p, true).is_err());
+        std::fs::write(&p, "vector:\n  quantization: pq\n").expect("write");
+        assert!(ServeConfig::load(&p, true).is_err());
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //!
 //! Module map:
 //! - [`cli`]: command-line interface (`serve`, `token`, `crd`).
+//! - [`controller`]: the operator's reconciler (build, apply, status, keys, leader election).
+//! - [`operator`]: wiring of `tenantry operator` and its lifecycle.
 //! - [`crd`]: the `Tenant` and `QuotaTier` custom resources (group `tenantry.dev`).
 //! - [`config`]: the `serve` configuration file and its defaults.
 //! - [`tenants`]: the tenant registry `serve` reads from manifests on disk, reloaded on change.
 //! - [`auth`]: per-tenant signing keys and JWT verification (token -> verified tenant).
-//! - [`vector`]: the vector-store trait, the tenant-scoped handle, and the embedded backend.
+//! - [`vector`]: the vector-store trait, the tenant-scoped handle, the embedded backend and the
+//!   Qdrant-server backend.
 //! - [`embed`]: the embedding trait, the in-process model and the OpenAI-compatible client.
 //! - [`llm`]: the chat-model trait, the OpenAI-compatible client and the offline responder.
 //! - [`chunk`]: splitting documents into overlapping chunks.
 //! - [`api`]: the HTTP API (axum router, handlers, errors).
+//! - [`quota`]: per-tenant quotas and rate limits (Redis or in-process), token estimates.
 //! - [`serve`]: wiring of `tenantry serve` and its lifecycle.
 //! - [`metrics`]: Prometheus metric families.
 //! - [`telemetry`]: logging setup.
@@ -19,10 +23,13 @@ pub mod auth;
 pub mod chunk;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod embed;
 pub mod llm;
 pub mod metrics;
+pub mod operator;
+pub mod quota;
 pub mod serve;
 pub mod telemetry;
 pub mod tenants;

@@ -16,6 +16,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token(args) => println!("{}", token(&args)?),
         Command::Crd => print!("{}", tenantry::crd::crd_yaml()),
+        Command::Operator(args) => {
+            tenantry::telemetry::init();
+            tenantry::operator::run(args).await?;
+        }
     }
     Ok(())
 }

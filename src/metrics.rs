@@ -37,6 +37,23 @@ pub struct TokenLabels {
     pub r#type: String,
 }
 
+/// Labels of `llm_rate_limited_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// The limit hit: `daily_tokens`, `requests_per_minute`, `tokens_per_minute`,
+    /// `concurrent_requests`.
+    pub limit: String,
+}
+
+/// Labels of per-tenant counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    /// Tenant id.
+    pub tenant_id: String,
+}
+
 /// Every metric family of `serve`, registered in one registry.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +63,11 @@ pub struct Metrics {
     pub latency: Family<ModelLabels, Histogram>,
     /// `llm_tokens_total{tenant_id,model,type}`.
     pub tokens: Family<TokenLabels, Counter>,
+    /// `llm_rate_limited_total{tenant_id,limit}`: requests refused with 429.
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    /// `quota_fail_open_total{tenant_id}`: requests served unmetered because the quota store
+    /// was unreachable (`failOpen`).
+    pub quota_fail_open: Family<TenantLabels, Counter>,
 }
 
 /// The seed's latency buckets (seconds).
@@ -66,11 +88,25 @@ impl Default for Metrics {
         );
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register("llm_tokens", "Total tokens used", tokens.clone());
+        let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "llm_rate_limited",
+            "Requests refused by a quota or rate limit",
+            rate_limited.clone(),
+        );
+        let quota_fail_open = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "quota_fail_open",
+            "Requests served unmetered because the quota store was unreachable",
+            quota_fail_open.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             tokens,
+            rate_limited,
+            quota_fail_open,
         }
     }
 }
@@ -82,6 +118,25 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a request refused by `limit`.
+    pub fn record_rate_limited(&self, tenant: &str, limit: &str) {
+        self.rate_limited
+            .get_or_create(&RateLimitLabels {
+                tenant_id: tenant.to_string(),
+                limit: limit.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a request served unmetered (quota store down, `failOpen`).
+    pub fn record_fail_open(&self, tenant: &str) {
+        self.quota_fail_open
+            .get_or_create(&TenantLabels {
+                tenant_id: tenant.to_string(),
+            })
+            .inc();
     }
 
     /// Records one finished chat request.
@@ -127,12 +182,16 @@ mod tests {
     fn names_match_the_seed() {
         let m = Metrics::default();
         m.record("acme", "gpt-4o-mini", true, 0.3, 10, 5);
+        m.record_rate_limited("acme", "daily_tokens");
+        m.record_fail_open("acme");
         let text = m.encode();
         for needle in [
             r#"llm_requests_total{tenant_id="acme",model="gpt-4o-mini",status="success"} 1"#,
             r#"llm_request_latency_seconds_bucket{le="0.5",tenant_id="acme",model="gpt-4o-mini"} 1"#,
             r#"llm_tokens_total{tenant_id="acme",model="gpt-4o-mini",type="prompt"} 10"#,
             r#"llm_tokens_total{tenant_id="acme",model="gpt-4o-mini",type="completion"} 5"#,
+            r#"llm_rate_limited_total{tenant_id="acme",limit="daily_tokens"} 1"#,
+            r#"quota_fail_open_total{tenant_id="acme"} 1"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -16,9 +16,13 @@ use crate::llm::extractive::Extractive;
 use crate::llm::openai::OpenAiChat;
 use crate::llm::{ChatModel, LlmError};
 use crate::metrics::Metrics;
+use crate::quota::memory::MemoryStore;
+use crate::quota::redis::{RedisOptions, RedisStore};
+use crate::quota::{Quota, QuotaError, QuotaStore};
 use crate::tenants::{KeySource, Registry};
-use crate::vector::VectorError;
 use crate::vector::edge::EdgeBackend;
+use crate::vector::qdrant::{QdrantBackend, QdrantConfig};
+use crate::vector::{VectorBackend, VectorError};
 
 /// How often the tenants folder and keyrings are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -35,6 +39,9 @@ pub enum ServeError {
     /// The embedding model could not be loaded.
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    /// The quota store could not be set up (bad Redis URL).
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The chat client could not be built.
     #[error(transparent)]
     Llm(#[from] LlmError),
@@ -63,7 +70,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
         args.data_dir.display()
     )))?;
 
-    let vectors = EdgeBackend::open(&args.data_dir.join("vectors"))?;
+    let vectors = build_vectors(args, &config).await?;
 
     let embedder: Arc<dyn Embedder> = match &config.embedding {
         EmbeddingConfig::Local { model_dir } => {
@@ -110,24 +117,99 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
 
     let registry = Arc::new(Registry::new(
         args.tenants.clone(),
-        KeySource {
-            dir: args.data_dir.join("keys"),
-            create_missing: true,
+        match &args.keys_dir {
+            Some(dir) => KeySource {
+                dir: dir.clone(),
+                create_missing: false,
+            },
+            None => KeySource {
+                dir: args.data_dir.join("keys"),
+                create_missing: true,
+            },
         },
         config.llm.model.clone(),
     ));
     let r = registry.clone();
     let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+    let quota = build_quota(args, &config)?;
+    let _ = tokio::task::spawn_blocking(crate::quota::tokens::warm_up).await;
 
     Ok(AppState {
         registry,
-        vectors: Arc::new(vectors),
+        vectors,
         embedder,
         llm,
         metrics: Arc::new(Metrics::default()),
         config: Arc::new(config),
         dev: args.dev,
+        quota,
     })
+}
+
+/// The vector store: a Qdrant server when `--qdrant-url`/`TENANTRY_QDRANT_URL` or
+/// `vector.qdrantUrl` names one, the embedded store under `<data-dir>/vectors` otherwise.
+async fn build_vectors(
+    args: &ServeArgs,
+    config: &ServeConfig,
+) -> Result<Arc<dyn VectorBackend>, ServeError> {
+    let v = &config.vector;
+    let url = args
+        .qdrant_url
+        .clone()
+        .filter(|u| !u.is_empty())
+        .or_else(|| v.qdrant_url.clone());
+    let Some(url) = url else {
+        return Ok(Arc::new(EdgeBackend::open(&args.data_dir.join("vectors"))?));
+    };
+    let backend = QdrantBackend::connect(QdrantConfig {
+        url,
+        api_key: std::env::var(&v.api_key_env).ok().filter(|k| !k.is_empty()),
+        timeout: Duration::from_millis(v.timeout_ms),
+        connect_timeout: Duration::from_millis(v.connect_timeout_ms),
+        on_disk: v.on_disk,
+        quantization: v.quantization,
+    })?;
+    // Not fatal: the client reconnects by itself, and /readyz reports the outage meanwhile.
+    match backend.ready().await {
+        Ok(()) => tracing::info!(qdrant = %backend.url(), "vector store on a Qdrant server"),
+        Err(e) => tracing::warn!(
+            qdrant = %backend.url(),
+            error = %e,
+            "vector store on a Qdrant server that is not reachable yet"
+        ),
+    }
+    Ok(Arc::new(backend))
+}
+
+/// The quota backend: Redis when `--redis-url`/`TENANTRY_REDIS_URL` or `quota.redisUrl` names
+/// one, in-process counters otherwise.
+fn build_quota(args: &ServeArgs, config: &ServeConfig) -> Result<Quota, ServeError> {
+    let q = &config.quota;
+    // In-flight entries outlive the longest possible request, so only a crashed replica's
+    // entries ever expire unsettled.
+    let lease = Duration::from_secs(config.limits.request_timeout_seconds + 60);
+    let url = args
+        .redis_url
+        .as_ref()
+        .map(|u| u.0.clone())
+        .filter(|u| !u.is_empty())
+        .or_else(|| q.redis_url.clone());
+    let store: Arc<dyn QuotaStore> = match url {
+        Some(url) => {
+            let store = RedisStore::new(&RedisOptions {
+                url,
+                command_timeout: Duration::from_millis(q.command_timeout_ms),
+                connect_timeout: Duration::from_millis(q.connect_timeout_ms),
+            })?;
+            tracing::info!(redis = %store.url(), fail_mode = ?q.fail_mode, "quotas in Redis");
+            Arc::new(store)
+        }
+        None => {
+            tracing::info!("quotas in-process (single replica; set --redis-url to share them)");
+            Arc::new(MemoryStore::default())
+        }
+    };
+    Ok(Quota::new(store, q.fail_mode, lease))
 }
 
 /// Runs the API and the metrics endpoint until a shutdown signal.

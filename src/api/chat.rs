@@ -2,10 +2,13 @@
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use super::{ApiError, ApiJson, AppState, Caller};
 use crate::llm::{ChatRequest, Message, Usage};
+use crate::quota::{Limits, Refusal, tokens};
 use crate::vector::{Filter, Kind, payload_str};
 
 /// Body of `POST /v1/chat`.
@@ -63,12 +66,14 @@ pub fn system_prompt(tenant: &str) -> String {
     )
 }
 
-/// Answers a question from the caller's documents.
+/// Answers a question from the caller's documents. The quota is reserved once the prompt is
+/// known (the estimate covers the real messages, retrieved passages included) and settled to
+/// the upstream's `usage`; a failed, timed-out or cancelled call consumes nothing.
 pub async fn chat(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<ChatBody>,
-) -> Result<ApiJson<ChatAnswer>, ApiError> {
+) -> Result<(HeaderMap, ApiJson<ChatAnswer>), ApiError> {
     let started = Instant::now();
     let question = body.question.trim();
     if question.is_empty() {
@@ -138,11 +143,55 @@ pub async fn chat(
         max_tokens: state.config.llm.max_tokens,
         passages,
     };
+    let tenant_id = tenant.id.as_str();
+    // The offline responder calls no model: it needs a request slot but no tokens.
+    let estimate = if state.llm.offline() {
+        0
+    } else {
+        tokens::prompt_tokens(&model, &request.messages) + u64::from(request.max_tokens)
+    };
+    let reservation = match state
+        .quota
+        .reserve(&tenant.id, Limits::from(&tenant.quota), estimate)
+        .instrument(tracing::info_span!("quota", tenant_id, estimate))
+        .await
+    {
+        Ok(r) => r,
+        Err(Refusal::Limited(r)) => {
+            state
+                .metrics
+                .record_rate_limited(tenant_id, r.limit.as_str());
+            tracing::info!(
+                tenant_id,
+                limit = r.limit.as_str(),
+                estimate,
+                "rate limited"
+            );
+            return Err(ApiError::RateLimited(r));
+        }
+        Err(Refusal::Unavailable(e)) => return Err(ApiError::QuotaUnavailable(e)),
+    };
+    if !reservation.metered() {
+        state.metrics.record_fail_open(tenant_id);
+    }
+    let headers = reservation
+        .statuses()
+        .map(|s| super::error::statuses_headers(&s))
+        .unwrap_or_default();
+    // Dropping `reservation` (client gone, whole-request timeout) releases it.
     let result = state.llm.complete(request).await;
     let elapsed = started.elapsed();
-    let tenant_id = tenant.id.as_str();
     match result {
         Ok(resp) => {
+            let used = resp.usage.prompt_tokens + resp.usage.completion_tokens;
+            // An upstream that reports no usage is charged the estimate (never less than
+            // what it may have used).
+            let charge = if used == 0 && !state.llm.offline() {
+                estimate
+            } else {
+                used
+            };
+            reservation.settle(charge).await;
             state.metrics.record(
                 tenant_id,
                 &resp.model,
@@ -159,16 +208,20 @@ pub async fn chat(
                 sources = sources.len(),
                 "LLM request completed"
             );
-            Ok(ApiJson(ChatAnswer {
-                answer: resp.content,
-                tenant_id: tenant_id.to_string(),
-                model: resp.model,
-                sources,
-                cached: false,
-                usage: resp.usage,
-            }))
+            Ok((
+                headers,
+                ApiJson(ChatAnswer {
+                    answer: resp.content,
+                    tenant_id: tenant_id.to_string(),
+                    model: resp.model,
+                    sources,
+                    cached: false,
+                    usage: resp.usage,
+                }),
+            ))
         }
         Err(e) => {
+            reservation.release().await;
             state
                 .metrics
                 .record(tenant_id, &model, false, elapsed.as_secs_f64(), 0, 0);

@@ -2,7 +2,7 @@
 //! extractor whose rejections use the same shape.
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::llm::LlmError;
+use crate::quota::{QuotaError, RateLimited, statuses};
 use crate::vector::VectorError;
 
 /// Every error the API returns.
@@ -39,6 +40,13 @@ pub enum ApiError {
     /// 422: the body is not valid JSON or does not match the schema, or a value is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// 429: a quota or rate limit would be exceeded; `Retry-After` and `X-RateLimit-*` headers
+    /// say when to retry.
+    #[error("{} limit exceeded: {} of {} used; retry in {} s", .0.limit, .0.used.get(.0.limit), .0.limits.get(.0.limit), retry_after(.0))]
+    RateLimited(Box<RateLimited>),
+    /// 503: the quota store is unreachable and the fail mode is `failClosed`.
+    #[error("quota service unavailable; try again later")]
+    QuotaUnavailable(#[source] QuotaError),
     /// 502 / 504: the chat model failed or timed out.
     #[error(transparent)]
     Upstream(#[from] LlmError),
@@ -81,7 +89,10 @@ impl ApiError {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Upstream(LlmError::Timeout) | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Store(_) | Self::Embedding(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Store(_) | Self::Embedding(_) | Self::QuotaUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +110,8 @@ impl ApiError {
             Self::Invalid(_) => "invalid_request",
             Self::Upstream(LlmError::Timeout) => "upstream_timeout",
             Self::Upstream(_) => "upstream_error",
+            Self::RateLimited(_) => "rate_limited",
+            Self::QuotaUnavailable(_) => "quota_unavailable",
             Self::Store(_) => "store_unavailable",
             Self::Embedding(_) => "embedding_unavailable",
             Self::Timeout => "timeout",
@@ -115,14 +128,64 @@ impl IntoResponse for ApiError {
             let cause = match &self {
                 Self::Store(e) => e.to_string(),
                 Self::Embedding(e) => e.to_string(),
+                Self::QuotaUnavailable(e) => e.to_string(),
                 Self::Internal(e) => e.clone(),
                 other => other.to_string(),
             };
             tracing::error!(code = self.code(), status = status.as_u16(), error = %cause, "request failed");
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        (status, axum::Json(body)).into_response()
+        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let headers = match &self {
+            Self::RateLimited(r) => {
+                body["error"]["limit"] = json!(r.limit.as_str());
+                rate_limit_headers(r)
+            }
+            _ => HeaderMap::new(),
+        };
+        (status, headers, axum::Json(body)).into_response()
     }
+}
+
+/// Seconds until the window of the limit hit resets (at least 1).
+fn retry_after(r: &RateLimited) -> u64 {
+    crate::quota::reset_at_ms(r.limit, r.now_ms)
+        .saturating_sub(r.now_ms)
+        .div_ceil(1000)
+        .max(1)
+}
+
+/// `Retry-After`, `X-RateLimit-Limit/Remaining/Reset` of the limit hit, and the same three per
+/// limit (`X-RateLimit-Limit-Requests`, `-Tokens`, `-Tokens-Day`, `-Concurrent`).
+fn rate_limit_headers(r: &RateLimited) -> HeaderMap {
+    let mut h = statuses_headers(&statuses(&r.limits, &r.used, r.now_ms));
+    let hit = statuses(&r.limits, &r.used, r.now_ms)
+        .into_iter()
+        .find(|s| s.limit == r.limit);
+    if let Some(s) = hit {
+        h.insert("x-ratelimit-limit", HeaderValue::from(s.max));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(s.remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(s.reset_seconds));
+    }
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after(r)));
+    h
+}
+
+/// The per-limit `X-RateLimit-{Limit,Remaining,Reset}-<limit>` headers (reset in seconds).
+pub fn statuses_headers(statuses: &[crate::quota::LimitStatus]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for s in statuses {
+        let suffix = s.limit.header_suffix().to_ascii_lowercase();
+        for (name, value) in [
+            ("limit", s.max),
+            ("remaining", s.remaining),
+            ("reset", s.reset_seconds),
+        ] {
+            if let Ok(n) = HeaderName::try_from(format!("x-ratelimit-{name}-{suffix}")) {
+                h.insert(n, HeaderValue::from(value));
+            }
+        }
+    }
+    h
 }
 
 /// `axum::Json` whose rejections are [`ApiError`]s (422/413/415 with the JSON error body).

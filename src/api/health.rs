@@ -8,23 +8,29 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, AppState};
 use crate::crd::{TenantId, parse_duration};
+use crate::quota::FailMode;
 
 /// Liveness: the process answers.
 pub async fn healthz() -> impl IntoResponse {
     ApiJson(json!({"status": "ok"}))
 }
 
-/// Readiness: tenants are loaded and the vector store is usable.
+/// Readiness: tenants are loaded, the vector store is usable, and the quota store answers (a
+/// Redis outage is reported but keeps the replica ready with `failOpen`).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let tenants = state.registry.loaded();
     let store = state.vectors.ready().await;
-    let ready = tenants && store.is_ok();
+    let quota = state.quota.store().ping().await;
+    let quota_ok = quota.is_ok() || state.quota.fail_mode() == FailMode::FailOpen;
+    let ready = tenants && store.is_ok() && quota_ok;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
             "tenants": if tenants { "ok" } else { "loading" },
             "vector_store": if store.is_ok() { "ok" } else { "unavailable" },
+            "quota": if quota.is_ok() { "ok" } else { "unavailable" },
         },
+        "quota_backend": state.quota.store().backend(),
     });
     let status = if ready {
         StatusCode::OK
@@ -87,9 +93,24 @@ pub fn openapi_document() -> Value {
             err("Missing, malformed, expired or wrongly signed token"),
         );
         responses.insert("403".into(), err("Tenant suspended"));
-        responses.insert("503".into(), err("A dependency is unavailable"));
+        responses.insert(
+            "503".into(),
+            err("A dependency is unavailable (`quota_unavailable`: the quota store, with failClosed)"),
+        );
         Value::Object(responses)
     };
+    let int_header =
+        |description: &str| json!({"description": description, "schema": {"type": "integer"}});
+    let rate_limited = json!({
+        "description": "A quota or rate limit would be exceeded; `error.limit` names it",
+        "headers": {
+            "Retry-After": int_header("Seconds until the limit's window resets"),
+            "X-RateLimit-Limit": int_header("Value of the limit hit"),
+            "X-RateLimit-Remaining": int_header("What is left of it"),
+            "X-RateLimit-Reset": int_header("Seconds until it resets"),
+        },
+        "content": {"application/json": {"schema": error}},
+    });
     let map = |pairs: Vec<(&str, Value)>| {
         pairs
             .into_iter()
@@ -113,6 +134,7 @@ pub fn openapi_document() -> Value {
                     ("403", err("Tenant suspended or model not allowed")),
                     ("413", err("Body too large")),
                     ("422", err("Invalid body")),
+                    ("429", rate_limited.clone()),
                     ("502", err("Upstream model failed")),
                     ("504", err("Upstream model timed out")),
                 ])),
@@ -155,6 +177,12 @@ pub fn openapi_document() -> Value {
                     ])),
                 },
             },
+            "/v1/usage": {"get": {
+                "summary": "The tenant's usage in the current windows, its limits and reset times",
+                "responses": common(map(vec![
+                    ("200", ok("Usage", json!({"$ref": "#/components/schemas/Usage"}))),
+                ])),
+            }},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Alive"}}}},
             "/readyz": {"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI document"}}}},
@@ -181,6 +209,23 @@ pub fn openapi_document() -> Value {
                     }}},
                     "cached": {"type": "boolean"},
                     "usage": {"type": "object", "required": ["prompt_tokens", "completion_tokens"], "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}}},
+                }},
+                "Usage": {"type": "object", "required": ["tenant_id", "backend", "tokens_today", "requests_this_minute", "tokens_this_minute", "in_flight", "usage", "limits", "remaining", "resets_at"], "properties": {
+                    "tenant_id": {"type": "string"},
+                    "backend": {"type": "string", "enum": ["redis", "in-process"]},
+                    "now": {"type": "integer", "description": "Unix seconds"},
+                    "tokens_today": {"type": "integer", "description": "Tokens charged this UTC day, in-flight estimates included"},
+                    "requests_this_minute": {"type": "integer"},
+                    "tokens_this_minute": {"type": "integer"},
+                    "in_flight": {"type": "integer"},
+                    "usage": {"$ref": "#/components/schemas/PerLimit"},
+                    "limits": {"$ref": "#/components/schemas/PerLimit"},
+                    "remaining": {"$ref": "#/components/schemas/PerLimit"},
+                    "resets_at": {"type": "object", "description": "Unix seconds when each window resets", "additionalProperties": {"type": "integer"}},
+                }},
+                "PerLimit": {"type": "object", "properties": {
+                    "daily_tokens": {"type": "integer"}, "requests_per_minute": {"type": "integer"},
+                    "tokens_per_minute": {"type": "integer"}, "concurrent_requests": {"type": "integer"},
                 }},
                 "IngestRequest": {"type": "object", "required": ["text"], "additionalProperties": false, "properties": {
                     "text": {"type": "string", "minLength": 1},

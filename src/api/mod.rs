@@ -4,6 +4,7 @@ pub mod chat;
 pub mod documents;
 pub mod error;
 pub mod health;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use crate::config::ServeConfig;
 use crate::embed::Embedder;
 use crate::llm::ChatModel;
 use crate::metrics::Metrics;
+use crate::quota::Quota;
 use crate::tenants::{Registry, TenantConfig};
 use crate::vector::{TenantVectors, VectorBackend};
 pub use error::{ApiError, ApiJson};
@@ -43,6 +45,8 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// Whether `/dev/token` is enabled.
     pub dev: bool,
+    /// Quotas and rate limits (Redis or in-process).
+    pub quota: Quota,
 }
 
 /// An authenticated request: the verified principal, its tenant's configuration, and the
@@ -92,6 +96,7 @@ pub fn router(state: AppState) -> Router {
     let limits = state.config.limits.clone();
     Router::new()
         .route("/v1/chat", post(chat::chat))
+        .route("/v1/usage", get(usage::usage))
         .route(
             "/v1/documents",
             post(documents::ingest).get(documents::list),

@@ -193,7 +193,11 @@ impl Keyring {
     /// Makes a new key of `algorithm` current; the previous current key stays valid for
     /// `overlap_secs` more seconds (`None`: until removed).
     pub fn rotate(&mut self, algorithm: Algorithm, overlap_secs: Option<i64>) {
-        let now = unix_now();
+        self.rotate_at(algorithm, overlap_secs, unix_now());
+    }
+
+    /// [`Keyring::rotate`] at a given time (Unix seconds); also drops keys expired by then.
+    pub fn rotate_at(&mut self, algorithm: Algorithm, overlap_secs: Option<i64>, now: i64) {
         if let Some(old) = self.keys.iter_mut().find(|k| k.kid == self.current) {
             old.expires_at = overlap_secs.map(|s| now + s);
         }

@@ -627,6 +627,10 @@ impl VectorBackend for EdgeBackend {
 
 #[cfg(test)]
 mod tests {
+    //! Tests of what is specific to the embedded store (folders, locks, crash recovery, WAL
+    //! options, concurrency). The behaviour every backend shares (search, filters, scroll,
+    //! count, deletes, missing collections, dimensions, isolation, durability) is tested once
+    //! for all backends in `vector::conformance`.
     #![allow(clippy::unwrap_used)]
 
     use super::*;
@@ -671,13 +675,6 @@ mod tests {
         ];
         b.upsert(name, points.clone()).await.unwrap();
         (dir, b, points)
-    }
-
-    fn cosine(a: &[f32], b: &[f32]) -> f32 {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-        dot / (na * nb)
     }
 
     #[tokio::test]
@@ -738,147 +735,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn search_returns_nearest_first_with_cosine_scores() {
-        let (_dir, b, points) = seeded("docs").await;
-        let query = vec![1.0, 0.2, 0.0, 0.0];
-        let hits = b
-            .search("docs", query.clone(), &Filter::default(), 3)
-            .await
-            .unwrap();
-        assert_eq!(hits.len(), 3);
-        for w in hits.windows(2) {
-            assert!(w[0].score >= w[1].score);
-        }
-        // Best match is acme-1 ([0.9, 0.1, 0, 0]).
-        assert_eq!(hits[0].id, points[1].id);
-        assert_eq!(hits[0].payload, points[1].payload);
-        for hit in &hits {
-            let p = points.iter().find(|p| p.id == hit.id).unwrap();
-            let expected = cosine(&query, &p.vector);
-            assert!(
-                (hit.score - expected).abs() < 1e-4,
-                "score {} != cosine {expected}",
-                hit.score
-            );
-        }
-        let all = b
-            .search("docs", query, &Filter::default(), 100)
-            .await
-            .unwrap();
-        assert_eq!(all.len(), points.len());
-    }
-
-    #[tokio::test]
-    async fn filters_restrict_by_keyword_and_integer() {
-        let (_dir, b, _points) = seeded("docs").await;
-        let query = vec![1.0, 0.0, 0.0, 0.0];
-        let acme = Filter::default().keyword(TENANT_KEY, "acme");
-        let hits = b.search("docs", query.clone(), &acme, 10).await.unwrap();
-        assert_eq!(hits.len(), 3);
-        assert!(hits.iter().all(|h| h.payload["tenant_id"] == "acme"));
-
-        let globex_n1 = Filter::default()
-            .keyword(TENANT_KEY, "globex")
-            .integer("n", 1);
-        let hits = b
-            .search("docs", query.clone(), &globex_n1, 10)
-            .await
-            .unwrap();
-        assert_eq!(hits.len(), 1);
-        assert_eq!(hits[0].payload["text"], "globex-1");
-
-        let n0 = Filter::default().integer("n", 0);
-        let hits = b.search("docs", query.clone(), &n0, 10).await.unwrap();
-        assert_eq!(hits.len(), 2);
-
-        let nobody = Filter::default().keyword(TENANT_KEY, "initech");
-        assert!(
-            b.search("docs", query, &nobody, 10)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let (page, _) = b.scroll("docs", &acme, 10, None).await.unwrap();
-        assert_eq!(page.len(), 3);
-        assert!(page.iter().all(|r| r.payload["tenant_id"] == "acme"));
-    }
-
-    #[tokio::test]
-    async fn count_with_and_without_filter() {
-        let (_dir, b, _points) = seeded("docs").await;
-        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 6);
-        let acme = Filter::default().keyword(TENANT_KEY, "acme");
-        assert_eq!(b.count("docs", &acme).await.unwrap(), 3);
-        assert_eq!(b.count("docs", &acme.integer("n", 2)).await.unwrap(), 1);
-        let f = Filter::default().integer("n", 7);
-        assert_eq!(b.count("docs", &f).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn delete_by_filter_removes_exactly_the_matching_points() {
-        let (_dir, b, points) = seeded("docs").await;
-        let f = Filter::default()
-            .keyword(TENANT_KEY, "acme")
-            .integer("n", 1);
-        b.delete("docs", &f).await.unwrap();
-        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 5);
-        let (rest, _) = b
-            .scroll("docs", &Filter::default(), 10, None)
-            .await
-            .unwrap();
-        assert!(rest.iter().all(|r| r.id != points[1].id));
-
-        b.delete("docs", &Filter::default().keyword(TENANT_KEY, "globex"))
-            .await
-            .unwrap();
-        let acme = Filter::default().keyword(TENANT_KEY, "acme");
-        assert_eq!(b.count("docs", &acme).await.unwrap(), 2);
-        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 2);
-
-        // An empty filter matches everything.
-        b.delete("docs", &Filter::default()).await.unwrap();
-        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn scroll_pages_through_all_points_exactly_once() {
-        let (_dir, b) = backend().await;
-        b.ensure_collection("docs", &spec(false)).await.unwrap();
-        let points: Vec<Point> = (0..25)
-            .map(|i| point([1.0, i as f32, 0.5, 0.0], "acme", i))
-            .collect();
-        b.upsert("docs", points.clone()).await.unwrap();
-
-        let mut seen = Vec::new();
-        let mut offset = None;
-        let mut pages = 0;
-        loop {
-            let (page, next) = b
-                .scroll("docs", &Filter::default(), 10, offset)
-                .await
-                .unwrap();
-            pages += 1;
-            assert!(page.len() <= 10);
-            seen.extend(page.into_iter().map(|r| r.id));
-            match next {
-                Some(n) => offset = Some(n),
-                None => break,
-            }
-            assert!(pages < 10, "scroll does not terminate");
-        }
-        assert_eq!(pages, 3);
-        assert_eq!(seen.len(), 25);
-        let mut sorted = seen.clone();
-        sorted.sort();
-        assert_eq!(seen, sorted, "pages are ordered by id");
-        sorted.dedup();
-        assert_eq!(sorted.len(), 25);
-        let mut expected: Vec<_> = points.iter().map(|p| p.id).collect();
-        expected.sort();
-        assert_eq!(sorted, expected);
-    }
-
-    #[tokio::test]
     async fn drop_collection_removes_points_and_folder() {
         let (dir, b, _points) = seeded("docs").await;
         b.drop_collection("docs").await.unwrap();
@@ -890,65 +746,6 @@ mod tests {
         // The name can be reused, empty.
         b.ensure_collection("docs", &spec(true)).await.unwrap();
         assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn missing_collection_reads_are_empty_and_upsert_fails() {
-        let (_dir, b) = backend().await;
-        let f = Filter::default();
-        assert!(
-            b.search("nope", vec![1.0; DIM], &f, 5)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(b.scroll("nope", &f, 5, None).await.unwrap(), (vec![], None));
-        assert_eq!(b.count("nope", &f).await.unwrap(), 0);
-        b.delete("nope", &f).await.unwrap();
-        let err = b
-            .upsert("nope", vec![point([1.0; DIM], "acme", 0)])
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, VectorError::Invalid(m) if m.contains("does not exist")),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn wrong_dimension_is_an_error() {
-        let (_dir, b, _points) = seeded("docs").await;
-        let mut bad = point([1.0; DIM], "acme", 9);
-        bad.vector.push(1.0);
-        let ok = point([1.0; DIM], "acme", 8);
-        assert!(matches!(
-            b.upsert("docs", vec![ok, bad]).await,
-            Err(VectorError::Invalid(_))
-        ));
-        // Nothing of the rejected batch was written.
-        assert_eq!(b.count("docs", &Filter::default()).await.unwrap(), 6);
-        assert!(matches!(
-            b.search("docs", vec![1.0; DIM - 1], &Filter::default(), 3)
-                .await,
-            Err(VectorError::Invalid(_))
-        ));
-        let mut nan = point([1.0; DIM], "acme", 9);
-        nan.vector[0] = f32::NAN;
-        assert!(matches!(
-            b.upsert("docs", vec![nan]).await,
-            Err(VectorError::Invalid(_))
-        ));
-        assert!(matches!(
-            b.ensure_collection(
-                "zero",
-                &CollectionSpec {
-                    dimension: 0,
-                    multi_tenant: false
-                }
-            )
-            .await,
-            Err(VectorError::Invalid(_))
-        ));
     }
 
     #[tokio::test]

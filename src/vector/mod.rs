@@ -7,7 +7,10 @@
 //! `tenant_id` into every payload it writes, and adds a `tenant_id == <tenant>` condition to
 //! every read, count and delete — in both isolation modes, so a mistake in collection naming
 //! still cannot leak points across tenants.
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod edge;
+pub mod qdrant;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! and the local embedding model, and a scripted OpenAI-compatible chat server on loopback.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,7 +73,44 @@ async fn completions(
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_string();
+    // Markers in the question script the answer: `[[delay:MS]]` waits, `[[fail]]` answers 500,
+    // `[[usage:P:C]]` reports that usage, `[[usage:exact]]` reports exactly what tenantry
+    // reserved (its tokenizer's prompt count + max_tokens).
+    if let Some(ms) = marker(&user, "delay").and_then(|v| v.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if user.contains("[[fail]]") {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "scripted failure", "type": "server_error"}})),
+        )
+            .into_response();
+    }
+    let scripted_usage = marker(&user, "usage").map(|v| {
+        if v == "exact" {
+            let messages: Vec<tenantry::llm::Message> =
+                serde_json::from_value(body["messages"].clone()).expect("messages");
+            (
+                tenantry::quota::tokens::prompt_tokens(&model, &messages),
+                body["max_tokens"].as_u64().expect("max_tokens"),
+            )
+        } else {
+            let (p, c) = v.split_once(':').expect("usage:P:C");
+            (p.parse().expect("P"), c.parse().expect("C"))
+        }
+    });
     let answer = format!("ANSWER[{model}]: {user}");
+    if let Some((p, c)) = scripted_usage {
+        return Json(json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 1_700_000_000u64,
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+        }))
+        .into_response();
+    }
     let prompt_tokens = body["messages"]
         .as_array()
         .map(|m| {
@@ -95,6 +134,13 @@ async fn completions(
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7},
     }))
     .into_response()
+}
+
+/// The value of the first `[[name:value]]` marker in `text`.
+fn marker<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let start = text.find(&format!("[[{name}:"))? + name.len() + 3;
+    let len = text[start..].find("]]")?;
+    Some(&text[start..start + len])
 }
 
 impl ScriptedLlm {
@@ -206,6 +252,8 @@ pub struct Start<'a> {
     pub config: Option<PathBuf>,
     /// Extra arguments.
     pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -234,33 +282,22 @@ impl Server {
         if let Some(llm) = opts.llm {
             cmd.env("OPENAI_BASE_URL", llm.base_url());
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("spawn tenantry serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "listening"
-                {
-                    let _ = tx.send((
-                        v["addr"].as_str().map(str::to_string),
-                        v["metrics_addr"].as_str().map(str::to_string),
-                    ));
-                }
-                sink.lock().expect("lock").push(line);
-            }
+        let (logs, ready) = collect_logs(&mut child, "listening");
+        let line = ready.recv_timeout(Duration::from_secs(120));
+        let parsed = line.as_ref().ok().and_then(|v| {
+            Some((
+                v["addr"].as_str()?.parse().ok()?,
+                v["metrics_addr"].as_str()?.parse().ok()?,
+            ))
         });
-        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok((Some(a), Some(m))) => (a.parse().expect("addr"), m.parse().expect("addr")),
-            other => {
-                let _ = child.kill();
-                panic!(
-                    "serve did not start ({other:?}); logs:\n{}",
-                    logs.lock().expect("lock").join("\n")
-                );
-            }
+        let Some((addr, metrics_addr)) = parsed else {
+            let _ = child.kill();
+            panic!(
+                "serve did not start ({line:?}); logs:\n{}",
+                logs.lock().expect("lock").join("\n")
+            );
         };
         Self {
             child,
@@ -354,6 +391,29 @@ impl Server {
     }
 }
 
+/// Collects a child's JSON log lines from its stdout; the receiver gets the first line whose
+/// `message` is `ready`.
+pub fn collect_logs(
+    child: &mut Child,
+    ready: &'static str,
+) -> (Arc<Mutex<Vec<String>>>, std::sync::mpsc::Receiver<Value>) {
+    let stdout = child.stdout.take().expect("child stdout is piped");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == ready
+            {
+                let _ = tx.send(v);
+            }
+            sink.lock().expect("lock").push(line);
+        }
+    });
+    (logs, rx)
+}
+
 /// Status and JSON body (Null when the body is empty or not JSON).
 pub async fn status_json(r: reqwest::Response) -> (StatusCode, Value) {
     let status = StatusCode::from_u16(r.status().as_u16()).expect("status");
@@ -365,5 +425,105 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `redis-server` child process on 127.0.0.1 (no persistence, its own temp dir); killed on
+/// drop, also when a test panics. Can be killed and restarted on the same port.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Port it listens on.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one on a free port and waits until it answers PING.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut r = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        r.restart();
+        r
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL, like a crash) and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = which_redis();
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn redis-server (install it: apt-get install redis-server)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.query(&["PING"]).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// Runs one command with a fresh blocking connection; None if Redis is unreachable.
+    pub fn query(&self, args: &[&str]) -> Option<redis::Value> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query::<redis::Value>(&mut conn).ok()
+    }
+
+    /// An integer key (0 when missing).
+    pub fn get_int(&self, key: &str) -> i64 {
+        match self.query(&["GET", key]) {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).parse().expect("int"),
+            Some(redis::Value::Nil) => 0,
+            other => panic!("GET {key}: {other:?}"),
+        }
+    }
+}
+
+fn which_redis() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/redis-server"))
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

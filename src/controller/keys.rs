@@ -1,0 +1,204 @@
+//! Signing-key lifecycle (pure): create the keyring, rotate it on schedule, on request (the
+//! `tenantry.dev/rotate-key` annotation) or when the algorithm changes, and retire previous
+//! keys after one rotation period.
+use std::time::Duration;
+
+use crate::auth::keys::Keyring;
+use crate::crd::Algorithm;
+
+/// Annotation on the Secret recording the last `tenantry.dev/rotate-key` value acted upon.
+pub const ROTATED_FOR_ANNOTATION: &str = "tenantry.dev/rotated-for";
+/// How long a previous key stays valid when the tenant sets no `rotateEvery`.
+pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+/// Why the keyring changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// No keyring existed.
+    Created,
+    /// The tenant's algorithm changed.
+    AlgorithmChanged,
+    /// The rotate-key annotation asked for a rotation.
+    Requested,
+    /// `rotateEvery` elapsed.
+    Scheduled,
+    /// Only expired keys were dropped.
+    Pruned,
+}
+
+/// What to do with a tenant's keyring.
+#[derive(Debug, Clone)]
+pub struct KeyPlan {
+    /// The keyring to store.
+    pub ring: Keyring,
+    /// Why it differs from the stored one, if it does.
+    pub change: Option<Change>,
+    /// Value for [`ROTATED_FOR_ANNOTATION`].
+    pub rotated_for: Option<String>,
+    /// Seconds until the next scheduled rotation, if any.
+    pub next_rotation_in: Option<i64>,
+}
+
+/// Decides the keyring for a tenant.
+///
+/// `existing`: the stored keyring and its rotated-for annotation. `requested`: the Tenant's
+/// rotate-key annotation. `now`: Unix seconds.
+pub fn plan(
+    existing: Option<(Keyring, Option<String>)>,
+    algorithm: Algorithm,
+    rotate_every: Option<Duration>,
+    requested: Option<&str>,
+    now: i64,
+) -> KeyPlan {
+    let overlap = rotate_every.unwrap_or(DEFAULT_OVERLAP).as_secs() as i64;
+    let (mut ring, rotated_for, mut change) = match existing {
+        None => (
+            Keyring::generate(algorithm),
+            requested.map(str::to_string),
+            Some(Change::Created),
+        ),
+        Some((ring, rotated_for)) => (ring, rotated_for, None),
+    };
+    let mut rotated_for = rotated_for;
+    if change.is_none() {
+        let current = ring.current_key().cloned();
+        let age = current
+            .as_ref()
+            .map(|k| now - k.created_at)
+            .unwrap_or(i64::MAX);
+        if current.as_ref().is_none_or(|k| k.algorithm != algorithm) {
+            // Tokens of the old algorithm are refused anyway: no overlap.
+            ring.rotate_at(algorithm, Some(0), now);
+            change = Some(Change::AlgorithmChanged);
+        } else if let Some(r) = requested.filter(|r| Some(*r) != rotated_for.as_deref()) {
+            ring.rotate_at(algorithm, Some(overlap), now);
+            rotated_for = Some(r.to_string());
+            change = Some(Change::Requested);
+        } else if rotate_every.is_some_and(|d| age >= d.as_secs() as i64) {
+            ring.rotate_at(algorithm, Some(overlap), now);
+            change = Some(Change::Scheduled);
+        } else {
+            let before = ring.keys.len();
+            ring.keys.retain(|k| k.expires_at.is_none_or(|e| e > now));
+            if ring.keys.len() != before {
+                change = Some(Change::Pruned);
+            }
+        }
+    }
+    let next_rotation_in = rotate_every.and_then(|d| {
+        let created = ring.current_key()?.created_at;
+        Some((created + d.as_secs() as i64 - now).max(1))
+    });
+    KeyPlan {
+        ring,
+        change,
+        rotated_for,
+        next_rotation_in,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::unix_now;
+
+    #[test]
+    fn creates_then_keeps() {
+        let now = unix_now();
+        let p = plan(None, Algorithm::EdDSA, None, Some("x"), now);
+        assert_eq!(p.change, Some(Change::Created));
+        assert_eq!(p.rotated_for.as_deref(), Some("x"));
+        let q = plan(
+            Some((p.ring.clone(), p.rotated_for)),
+            Algorithm::EdDSA,
+            None,
+            Some("x"),
+            now,
+        );
+        assert_eq!(q.change, None);
+        assert_eq!(q.ring, p.ring);
+    }
+
+    #[test]
+    fn annotation_change_rotates_with_overlap() {
+        let now = unix_now();
+        let p = plan(
+            None,
+            Algorithm::EdDSA,
+            Some(Duration::from_secs(3600)),
+            None,
+            now,
+        );
+        let q = plan(
+            Some((p.ring.clone(), None)),
+            Algorithm::EdDSA,
+            Some(Duration::from_secs(3600)),
+            Some("2026-01-01"),
+            now,
+        );
+        assert_eq!(q.change, Some(Change::Requested));
+        assert_ne!(q.ring.current, p.ring.current);
+        let old = q
+            .ring
+            .keys
+            .iter()
+            .find(|k| k.kid == p.ring.current)
+            .expect("old kept");
+        assert_eq!(old.expires_at, Some(now + 3600));
+        // The same annotation value again does nothing.
+        let r = plan(
+            Some((q.ring.clone(), q.rotated_for)),
+            Algorithm::EdDSA,
+            Some(Duration::from_secs(3600)),
+            Some("2026-01-01"),
+            now,
+        );
+        assert_eq!(r.change, None);
+    }
+
+    #[test]
+    fn schedule_and_expiry() {
+        let now = unix_now();
+        let p = plan(
+            None,
+            Algorithm::HS256,
+            Some(Duration::from_secs(60)),
+            None,
+            now,
+        );
+        assert_eq!(p.next_rotation_in, Some(60));
+        let later = now + 61;
+        let q = plan(
+            Some((p.ring.clone(), None)),
+            Algorithm::HS256,
+            Some(Duration::from_secs(60)),
+            None,
+            later,
+        );
+        assert_eq!(q.change, Some(Change::Scheduled));
+        assert_eq!(q.ring.keys.len(), 2);
+        // After the overlap the previous key is pruned.
+        let much_later = later + 61;
+        let r = plan(
+            Some((q.ring.clone(), None)),
+            Algorithm::HS256,
+            Some(Duration::from_secs(3600)),
+            None,
+            much_later,
+        );
+        assert_eq!(r.change, Some(Change::Pruned));
+        assert_eq!(r.ring.keys.len(), 1);
+    }
+
+    #[test]
+    fn algorithm_change_rotates_without_overlap() {
+        let now = unix_now();
+        let p = plan(None, Algorithm::EdDSA, None, None, now);
+        let q = plan(Some((p.ring, None)), Algorithm::HS256, None, None, now);
+        assert_eq!(q.change, Some(Change::AlgorithmChanged));
+        assert_eq!(
+            q.ring.current_key().map(|k| k.algorithm),
+            Some(Algorithm::HS256)
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! Prompt-token estimates with OpenAI's tokenizers (tiktoken's `o200k_base` / `cl100k_base`,
+//! chosen by model name; their vocabularies are compiled into the binary, no download).
+//!
+//! Models tiktoken does not know (Llama, Mistral, ... behind vLLM or Ollama) are counted with
+//! `o200k_base`; their own tokenizers differ by some percent, which settling to the reported
+//! `usage` corrects.
+use tiktoken_rs::CoreBPE;
+use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
+
+use crate::llm::Message;
+
+/// Framing tokens per chat message (OpenAI's cookbook: `<|start|>role\n ... <|end|>`).
+pub const TOKENS_PER_MESSAGE: u64 = 3;
+/// Tokens that prime every reply (`<|start|>assistant<|message|>`).
+pub const TOKENS_PER_REPLY: u64 = 3;
+
+/// The tokenizer used for `model`.
+pub fn tokenizer_for(model: &str) -> Tokenizer {
+    match get_tokenizer(model) {
+        Some(t @ (Tokenizer::Cl100kBase | Tokenizer::O200kBase | Tokenizer::O200kHarmony)) => t,
+        _ => Tokenizer::O200kBase,
+    }
+}
+
+fn bpe(model: &str) -> &'static CoreBPE {
+    match tokenizer_for(model) {
+        Tokenizer::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+        Tokenizer::O200kHarmony => tiktoken_rs::o200k_harmony_singleton(),
+        _ => tiktoken_rs::o200k_base_singleton(),
+    }
+}
+
+/// Tokens of `text` for `model`.
+pub fn count(model: &str, text: &str) -> u64 {
+    bpe(model).encode_with_special_tokens(text).len() as u64
+}
+
+/// Prompt tokens of a chat request: every message's role and content plus the framing, as
+/// OpenAI counts them.
+pub fn prompt_tokens(model: &str, messages: &[Message]) -> u64 {
+    let bpe = bpe(model);
+    let per_message: u64 = messages
+        .iter()
+        .map(|m| {
+            TOKENS_PER_MESSAGE
+                + bpe.encode_with_special_tokens(&m.role).len() as u64
+                + bpe.encode_with_special_tokens(&m.content).len() as u64
+        })
+        .sum();
+    per_message + TOKENS_PER_REPLY
+}
+
+/// Loads the vocabularies (a few hundred ms, once) so the first request does not pay for it.
+pub fn warm_up() {
+    let _ = tiktoken_rs::o200k_base_singleton();
+    let _ = tiktoken_rs::cl100k_base_singleton();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_model_family_tokenizer() {
+        assert_eq!(tokenizer_for("gpt-4o-mini"), Tokenizer::O200kBase);
+        assert_eq!(tokenizer_for("gpt-4"), Tokenizer::Cl100kBase);
+        assert_eq!(tokenizer_for("gpt-3.5-turbo"), Tokenizer::Cl100kBase);
+        assert_eq!(tokenizer_for("llama-3.1-8b-instruct"), Tokenizer::O200kBase);
+    }
+
+    #[test]
+    fn counts_like_openai() {
+        // Known values of the real tokenizers.
+        assert_eq!(count("gpt-4", "hello world"), 2);
+        assert_eq!(count("gpt-4", "tiktoken is great!"), 6);
+        let msgs = vec![
+            Message::new("system", "You are a helpful assistant."),
+            Message::new("user", "hello world"),
+        ];
+        let expected = 2 * TOKENS_PER_MESSAGE
+            + count("gpt-4o", "system")
+            + count("gpt-4o", "You are a helpful assistant.")
+            + count("gpt-4o", "user")
+            + 2
+            + TOKENS_PER_REPLY;
+        assert_eq!(prompt_tokens("gpt-4o", &msgs), expected);
+    }
+}

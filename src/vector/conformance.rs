@@ -1,0 +1,649 @@
+//! The vector-store conformance suite: written once against [`VectorBackend`] and
+//! [`TenantVectors`], run against every backend.
+//!
+//! - `edge::*` — the embedded [`EdgeBackend`], always.
+//! - `qdrant_server::*` — a real Qdrant server, when `QDRANT_URL` (gRPC, e.g.
+//!   `http://127.0.0.1:6334`) and optionally `QDRANT_API_KEY` are set:
+//!   `QDRANT_URL=http://host:6334 scripts/test.sh --lib vector::conformance`. Without
+//!   `QDRANT_URL` those tests print that they did not run and pass.
+//!
+//! Every case uses tenant ids and collection names unique to the run (`t<10 hex>`), so a shared
+//! server is safe, and removes what it created when it passes. Partition-mode cases share the
+//! `shared_*_4` collections (that is the point of the mode) and only ever remove their own
+//! tenants' points.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::edge::EdgeBackend;
+use super::qdrant::{QdrantBackend, QdrantConfig};
+use super::{
+    CollectionSpec, Filter, Kind, Point, TENANT_KEY, TenantVectors, VectorBackend, VectorError,
+};
+use crate::crd::{Isolation, TenantId};
+
+/// Vector dimension used by the suite.
+const DIM: usize = 4;
+
+/// What a backend under test provides.
+trait Harness: Send + Sync {
+    /// Opens the backend; called again after the previous instance was dropped (durability).
+    fn open(&self) -> Arc<dyn VectorBackend>;
+    /// A prefix unique to this test (`t` + 10 hex digits): a valid tenant id and name part.
+    fn run(&self) -> &str;
+}
+
+fn run_id() -> String {
+    let u = uuid::Uuid::new_v4().simple().to_string();
+    format!("t{}", &u[..10])
+}
+
+struct EdgeHarness {
+    dir: tempfile::TempDir,
+    run: String,
+}
+
+impl EdgeHarness {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            run: run_id(),
+        }
+    }
+}
+
+impl Harness for EdgeHarness {
+    fn open(&self) -> Arc<dyn VectorBackend> {
+        Arc::new(EdgeBackend::open(self.dir.path()).unwrap())
+    }
+    fn run(&self) -> &str {
+        &self.run
+    }
+}
+
+struct QdrantHarness {
+    config: QdrantConfig,
+    run: String,
+}
+
+impl QdrantHarness {
+    /// From `QDRANT_URL` / `QDRANT_API_KEY`; `None` (after saying so on stderr) when unset.
+    fn from_env(case: &str) -> Option<Self> {
+        let Some(url) = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty()) else {
+            // Written to the real stderr (not the test's captured output), so a run shows it.
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOT RUN: vector::conformance::qdrant_server::{case} (set QDRANT_URL=http://host:6334 to run it against a Qdrant server)"
+            );
+            return None;
+        };
+        let mut config = QdrantConfig::new(url);
+        config.api_key = std::env::var("QDRANT_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        config.timeout = std::time::Duration::from_secs(30);
+        Some(Self {
+            config,
+            run: run_id(),
+        })
+    }
+}
+
+impl Harness for QdrantHarness {
+    fn open(&self) -> Arc<dyn VectorBackend> {
+        Arc::new(QdrantBackend::connect(self.config.clone()).unwrap())
+    }
+    fn run(&self) -> &str {
+        &self.run
+    }
+}
+
+fn spec(multi_tenant: bool) -> CollectionSpec {
+    CollectionSpec {
+        dimension: DIM,
+        multi_tenant,
+    }
+}
+
+fn point(vector: [f32; DIM], tenant: &str, n: i64) -> Point {
+    let payload = json!({ "tenant_id": tenant, "n": n, "text": format!("{tenant}-{n}") });
+    Point {
+        id: uuid::Uuid::new_v4(),
+        vector: vector.to_vec(),
+        payload: payload.as_object().unwrap().clone(),
+    }
+}
+
+/// A chunk of document `doc` as the API stores it (id derived from document, tenant, chunk).
+fn chunk(tenant: &TenantId, doc: uuid::Uuid, index: usize, vector: [f32; DIM]) -> Point {
+    let payload = json!({
+        "document_id": doc.to_string(),
+        "chunk": index,
+        "text": format!("chunk {index}"),
+    });
+    Point {
+        id: uuid::Uuid::new_v5(&doc, format!("{tenant}/{index}").as_bytes()),
+        vector: vector.to_vec(),
+        payload: payload.as_object().unwrap().clone(),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// Two tenants, three points each (`n` = 0..3), in a fresh collection `name`.
+async fn seeded(b: &Arc<dyn VectorBackend>, name: &str) -> Vec<Point> {
+    b.ensure_collection(name, &spec(true)).await.unwrap();
+    let points = vec![
+        point([1.0, 0.0, 0.0, 0.0], "acme", 0),
+        point([0.9, 0.1, 0.0, 0.0], "acme", 1),
+        point([0.0, 1.0, 0.0, 0.0], "acme", 2),
+        point([1.0, 0.0, 0.0, 0.0], "globex", 0),
+        point([0.0, 0.0, 1.0, 0.0], "globex", 1),
+        point([0.0, 0.0, 0.0, 1.0], "globex", 2),
+    ];
+    b.upsert(name, points.clone()).await.unwrap();
+    points
+}
+
+const VECTORS: [[f32; DIM]; 3] = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.7, 0.7, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.2],
+];
+
+/// Isolation through [`TenantVectors`]: two tenants with identical documents (same document
+/// id, same vectors, same payloads) never see, count or delete each other's points, in docs
+/// and cache; a forged `tenant_id` is overwritten; `purge` (deletionPolicy Delete) removes
+/// only the purging tenant's data.
+async fn isolation(h: &dyn Harness, isolation: Isolation) {
+    let backend = h.open();
+    let a = TenantId::parse(&format!("{}-a", h.run())).unwrap();
+    let b = TenantId::parse(&format!("{}-b", h.run())).unwrap();
+    let va = TenantVectors::new(backend.clone(), a.clone(), isolation, DIM);
+    let vb = TenantVectors::new(backend.clone(), b.clone(), isolation, DIM);
+    va.ensure().await.unwrap();
+    vb.ensure().await.unwrap();
+    if isolation == Isolation::Partition {
+        assert_eq!(va.collection(Kind::Docs), vb.collection(Kind::Docs));
+    } else {
+        assert_ne!(va.collection(Kind::Docs), vb.collection(Kind::Docs));
+    }
+
+    let doc = uuid::Uuid::new_v4();
+    let chunks = |t: &TenantId| -> Vec<Point> {
+        VECTORS
+            .iter()
+            .enumerate()
+            .map(|(i, v)| chunk(t, doc, i, *v))
+            .collect()
+    };
+    va.upsert(Kind::Docs, chunks(&a)).await.unwrap();
+    let mut b_points = chunks(&b);
+    b_points.push(chunk(&b, uuid::Uuid::new_v4(), 0, [0.0, 1.0, 0.0, 0.0]));
+    vb.upsert(Kind::Docs, b_points).await.unwrap();
+    // Cache entries: identical for both tenants.
+    let entry = |t: &TenantId| {
+        let mut p = point([0.5, 0.5, 0.5, 0.5], t.as_str(), 0);
+        p.payload.insert("answer".into(), json!("cached answer"));
+        p
+    };
+    va.upsert(Kind::Cache, vec![entry(&a)]).await.unwrap();
+    vb.upsert(Kind::Cache, vec![entry(&b)]).await.unwrap();
+
+    let owned_by = |payload: &serde_json::Map<String, serde_json::Value>, t: &TenantId| {
+        payload[TENANT_KEY] == t.as_str()
+    };
+    for (v, t, n) in [(&va, &a, 3), (&vb, &b, 4)] {
+        let hits = v
+            .search(Kind::Docs, VECTORS[0].to_vec(), Filter::default(), 100)
+            .await
+            .unwrap();
+        assert_eq!(hits.len(), n, "{t} search");
+        assert!(hits.iter().all(|h| owned_by(&h.payload, t)));
+        let (page, next) = v
+            .scroll(Kind::Docs, Filter::default(), 100, None)
+            .await
+            .unwrap();
+        assert_eq!((page.len(), next), (n, None), "{t} scroll");
+        assert!(page.iter().all(|r| owned_by(&r.payload, t)));
+        assert_eq!(
+            v.count(Kind::Docs, Filter::default()).await.unwrap(),
+            n as u64
+        );
+        let same_doc = Filter::default().keyword("document_id", doc.to_string());
+        assert_eq!(v.count(Kind::Docs, same_doc).await.unwrap(), 3);
+        let cached = v
+            .search(Kind::Cache, vec![0.5; DIM], Filter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(cached.len(), 1, "{t} cache");
+        assert!(owned_by(&cached[0].payload, t));
+        assert_eq!(cached[0].payload["answer"], "cached answer");
+    }
+
+    // A caller's condition on the tenant key cannot widen the scope.
+    let other = Filter::default().keyword(TENANT_KEY, b.as_str());
+    let hits = va
+        .search(Kind::Docs, VECTORS[0].to_vec(), other.clone(), 100)
+        .await
+        .unwrap();
+    assert!(hits.iter().all(|h| owned_by(&h.payload, &a)));
+    assert_eq!(va.count(Kind::Docs, other.clone()).await.unwrap(), 3);
+    va.delete(Kind::Docs, other).await.unwrap();
+    assert_eq!(vb.count(Kind::Docs, Filter::default()).await.unwrap(), 4);
+    assert_eq!(va.count(Kind::Docs, Filter::default()).await.unwrap(), 0);
+    va.upsert(Kind::Docs, chunks(&a)).await.unwrap();
+
+    // A forged tenant id in a payload is overwritten with the handle's tenant.
+    let mut forged = chunk(&a, uuid::Uuid::new_v4(), 0, VECTORS[1]);
+    forged
+        .payload
+        .insert(TENANT_KEY.into(), json!(b.as_str().to_string()));
+    va.upsert(Kind::Docs, vec![forged]).await.unwrap();
+    assert_eq!(va.count(Kind::Docs, Filter::default()).await.unwrap(), 4);
+    assert_eq!(vb.count(Kind::Docs, Filter::default()).await.unwrap(), 4);
+
+    // Deleting a document of one tenant leaves the other's identical document alone.
+    let same_doc = || Filter::default().keyword("document_id", doc.to_string());
+    va.delete(Kind::Docs, same_doc()).await.unwrap();
+    assert_eq!(va.count(Kind::Docs, same_doc()).await.unwrap(), 0);
+    assert_eq!(va.count(Kind::Docs, Filter::default()).await.unwrap(), 1);
+    assert_eq!(vb.count(Kind::Docs, same_doc()).await.unwrap(), 3);
+
+    // Cache deletes are scoped too.
+    va.delete(Kind::Cache, Filter::default()).await.unwrap();
+    assert_eq!(va.count(Kind::Cache, Filter::default()).await.unwrap(), 0);
+    assert_eq!(vb.count(Kind::Cache, Filter::default()).await.unwrap(), 1);
+
+    // Purge (deletionPolicy Delete) of A: B keeps everything.
+    va.upsert(Kind::Cache, vec![entry(&a)]).await.unwrap();
+    va.purge().await.unwrap();
+    for kind in [Kind::Docs, Kind::Cache] {
+        assert_eq!(va.count(kind, Filter::default()).await.unwrap(), 0);
+    }
+    assert_eq!(vb.count(Kind::Docs, Filter::default()).await.unwrap(), 4);
+    assert_eq!(vb.count(Kind::Cache, Filter::default()).await.unwrap(), 1);
+    if isolation == Isolation::Collection {
+        // A's collections are gone: writing needs ensure() again.
+        assert!(matches!(
+            va.upsert(Kind::Docs, chunks(&a)).await,
+            Err(VectorError::Invalid(_))
+        ));
+    }
+    vb.purge().await.unwrap();
+    assert_eq!(vb.count(Kind::Docs, Filter::default()).await.unwrap(), 0);
+}
+
+/// deletionPolicy semantics through [`TenantVectors`]: `Retain` keeps the data for a Tenant
+/// re-created later (a new handle sees it); `Delete` (purge) removes it, idempotently, also
+/// when nothing was ever created.
+async fn deletion_policy(h: &dyn Harness, isolation: Isolation) {
+    let backend = h.open();
+    let t = TenantId::parse(&format!("{}-r", h.run())).unwrap();
+    let v = TenantVectors::new(backend.clone(), t.clone(), isolation, DIM);
+    v.ensure().await.unwrap();
+    let doc = uuid::Uuid::new_v4();
+    v.upsert(Kind::Docs, vec![chunk(&t, doc, 0, VECTORS[0])])
+        .await
+        .unwrap();
+    drop(v);
+    // Retain: nothing is done on deletion; the same tenant's new handle finds its data.
+    let again = TenantVectors::new(backend.clone(), t.clone(), isolation, DIM);
+    again.ensure().await.unwrap();
+    assert_eq!(again.count(Kind::Docs, Filter::default()).await.unwrap(), 1);
+    // Delete: purge, twice (a retried finalizer), then reads are empty.
+    again.purge().await.unwrap();
+    again.purge().await.unwrap();
+    assert_eq!(again.count(Kind::Docs, Filter::default()).await.unwrap(), 0);
+    let never = TenantId::parse(&format!("{}-n", h.run())).unwrap();
+    TenantVectors::new(backend, never, isolation, DIM)
+        .purge()
+        .await
+        .unwrap();
+}
+
+/// Acknowledged writes (upserts and deletes) are visible to a new backend instance opened
+/// after the first one is gone.
+async fn durability(h: &dyn Harness) {
+    let name = format!("ct_{}_durable", h.run());
+    let cache = format!("ct_{}_durable_cache", h.run());
+    let points: Vec<Point> = (0..12)
+        .map(|i| point([1.0, i as f32, 0.0, 1.0], "acme", i))
+        .collect();
+    {
+        let b = h.open();
+        b.ensure_collection(&name, &spec(true)).await.unwrap();
+        b.ensure_collection(&cache, &spec(false)).await.unwrap();
+        b.upsert(&name, points.clone()).await.unwrap();
+        b.upsert(&cache, points[..2].to_vec()).await.unwrap();
+        b.delete(&name, &Filter::default().integer("n", 11))
+            .await
+            .unwrap();
+    }
+    let b = h.open();
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 11);
+    assert_eq!(b.count(&cache, &Filter::default()).await.unwrap(), 2);
+    let hits = b
+        .search(&name, points[3].vector.clone(), &Filter::default(), 1)
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, points[3].id);
+    assert_eq!(hits[0].payload, points[3].payload);
+    // Still writable, ensure still idempotent.
+    b.ensure_collection(&name, &spec(true)).await.unwrap();
+    b.upsert(&name, vec![point([0.0, 1.0, 0.0, 0.0], "acme", 20)])
+        .await
+        .unwrap();
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 12);
+    b.drop_collection(&name).await.unwrap();
+    b.drop_collection(&cache).await.unwrap();
+}
+
+/// Keyword and integer filters, alone and combined, in search, scroll and count.
+async fn filters(h: &dyn Harness) {
+    let b = h.open();
+    let name = format!("ct_{}_filters", h.run());
+    seeded(&b, &name).await;
+    let query = vec![1.0, 0.0, 0.0, 0.0];
+    let acme = Filter::default().keyword(TENANT_KEY, "acme");
+    let hits = b.search(&name, query.clone(), &acme, 10).await.unwrap();
+    assert_eq!(hits.len(), 3);
+    assert!(hits.iter().all(|h| h.payload["tenant_id"] == "acme"));
+    let globex_n1 = Filter::default()
+        .keyword(TENANT_KEY, "globex")
+        .integer("n", 1);
+    let hits = b
+        .search(&name, query.clone(), &globex_n1, 10)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].payload["text"], "globex-1");
+    let n0 = Filter::default().integer("n", 0);
+    assert_eq!(
+        b.search(&name, query.clone(), &n0, 10).await.unwrap().len(),
+        2
+    );
+    let nobody = Filter::default().keyword(TENANT_KEY, "initech");
+    assert!(
+        b.search(&name, query, &nobody, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (page, _) = b.scroll(&name, &acme, 10, None).await.unwrap();
+    assert_eq!(page.len(), 3);
+    assert!(page.iter().all(|r| r.payload["tenant_id"] == "acme"));
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 6);
+    assert_eq!(b.count(&name, &acme).await.unwrap(), 3);
+    assert_eq!(b.count(&name, &acme.integer("n", 2)).await.unwrap(), 1);
+    assert_eq!(
+        b.count(&name, &Filter::default().integer("n", 7))
+            .await
+            .unwrap(),
+        0
+    );
+    b.drop_collection(&name).await.unwrap();
+}
+
+/// Search returns the nearest first, with cosine similarity as the score.
+async fn search_order_and_scores(h: &dyn Harness) {
+    let b = h.open();
+    let name = format!("ct_{}_search", h.run());
+    let points = seeded(&b, &name).await;
+    let query = vec![1.0, 0.2, 0.0, 0.0];
+    let hits = b
+        .search(&name, query.clone(), &Filter::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 3);
+    for w in hits.windows(2) {
+        assert!(w[0].score >= w[1].score);
+    }
+    assert_eq!(hits[0].id, points[1].id);
+    assert_eq!(hits[0].payload, points[1].payload);
+    for hit in &hits {
+        let p = points.iter().find(|p| p.id == hit.id).unwrap();
+        let expected = cosine(&query, &p.vector);
+        assert!(
+            (hit.score - expected).abs() < 1e-4,
+            "{} != {expected}",
+            hit.score
+        );
+    }
+    assert!(
+        b.search(&name, query, &Filter::default(), 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    b.drop_collection(&name).await.unwrap();
+}
+
+/// Scroll pages through every point exactly once, in id order, with inclusive offsets.
+async fn scroll_paging(h: &dyn Harness) {
+    let b = h.open();
+    let name = format!("ct_{}_scroll", h.run());
+    b.ensure_collection(&name, &spec(false)).await.unwrap();
+    let points: Vec<Point> = (0..25)
+        .map(|i| point([1.0, i as f32, 0.5, 0.0], "acme", i))
+        .collect();
+    b.upsert(&name, points.clone()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut offset = None;
+    let mut pages = 0;
+    loop {
+        let (page, next) = b
+            .scroll(&name, &Filter::default(), 10, offset)
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.len() <= 10);
+        seen.extend(page.into_iter().map(|r| r.id));
+        match next {
+            Some(n) => offset = Some(n),
+            None => break,
+        }
+        assert!(pages < 10, "scroll does not terminate");
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages are ordered by id");
+    sorted.dedup();
+    let mut expected: Vec<_> = points.iter().map(|p| p.id).collect();
+    expected.sort();
+    assert_eq!(sorted, expected);
+    // Filtered paging only returns matching points.
+    let (page, _) = b
+        .scroll(&name, &Filter::default().integer("n", 7), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    b.drop_collection(&name).await.unwrap();
+}
+
+/// Delete by filter removes exactly the matching points; an empty filter removes all.
+async fn delete_by_filter(h: &dyn Harness) {
+    let b = h.open();
+    let name = format!("ct_{}_delete", h.run());
+    let points = seeded(&b, &name).await;
+    let f = Filter::default()
+        .keyword(TENANT_KEY, "acme")
+        .integer("n", 1);
+    b.delete(&name, &f).await.unwrap();
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 5);
+    let (rest, _) = b.scroll(&name, &Filter::default(), 10, None).await.unwrap();
+    assert!(rest.iter().all(|r| r.id != points[1].id));
+    b.delete(&name, &Filter::default().keyword(TENANT_KEY, "globex"))
+        .await
+        .unwrap();
+    let acme = Filter::default().keyword(TENANT_KEY, "acme");
+    assert_eq!(b.count(&name, &acme).await.unwrap(), 2);
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 2);
+    b.delete(&name, &Filter::default()).await.unwrap();
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 0);
+    b.drop_collection(&name).await.unwrap();
+}
+
+/// Reads of a missing collection are empty, deletes succeed, upserts fail; ensure is
+/// idempotent and keeps data; drop removes data and is idempotent.
+async fn collection_lifecycle(h: &dyn Harness) {
+    let b = h.open();
+    let missing = format!("ct_{}_missing", h.run());
+    let f = Filter::default();
+    assert!(
+        b.search(&missing, vec![1.0; DIM], &f, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.scroll(&missing, &f, 5, None).await.unwrap(),
+        (vec![], None)
+    );
+    assert_eq!(b.count(&missing, &f).await.unwrap(), 0);
+    b.delete(&missing, &f).await.unwrap();
+    b.drop_collection(&missing).await.unwrap();
+    let err = b
+        .upsert(&missing, vec![point([1.0; DIM], "acme", 0)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VectorError::Invalid(m) if m.contains("does not exist")),
+        "{err}"
+    );
+
+    let name = format!("ct_{}_life", h.run());
+    b.ensure_collection(&name, &spec(false)).await.unwrap();
+    b.ensure_collection(&name, &spec(false)).await.unwrap();
+    b.upsert(&name, vec![point([1.0, 2.0, 3.0, 4.0], "acme", 1)])
+        .await
+        .unwrap();
+    b.ensure_collection(&name, &spec(true)).await.unwrap();
+    b.ensure_collection(&name, &spec(true)).await.unwrap();
+    assert_eq!(b.count(&name, &f).await.unwrap(), 1);
+    let other_dim = CollectionSpec {
+        dimension: DIM * 2,
+        multi_tenant: false,
+    };
+    assert!(matches!(
+        b.ensure_collection(&name, &other_dim).await,
+        Err(VectorError::Invalid(_))
+    ));
+    for bad in ["", "../etc", "a/b", "Docs", "a-b", "a.b"] {
+        assert!(
+            matches!(
+                b.ensure_collection(bad, &spec(false)).await,
+                Err(VectorError::Invalid(_))
+            ),
+            "{bad:?} accepted"
+        );
+    }
+    b.drop_collection(&name).await.unwrap();
+    assert_eq!(b.count(&name, &f).await.unwrap(), 0);
+    b.drop_collection(&name).await.unwrap();
+    b.ensure_collection(&name, &spec(true)).await.unwrap();
+    assert_eq!(b.count(&name, &f).await.unwrap(), 0);
+    b.drop_collection(&name).await.unwrap();
+    b.ready().await.unwrap();
+}
+
+/// A vector of the wrong dimension (or non-finite) is an error, and nothing of a rejected
+/// batch is written.
+async fn wrong_dimension(h: &dyn Harness) {
+    let b = h.open();
+    let name = format!("ct_{}_dim", h.run());
+    seeded(&b, &name).await;
+    let mut bad = point([1.0; DIM], "acme", 9);
+    bad.vector.push(1.0);
+    let ok = point([1.0; DIM], "acme", 8);
+    assert!(matches!(
+        b.upsert(&name, vec![ok, bad]).await,
+        Err(VectorError::Invalid(_))
+    ));
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 6);
+    assert!(matches!(
+        b.search(&name, vec![1.0; DIM - 1], &Filter::default(), 3)
+            .await,
+        Err(VectorError::Invalid(_))
+    ));
+    let mut nan = point([1.0; DIM], "acme", 9);
+    nan.vector[0] = f32::NAN;
+    assert!(matches!(
+        b.upsert(&name, vec![nan]).await,
+        Err(VectorError::Invalid(_))
+    ));
+    assert!(matches!(
+        b.ensure_collection(
+            &format!("ct_{}_zero", h.run()),
+            &CollectionSpec {
+                dimension: 0,
+                multi_tenant: false
+            }
+        )
+        .await,
+        Err(VectorError::Invalid(_))
+    ));
+    b.drop_collection(&name).await.unwrap();
+}
+
+async fn isolation_collection(h: &dyn Harness) {
+    isolation(h, Isolation::Collection).await;
+}
+async fn isolation_partition(h: &dyn Harness) {
+    isolation(h, Isolation::Partition).await;
+}
+async fn deletion_policy_collection(h: &dyn Harness) {
+    deletion_policy(h, Isolation::Collection).await;
+}
+async fn deletion_policy_partition(h: &dyn Harness) {
+    deletion_policy(h, Isolation::Partition).await;
+}
+
+/// One test per case and backend.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        /// The embedded store: always run.
+        mod edge {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::EdgeHarness::new()).await;
+                }
+            )*
+        }
+        /// A Qdrant server: run when `QDRANT_URL` is set.
+        mod qdrant_server {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    if let Some(h) = super::QdrantHarness::from_env(stringify!($case)) {
+                        super::$case(&h).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    isolation_collection,
+    isolation_partition,
+    deletion_policy_collection,
+    deletion_policy_partition,
+    durability,
+    filters,
+    search_order_and_scores,
+    scroll_paging,
+    delete_by_filter,
+    collection_lifecycle,
+    wrong_dimension,
+);

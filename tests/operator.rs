@@ -1,0 +1,753 @@
+//! The operator against a real kube-apiserver + etcd (`scripts/kube-test-env.sh`), run as a
+//! child process under exactly the RBAC rights of `config/rbac/`. There is no kubelet or
+//! controller-manager: tests write Deployment status as they would.
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::cluster::{KubeEnv, Operator, OperatorOpts, eventually, serial, unique};
+use common::{Dirs, Server, Start};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tenantry::auth::keys::Keyring;
+use tenantry::crd::{QuotaTier, Tenant};
+
+fn tenant(name: &str, spec: serde_json::Value) -> Tenant {
+    serde_json::from_value(json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("tenant")
+}
+
+fn condition(t: &Tenant, type_: &str) -> Option<(String, String)> {
+    t.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn wait_condition(api: &Api<Tenant>, name: &str, type_: &str, status: &str) -> Tenant {
+    eventually(60, &format!("{name} {type_}={status}"), || async {
+        let t = api.get(name).await.ok()?;
+        (condition(&t, type_).map(|c| c.0) == Some(status.to_string())).then_some(t)
+    })
+    .await
+}
+
+/// What a kubelet + deployment controller would report once the pods run.
+async fn mark_available(client: &Client, ns: &str, name: &str) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let status = json!({"status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch deployment status");
+}
+
+fn start_operator(env: &KubeEnv, identity: &str, dir: &std::path::Path) -> Operator {
+    Operator::start(
+        env,
+        OperatorOpts {
+            identity,
+            vector_dir: dir,
+            lease_duration: "3s",
+        },
+    )
+}
+
+async fn delete_and_wait_gone(api: &Api<Tenant>, name: &str) {
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    eventually(60, &format!("{name} deleted"), || async {
+        api.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_server_refuses_invalid_tenants_with_clear_messages() {
+    let _serial = serial().await;
+    let env = KubeEnv::get();
+    let client = env.client().await;
+    let api: Api<Tenant> = Api::all(client.clone());
+    // Raw objects: several of these cannot even be expressed in the typed Tenant.
+    let raw: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<Tenant>(&()));
+    let cases = [
+        ("bad tier name", json!({"tier": "Gold_Tier"}), "spec.tier"),
+        (
+            "negative quota",
+            json!({"tier": "pro", "quota": {"dailyTokens": -5}}),
+            "spec.quota.dailyTokens",
+        ),
+        (
+            "unknown enum",
+            json!({"tier": "pro", "retrieval": {"isolation": "Shard"}}),
+            "spec.retrieval.isolation",
+        ),
+        (
+            "threshold > 1",
+            json!({"tier": "pro", "semanticCache": {"threshold": 1.5}}),
+            "spec.semanticCache.threshold",
+        ),
+        (
+            "bad duration",
+            json!({"tier": "pro", "semanticCache": {"ttl": "1 day"}}),
+            "spec.semanticCache.ttl",
+        ),
+        (
+            "min > max",
+            json!({"tier": "pro", "api": {"replicas": {"min": 5, "max": 2}}}),
+            "replicas.min must not exceed replicas.max",
+        ),
+        (
+            "chat not allowed",
+            json!({"tier": "pro", "models": {"chat": "a", "allowed": ["b"]}}),
+            "models.chat must be one of models.allowed",
+        ),
+        (
+            "unknown algorithm",
+            json!({"tier": "pro", "auth": {"algorithm": "RS256"}}),
+            "spec.auth.algorithm",
+        ),
+    ];
+    for (what, spec, needle) in cases {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "tenantry.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": unique("invalid")}, "spec": spec,
+        }))
+        .expect("object");
+        match raw.create(&PostParams::default(), &obj).await {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{what}: {e:?}");
+                assert!(
+                    e.message.contains(needle),
+                    "{what}: message {:?} lacks {needle:?}",
+                    e.message
+                );
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    // A tenant id that is a valid object name but too long for collection/namespace names.
+    let long = tenant(&format!("t{}", "x".repeat(45)), json!({"tier": "pro"}));
+    let err = api
+        .create(&PostParams::default(), &long)
+        .await
+        .expect_err("too long");
+    assert!(err.to_string().contains("at most 40 characters"), "{err}");
+    // Defaults are filled in by the API server.
+    let name = unique("valid");
+    let created = api
+        .create(
+            &PostParams::default(),
+            &tenant(&name, json!({"tier": "pro"})),
+        )
+        .await
+        .expect("valid tenant");
+    assert_eq!(created.spec.retrieval.top_k, 4);
+    assert_eq!(created.spec.semantic_cache.ttl, "24h");
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+}
+
+#[tokio::test]
+async fn tenant_becomes_its_objects_and_follows_its_tier() {
+    let _serial = serial().await;
+    let env = KubeEnv::get();
+    let client = env.client().await;
+    let vdir = tempfile::tempdir().expect("tmp");
+    let op = start_operator(env, "op-main", vdir.path());
+
+    let tier_name = unique("gold");
+    let tiers: Api<QuotaTier> = Api::all(client.clone());
+    let tier: QuotaTier = serde_json::from_value(json!({
+        "apiVersion": "tenantry.dev/v1alpha1", "kind": "QuotaTier", "metadata": {"name": tier_name},
+        "spec": {"dailyTokens": 1000, "requestsPerMinute": 10, "tokensPerMinute": 500, "maxConcurrentRequests": 2, "replicas": {"min": 2, "max": 4}},
+    }))
+    .expect("tier");
+    tiers
+        .create(&PostParams::default(), &tier)
+        .await
+        .expect("create tier");
+
+    let name = unique("acme");
+    let api: Api<Tenant> = Api::all(client.clone());
+    api.create(&PostParams::default(), &tenant(&name, json!({"tier": tier_name, "quota": {"requestsPerMinute": 99}, "api": {"targetCPUUtilizationPercentage": 60}})))
+        .await
+        .expect("create tenant");
+
+    let t = wait_condition(&api, &name, "SigningKeyReady", "True").await;
+    let status = t.status.clone().expect("status");
+    let ns = format!("tenant-{name}");
+    assert_eq!(status.namespace.as_deref(), Some(ns.as_str()));
+    assert_eq!(status.signing_secret, Some(format!("{name}-signing-key")));
+    assert_eq!(
+        status.endpoint,
+        Some(format!("http://{name}-api.{ns}.svc:80"))
+    );
+    let q = status.effective_quota.clone().expect("effective quota");
+    assert_eq!((q.daily_tokens, q.requests_per_minute), (1000, 99));
+    assert_eq!(status.observed_generation, t.metadata.generation);
+    assert!(t.finalizers().iter().any(|f| f == "tenantry.dev/cleanup"));
+    assert_eq!(
+        condition(&t, "ApiReady"),
+        Some(("False".into(), "Progressing".into()))
+    );
+    assert_eq!(condition(&t, "Ready").map(|c| c.0), Some("False".into()));
+    let uid = t.uid().expect("uid");
+
+    // Every object: labelled, owned by the Tenant.
+    let check_meta = |m: &kube::api::ObjectMeta, kind: &str| {
+        let labels = m.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("tenantry"),
+            "{kind}"
+        );
+        assert_eq!(labels.get("tenantry.dev/tenant"), Some(&name), "{kind}");
+        let owner = m.owner_references.clone().unwrap_or_default();
+        assert!(
+            owner
+                .iter()
+                .any(|o| o.uid == uid && o.controller == Some(true) && o.kind == "Tenant"),
+            "{kind} not owned: {owner:?}"
+        );
+    };
+    let nso = Api::<Namespace>::all(client.clone())
+        .get(&ns)
+        .await
+        .expect("namespace");
+    check_meta(&nso.metadata, "Namespace");
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-signing-key"))
+        .await
+        .expect("secret");
+    check_meta(&secret.metadata, "Secret");
+    let data = secret.data.clone().expect("data");
+    let ring: Keyring = serde_json::from_slice(&data["keyring.json"].0).expect("keyring");
+    assert_eq!(Some(ring.current.clone()), status.current_key_id);
+    assert_eq!(String::from_utf8_lossy(&data["kid"].0), ring.current);
+    assert!(data.contains_key("public.pem"));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api-config"))
+        .await
+        .expect("configmap");
+    check_meta(&cm.metadata, "ConfigMap");
+    let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("deployment");
+    check_meta(&dep.metadata, "Deployment");
+    let pod = dep.spec.template.spec.clone().expect("pod spec");
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.example/tenantry:test"));
+    assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    assert_eq!(c.args.as_ref().map(|a| a[0].as_str()), Some("serve"));
+    assert!(
+        c.env
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.name == "OPENAI_BASE_URL")
+    );
+    let sc = c.security_context.clone().expect("security context");
+    assert_eq!(
+        (
+            sc.read_only_root_filesystem,
+            sc.run_as_non_root,
+            sc.allow_privilege_escalation
+        ),
+        (Some(true), Some(true), Some(false))
+    );
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(
+        dep.spec.replicas,
+        Some(1),
+        "replicas left to the HPA (API default 1)"
+    );
+    let svc = Api::<Service>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("service");
+    check_meta(&svc.metadata, "Service");
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("hpa");
+    check_meta(&hpa.metadata, "HorizontalPodAutoscaler");
+    assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (Some(2), 4));
+    let cpu = hpa.spec.metrics.clone().unwrap_or_default()[0]
+        .resource
+        .clone()
+        .expect("cpu")
+        .target
+        .average_utilization;
+    assert_eq!(cpu, Some(60));
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("pdb");
+    check_meta(&pdb.metadata, "PodDisruptionBudget");
+    let np = Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("networkpolicy");
+    check_meta(&np.metadata, "NetworkPolicy");
+    // Vector collections were provisioned.
+    assert!(
+        vdir.path()
+            .join(format!("tenant_{}_docs", name.replace('-', "_")))
+            .exists()
+    );
+    assert_eq!(status.collections.len(), 2);
+
+    // ApiReady follows the Deployment.
+    mark_available(&client, &ns, &format!("{name}-api")).await;
+    let t = wait_condition(&api, &name, "Ready", "True").await;
+    assert_eq!(
+        condition(&t, "ApiReady"),
+        Some(("True".into(), "Available".into()))
+    );
+
+    // Events were recorded for the tenant.
+    let events: Api<Event> = Api::all(client.clone());
+    let evs = eventually(20, "events", || async {
+        let l = events.list(&ListParams::default()).await.ok()?;
+        let mine: Vec<_> = l
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.clone()) == Some(name.clone()))
+            .collect();
+        (mine.len() >= 2).then_some(mine)
+    })
+    .await;
+    assert!(
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("SigningKeyUpdated"))
+    );
+
+    // Changing the tier changes the effective quota and the HPA.
+    tiers
+        .patch(
+            &tier_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"dailyTokens": 777, "replicas": {"min": 3, "max": 6}}})),
+        )
+        .await
+        .expect("patch tier");
+    eventually(30, "quota follows tier", || async {
+        let t = api.get(&name).await.ok()?;
+        (t.status?.effective_quota?.daily_tokens == 777).then_some(())
+    })
+    .await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    eventually(30, "hpa follows tier", || async {
+        let h = hpas.get(&format!("{name}-api")).await.ok()?;
+        (h.spec.min_replicas == Some(3) && h.spec.max_replicas == 6).then_some(())
+    })
+    .await;
+
+    // A GitOps tool's field on an owned object is not reverted.
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    deps.patch(
+        &format!("{name}-api"),
+        &PatchParams::apply("argocd"),
+        &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": format!("{name}-api"), "annotations": {"team.example/owner": "payments"}}})),
+    )
+    .await
+    .expect("foreign apply");
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"retrieval": {"topK": 5}}})),
+    )
+    .await
+    .expect("touch tenant");
+    eventually(30, "reconciled generation", || async {
+        let t = api.get(&name).await.ok()?;
+        (t.status?.observed_generation == t.metadata.generation).then_some(())
+    })
+    .await;
+    let d = deps.get(&format!("{name}-api")).await.expect("deployment");
+    assert_eq!(
+        d.annotations()
+            .get("team.example/owner")
+            .map(String::as_str),
+        Some("payments")
+    );
+
+    // No hot loop: with nothing changing, reconciles stay bounded.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = op.reconcile_count().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = op.reconcile_count().await;
+    assert!(
+        after - before <= 2,
+        "hot loop: {before} -> {after} reconciles in 6 s"
+    );
+    let metrics = op.metrics().await;
+    assert!(
+        metrics.contains("tenantry_reconcile_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tenantry_tenants{phase="Ready"}"#),
+        "{metrics}"
+    );
+
+    // Delete with Retain: the finalizer runs, data stays.
+    delete_and_wait_gone(&api, &name).await;
+    assert!(
+        vdir.path()
+            .join(format!("tenant_{}_docs", name.replace('-', "_")))
+            .exists(),
+        "Retain keeps data"
+    );
+    tiers
+        .delete(&tier_name, &DeleteParams::default())
+        .await
+        .expect("delete tier");
+    op.stop();
+}
+
+#[tokio::test]
+async fn delete_policy_invalid_tier_and_suspend() {
+    let _serial = serial().await;
+    let env = KubeEnv::get();
+    let client = env.client().await;
+    let vdir = tempfile::tempdir().expect("tmp");
+    let op = start_operator(env, "op-policy", vdir.path());
+    let api: Api<Tenant> = Api::all(client.clone());
+
+    // deletionPolicy Delete removes the collections.
+    let name = unique("gone");
+    api.create(
+        &PostParams::default(),
+        &tenant(&name, json!({"tier": "free", "deletionPolicy": "Delete"})),
+    )
+    .await
+    .expect("create");
+    wait_condition(&api, &name, "VectorStoreReady", "True").await;
+    let docs = vdir
+        .path()
+        .join(format!("tenant_{}_docs", name.replace('-', "_")));
+    assert!(docs.exists());
+    delete_and_wait_gone(&api, &name).await;
+    assert!(!docs.exists(), "Delete removes vector data");
+
+    // A tier that does not exist: Ready=False/TierNotFound, then fixed by creating the tier.
+    let tier_name = unique("platinum");
+    let name = unique("waiting");
+    api.create(
+        &PostParams::default(),
+        &tenant(&name, json!({"tier": tier_name})),
+    )
+    .await
+    .expect("create");
+    let t = wait_condition(&api, &name, "Ready", "False").await;
+    let t = if condition(&t, "Ready").map(|c| c.1) == Some("TierNotFound".into()) {
+        t
+    } else {
+        eventually(30, "TierNotFound", || async {
+            let t = api.get(&name).await.ok()?;
+            (condition(&t, "Ready").map(|c| c.1) == Some("TierNotFound".into())).then_some(t)
+        })
+        .await
+    };
+    assert_eq!(
+        condition(&t, "QuotaReady").map(|c| c.0),
+        Some("False".into())
+    );
+    let tiers: Api<QuotaTier> = Api::all(client.clone());
+    let tier: QuotaTier = serde_json::from_value(json!({
+        "apiVersion": "tenantry.dev/v1alpha1", "kind": "QuotaTier", "metadata": {"name": tier_name},
+        "spec": {"dailyTokens": 5, "requestsPerMinute": 1, "tokensPerMinute": 5, "maxConcurrentRequests": 1},
+    }))
+    .expect("tier");
+    tiers
+        .create(&PostParams::default(), &tier)
+        .await
+        .expect("create tier");
+    wait_condition(&api, &name, "QuotaReady", "True").await;
+
+    // Suspend: API scaled to zero, ApiReady=False/Suspended; resume hands replicas back.
+    let ns = format!("tenant-{name}");
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .expect("suspend");
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    eventually(30, "scaled to zero", || async {
+        (deps.get(&format!("{name}-api")).await.ok()?.spec.replicas == Some(0)).then_some(())
+    })
+    .await;
+    let t = wait_condition(&api, &name, "ApiReady", "False").await;
+    let t = if condition(&t, "ApiReady").map(|c| c.1) == Some("Suspended".into()) {
+        t
+    } else {
+        eventually(30, "Suspended", || async {
+            let t = api.get(&name).await.ok()?;
+            (condition(&t, "ApiReady").map(|c| c.1) == Some("Suspended".into())).then_some(t)
+        })
+        .await
+    };
+    assert_eq!(condition(&t, "Ready").map(|c| c.0), Some("False".into()));
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .expect("resume");
+    eventually(30, "replicas handed back", || async {
+        (deps.get(&format!("{name}-api")).await.ok()?.spec.replicas != Some(0)).then_some(())
+    })
+    .await;
+
+    delete_and_wait_gone(&api, &name).await;
+    tiers
+        .delete(&tier_name, &DeleteParams::default())
+        .await
+        .expect("delete tier");
+    op.stop();
+}
+
+/// Rotation by annotation makes a new kid; a `serve` fed the rendered ConfigMap and Secret
+/// (as the pod mounts them) keeps accepting the old key during the overlap, without restart.
+#[tokio::test]
+async fn key_rotation_and_serve_with_rendered_config() {
+    let _serial = serial().await;
+    let env = KubeEnv::get();
+    let client = env.client().await;
+    let vdir = tempfile::tempdir().expect("tmp");
+    let op = start_operator(env, "op-keys", vdir.path());
+    let api: Api<Tenant> = Api::all(client.clone());
+    let name = unique("rot");
+    let ns = format!("tenant-{name}");
+    api.create(
+        &PostParams::default(),
+        &tenant(&name, json!({"tier": "pro", "auth": {"rotateEvery": "1h"}})),
+    )
+    .await
+    .expect("create");
+    let t = wait_condition(&api, &name, "SigningKeyReady", "True").await;
+    let first_kid = t.status.and_then(|s| s.current_key_id).expect("kid");
+
+    // Lay out what the pod mounts.
+    let dirs = Dirs::new();
+    let keys = dirs.root.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("mkdir");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let render = |secret: Secret, cm: ConfigMap| {
+        let ring = secret.data.expect("data")["keyring.json"].0.clone();
+        std::fs::write(keys.join(format!("{name}.json")), ring).expect("write keyring");
+        let manifest = cm.data.expect("data")["tenant.yaml"].clone();
+        std::fs::write(dirs.tenants().join("tenant.yaml"), manifest).expect("write manifest");
+    };
+    render(
+        secrets
+            .get(&format!("{name}-signing-key"))
+            .await
+            .expect("secret"),
+        cms.get(&format!("{name}-api-config")).await.expect("cm"),
+    );
+    let old_ring: Keyring =
+        serde_json::from_slice(&std::fs::read(keys.join(format!("{name}.json"))).expect("read"))
+            .expect("ring");
+    let id = tenantry::crd::TenantId::parse(&name).expect("id");
+    let old_token = old_ring.mint(&id, "alice", 3600).expect("mint");
+    let server = Server::start(
+        &dirs,
+        Start {
+            args: vec!["--keys-dir".into(), keys.display().to_string()],
+            ..Default::default()
+        },
+    );
+    let (s, body) = server.get("/v1/documents", &old_token).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    // Force a rotation.
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"tenantry.dev/rotate-key": "2026-11-26T00:00:00Z"}}})))
+        .await
+        .expect("annotate");
+    let new_kid = eventually(30, "new kid", || async {
+        let k = api.get(&name).await.ok()?.status?.current_key_id?;
+        (k != first_kid).then_some(k)
+    })
+    .await;
+    let secret = secrets
+        .get(&format!("{name}-signing-key"))
+        .await
+        .expect("secret");
+    let ring: Keyring =
+        serde_json::from_slice(&secret.data.clone().expect("data")["keyring.json"].0)
+            .expect("ring");
+    assert_eq!(ring.current, new_kid);
+    let old = ring
+        .keys
+        .iter()
+        .find(|k| k.kid == first_kid)
+        .expect("previous key kept for the overlap");
+    assert!(
+        old.expires_at
+            .is_some_and(|e| e > tenantry::auth::keys::unix_now() + 3000)
+    );
+    render(
+        secret,
+        cms.get(&format!("{name}-api-config")).await.expect("cm"),
+    );
+
+    // serve picks the rotation up without restart: the new key works, the old one still does.
+    let new_token = ring.mint(&id, "bob", 3600).expect("mint");
+    eventually(20, "serve accepts the new key", || async {
+        (server.get("/v1/documents", &new_token).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(
+        server.get("/v1/documents", &old_token).await.0,
+        StatusCode::OK
+    );
+
+    // The same annotation value again does not rotate again.
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"retrieval": {"topK": 2}}})),
+    )
+    .await
+    .expect("touch");
+    eventually(30, "reconciled", || async {
+        let t = api.get(&name).await.ok()?;
+        (t.status.as_ref()?.observed_generation == t.metadata.generation).then_some(())
+    })
+    .await;
+    assert_eq!(
+        api.get(&name)
+            .await
+            .expect("get")
+            .status
+            .and_then(|s| s.current_key_id),
+        Some(new_kid)
+    );
+
+    // Suspended in the manifest: serve refuses with 403.
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .expect("suspend");
+    eventually(30, "rendered suspend", || async {
+        let cm = cms.get(&format!("{name}-api-config")).await.ok()?;
+        cm.data?
+            .get("tenant.yaml")?
+            .contains("suspend: true")
+            .then_some(())
+    })
+    .await;
+    render(
+        secrets
+            .get(&format!("{name}-signing-key"))
+            .await
+            .expect("secret"),
+        cms.get(&format!("{name}-api-config")).await.expect("cm"),
+    );
+    eventually(20, "serve refuses a suspended tenant", || async {
+        (server.get("/v1/documents", &new_token).await.0 == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await;
+
+    delete_and_wait_gone(&api, &name).await;
+    op.stop();
+}
+
+/// Two replicas: only the Lease holder reconciles; when it dies, the other takes over and
+/// converges what changed meanwhile.
+#[tokio::test]
+async fn only_the_leader_writes_and_a_standby_takes_over() {
+    let _serial = serial().await;
+    let env = KubeEnv::get();
+    let client = env.client().await;
+    let vdir_a = tempfile::tempdir().expect("tmp");
+    let vdir_b = tempfile::tempdir().expect("tmp");
+    let a = start_operator(env, "replica-a", vdir_a.path());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "tenantry-system");
+    eventually(30, "a leads", || async {
+        let l = leases.get_opt("tenantry-operator").await.ok()??;
+        (l.spec?.holder_identity.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let b = start_operator(env, "replica-b", vdir_b.path());
+
+    let api: Api<Tenant> = Api::all(client.clone());
+    let name = unique("lead");
+    api.create(
+        &PostParams::default(),
+        &tenant(&name, json!({"tier": "pro"})),
+    )
+    .await
+    .expect("create");
+    wait_condition(&api, &name, "SigningKeyReady", "True").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(a.reconcile_count().await > 0, "the leader reconciles");
+    assert_eq!(
+        b.reconcile_count().await,
+        0,
+        "the standby must not write:\n{}",
+        b.logs()
+    );
+    let lease = leases.get("tenantry-operator").await.expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("replica-a")
+    );
+
+    // The leader crashes (no release); the standby takes over after the lease expires and
+    // converges a change made while nobody led.
+    a.kill();
+    let second = unique("lead2");
+    api.create(
+        &PostParams::default(),
+        &tenant(&second, json!({"tier": "free"})),
+    )
+    .await
+    .expect("create");
+    wait_condition(&api, &second, "SigningKeyReady", "True").await;
+    assert!(b.reconcile_count().await > 0);
+    let lease = leases.get("tenantry-operator").await.expect("lease");
+    let spec = lease.spec.expect("spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert!(spec.lease_transitions.unwrap_or(0) >= 1);
+
+    for n in [&name, &second] {
+        delete_and_wait_gone(&api, n).await;
+    }
+    b.stop();
+    // A clean stop releases the Lease.
+    let l = leases.get("tenantry-operator").await.expect("lease");
+    assert_eq!(l.spec.and_then(|s| s.holder_identity), None);
+}

@@ -1,0 +1,995 @@
+//! Quotas and rate limits: the same behavioural tests against the Redis store (real
+//! `redis-server` processes on 127.0.0.1) and the in-process store, first at the store level
+//! with an explicit clock (exact window boundaries), then over HTTP against real
+//! `tenantry serve` processes with a scripted model that reports a chosen `usage`.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{Dirs, RedisServer, ScriptedLlm, Server, Start};
+use serde_json::{Value, json};
+use tenantry::crd::TenantId;
+use tenantry::quota::memory::MemoryStore;
+use tenantry::quota::redis::{Keys, RedisOptions, RedisStore};
+use tenantry::quota::{
+    Counters, DAY_MS, Decision, Limit, Limits, MINUTE_MS, Outcome, QuotaStore, ReserveRequest,
+    Ticket,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Store level: explicit clock.
+
+fn redis_store(redis: &RedisServer) -> Arc<dyn QuotaStore> {
+    Arc::new(
+        RedisStore::new(&RedisOptions {
+            url: redis.url(),
+            command_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+        })
+        .expect("store"),
+    )
+}
+
+fn limits(daily: u64, rpm: u64, tpm: u64, conc: u64) -> Limits {
+    Limits {
+        daily_tokens: daily,
+        requests_per_minute: rpm,
+        tokens_per_minute: tpm,
+        max_concurrent_requests: conc,
+    }
+}
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).expect("tenant id")
+}
+
+/// A minute start well inside a day, so day and minute windows are independent.
+const T0: u64 = 20_000 * DAY_MS + 600 * MINUTE_MS;
+
+async fn reserve(
+    store: &dyn QuotaStore,
+    t: &TenantId,
+    l: Limits,
+    estimate: u64,
+    now_ms: u64,
+) -> Decision {
+    store
+        .reserve(&ReserveRequest {
+            tenant: t.clone(),
+            limits: l,
+            estimate,
+            now_ms,
+            lease: Duration::from_secs(60),
+        })
+        .await
+        .expect("store answers")
+}
+
+fn admitted(d: Decision) -> Ticket {
+    match d {
+        Decision::Admitted { ticket, .. } => ticket,
+        other => panic!("expected admission, got {other:?}"),
+    }
+}
+
+fn rejected(d: &Decision) -> Limit {
+    match d {
+        Decision::Rejected { limit, .. } => *limit,
+        other => panic!("expected rejection, got {other:?}"),
+    }
+}
+
+/// The behaviour both stores must have.
+async fn store_behaviour(store: Arc<dyn QuotaStore>, prefix: &str) {
+    let s = store.as_ref();
+
+    // Daily budget: exactly the budget fits, one token more does not; settle refunds the
+    // difference; release refunds everything; a second settle changes nothing.
+    let t = tenant(&format!("{prefix}-daily"));
+    let l = limits(1_000, 1_000, 1_000_000, 100);
+    let a = admitted(reserve(s, &t, l, 600, T0).await);
+    let b = admitted(reserve(s, &t, l, 400, T0).await);
+    let d = reserve(s, &t, l, 1, T0).await;
+    assert_eq!(rejected(&d), Limit::DailyTokens);
+    assert!(
+        s.finish(&a, Outcome::Used { tokens: 250 })
+            .await
+            .expect("settle")
+    );
+    assert!(
+        !s.finish(&a, Outcome::Used { tokens: 0 })
+            .await
+            .expect("settle"),
+        "exactly once"
+    );
+    assert!(
+        !s.finish(&a, Outcome::Released).await.expect("release"),
+        "exactly once"
+    );
+    assert!(s.finish(&b, Outcome::Released).await.expect("release"));
+    let u = s.usage(&t, T0).await.expect("usage");
+    assert_eq!(
+        u,
+        Counters {
+            daily_tokens: 250,
+            minute_requests: 1,
+            minute_tokens: 250,
+            in_flight: 0
+        }
+    );
+    // The next day starts empty; yesterday's late settle lands in yesterday.
+    let next_day = (T0 / DAY_MS + 1) * DAY_MS;
+    let c = admitted(reserve(s, &t, l, 700, next_day - 1_000).await);
+    assert_eq!(s.usage(&t, next_day).await.expect("usage").daily_tokens, 0);
+    let e = admitted(reserve(s, &t, l, 1_000, next_day).await);
+    assert!(
+        s.finish(&c, Outcome::Used { tokens: 100 })
+            .await
+            .expect("settle")
+    );
+    assert_eq!(s.usage(&t, T0).await.expect("usage").daily_tokens, 350);
+    assert_eq!(
+        s.usage(&t, next_day).await.expect("usage").daily_tokens,
+        1_000
+    );
+    assert!(
+        s.finish(&e, Outcome::Used { tokens: 1_000 })
+            .await
+            .expect("settle")
+    );
+
+    // Requests per minute at the boundary: the 4th request in the minute is refused up to its
+    // last millisecond and admitted at the first of the next.
+    let t = tenant(&format!("{prefix}-rpm"));
+    let l = limits(1_000_000, 3, 1_000_000, 100);
+    for i in 0..3 {
+        let k = admitted(reserve(s, &t, l, 1, T0 + i * 1_000).await);
+        assert!(
+            s.finish(&k, Outcome::Used { tokens: 1 })
+                .await
+                .expect("settle")
+        );
+    }
+    let d = reserve(s, &t, l, 1, T0 + MINUTE_MS - 1).await;
+    assert_eq!(rejected(&d), Limit::RequestsPerMinute);
+    if let Decision::Rejected { used, .. } = d {
+        assert_eq!(used.minute_requests, 3);
+    }
+    // A released (failed) request gives its slot back.
+    let k = admitted(reserve(s, &t, l, 1, T0 + MINUTE_MS).await);
+    assert!(s.finish(&k, Outcome::Released).await.expect("release"));
+    for _ in 0..3 {
+        admitted(reserve(s, &t, l, 1, T0 + MINUTE_MS + 5).await);
+    }
+    assert_eq!(
+        rejected(&reserve(s, &t, l, 1, T0 + 2 * MINUTE_MS - 1).await),
+        Limit::RequestsPerMinute
+    );
+
+    // Tokens per minute, same boundary.
+    let t = tenant(&format!("{prefix}-tpm"));
+    let l = limits(1_000_000, 1_000, 100, 100);
+    admitted(reserve(s, &t, l, 60, T0).await);
+    assert_eq!(
+        rejected(&reserve(s, &t, l, 41, T0 + MINUTE_MS - 1).await),
+        Limit::TokensPerMinute
+    );
+    admitted(reserve(s, &t, l, 40, T0 + MINUTE_MS - 1).await);
+    admitted(reserve(s, &t, l, 100, T0 + MINUTE_MS).await);
+
+    // Concurrency: slots free on settle or release, and a crashed holder's lease expires.
+    let t = tenant(&format!("{prefix}-conc"));
+    let l = limits(1_000_000, 1_000, 1_000_000, 2);
+    let a = admitted(reserve(s, &t, l, 1, T0).await);
+    let _leaked = admitted(reserve(s, &t, l, 1, T0).await);
+    assert_eq!(
+        rejected(&reserve(s, &t, l, 1, T0).await),
+        Limit::ConcurrentRequests
+    );
+    assert!(
+        s.finish(&a, Outcome::Used { tokens: 1 })
+            .await
+            .expect("settle")
+    );
+    let b = admitted(reserve(s, &t, l, 1, T0).await);
+    assert_eq!(s.usage(&t, T0).await.expect("usage").in_flight, 2);
+    // 60 s lease: just before it ends both are still in flight, after it the leaked one and
+    // `b` are gone.
+    assert_eq!(
+        rejected(&reserve(s, &t, l, 1, T0 + 59_999).await),
+        Limit::ConcurrentRequests
+    );
+    admitted(reserve(s, &t, l, 1, T0 + 60_000).await);
+    assert!(
+        !s.finish(&b, Outcome::Used { tokens: 1 })
+            .await
+            .expect("settle"),
+        "an expired lease is not settled again"
+    );
+
+    // Tenants are independent.
+    let other = tenant(&format!("{prefix}-other"));
+    assert_eq!(
+        s.usage(&other, T0).await.expect("usage"),
+        Counters::default()
+    );
+
+    // Concurrent reservations never exceed the budget and use it up exactly.
+    let t = tenant(&format!("{prefix}-race"));
+    let l = limits(1_000, 1_000_000, 1_000_000, 1_000_000);
+    let tasks: Vec<_> = (0..300)
+        .map(|_| {
+            let store = store.clone();
+            let t = t.clone();
+            tokio::spawn(async move {
+                matches!(
+                    reserve(store.as_ref(), &t, l, 7, T0).await,
+                    Decision::Admitted { .. }
+                )
+            })
+        })
+        .collect();
+    let mut n = 0u64;
+    for task in tasks {
+        n += u64::from(task.await.expect("task"));
+    }
+    assert_eq!(n, 1_000 / 7, "admitted exactly floor(budget / estimate)");
+    assert_eq!(s.usage(&t, T0).await.expect("usage").daily_tokens, n * 7);
+}
+
+#[tokio::test]
+async fn memory_store_behaviour() {
+    store_behaviour(Arc::new(MemoryStore::default()), "m").await;
+}
+
+#[tokio::test]
+async fn redis_store_behaviour_keys_and_expiry() {
+    let redis = RedisServer::start();
+    store_behaviour(redis_store(&redis), "r").await;
+
+    // Every key is namespaced under the tenant's hash tag and expires.
+    let store = redis_store(&redis);
+    let t = tenant("keys");
+    let now = tenantry::quota::now_ms();
+    let ticket = admitted(reserve(store.as_ref(), &t, limits(100, 100, 100, 100), 5, now).await);
+    let keys = Keys::new(&t, ticket.day, ticket.minute);
+    let Some(redis::Value::Array(all)) = redis.query(&["KEYS", "*"]) else {
+        panic!("KEYS");
+    };
+    assert!(!all.is_empty());
+    for k in all {
+        let redis::Value::BulkString(k) = k else {
+            panic!("key")
+        };
+        let k = String::from_utf8(k).expect("utf8");
+        assert!(k.starts_with("tenantry:{"), "{k}");
+        let Some(redis::Value::Int(ttl)) = redis.query(&["TTL", &k]) else {
+            panic!("TTL")
+        };
+        assert!(ttl > 0, "{k} has no expiry");
+    }
+    assert_eq!(redis.get_int(&keys.day_tokens), 5);
+    assert_eq!(redis.get_int(&keys.minute_requests), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP: real `serve` processes.
+
+const CONFIG: &str = "llm:\n  maxTokens: 50\n";
+
+fn quota_spec(daily: u64, rpm: u64, tpm: u64, conc: u64) -> String {
+    format!(
+        "  quota: {{dailyTokens: {daily}, requestsPerMinute: {rpm}, tokensPerMinute: {tpm}, maxConcurrentRequests: {conc}}}\n"
+    )
+}
+
+fn start(dirs: &Dirs, llm: &ScriptedLlm, redis: Option<&RedisServer>, config: &str) -> Server {
+    let mut args = Vec::new();
+    if let Some(r) = redis {
+        args.extend(["--redis-url".to_string(), r.url()]);
+    }
+    Server::start(
+        dirs,
+        Start {
+            llm: Some(llm),
+            config: Some(dirs.config(config)),
+            args,
+            ..Default::default()
+        },
+    )
+}
+
+/// Sends a chat request; returns status, headers and body.
+async fn chat_full(
+    server: &Server,
+    token: &str,
+    question: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let r = server
+        .http
+        .post(server.url("/v1/chat"))
+        .bearer_auth(token)
+        .json(&json!({"question": question}))
+        .send()
+        .await
+        .expect("request");
+    let headers = r.headers().clone();
+    let (s, body) = common::status_json(r).await;
+    (s, headers, body)
+}
+
+fn header(h: &reqwest::header::HeaderMap, name: &str) -> u64 {
+    h.get(name)
+        .unwrap_or_else(|| panic!("missing header {name}: {h:?}"))
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("integer")
+}
+
+fn tokens_of(body: &Value) -> u64 {
+    body["usage"]["prompt_tokens"].as_u64().expect("usage")
+        + body["usage"]["completion_tokens"].as_u64().expect("usage")
+}
+
+async fn usage(server: &Server, token: &str) -> Value {
+    let (s, body) = server.get("/v1/usage", token).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    body
+}
+
+/// Waits until the tenant has nothing in flight (releases of cancelled requests run in the
+/// background).
+async fn wait_idle(server: &Server, token: &str) -> Value {
+    for _ in 0..200 {
+        let u = usage(server, token).await;
+        if u["in_flight"] == 0 {
+            return u;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "reservations still in flight: {}",
+        usage(server, token).await
+    );
+}
+
+/// Sleeps into the next minute when fewer than `need` seconds are left in this one, so a
+/// sequence of requests stays within one minute window.
+async fn fresh_minute(need: u64) {
+    let now = tenantry::quota::now_ms();
+    let left = MINUTE_MS - now % MINUTE_MS;
+    if left < need * 1000 {
+        tokio::time::sleep(Duration::from_millis(left + 50)).await;
+    }
+}
+
+async fn metric_value(server: &Server, needle: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{}/metrics", server.metrics_addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The HTTP behaviour both backends must have: settle to actual usage (successes, upstream
+/// failures, client cancellations), concurrency limit, budget exhaustion, headers, metrics,
+/// `/v1/usage` scoped to the caller.
+async fn http_behaviour(redis: Option<&RedisServer>) {
+    let llm = ScriptedLlm::start().await;
+    let dirs = Dirs::new();
+    dirs.add_tenant("acme", &quota_spec(100_000, 1_000, 10_000_000, 2));
+    dirs.add_tenant("tiny", &quota_spec(300, 1_000, 10_000_000, 10));
+    dirs.add_tenant("globex", &quota_spec(100_000, 1_000, 10_000_000, 10));
+    let server = start(&dirs, &llm, redis, CONFIG);
+    let acme = dirs.token("acme", "alice");
+    let expected_backend = if redis.is_some() {
+        "redis"
+    } else {
+        "in-process"
+    };
+    assert_eq!(usage(&server, &acme).await["backend"], expected_backend);
+
+    // Settle: successes charge their actual usage, failures and cancellations nothing.
+    fresh_minute(20).await;
+    let (s, h, body) = chat_full(&server, &acme, "one [[usage:100:20]]").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(tokens_of(&body), 120);
+    assert_eq!(header(&h, "x-ratelimit-limit-tokens-day"), 100_000);
+    assert_eq!(header(&h, "x-ratelimit-limit-requests"), 1_000);
+    assert_eq!(header(&h, "x-ratelimit-remaining-requests"), 999);
+    assert_eq!(header(&h, "x-ratelimit-limit-concurrent"), 2);
+    assert!(header(&h, "x-ratelimit-reset-requests") <= 60);
+    let (s, _, body) = chat_full(&server, &acme, "two [[usage:30:5]]").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, _, body) = chat_full(&server, &acme, "three [[fail]]").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
+    // The client gives up while the model is still answering: the handler is dropped.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .expect("client");
+    let r = impatient
+        .post(server.url("/v1/chat"))
+        .bearer_auth(&acme)
+        .json(&json!({"question": "four [[delay:3000]] [[usage:999:999]]"}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the request was expected to time out");
+    let u = wait_idle(&server, &acme).await;
+    assert_eq!(u["tokens_today"], 155, "{u}");
+    assert_eq!(u["tokens_this_minute"], 155, "{u}");
+    assert_eq!(
+        u["requests_this_minute"], 2,
+        "only the two successes count: {u}"
+    );
+    assert_eq!(u["limits"]["daily_tokens"], 100_000);
+    assert_eq!(u["remaining"]["daily_tokens"], 100_000 - 155);
+    assert_eq!(u["tenant_id"], "acme");
+    assert!(u["resets_at"]["daily_tokens"].as_u64().expect("reset") % 86_400 == 0);
+    if let Some(r) = redis {
+        let now = tenantry::quota::now_ms();
+        let keys = Keys::new(&tenant("acme"), tenantry::quota::day_of(now), 0);
+        assert_eq!(r.get_int(&keys.day_tokens), 155);
+    }
+    // Other tenants see only their own usage.
+    let globex = dirs.token("globex", "bob");
+    let g = usage(&server, &globex).await;
+    assert_eq!(
+        (g["tenant_id"].clone(), g["tokens_today"].clone()),
+        (json!("globex"), json!(0))
+    );
+
+    // Concurrency: two requests in flight fill acme's two slots.
+    let holders: Vec<_> = (0..2)
+        .map(|i| {
+            let (http, url, token) = (server.http.clone(), server.url("/v1/chat"), acme.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&json!({"question": format!("hold {i} [[delay:2500]] [[usage:1:1]]")}))
+                    .send()
+                    .await
+                    .expect("request");
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    for _ in 0..200 {
+        if usage(&server, &acme).await["in_flight"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, h, body) = chat_full(&server, &acme, "third [[usage:1:1]]").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["limit"], "concurrent_requests");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("concurrent_requests")
+    );
+    assert_eq!(header(&h, "retry-after"), 1);
+    assert_eq!(header(&h, "x-ratelimit-limit"), 2);
+    assert_eq!(header(&h, "x-ratelimit-remaining"), 0);
+    assert_eq!(header(&h, "x-ratelimit-limit-concurrent"), 2);
+    for hld in holders {
+        assert_eq!(hld.await.expect("task"), 200);
+    }
+    let (s, _, body) = chat_full(&server, &acme, "after [[usage:1:1]]").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    // Daily budget: admitted until the next estimate no longer fits, then 429 naming the limit.
+    let tiny = dirs.token("tiny", "t");
+    let mut admitted_tokens = 0;
+    let mut estimate = 0;
+    let last = loop {
+        let (s, h, body) = chat_full(&server, &tiny, "budget [[usage:exact]]").await;
+        if s != StatusCode::OK {
+            break (s, h, body);
+        }
+        estimate = tokens_of(&body);
+        admitted_tokens += estimate;
+        assert!(admitted_tokens <= 300);
+    };
+    let (s, h, body) = last;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["limit"], "daily_tokens");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("daily_tokens")
+    );
+    assert!(
+        estimate > 50 && admitted_tokens + estimate > 300,
+        "budget used up: {admitted_tokens}"
+    );
+    assert_eq!(header(&h, "x-ratelimit-limit"), 300);
+    assert_eq!(header(&h, "x-ratelimit-remaining"), 300 - admitted_tokens);
+    let retry = header(&h, "retry-after");
+    assert_eq!(header(&h, "x-ratelimit-reset"), retry);
+    assert_eq!(header(&h, "x-ratelimit-reset-tokens-day"), retry);
+    let to_midnight = (DAY_MS - tenantry::quota::now_ms() % DAY_MS).div_ceil(1000);
+    assert!(
+        retry >= to_midnight.saturating_sub(5) && retry <= to_midnight + 5,
+        "{retry}"
+    );
+    assert_eq!(usage(&server, &tiny).await["tokens_today"], admitted_tokens);
+    assert_eq!(
+        metric_value(
+            &server,
+            r#"llm_rate_limited_total{tenant_id="tiny",limit="daily_tokens"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &server,
+            r#"llm_rate_limited_total{tenant_id="acme",limit="concurrent_requests"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn http_behaviour_in_process() {
+    http_behaviour(None).await;
+}
+
+#[tokio::test]
+async fn http_behaviour_redis() {
+    let redis = RedisServer::start();
+    http_behaviour(Some(&redis)).await;
+}
+
+/// Requests per minute over HTTP at a real minute boundary: refused with the time to the
+/// boundary, admitted again after it; failed calls do not count.
+async fn rpm_boundary(redis: Option<&RedisServer>) {
+    let llm = ScriptedLlm::start().await;
+    let dirs = Dirs::new();
+    dirs.add_tenant("acme", &quota_spec(1_000_000, 3, 10_000_000, 10));
+    let server = start(&dirs, &llm, redis, CONFIG);
+    let token = dirs.token("acme", "alice");
+    fresh_minute(15).await;
+    let (s, _, _) = chat_full(&server, &token, "x [[fail]]").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    for i in 0..3 {
+        let (s, h, body) = chat_full(&server, &token, &format!("q{i} [[usage:1:1]]")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(header(&h, "x-ratelimit-remaining-requests"), 2 - i);
+    }
+    let (s, h, body) = chat_full(&server, &token, "q3 [[usage:1:1]]").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["limit"], "requests_per_minute");
+    let retry = header(&h, "retry-after");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(header(&h, "x-ratelimit-limit"), 3);
+    assert_eq!(header(&h, "x-ratelimit-remaining"), 0);
+    assert_eq!(header(&h, "x-ratelimit-reset"), retry);
+    assert_eq!(header(&h, "x-ratelimit-reset-requests"), retry);
+    let u = usage(&server, &token).await;
+    assert_eq!(u["requests_this_minute"], 3);
+    let reset = u["resets_at"]["requests_per_minute"]
+        .as_u64()
+        .expect("reset");
+    assert_eq!(reset % 60, 0);
+    // Wait for the boundary the server announced.
+    let wait = (reset * 1000).saturating_sub(tenantry::quota::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let (s, h, body) = chat_full(&server, &token, "q4 [[usage:1:1]]").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(header(&h, "x-ratelimit-remaining-requests"), 2);
+}
+
+#[tokio::test]
+async fn rpm_window_boundary_in_process() {
+    rpm_boundary(None).await;
+}
+
+#[tokio::test]
+async fn rpm_window_boundary_redis() {
+    let redis = RedisServer::start();
+    rpm_boundary(Some(&redis)).await;
+}
+
+/// 500 concurrent requests against a small daily budget over `replicas` `serve` processes
+/// (sharing one Redis when given): admitted tokens never exceed the budget and use it up to
+/// within one request's estimate; nothing stays reserved.
+async fn concurrent_budget(redis: Option<&RedisServer>, replicas: usize) {
+    const BUDGET: u64 = 5_000;
+    let llm = ScriptedLlm::start().await;
+    let spec = quota_spec(BUDGET, 1_000_000, 1_000_000_000, 1_000_000);
+    let all_dirs: Vec<Dirs> = (0..replicas).map(|_| Dirs::new()).collect();
+    let mut servers = Vec::new();
+    for (i, dirs) in all_dirs.iter().enumerate() {
+        dirs.add_tenant("acme", &spec);
+        if i > 0 {
+            // Every replica verifies the same tenant key (as with the operator's Secret).
+            let keys = dirs.data().join("keys");
+            std::fs::create_dir_all(&keys).expect("mkdir");
+            std::fs::copy(
+                all_dirs[0].data().join("keys/acme.json"),
+                keys.join("acme.json"),
+            )
+            .expect("copy key");
+        }
+        servers.push(start(dirs, &llm, redis, CONFIG));
+    }
+    let token = all_dirs[0].token("acme", "alice");
+    let servers = Arc::new(servers);
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let (servers, token) = (servers.clone(), token.clone());
+            tokio::spawn(async move {
+                let server = &servers[i % servers.len()];
+                let (s, _, body) = chat_full(
+                    server,
+                    &token,
+                    "What is the refund policy? [[usage:exact]] [[delay:20]]",
+                )
+                .await;
+                (s, body)
+            })
+        })
+        .collect();
+    let mut admitted = 0u64;
+    let mut estimate = 0u64;
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        let (s, body) = t.await.expect("task");
+        match s {
+            StatusCode::OK => {
+                ok += 1;
+                let n = tokens_of(&body);
+                assert!(
+                    estimate == 0 || estimate == n,
+                    "same question, same estimate"
+                );
+                estimate = n;
+                admitted += n;
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                assert_eq!(body["error"]["limit"], "daily_tokens", "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(ok + limited, 500);
+    assert!(estimate > 50, "{estimate}");
+    assert!(
+        admitted <= BUDGET,
+        "admitted {admitted} tokens over a budget of {BUDGET}"
+    );
+    assert!(
+        BUDGET - admitted < estimate,
+        "budget under-used: {admitted} of {BUDGET} with requests of {estimate}"
+    );
+    assert_eq!(ok as u64, BUDGET / estimate);
+    for server in servers.iter() {
+        let u = wait_idle(server, &token).await;
+        assert_eq!(u["tokens_today"], admitted, "{u}");
+    }
+    if let Some(r) = redis {
+        let keys = Keys::new(
+            &tenant("acme"),
+            tenantry::quota::day_of(tenantry::quota::now_ms()),
+            0,
+        );
+        assert_eq!(r.get_int(&keys.day_tokens) as u64, admitted);
+        assert_eq!(
+            r.query(&["ZCARD", &keys.in_flight]),
+            Some(redis::Value::Int(0))
+        );
+    }
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_three_replicas_one_redis() {
+    let redis = RedisServer::start();
+    concurrent_budget(Some(&redis), 3).await;
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_in_process() {
+    concurrent_budget(None, 1).await;
+}
+
+/// Redis killed mid-run: fail-closed answers 503, fail-open serves (and says so in /readyz and
+/// the metrics); once Redis is back both enforce again, without a restart.
+#[tokio::test]
+async fn redis_killed_mid_run() {
+    let mut redis = RedisServer::start();
+    let llm = ScriptedLlm::start().await;
+    let timeouts = "  commandTimeoutMs: 200\n  connectTimeoutMs: 200\n";
+    let closed_dirs = Dirs::new();
+    closed_dirs.add_tenant("acme", &quota_spec(1_000_000, 5, 10_000_000, 10));
+    let closed = start(
+        &closed_dirs,
+        &llm,
+        Some(&redis),
+        &format!("{CONFIG}quota:\n  failMode: failClosed\n{timeouts}"),
+    );
+    let open_dirs = Dirs::new();
+    open_dirs.add_tenant("acme", &quota_spec(1_000_000, 5, 10_000_000, 10));
+    let open = start(
+        &open_dirs,
+        &llm,
+        Some(&redis),
+        &format!("{CONFIG}quota:\n  failMode: failOpen\n{timeouts}"),
+    );
+    let tc = closed_dirs.token("acme", "a");
+    let to = open_dirs.token("acme", "a");
+    // Both instances use the same Redis and the same tenant: they share its budget.
+    let (s, _, body) = chat_full(&closed, &tc, "up [[usage:1:1]]").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, _, body) = chat_full(&open, &to, "up [[usage:1:1]]").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, ready) = closed.get("/readyz", "").await;
+    assert_eq!(
+        (s, ready["checks"]["quota"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+
+    redis.kill();
+    for _ in 0..3 {
+        let (s, _, body) = chat_full(&closed, &tc, "down [[usage:1:1]]").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "quota_unavailable");
+        assert!(
+            !body.to_string().contains("127.0.0.1"),
+            "no internals: {body}"
+        );
+        let (s, _, body) = chat_full(&open, &to, "down [[usage:1:1]]").await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let (s, _) = closed.get("/v1/usage", &tc).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, ready) = closed.get("/readyz", "").await;
+    assert_eq!(
+        (s, ready["checks"]["quota"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("unavailable"))
+    );
+    let (s, ready) = open.get("/readyz", "").await;
+    assert_eq!(
+        (s, ready["checks"]["quota"].clone()),
+        (StatusCode::OK, json!("unavailable"))
+    );
+    assert_eq!(
+        metric_value(&open, r#"quota_fail_open_total{tenant_id="acme"}"#).await,
+        Some(3.0)
+    );
+
+    redis.restart();
+    let mut back = false;
+    for _ in 0..100 {
+        let (s, _, _) = chat_full(&closed, &tc, "back [[usage:1:1]]").await;
+        if s == StatusCode::OK {
+            back = true;
+            break;
+        }
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "fail-closed instance never recovered");
+    // Enforcement resumes on the fail-open instance too: 5 requests per minute.
+    let mut limited = None;
+    for _ in 0..12 {
+        let (s, _, body) = chat_full(&open, &to, "again [[usage:1:1]]").await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(body);
+            break;
+        }
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let body = limited.expect("rate limit enforced again after Redis returned");
+    assert_eq!(body["error"]["limit"], "requests_per_minute");
+    let (s, u) = open.get("/v1/usage", &to).await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["backend"], "redis");
+}
+
+/// A TLS-only `redis-server` with a password, and its CA (killed on drop).
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TlsRedis {
+    fn start(password: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        );
+        std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "server.crt",
+            ],
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+            .args([
+                "--requirepass",
+                password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(d)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let r = Self { child, port, dir };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("TLS redis-server did not start");
+    }
+
+    fn ca(&self) -> String {
+        self.dir.path().join("ca.crt").display().to_string()
+    }
+}
+
+/// `rediss://` with a password and a private CA (trusted through SSL_CERT_FILE): quotas are
+/// enforced over TLS; a wrong password is a clean 503 and no password ever reaches the logs.
+#[tokio::test]
+async fn redis_over_tls_with_password() {
+    let redis = TlsRedis::start("s3cret-pw");
+    let llm = ScriptedLlm::start().await;
+    let dirs = Dirs::new();
+    dirs.add_tenant("acme", &quota_spec(1_000_000, 2, 10_000_000, 10));
+    let env = vec![("SSL_CERT_FILE".to_string(), redis.ca())];
+    let server = Server::start(
+        &dirs,
+        Start {
+            llm: Some(&llm),
+            config: Some(dirs.config(CONFIG)),
+            args: vec![
+                "--redis-url".into(),
+                format!("rediss://:s3cret-pw@127.0.0.1:{}", redis.port),
+            ],
+            env: env.clone(),
+        },
+    );
+    let token = dirs.token("acme", "alice");
+    fresh_minute(10).await;
+    for i in 0..2 {
+        let (s, _, body) = chat_full(&server, &token, &format!("tls {i} [[usage:3:4]]")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let (s, _, body) = chat_full(&server, &token, "tls 2 [[usage:3:4]]").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let u = usage(&server, &token).await;
+    assert_eq!(
+        (u["backend"].clone(), u["tokens_today"].clone()),
+        (json!("redis"), json!(14))
+    );
+
+    let bad_dirs = Dirs::new();
+    bad_dirs.add_tenant("acme", "");
+    let bad = Server::start(
+        &bad_dirs,
+        Start {
+            llm: Some(&llm),
+            args: vec![
+                "--redis-url".into(),
+                format!("rediss://:wrong-pw@127.0.0.1:{}", redis.port),
+            ],
+            env,
+            ..Default::default()
+        },
+    );
+    let (s, _, body) = chat_full(&bad, &bad_dirs.token("acme", "a"), "x").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "quota_unavailable");
+    for (srv, secret) in [(&server, "s3cret-pw"), (&bad, "wrong-pw")] {
+        let logs = srv.logs.lock().expect("lock").join("\n");
+        assert!(logs.contains("quotas in Redis"), "{logs}");
+        assert!(!logs.contains(secret), "password in the logs:\n{logs}");
+    }
+}
