@@ -2,7 +2,7 @@
 # A real Kubernetes API server for integration tests: kube-apiserver + etcd
 # only (no kubelet, scheduler or controller-manager), listening on 127.0.0.1.
 #
-#   scripts/kube-test-env.sh build          build + cache kube-apiserver, kubectl, etcd
+#   scripts/kube-test-env.sh build          build + cache kube-apiserver, kubectl, etcd, helm
 #   eval "$(scripts/kube-test-env.sh start)" start (idempotent), export KUBECONFIG/PATH
 #   scripts/kube-test-env.sh env            print the export lines (exit 1 if not running)
 #   scripts/kube-test-env.sh status         say what runs where
@@ -10,7 +10,9 @@
 #
 # The binaries are compiled from the Go module proxy with the local Go
 # toolchain, using the Go modules in tests/kube-env/ (kube-apiserver and
-# kubectl from k8s.io/kubernetes; etcd from go.etcd.io/etcd/server/v3), and
+# kubectl from k8s.io/kubernetes; etcd from go.etcd.io/etcd/server/v3; helm,
+# for the chart tests, from helm.sh/helm/v3 in tests/kube-env/helm, with
+# argocd-health, the Argo CD health-check runner of those tests), and
 # cached in $TENANTRY_CACHE/kube/<k8s-version>/bin, so only the first run pays
 # for the build.  Only `export ...` lines go to stdout; everything else goes
 # to stderr.
@@ -32,6 +34,7 @@ CACHE=${TENANTRY_CACHE:-$HOME/.cache/tenantry}
 K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$MODDIR/go.mod")
 [[ -n $K8S_VERSION ]] || { echo "kube-test-env: no k8s.io/kubernetes version in $MODDIR/go.mod" >&2; exit 1; }
 ETCD_VERSION=$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3}' "$MODDIR/etcd/go.mod")
+HELM_VERSION=$(awk '$1 == "require" && $2 == "helm.sh/helm/v3" {print $3}' "$MODDIR/helm/go.mod")
 
 BIN=$CACHE/kube/$K8S_VERSION/bin
 RUN=$CACHE/kube-run
@@ -62,6 +65,17 @@ binaries_ok() {
     [[ $(cat "$BIN/.stamp") == "$(build_stamp)" ]]
 }
 
+# helm has its own stamp, so adding or bumping it does not rebuild the others.
+# The same module builds argocd-health (an Argo CD Lua health-check runner).
+helm_stamp() {
+  cat "$MODDIR/helm/go.mod" "$MODDIR/helm/go.sum" "$MODDIR"/helm/argocd-health/*.go | sha256sum | cut -d' ' -f1
+}
+
+helm_ok() {
+  [[ -x $BIN/helm && -x $BIN/argocd-health && -f $BIN/.helm.stamp ]] &&
+    [[ $(cat "$BIN/.helm.stamp") == "$(helm_stamp)" ]]
+}
+
 # go_build <module dir> <package> <output name> [extra ldflags]
 go_build() {
   local dir=$1 pkg=$2 name=$3 ldflags="-s -w ${4:-}" t0
@@ -77,6 +91,33 @@ go_build() {
 }
 
 do_build() {
+  build_kube
+  build_helm
+}
+
+build_helm() {
+  helm_ok && return 0
+  command -v go >/dev/null || die "go is not installed (needed once to build the binaries)"
+  mkdir -p "$BIN"
+  rm -f "$BIN/.helm.stamp"
+  # Without the version helm reports "v3.22"; the Kubernetes version is the
+  # one helm assumes for .Capabilities (and deprecation checks) in `helm
+  # template`/`lint`, set from its client-go as upstream's Makefile does.
+  local cg major minor
+  cg=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$MODDIR/helm/go.mod")
+  cg=${cg#v0.}
+  major=1 minor=${cg%%.*}
+  go_build "$MODDIR/helm" helm.sh/helm/v3/cmd/helm helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean $(
+      for p in pkg/lint/rules pkg/chartutil; do
+        printf -- '-X helm.sh/helm/v3/%s.k8sVersionMajor=%s -X helm.sh/helm/v3/%s.k8sVersionMinor=%s ' "$p" "$major" "$p" "$minor"
+      done
+    )"
+  go_build "$MODDIR/helm" ./argocd-health argocd-health
+  helm_stamp >"$BIN/.helm.stamp"
+}
+
+build_kube() {
   if binaries_ok; then
     return 0
   fi
@@ -373,6 +414,7 @@ do_status() {
     echo "ready: https://127.0.0.1:$(state apiserver.port) (etcd 127.0.0.1:$(state etcd.port))"
   fi
   echo "kubernetes $K8S_VERSION, etcd $ETCD_VERSION, binaries $BIN ($(binaries_ok && echo built || echo 'not built'))"
+  echo "helm $HELM_VERSION ($(helm_ok && echo built || echo 'not built'))"
   echo "state: $RUN"
 }
 

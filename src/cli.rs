@@ -25,6 +25,32 @@ pub enum Command {
     Crd,
     /// Run the Kubernetes operator that turns Tenants into running chat APIs.
     Operator(OperatorArgs),
+    /// Exit 0 if a running `serve` answers 200 at /healthz within 2 s (for the image's
+    /// HEALTHCHECK); otherwise print the reason and exit 1.
+    Healthcheck(HealthcheckArgs),
+    /// Upload files and folders of documents (txt, md, html) to a tenant's chat API; files
+    /// already uploaded with the same content are skipped, so an interrupted run resumes.
+    Ingest(IngestArgs),
+}
+
+/// Options of `tenantry ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// Base URL of the tenant's chat API, e.g. http://127.0.0.1:8000.
+    #[arg(long, env = "TENANTRY_TENANT_URL")]
+    pub tenant_url: String,
+    /// The tenant JWT (prefer the environment variable: command lines are visible to others).
+    #[arg(long, env = "TENANTRY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Uploads in flight at once.
+    #[arg(long, env = "TENANTRY_INGEST_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Do not draw a progress bar.
+    #[arg(long, env = "TENANTRY_NO_PROGRESS", default_value_t = false)]
+    pub no_progress: bool,
+    /// Files and folders to ingest (folders recursively; hidden entries are skipped).
+    #[arg(required = true, env = "TENANTRY_INGEST_PATHS", value_delimiter = ',')]
+    pub paths: Vec<PathBuf>,
 }
 
 /// Options of `tenantry operator`.
@@ -150,6 +176,32 @@ pub struct ServeArgs {
     /// --data-dir. The API key is read from TENANTRY_QDRANT_API_KEY (or `vector.apiKeyEnv`).
     #[arg(long, env = "TENANTRY_QDRANT_URL")]
     pub qdrant_url: Option<String>,
+    /// PEM certificate chain (leaf first): the API port serves HTTPS (TLS 1.2/1.3, h2 and
+    /// http/1.1). Needs --tls-key. Reloaded when the file changes (checked every 2 s).
+    #[arg(long, env = "TENANTRY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, env = "TENANTRY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Options of `tenantry healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// URL of the server's liveness endpoint (`https://...` when it serves TLS).
+    #[arg(
+        long,
+        env = "TENANTRY_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:8000/healthz"
+    )]
+    pub url: String,
+    /// PEM CA bundle to verify an https server with (instead of the system roots).
+    #[arg(long, env = "TENANTRY_HEALTHCHECK_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Do not verify the https server's certificate (a probe of the local server, whose
+    /// certificate names the Service rather than 127.0.0.1).
+    #[arg(long, env = "TENANTRY_HEALTHCHECK_INSECURE", default_value_t = false)]
+    pub insecure: bool,
 }
 
 /// Options of `tenantry token`.

@@ -12,10 +12,13 @@
 //!   Qdrant-server backend.
 //! - [`embed`]: the embedding trait, the in-process model and the OpenAI-compatible client.
 //! - [`llm`]: the chat-model trait, the OpenAI-compatible client and the offline responder.
+//! - [`ingest`]: the `tenantry ingest` client (files and folders to a tenant's API).
 //! - [`chunk`]: splitting documents into overlapping chunks.
 //! - [`api`]: the HTTP API (axum router, handlers, errors).
 //! - [`quota`]: per-tenant quotas and rate limits (Redis or in-process), token estimates.
 //! - [`serve`]: wiring of `tenantry serve` and its lifecycle.
+//! - [`tls`]: HTTPS for `serve`: certificate loading and reload on change.
+//! - [`healthcheck`]: `tenantry healthcheck`, the probe of the image's HEALTHCHECK.
 //! - [`metrics`]: Prometheus metric families.
 //! - [`telemetry`]: logging setup.
 pub mod api;
@@ -26,6 +29,8 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod embed;
+pub mod healthcheck;
+pub mod ingest;
 pub mod llm;
 pub mod metrics;
 pub mod operator;
@@ -33,6 +38,7 @@ pub mod quota;
 pub mod serve;
 pub mod telemetry;
 pub mod tenants;
+pub mod tls;
 pub mod vector;
 
 /// Installs ring as the process-wide rustls crypto provider (idempotent). Every TLS client and

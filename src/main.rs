@@ -16,12 +16,49 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token(args) => println!("{}", token(&args)?),
         Command::Crd => print!("{}", tenantry::crd::crd_yaml()),
+        Command::Healthcheck(args) => {
+            if let Err(e) = tenantry::healthcheck::check(&args).await {
+                eprintln!("unhealthy: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Ingest(args) => ingest(args).await?,
         Command::Operator(args) => {
             tenantry::telemetry::init();
             tenantry::operator::run(args).await?;
         }
     }
     Ok(())
+}
+
+/// Uploads documents and prints a summary; fails when any file failed.
+async fn ingest(args: tenantry::cli::IngestArgs) -> anyhow::Result<()> {
+    let report = tenantry::ingest::run(tenantry::ingest::IngestOptions {
+        url: args.tenant_url,
+        token: args.token,
+        paths: args.paths,
+        concurrency: args.concurrency,
+        progress: !args.no_progress,
+    })
+    .await?;
+    for path in &report.unsupported {
+        eprintln!("skipped (unsupported kind): {}", path.display());
+    }
+    for (path, reason) in &report.failed {
+        eprintln!("failed: {}: {reason}", path.display());
+    }
+    println!(
+        "ingested {}, already present {}, unsupported {}, failed {}",
+        report.ingested,
+        report.skipped,
+        report.unsupported.len(),
+        report.failed.len()
+    );
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{} file(s) failed", report.failed.len()))
+    }
 }
 
 /// Mints a token with the tenant's current key (creating the key like `serve` would).

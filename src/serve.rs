@@ -45,6 +45,9 @@ pub enum ServeError {
     /// The chat client could not be built.
     #[error(transparent)]
     Llm(#[from] LlmError),
+    /// `--tls-cert`/`--tls-key` are incomplete or unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A folder could not be created or an address bound.
     #[error("{what}: {source}")]
     Io {
@@ -215,6 +218,12 @@ fn build_quota(args: &ServeArgs, config: &ServeConfig) -> Result<Quota, ServeErr
 /// Runs the API and the metrics endpoint until a shutdown signal.
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     crate::install_crypto_provider();
+    // Bad certificate files fail the start at once, before the slow model load.
+    let tls = crate::tls::TlsFiles::from_args(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let tls_config = match &tls {
+        Some(files) => Some(crate::tls::initial(files)?),
+        None => None,
+    };
     let state = build_state(&args).await?;
     if args.dev {
         tracing::warn!("development mode: GET /dev/token mints tokens for any tenant");
@@ -229,7 +238,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(io(format!("cannot listen on {}", args.metrics_listen)))?;
     let addr = listener.local_addr().map_err(io("local address"))?;
     let metrics_addr = metrics_listener.local_addr().map_err(io("local address"))?;
-    tracing::info!(%addr, %metrics_addr, tenants = state.registry.ids().len(), "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, %metrics_addr, scheme, tenants = state.registry.ids().len(), "listening");
 
     let metrics_router = api::metrics_router(state.metrics.clone());
     let metrics = tokio::spawn(async move {
@@ -238,14 +248,51 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             .await
     });
     let app = api::router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = match (tls, tls_config) {
+        (Some(files), Some(config)) => serve_tls(listener, app, files, config).await,
+        _ => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    };
     watcher.abort();
     let _ = metrics.await;
     served.map_err(io("server error"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `app` over TLS on `listener` until a shutdown signal, then finishes in-flight
+/// requests; the certificate is reloaded in the background when its files change.
+async fn serve_tls(
+    listener: TcpListener,
+    app: axum::Router,
+    files: crate::tls::TlsFiles,
+    (config, seen): (
+        axum_server::tls_rustls::RustlsConfig,
+        crate::tls::Fingerprint,
+    ),
+) -> std::io::Result<()> {
+    let reloader = tokio::spawn(crate::tls::watch(
+        files,
+        config.clone(),
+        seen,
+        crate::tls::RELOAD_EVERY,
+    ));
+    let handle = axum_server::Handle::new();
+    let on_signal = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        // No deadline, like the plain-HTTP path: the pod's grace period bounds it.
+        on_signal.graceful_shutdown(None);
+    });
+    let served = axum_server::from_tcp_rustls(listener.into_std()?, config)?
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await;
+    reloader.abort();
+    served
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
