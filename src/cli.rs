@@ -73,6 +73,12 @@ pub struct OperatorArgs {
     /// in the environment variable), e.g. OPENAI_BASE_URL=http://llm:8080/v1.
     #[arg(long, env = "TENANTRY_API_ENV", value_delimiter = ',')]
     pub api_env: Vec<String>,
+    /// Secret environment of the chat API containers, as ENV=SECRET:KEY (repeatable;
+    /// comma-separated in the environment variable): the operator copies key KEY of Secret
+    /// SECRET in its own namespace (`--lease-namespace`) into each tenant namespace and the
+    /// pods read it through a secretKeyRef, e.g. OPENAI_API_KEY=llm-credentials:api-key.
+    #[arg(long, env = "TENANTRY_API_ENV_FROM_SECRET", value_delimiter = ',')]
+    pub api_env_from_secret: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "TENANTRY_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,

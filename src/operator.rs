@@ -64,6 +64,19 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             .ok_or_else(|| OperatorError::Args(format!("--api-env {kv:?} is not KEY=VALUE")))?;
         api_env.push((k.to_string(), v.to_string()));
     }
+    let mut api_secret_env = Vec::new();
+    for spec in &args.api_env_from_secret {
+        let parsed = spec.split_once('=').and_then(|(env, r)| {
+            let (secret, key) = r.split_once(':')?;
+            (!env.is_empty() && !secret.is_empty() && !key.is_empty())
+                .then(|| (env.to_string(), secret.to_string(), key.to_string()))
+        });
+        api_secret_env.push(parsed.ok_or_else(|| {
+            OperatorError::Args(format!(
+                "--api-env-from-secret {spec:?} is not ENV=SECRET:KEY"
+            ))
+        })?);
+    }
     let identity = args
         .identity
         .clone()
@@ -168,6 +181,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         image: args.image.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
         api_env,
+        api_secret_env,
+        operator_namespace: args.lease_namespace.clone(),
         qdrant_url: args.qdrant_url.clone().filter(|u| !u.is_empty()),
         qdrant_api_key_secret: args
             .qdrant_api_key_secret

@@ -797,6 +797,9 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         "apiImage.tag=chart-test".to_string(),
         "llm.baseUrl=http://llm.example/v1".to_string(),
         "redis.url=redis://redis.example:6379".to_string(),
+        // The API key goes by Secret reference, copied by the operator into tenant namespaces.
+        "llm.apiKeySecret.name=llm-credentials".to_string(),
+        "apiLogLevel=debug".to_string(),
         // The chart's pro tier, changed so the HPA shows it (not the built-in one) is used.
         "quotaTiers.tiers.pro.replicas.min=3".to_string(),
         "quotaTiers.tiers.pro.replicas.max=6".to_string(),
@@ -817,6 +820,15 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     }
     let installed = helm_ok(env, &args);
     assert!(installed.contains("STATUS: deployed"), "{installed}");
+    let llm_secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
+        "stringData": {"api-key": "sk-chart-test"},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &llm_secret)
+        .await
+        .expect("create the LLM key Secret");
     let notes = helm_ok(env, &["get", "notes", &release, "-n", &ns]);
     assert!(
         notes.contains("jsonpath='{.data.keyring\\.json}'")
@@ -1053,6 +1065,32 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     assert_eq!(
         api_env.get("TENANTRY_REDIS_URL").map(String::as_str),
         Some("redis://redis.example:6379")
+    );
+    assert_eq!(api_env.get("RUST_LOG").map(String::as_str), Some("debug"));
+    let key_env = api_c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "OPENAI_API_KEY")
+        .expect("OPENAI_API_KEY env");
+    assert!(key_env.value.is_none(), "the key is never a plain value");
+    let key_ref = key_env
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("secretKeyRef");
+    assert_eq!(key_ref.name, format!("{name}-api-credentials"));
+    let copied = Api::<Secret>::namespaced(client.clone(), &tns)
+        .get(&key_ref.name)
+        .await
+        .expect("credentials copied into the tenant namespace");
+    assert_eq!(
+        copied
+            .data
+            .expect("data")
+            .get("OPENAI_API_KEY")
+            .map(|v| v.0.clone()),
+        Some(b"sk-chart-test".to_vec())
     );
 
     let hpa = eventually(60, "the HPA", || async { hpas.get_opt(&api).await.ok()? }).await;

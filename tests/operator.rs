@@ -61,12 +61,22 @@ async fn mark_available(client: &Client, ns: &str, name: &str) {
 }
 
 fn start_operator(env: &KubeEnv, identity: &str, dir: &std::path::Path) -> Operator {
+    start_operator_with(env, identity, dir, &[])
+}
+
+fn start_operator_with(
+    env: &KubeEnv,
+    identity: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Operator {
     Operator::start(
         env,
         OperatorOpts {
             identity,
             vector_dir: dir,
             lease_duration: "3s",
+            extra,
         },
     )
 }
@@ -452,7 +462,11 @@ async fn delete_policy_invalid_tier_and_suspend() {
         .join(format!("tenant_{}_docs", name.replace('-', "_")));
     assert!(docs.exists());
     delete_and_wait_gone(&api, &name).await;
-    assert!(!docs.exists(), "Delete removes vector data");
+    assert!(
+        !docs.exists(),
+        "Delete removes vector data; operator logs:\n{}",
+        op.logs()
+    );
 
     // A tier that does not exist: Ready=False/TierNotFound, then fixed by creating the tier.
     let tier_name = unique("platinum");
@@ -750,4 +764,90 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     // A clean stop releases the Lease.
     let l = leases.get("tenantry-operator").await.expect("lease");
     assert_eq!(l.spec.and_then(|s| s.holder_identity), None);
+}
+
+/// Platform credentials named by `--api-env-from-secret` are copied into each tenant
+/// namespace and reach the API pods by secretKeyRef, never as plain values.
+#[tokio::test]
+async fn api_credentials_are_copied_into_tenant_namespaces() {
+    let _serial = serial().await;
+    let env = KubeEnv::get();
+    let client = env.client().await;
+    let source: Api<Secret> = Api::namespaced(client.clone(), "tenantry-system");
+    let secret_name = unique("llm-credentials");
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret_name},
+        "stringData": {"api-key": "sk-test-123"},
+    }))
+    .expect("secret");
+    source
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create source secret");
+    let vdir = tempfile::tempdir().expect("tmp");
+    let from = format!("OPENAI_API_KEY={secret_name}:api-key");
+    let op = start_operator_with(
+        env,
+        "op-creds",
+        vdir.path(),
+        &[
+            "--api-env-from-secret",
+            &from,
+            "--api-env",
+            "RUST_LOG=debug",
+        ],
+    );
+    let api: Api<Tenant> = Api::all(client.clone());
+    let name = unique("creds");
+    api.create(
+        &PostParams::default(),
+        &tenant(&name, json!({"tier": "pro"})),
+    )
+    .await
+    .expect("create");
+    let ns = format!("tenant-{name}");
+    let copies: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let copy = eventually(30, "credentials copy", || async {
+        copies
+            .get_opt(&format!("{name}-api-credentials"))
+            .await
+            .ok()?
+    })
+    .await;
+    let data = copy.data.clone().expect("data");
+    assert_eq!(data["OPENAI_API_KEY"].0, b"sk-test-123");
+    assert!(copy.owner_references().iter().any(|o| o.kind == "Tenant"));
+    let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("deployment");
+    let envs = dep.spec.template.spec.expect("pod").containers[0]
+        .env
+        .clone()
+        .expect("env");
+    let key = envs
+        .iter()
+        .find(|e| e.name == "OPENAI_API_KEY")
+        .expect("key env");
+    assert!(key.value.is_none());
+    assert_eq!(
+        key.value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|r| r.name.clone()),
+        Some(format!("{name}-api-credentials"))
+    );
+    assert_eq!(
+        envs.iter()
+            .find(|e| e.name == "RUST_LOG")
+            .and_then(|e| e.value.clone())
+            .as_deref(),
+        Some("debug")
+    );
+    delete_and_wait_gone(&api, &name).await;
+    source
+        .delete(&secret_name, &DeleteParams::default())
+        .await
+        .expect("delete source");
+    op.stop();
 }

@@ -38,8 +38,14 @@ pub struct BuildConfig {
     pub image: String,
     /// Pull policy of that image.
     pub image_pull_policy: String,
-    /// Extra environment for the chat API containers (e.g. `OPENAI_BASE_URL`).
+    /// Extra environment for the chat API containers (e.g. `OPENAI_BASE_URL`); a `RUST_LOG`
+    /// here replaces the default `info`.
     pub api_env: Vec<(String, String)>,
+    /// Secret environment for the chat API containers: `(ENV, Secret, key)` in the operator's
+    /// namespace, copied into each tenant's `<tenant>-api-credentials` Secret.
+    pub api_secret_env: Vec<(String, String, String)>,
+    /// The operator's own namespace (where `api_secret_env` Secrets live).
+    pub operator_namespace: String,
     /// Qdrant server of the chat API pods (`TENANTRY_QDRANT_URL`); `None`: embedded store.
     pub qdrant_url: Option<String>,
     /// `(Secret name, key)` of the Qdrant API key, read by the pods through
@@ -74,6 +80,8 @@ pub struct Names {
     pub config: String,
     /// Deployment, Service, HPA, PDB and NetworkPolicy.
     pub api: String,
+    /// Secret with the API pods' copied credentials.
+    pub credentials: String,
 }
 
 impl Names {
@@ -85,6 +93,7 @@ impl Names {
             secret: format!("{tenant}-signing-key"),
             config: format!("{tenant}-api-config"),
             api: format!("{tenant}-api"),
+            credentials: format!("{tenant}-api-credentials"),
         }
     }
 
@@ -173,6 +182,21 @@ pub fn secret(tenant: &Tenant, names: &Names, ring: &Keyring, rotated_for: Optio
     }
     Secret {
         metadata,
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The tenant's copy of the platform credentials its API pods need (keys named by the
+/// environment variable they fill).
+pub fn credentials_secret(
+    tenant: &Tenant,
+    names: &Names,
+    data: BTreeMap<String, ByteString>,
+) -> Secret {
+    Secret {
+        metadata: meta(tenant, names, &names.credentials, true, false),
         type_: Some("Opaque".to_string()),
         data: Some(data),
         ..Default::default()
@@ -291,6 +315,24 @@ pub fn deployment(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Deployme
         value: Some(v.clone()),
         ..Default::default()
     }));
+    env.extend(cfg.api_secret_env.iter().map(|(k, _, _)| EnvVar {
+        name: k.clone(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: names.credentials.clone(),
+                key: k.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    // One entry per name (server-side apply refuses duplicates): a later one wins, so
+    // `--api-env RUST_LOG=debug` replaces the default.
+    let mut seen = std::collections::HashSet::new();
+    env.reverse();
+    env.retain(|e| seen.insert(e.name.clone()));
+    env.reverse();
     let container = Container {
         name: "api".to_string(),
         image: Some(cfg.image.clone()),
@@ -551,9 +593,44 @@ mod tests {
             image: "img:1".into(),
             image_pull_policy: "IfNotPresent".into(),
             api_env: vec![("OPENAI_BASE_URL".into(), "http://llm/v1".into())],
+            api_secret_env: vec![],
+            operator_namespace: "tenantry-system".into(),
             qdrant_url: None,
             qdrant_api_key_secret: None,
         }
+    }
+
+    #[test]
+    fn secret_env_comes_from_the_tenant_copy_and_env_names_are_unique() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let mut c = cfg();
+        c.api_env.push(("RUST_LOG".into(), "debug".into()));
+        c.api_secret_env
+            .push(("OPENAI_API_KEY".into(), "llm".into(), "key".into()));
+        let d = deployment(&tenant(ACME), &n, &c);
+        let env = d.spec.template.spec.expect("pod").containers[0]
+            .env
+            .clone()
+            .expect("env");
+        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(names.len(), unique.len(), "{names:?}");
+        let log = env.iter().find(|e| e.name == "RUST_LOG").expect("RUST_LOG");
+        assert_eq!(log.value.as_deref(), Some("debug"));
+        let key = env
+            .iter()
+            .find(|e| e.name == "OPENAI_API_KEY")
+            .expect("key");
+        assert!(key.value.is_none(), "never a plain value");
+        let r = key
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("ref");
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("acme-api-credentials", "OPENAI_API_KEY")
+        );
     }
 
     #[test]

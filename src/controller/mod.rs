@@ -72,6 +72,9 @@ pub enum Error {
     /// The object lacks a name.
     #[error("Tenant has no name")]
     NoName,
+    /// A credentials Secret named by `--api-env-from-secret` is missing or lacks the key.
+    #[error("{0}")]
+    Credentials(String),
 }
 
 impl Error {
@@ -86,6 +89,7 @@ impl Error {
             Error::Vector(_) => "VectorStoreError",
             Error::Finalizer(_) => "FinalizerError",
             Error::NoName => "InvalidObject",
+            Error::Credentials(_) => "CredentialsMissing",
         }
     }
 }
@@ -494,6 +498,32 @@ async fn apply_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, 
             .await;
     }
 
+    // Platform credentials the API pods read (copied: a secretKeyRef only reaches Secrets in
+    // the pod's own namespace).
+    if !ctx.build.api_secret_env.is_empty() {
+        let source: Api<Secret> = Api::namespaced(client.clone(), &ctx.build.operator_namespace);
+        let mut data = std::collections::BTreeMap::new();
+        for (env, secret, key) in &ctx.build.api_secret_env {
+            let s = source
+                .get_opt(secret)
+                .await
+                .map_err(kube_err("get credentials Secret"))?;
+            let value = s.and_then(|s| s.data?.get(key).cloned()).ok_or_else(|| {
+                Error::Credentials(format!(
+                    "Secret {}/{secret} has no key {key:?} (for {env})",
+                    ctx.build.operator_namespace
+                ))
+            })?;
+            data.insert(env.clone(), value);
+        }
+        apply(
+            &secrets,
+            &build::credentials_secret(&tenant, &names, data),
+            "apply credentials Secret",
+        )
+        .await?;
+    }
+
     // Rendered config for the API pods.
     let manifest = build::tenant_manifest(&tenant, &tenant.spec.tier, &tier);
     let ns = names.namespace.clone();
@@ -664,15 +694,39 @@ pub async fn run_controller(
     let owned = || watcher::Config::default().labels(MANAGED_BY);
     let controller = Controller::new(tenants, watcher::Config::default());
     let store = controller.store();
+    // Owned objects map to their Tenant by owner reference. Not `.owns()`: it keys a
+    // namespaced child's owner in the child's namespace, which for our cluster-scoped Tenant is
+    // a second key for the same object, and the runner would then reconcile (apply and
+    // cleanup) one Tenant concurrently.
     controller
-        .owns(Api::<Namespace>::all(client.clone()), owned())
-        .owns(Api::<Secret>::all(client.clone()), owned())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned())
-        .owns(Api::<Deployment>::all(client.clone()), owned())
-        .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), owned())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned())
+        .watches(Api::<Namespace>::all(client.clone()), owned(), |o| {
+            tenant_owner(&o)
+        })
+        .watches(Api::<Secret>::all(client.clone()), owned(), |o| {
+            tenant_owner(&o)
+        })
+        .watches(Api::<ConfigMap>::all(client.clone()), owned(), |o| {
+            tenant_owner(&o)
+        })
+        .watches(Api::<Deployment>::all(client.clone()), owned(), |o| {
+            tenant_owner(&o)
+        })
+        .watches(Api::<Service>::all(client.clone()), owned(), |o| {
+            tenant_owner(&o)
+        })
+        .watches(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            owned(),
+            |o| tenant_owner(&o),
+        )
+        .watches(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned(),
+            |o| tenant_owner(&o),
+        )
+        .watches(Api::<NetworkPolicy>::all(client.clone()), owned(), |o| {
+            tenant_owner(&o)
+        })
         .watches(
             Api::<QuotaTier>::all(client.clone()),
             watcher::Config::default(),
@@ -696,7 +750,45 @@ pub async fn run_controller(
         .await;
 }
 
+/// The Tenant owning an object (cluster-scoped: no namespace in the reference).
+pub fn tenant_owner<K: Resource>(obj: &K) -> Option<ObjectRef<Tenant>> {
+    obj.meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "Tenant" && o.api_version == "tenantry.dev/v1alpha1")
+        .map(|o| ObjectRef::new(&o.name))
+}
+
 /// The Lease API for leader election in `namespace`.
 pub fn lease_api(client: Client, namespace: &str) -> Api<Lease> {
     Api::namespaced(client, namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_namespaced_objects_map_to_the_cluster_scoped_tenant() {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "acme-signing-key", "namespace": "tenant-acme",
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "1"},
+                    {"apiVersion": "tenantry.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": "2", "controller": true},
+                ]},
+        }))
+        .expect("secret");
+        let owner = tenant_owner(&secret).expect("owner");
+        assert_eq!(owner, ObjectRef::<Tenant>::new("acme"));
+        assert_eq!(
+            owner.namespace, None,
+            "one key per Tenant, whatever the child's namespace"
+        );
+        let orphan: Secret = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "x", "namespace": "y"}}),
+        )
+        .expect("secret");
+        assert!(tenant_owner(&orphan).is_none());
+    }
 }

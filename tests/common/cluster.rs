@@ -178,6 +178,8 @@ pub struct OperatorOpts<'a> {
     pub vector_dir: &'a Path,
     /// Lease duration.
     pub lease_duration: &'a str,
+    /// Extra operator arguments.
+    pub extra: &'a [&'a str],
 }
 
 impl Operator {
@@ -202,6 +204,7 @@ impl Operator {
             .arg("--vector-data-dir")
             .arg(opts.vector_dir)
             .args(["--api-env", "OPENAI_BASE_URL=http://llm.example/v1"])
+            .args(opts.extra)
             .env("KUBECONFIG", &env.operator_kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::piped())
