@@ -11,8 +11,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            tenantry::telemetry::init();
-            tenantry::serve::run(args).await?;
+            let telemetry = tenantry::telemetry::init();
+            let served = tenantry::serve::run(args).await;
+            telemetry.shutdown().await;
+            served?;
         }
         Command::Token(args) => println!("{}", token(&args)?),
         Command::Crd => print!("{}", tenantry::crd::crd_yaml()),
@@ -24,8 +26,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Ingest(args) => ingest(args).await?,
         Command::Operator(args) => {
-            tenantry::telemetry::init();
-            tenantry::operator::run(args).await?;
+            let telemetry = tenantry::telemetry::init();
+            let ran = tenantry::operator::run(args).await;
+            telemetry.shutdown().await;
+            ran?;
         }
     }
     Ok(())

@@ -68,10 +68,18 @@ pub struct Metrics {
     /// `quota_fail_open_total{tenant_id}`: requests served unmetered because the quota store
     /// was unreachable (`failOpen`).
     pub quota_fail_open: Family<TenantLabels, Counter>,
+    /// `llm_gateway_overhead_seconds{tenant_id}`: time a chat request spent in tenantry,
+    /// excluding the upstream model call.
+    pub gateway_overhead: Family<TenantLabels, Histogram>,
 }
 
 /// The seed's latency buckets (seconds).
 pub const LATENCY_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+
+/// Buckets of `llm_gateway_overhead_seconds` (0.5 ms to 0.5 s).
+pub const OVERHEAD_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -100,6 +108,14 @@ impl Default for Metrics {
             "Requests served unmetered because the quota store was unreachable",
             quota_fail_open.clone(),
         );
+        let gateway_overhead = Family::<TenantLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(OVERHEAD_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register(
+            "llm_gateway_overhead_seconds",
+            "Time a chat request spent in tenantry, excluding the upstream model call",
+            gateway_overhead.clone(),
+        );
         Self {
             registry,
             requests,
@@ -107,6 +123,7 @@ impl Default for Metrics {
             tokens,
             rate_limited,
             quota_fail_open,
+            gateway_overhead,
         }
     }
 }
@@ -137,6 +154,15 @@ impl Metrics {
                 tenant_id: tenant.to_string(),
             })
             .inc();
+    }
+
+    /// Records the gateway overhead of one chat request.
+    pub fn record_overhead(&self, tenant: &str, seconds: f64) {
+        self.gateway_overhead
+            .get_or_create(&TenantLabels {
+                tenant_id: tenant.to_string(),
+            })
+            .observe(seconds);
     }
 
     /// Records one finished chat request.
@@ -184,6 +210,7 @@ mod tests {
         m.record("acme", "gpt-4o-mini", true, 0.3, 10, 5);
         m.record_rate_limited("acme", "daily_tokens");
         m.record_fail_open("acme");
+        m.record_overhead("acme", 0.002);
         let text = m.encode();
         for needle in [
             r#"llm_requests_total{tenant_id="acme",model="gpt-4o-mini",status="success"} 1"#,
@@ -192,6 +219,8 @@ mod tests {
             r#"llm_tokens_total{tenant_id="acme",model="gpt-4o-mini",type="completion"} 5"#,
             r#"llm_rate_limited_total{tenant_id="acme",limit="daily_tokens"} 1"#,
             r#"quota_fail_open_total{tenant_id="acme"} 1"#,
+            r#"llm_gateway_overhead_seconds_bucket{le="0.0025",tenant_id="acme"} 1"#,
+            r#"llm_gateway_overhead_seconds_bucket{le="0.001",tenant_id="acme"} 0"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

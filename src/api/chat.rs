@@ -1,10 +1,13 @@
 //! `POST /v1/chat`: retrieve the caller's passages, ask the chat model, answer with sources.
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::{ApiError, ApiJson, AppState, Caller};
 use crate::llm::{ChatRequest, Message, Usage};
@@ -66,6 +69,41 @@ pub fn system_prompt(tenant: &str) -> String {
     )
 }
 
+/// Response header: milliseconds the request spent in tenantry, excluding the upstream model
+/// call.
+pub const OVERHEAD_HEADER: &str = "x-tenantry-overhead-ms";
+
+/// What [`chat`] tells [`overhead`] through the response's extensions: the tenant served and
+/// how long the upstream model call took.
+#[derive(Debug, Clone)]
+pub struct UpstreamTime {
+    /// Tenant served.
+    pub tenant_id: String,
+    /// Time spent waiting for the upstream model (zero when it was not called).
+    pub upstream: Duration,
+}
+
+/// Route middleware of `POST /v1/chat`: measures the gateway overhead (the whole request minus
+/// the upstream call), answers it in `X-Tenantry-Overhead-Ms` and records
+/// `llm_gateway_overhead_seconds` once the tenant is known.
+pub async fn overhead(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let mut resp = next.run(req).await;
+    let timing = resp.extensions_mut().remove::<UpstreamTime>();
+    let spent = start
+        .elapsed()
+        .saturating_sub(timing.as_ref().map_or(Duration::ZERO, |t| t.upstream));
+    if let Some(t) = &timing {
+        state
+            .metrics
+            .record_overhead(&t.tenant_id, spent.as_secs_f64());
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", spent.as_secs_f64() * 1000.0)) {
+        resp.headers_mut().insert(OVERHEAD_HEADER, v);
+    }
+    resp
+}
+
 /// Answers a question from the caller's documents. The quota is reserved once the prompt is
 /// known (the estimate covers the real messages, retrieved passages included) and settled to
 /// the upstream's `usage`; a failed, timed-out or cancelled call consumes nothing.
@@ -73,6 +111,24 @@ pub async fn chat(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<ChatBody>,
+) -> Response {
+    let mut upstream = Duration::ZERO;
+    let tenant_id = caller.tenant.id.as_str().to_string();
+    let mut resp = answer(&state, &caller, body, &mut upstream)
+        .await
+        .into_response();
+    resp.extensions_mut().insert(UpstreamTime {
+        tenant_id,
+        upstream,
+    });
+    resp
+}
+
+async fn answer(
+    state: &AppState,
+    caller: &Caller,
+    body: ChatBody,
+    upstream: &mut Duration,
 ) -> Result<(HeaderMap, ApiJson<ChatAnswer>), ApiError> {
     let started = Instant::now();
     let question = body.question.trim();
@@ -100,16 +156,21 @@ pub async fn chat(
         ));
     }
 
-    let query = state
-        .embedder
-        .embed(vec![question.to_string()])
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::Internal("embedder returned no vector".to_string()))?;
-    let hits = caller
-        .vectors
-        .search(Kind::Docs, query, Filter::default(), top_k as usize)
-        .await?;
+    let hits = async {
+        let query = state
+            .embedder
+            .embed(vec![question.to_string()])
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::Internal("embedder returned no vector".to_string()))?;
+        let hits = caller
+            .vectors
+            .search(Kind::Docs, query, Filter::default(), top_k as usize)
+            .await?;
+        Ok::<_, ApiError>(hits)
+    }
+    .instrument(tracing::info_span!("retrieve", top_k))
+    .await?;
     let sources: Vec<Source> = hits
         .iter()
         .map(|h| Source {
@@ -178,9 +239,55 @@ pub async fn chat(
         .statuses()
         .map(|s| super::error::statuses_headers(&s))
         .unwrap_or_default();
+    // GenAI semantic conventions (the response fields are recorded once known).
+    let llm_span = tracing::info_span!(
+        "llm",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.system = if state.llm.offline() { "tenantry.extractive" } else { "openai" },
+        gen_ai.request.model = %model,
+        gen_ai.request.max_tokens = i64::from(request.max_tokens),
+        gen_ai.response.model = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        error.type = Empty,
+        tenant_id,
+    );
     // Dropping `reservation` (client gone, whole-request timeout) releases it.
-    let result = state.llm.complete(request).await;
+    let llm_started = Instant::now();
+    let result = state
+        .llm
+        .complete(request)
+        .instrument(llm_span.clone())
+        .await;
+    // The offline responder is tenantry's own work: it counts as overhead.
+    if !state.llm.offline() {
+        *upstream = llm_started.elapsed();
+    }
     let elapsed = started.elapsed();
+    match &result {
+        Ok(resp) => {
+            llm_span.record("gen_ai.response.model", resp.model.as_str());
+            // As i64: OpenTelemetry has no unsigned integers (u64 would become a string).
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            llm_span.record("gen_ai.usage.input_tokens", int(resp.usage.prompt_tokens));
+            llm_span.record(
+                "gen_ai.usage.output_tokens",
+                int(resp.usage.completion_tokens),
+            );
+        }
+        Err(e) => {
+            llm_span.record("otel.status_code", "ERROR");
+            llm_span.record(
+                "error.type",
+                match e {
+                    crate::llm::LlmError::Timeout => "timeout",
+                    crate::llm::LlmError::Upstream(_) => "upstream_error",
+                },
+            );
+        }
+    }
     match result {
         Ok(resp) => {
             let used = resp.usage.prompt_tokens + resp.usage.completion_tokens;

@@ -16,6 +16,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tracing::Instrument as _;
 
 use crate::auth::{self, Principal};
 use crate::config::ServeConfig;
@@ -64,38 +65,55 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = auth::bearer(header)?;
-        let principal = auth::verify(token, state.registry.as_ref())?;
-        let tenant = state
-            .registry
-            .get(&principal.tenant)
-            .ok_or(ApiError::Unauthorized(auth::AuthError::UnknownKey))?;
-        if tenant.spec.suspend {
-            return Err(ApiError::Suspended);
-        }
-        let vectors = TenantVectors::new(
-            state.vectors.clone(),
-            principal.tenant.clone(),
-            tenant.spec.retrieval.isolation,
-            state.embedder.dimension(),
-        );
-        Ok(Caller {
-            principal,
-            tenant,
-            vectors,
-        })
+        let span = tracing::info_span!("auth", tenant_id = tracing::field::Empty);
+        let caller = span.in_scope(|| authenticate(parts, state))?;
+        let tenant_id = caller.principal.tenant.as_str();
+        span.record("tenant_id", tenant_id);
+        // The request span (see `access_log`): every later log line names the tenant.
+        tracing::Span::current().record("tenant_id", tenant_id);
+        Ok(caller)
     }
+}
+
+/// Verifies the bearer token and resolves the caller's tenant.
+fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = auth::bearer(header)?;
+    let principal = auth::verify(token, state.registry.as_ref())?;
+    let tenant = state
+        .registry
+        .get(&principal.tenant)
+        .ok_or(ApiError::Unauthorized(auth::AuthError::UnknownKey))?;
+    if tenant.spec.suspend {
+        return Err(ApiError::Suspended);
+    }
+    let vectors = TenantVectors::new(
+        state.vectors.clone(),
+        principal.tenant.clone(),
+        tenant.spec.retrieval.isolation,
+        state.embedder.dimension(),
+    );
+    Ok(Caller {
+        principal,
+        tenant,
+        vectors,
+    })
 }
 
 /// The API router (without the metrics endpoint, which listens on its own port).
 pub fn router(state: AppState) -> Router {
     let limits = state.config.limits.clone();
     Router::new()
-        .route("/v1/chat", post(chat::chat))
+        .route(
+            "/v1/chat",
+            post(chat::chat).layer(middleware::from_fn_with_state(
+                state.clone(),
+                chat::overhead,
+            )),
+        )
         .route("/v1/usage", get(usage::usage))
         .route(
             "/v1/documents",
@@ -145,7 +163,8 @@ async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Res
     resp
 }
 
-/// Logs one line per request with the matched route (never the raw URI: it may hold ids).
+/// Runs each request in its span (trace id, tenant; see [`crate::telemetry::request_span`])
+/// and logs one line per request with the matched route (never the raw URI: it may hold ids).
 async fn access_log(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -154,15 +173,20 @@ async fn access_log(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let resp = next.run(req).await;
-    tracing::info!(
-        method = %method,
-        route = %route,
-        status = resp.status().as_u16(),
-        latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-        "http request"
-    );
-    resp
+    let span = crate::telemetry::request_span(&method, &route, req.headers());
+    async move {
+        let resp = next.run(req).await;
+        tracing::info!(
+            method = %method,
+            route = %route,
+            status = resp.status().as_u16(),
+            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
+            "http request"
+        );
+        resp
+    }
+    .instrument(span)
+    .await
 }
 
 /// Router of the metrics port: `GET /metrics`.

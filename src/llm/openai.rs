@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
+use async_openai::traits::RequestOptionsBuilder as _;
 use async_openai::types::chat::CreateChatCompletionRequest;
 use async_trait::async_trait;
 
@@ -66,7 +67,23 @@ impl ChatModel for OpenAiChat {
         });
         let req: CreateChatCompletionRequest = serde_json::from_value(body)
             .map_err(|e| LlmError::Upstream(format!("cannot build request: {e}")))?;
-        let resp = self.client.chat().create(req).await.map_err(map_error)?;
+        // W3C trace context of the current (`llm`) span, when traces are exported.
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        for (k, v) in crate::telemetry::traceparent_headers() {
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::try_from(k),
+                reqwest::header::HeaderValue::try_from(v),
+            ) {
+                trace_headers.insert(k, v);
+            }
+        }
+        let resp = self
+            .client
+            .chat()
+            .headers(trace_headers)
+            .create(req)
+            .await
+            .map_err(map_error)?;
         let content = resp
             .choices
             .into_iter()

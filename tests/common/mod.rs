@@ -49,12 +49,21 @@ pub struct ScriptedLlm {
     pub addr: SocketAddr,
     /// Bodies of the requests received.
     pub requests: Arc<Mutex<Vec<Value>>>,
+    /// Headers of the requests received (same order as `requests`).
+    pub request_headers: Arc<Mutex<Vec<axum::http::HeaderMap>>>,
 }
 
+type Recorded = (
+    Arc<Mutex<Vec<Value>>>,
+    Arc<Mutex<Vec<axum::http::HeaderMap>>>,
+);
+
 async fn completions(
-    State(log): State<Arc<Mutex<Vec<Value>>>>,
+    State((log, header_log)): State<Recorded>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<Value>,
 ) -> impl IntoResponse {
+    header_log.lock().expect("lock").push(headers);
     log.lock().expect("lock").push(body.clone());
     let model = body["model"].as_str().unwrap_or_default().to_string();
     if model == "fail-500" {
@@ -148,15 +157,20 @@ impl ScriptedLlm {
     pub async fn start() -> Self {
         tenantry::install_crypto_provider();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let request_headers = Arc::new(Mutex::new(Vec::new()));
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(completions))
-            .with_state(requests.clone());
+            .with_state((requests.clone(), request_headers.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, requests }
+        Self {
+            addr,
+            requests,
+            request_headers,
+        }
     }
 
     /// Base URL for `OPENAI_BASE_URL`.
@@ -274,6 +288,8 @@ impl Server {
             .env("RUST_LOG", "info")
             .env_remove("OPENAI_BASE_URL")
             .env_remove("OPENAI_API_KEY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(c) = &opts.config {
