@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 
 use super::{
     CollectionSpec, Filter, MatchValue, Point, Record, ScoredPoint, TENANT_KEY, VectorBackend,
-    VectorError,
+    VectorError, check_vector,
 };
 
 /// Capacity of one WAL segment file per collection (the qdrant-edge default is 32 MiB, too much
@@ -242,21 +242,6 @@ fn to_uuid(id: qe::PointId) -> Result<uuid::Uuid, VectorError> {
 
 fn payload_map(payload: Option<qe::Payload>) -> Map<String, Value> {
     payload.map(|p| p.0).unwrap_or_default()
-}
-
-fn check_vector(vector: &[f32], dimension: usize, collection: &str) -> Result<(), VectorError> {
-    if vector.len() != dimension {
-        return Err(VectorError::Invalid(format!(
-            "vector dimension {} does not match collection {collection} (dimension {dimension})",
-            vector.len()
-        )));
-    }
-    if vector.iter().any(|v| !v.is_finite()) {
-        return Err(VectorError::Invalid(format!(
-            "vector for collection {collection} contains a non-finite value"
-        )));
-    }
-    Ok(())
 }
 
 fn edge_config(dimension: usize) -> Result<qe::EdgeConfig, VectorError> {

@@ -309,6 +309,27 @@ impl TenantVectors {
     }
 }
 
+/// Refuses a vector of the wrong dimension or with a non-finite value, before anything is
+/// written (shared by the backends so both refuse the same inputs).
+pub(crate) fn check_vector(
+    vector: &[f32],
+    dimension: usize,
+    collection: &str,
+) -> Result<(), VectorError> {
+    if vector.len() != dimension {
+        return Err(VectorError::Invalid(format!(
+            "vector dimension {} does not match collection {collection} (dimension {dimension})",
+            vector.len()
+        )));
+    }
+    if vector.iter().any(|v| !v.is_finite()) {
+        return Err(VectorError::Invalid(format!(
+            "vector for collection {collection} contains a non-finite value"
+        )));
+    }
+    Ok(())
+}
+
 /// Payload helper: a string field.
 pub fn payload_str<'a>(payload: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     payload.get(key).and_then(Value::as_str)

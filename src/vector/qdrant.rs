@@ -31,7 +31,7 @@ use tonic::Code;
 
 use super::{
     CollectionSpec, Filter, MatchValue, Point, Record, ScoredPoint, TENANT_KEY, VectorBackend,
-    VectorError,
+    VectorError, check_vector,
 };
 
 /// Upper bound applied to `limit` in [`VectorBackend::search`] and [`VectorBackend::scroll`]
@@ -294,21 +294,6 @@ fn validate_name(name: &str) -> Result<(), VectorError> {
             "invalid collection name {name:?}: must match [a-z0-9_]+ (at most {MAX_NAME_LEN} bytes)"
         )))
     }
-}
-
-fn check_vector(vector: &[f32], dimension: usize, collection: &str) -> Result<(), VectorError> {
-    if vector.len() != dimension {
-        return Err(VectorError::Invalid(format!(
-            "vector dimension {} does not match collection {collection} (dimension {dimension})",
-            vector.len()
-        )));
-    }
-    if vector.iter().any(|v| !v.is_finite()) {
-        return Err(VectorError::Invalid(format!(
-            "vector for collection {collection} contains a non-finite value"
-        )));
-    }
-    Ok(())
 }
 
 /// The single unnamed dense vector's size of a collection.
