@@ -65,8 +65,13 @@ pub enum ApiError {
 }
 
 impl From<VectorError> for ApiError {
+    /// An unreachable or locked store is a 503; an operation the store refuses (e.g. a vector
+    /// of another dimension than the collection's: a configuration error) is a 500.
     fn from(e: VectorError) -> Self {
-        Self::Store(e)
+        match e {
+            VectorError::Invalid(msg) => Self::Internal(format!("vector store refused: {msg}")),
+            other => Self::Store(other),
+        }
     }
 }
 
@@ -214,5 +219,24 @@ where
 impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+#[cfg(test)]
+mod store_error_tests {
+    use super::*;
+
+    #[test]
+    fn store_outages_are_503_and_refusals_are_500() {
+        let down = ApiError::from(VectorError::Unavailable("connection refused".into()));
+        assert_eq!(down.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.code(), "store_unavailable");
+        let refused = ApiError::from(VectorError::Invalid("dimension 3 != 384".into()));
+        assert_eq!(refused.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            refused.to_string(),
+            "internal error",
+            "no internals in the body"
+        );
     }
 }
