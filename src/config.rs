@@ -158,6 +158,92 @@ pub struct LlmConfig {
     /// Timeout of one upstream call, in seconds.
     #[serde(default = "default_llm_timeout")]
     pub timeout_seconds: u64,
+    /// Bound on connecting to an upstream, in seconds.
+    #[serde(default = "default_llm_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Retries per upstream on 429, 5xx and connection failures (jittered exponential backoff).
+    #[serde(default = "default_llm_retries")]
+    pub retries: u32,
+    /// First backoff delay, in milliseconds (doubled per retry).
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Largest backoff delay, in milliseconds; a longer `Retry-After` is not waited for.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Endpoints tried in order when the primary fails after its retries.
+    #[serde(default)]
+    pub fallbacks: Vec<LlmFallback>,
+    /// Circuit breaker of each upstream.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// A fallback OpenAI-compatible endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LlmFallback {
+    /// Base URL, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// Name of the environment variable holding its API key (none: no key is sent, so the
+    /// primary's key never reaches another host unless asked to).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Model to call there instead of the requested one.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Circuit breaker settings (per upstream).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed calls that open the circuit.
+    #[serde(default = "default_breaker_failures")]
+    pub failure_threshold: u32,
+    /// Seconds an open circuit fails fast before one trial call is let through.
+    #[serde(default = "default_breaker_cooldown")]
+    pub cooldown_seconds: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: default_breaker_failures(),
+            cooldown_seconds: default_breaker_cooldown(),
+        }
+    }
+}
+
+fn default_llm_connect_timeout() -> u64 {
+    10
+}
+fn default_llm_retries() -> u32 {
+    2
+}
+fn default_retry_base_ms() -> u64 {
+    200
+}
+fn default_retry_max_ms() -> u64 {
+    2_000
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> u64 {
+    30
+}
+
+impl LlmConfig {
+    /// The retry and breaker policy.
+    pub fn policy(&self) -> crate::llm::resilient::Policy {
+        crate::llm::resilient::Policy {
+            retries: self.retries,
+            base_delay: std::time::Duration::from_millis(self.retry_base_ms),
+            max_delay: std::time::Duration::from_millis(self.retry_max_ms),
+            failure_threshold: self.breaker.failure_threshold,
+            cooldown: std::time::Duration::from_secs(self.breaker.cooldown_seconds),
+        }
+    }
 }
 
 impl Default for LlmConfig {
@@ -168,6 +254,12 @@ impl Default for LlmConfig {
             model: default_chat_model(),
             max_tokens: default_max_tokens(),
             timeout_seconds: default_llm_timeout(),
+            connect_timeout_seconds: default_llm_connect_timeout(),
+            retries: default_llm_retries(),
+            retry_base_ms: default_retry_base_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            fallbacks: Vec::new(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -330,6 +422,14 @@ impl ServeConfig {
                 "quota.commandTimeoutMs and quota.connectTimeoutMs must be positive".to_string(),
             );
         }
+        if self.llm.breaker.failure_threshold == 0 {
+            return Err("llm.breaker.failureThreshold must be positive".to_string());
+        }
+        if self.llm.timeout_seconds == 0 || self.llm.connect_timeout_seconds == 0 {
+            return Err(
+                "llm.timeoutSeconds and llm.connectTimeoutSeconds must be positive".to_string(),
+            );
+        }
         if self.vector.timeout_ms == 0 || self.vector.connect_timeout_ms == 0 {
             return Err(
                 "vector.timeoutMs and vector.connectTimeoutMs must be positive".to_string(),
@@ -402,6 +502,29 @@ mod tests {
         std::fs::write(&p, "vector:\n  timeoutMs: 0\n").expect("write");
         assert!(ServeConfig::load(&p, true).is_err());
         std::fs::write(&p, "vector:\n  quantization: pq\n").expect("write");
+        assert!(ServeConfig::load(&p, true).is_err());
+    }
+
+    #[test]
+    fn llm_resilience_section_parses() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "llm:\n  baseUrl: http://a/v1\n  retries: 1\n  fallbacks:\n    - {baseUrl: http://b/v1, model: small}\n    - {baseUrl: http://c/v1, apiKeyEnv: CKEY}\n  breaker: {failureThreshold: 2}\n",
+        )
+        .expect("write");
+        let c = ServeConfig::load(&p, true).expect("valid");
+        assert_eq!(c.llm.retries, 1);
+        assert_eq!(c.llm.fallbacks.len(), 2);
+        assert_eq!(c.llm.fallbacks[0].model.as_deref(), Some("small"));
+        assert_eq!(c.llm.fallbacks[0].api_key_env, None);
+        assert_eq!(c.llm.fallbacks[1].api_key_env.as_deref(), Some("CKEY"));
+        assert_eq!(c.llm.breaker.failure_threshold, 2);
+        assert_eq!(c.llm.breaker.cooldown_seconds, 30);
+        let d = ServeConfig::default().llm.policy();
+        assert_eq!((d.retries, d.failure_threshold), (2, 5));
+        std::fs::write(&p, "llm:\n  breaker: {failureThreshold: 0}\n").expect("write");
         assert!(ServeConfig::load(&p, true).is_err());
     }
 

@@ -14,6 +14,7 @@ use crate::embed::openai::OpenAiEmbedder;
 use crate::embed::{EmbedError, Embedder};
 use crate::llm::extractive::Extractive;
 use crate::llm::openai::OpenAiChat;
+use crate::llm::resilient::{ResilientChat, Upstream};
 use crate::llm::{ChatModel, LlmError};
 use crate::metrics::Metrics;
 use crate::quota::memory::MemoryStore;
@@ -104,11 +105,33 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let llm: Arc<dyn ChatModel> = match config.llm_base_url() {
         Some(url) => {
             tracing::info!(base_url = %url, "chat model endpoint configured");
-            Arc::new(OpenAiChat::new(
-                &url,
-                std::env::var(&config.llm.api_key_env).ok(),
-                Duration::from_secs(config.llm.timeout_seconds),
-            )?)
+            let timeout = Duration::from_secs(config.llm.timeout_seconds);
+            let connect = Duration::from_secs(config.llm.connect_timeout_seconds);
+            let mut upstreams = vec![Upstream::new(
+                "primary",
+                Arc::new(OpenAiChat::with_connect_timeout(
+                    &url,
+                    std::env::var(&config.llm.api_key_env).ok(),
+                    timeout,
+                    connect,
+                )?) as Arc<dyn ChatModel>,
+            )];
+            for (i, f) in config.llm.fallbacks.iter().enumerate() {
+                tracing::info!(base_url = %f.base_url, "fallback chat model endpoint configured");
+                upstreams.push(
+                    Upstream::new(
+                        format!("fallback-{}", i + 1),
+                        Arc::new(OpenAiChat::with_connect_timeout(
+                            &f.base_url,
+                            f.api_key_env.as_ref().and_then(|k| std::env::var(k).ok()),
+                            timeout,
+                            connect,
+                        )?) as Arc<dyn ChatModel>,
+                    )
+                    .with_model(f.model.clone()),
+                );
+            }
+            Arc::new(ResilientChat::new(upstreams, config.llm.policy()))
         }
         None => {
             tracing::warn!(

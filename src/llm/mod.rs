@@ -1,7 +1,9 @@
 //! Chat models: the [`ChatModel`] trait, the OpenAI-compatible client ([`openai::OpenAiChat`])
-//! and the offline [`extractive::Extractive`] responder used when no endpoint is configured.
+//! and the offline [`extractive::Extractive`] responder used when no endpoint is configured;
+//! [`resilient::ResilientChat`] adds retries, fallbacks and circuit breakers around endpoints.
 pub mod extractive;
 pub mod openai;
+pub mod resilient;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,35 @@ pub enum LlmError {
     /// The upstream did not answer in time (HTTP 504).
     #[error("upstream model timed out")]
     Timeout,
+}
+
+/// A failed call, classified for [`resilient::ResilientChat`]: whether it may be retried on the
+/// same upstream.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Retry may help: the upstream answered 429 or 5xx, or the connection failed before any
+    /// response. `retry_after`: the upstream's `Retry-After`, when known.
+    Retryable {
+        /// The error.
+        error: LlmError,
+        /// How long the upstream asked to wait.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The upstream failed in a way not worth retrying on it (e.g. a timeout: it may still be
+    /// working on the request), but another upstream may answer.
+    Failed(LlmError),
+    /// The request itself is at fault (4xx other than 429): no retry, no fallback.
+    Fatal(LlmError),
+}
+
+impl Attempt {
+    /// The error, whatever its class.
+    pub fn into_error(self) -> LlmError {
+        match self {
+            Self::Retryable { error, .. } => error,
+            Self::Failed(e) | Self::Fatal(e) => e,
+        }
+    }
 }
 
 /// A chat message.
@@ -79,4 +110,15 @@ pub trait ChatModel: Send + Sync + 'static {
     }
     /// Generates an answer.
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError>;
+    /// Like [`ChatModel::complete`], with failures classified for retries and fallbacks. The
+    /// default treats a timeout as [`Attempt::Failed`] and any other error as retryable.
+    async fn attempt(&self, request: ChatRequest) -> Result<ChatResponse, Attempt> {
+        self.complete(request).await.map_err(|e| match e {
+            LlmError::Timeout => Attempt::Failed(e),
+            e => Attempt::Retryable {
+                error: e,
+                retry_after: None,
+            },
+        })
+    }
 }

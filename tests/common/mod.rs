@@ -42,7 +42,8 @@ pub fn tenant_yaml(name: &str, extra_spec: &str) -> String {
 
 /// A scripted OpenAI-compatible chat server. It answers
 /// `ANSWER[<model>]: <the user message>` so tests can see exactly what context reached the
-/// model, and records every request body. Model `fail-500` gets a 500; `slow` waits 30 s.
+/// model, and records every request body. Model `fail-500` gets a 500; `slow` waits 30 s;
+/// `fail-first-N` gets a 500 for the server's first N requests.
 #[derive(Clone)]
 pub struct ScriptedLlm {
     /// Address it listens on.
@@ -64,8 +65,24 @@ async fn completions(
     Json(body): Json<Value>,
 ) -> impl IntoResponse {
     header_log.lock().expect("lock").push(headers);
-    log.lock().expect("lock").push(body.clone());
+    let calls = {
+        let mut log = log.lock().expect("lock");
+        log.push(body.clone());
+        log.len()
+    };
     let model = body["model"].as_str().unwrap_or_default().to_string();
+    // Model `fail-first-N`: the server's first N requests get a 500, later ones an answer.
+    if let Some(n) = model
+        .strip_prefix("fail-first-")
+        .and_then(|n| n.parse::<usize>().ok())
+        && calls <= n
+    {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "scripted early failure", "type": "server_error"}})),
+        )
+            .into_response();
+    }
     if model == "fail-500" {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -176,6 +193,11 @@ impl ScriptedLlm {
     /// Base URL for `OPENAI_BASE_URL`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Number of requests received so far.
+    pub fn calls(&self) -> usize {
+        self.requests.lock().expect("lock").len()
     }
 
     /// The user messages received so far.

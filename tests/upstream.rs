@@ -1,0 +1,127 @@
+//! Upstream resilience against real `tenantry serve` processes: retries, fallbacks and the
+//! circuit breaker, with scripted OpenAI-compatible servers on loopback.
+mod common;
+
+use axum::http::StatusCode;
+use common::{Dirs, ScriptedLlm, Server, Start};
+use serde_json::Value;
+
+const DOC: &str =
+    "Acme customers may return any product within 30 days of delivery for a full refund.";
+
+/// A server whose tenant `acme` chats with `model` and whose config is `llm_yaml`.
+async fn start(model: &str, llm_yaml: &str) -> (Dirs, Server, String) {
+    let dirs = Dirs::new();
+    dirs.add_tenant(
+        "acme",
+        &format!("  models: {{chat: {model}, allowed: [{model}]}}\n"),
+    );
+    let config = dirs.config(llm_yaml);
+    let server = Server::start(
+        &dirs,
+        Start {
+            config: Some(config),
+            ..Default::default()
+        },
+    );
+    let token = dirs.token("acme", "alice");
+    server.wait_for_token(&token).await;
+    server.ingest(&token, "refunds", DOC).await;
+    (dirs, server, token)
+}
+
+fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}/v1")
+}
+
+fn assert_upstream_error(status: StatusCode, body: &Value) {
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+}
+
+/// A primary that always answers 500 and a working fallback: 200 from the fallback, whose
+/// model override is used and named in the response.
+#[tokio::test]
+async fn failing_primary_falls_back() {
+    let primary = ScriptedLlm::start().await;
+    let fallback = ScriptedLlm::start().await;
+    let yaml = format!(
+        "llm:\n  baseUrl: {}\n  retries: 1\n  retryBaseMs: 10\n  fallbacks:\n    - {{baseUrl: {}, model: fallback-ok}}\n",
+        primary.base_url(),
+        fallback.base_url()
+    );
+    let (_dirs, server, token) = start("fail-500", &yaml).await;
+    let (s, body) = server.chat(&token, "What is the refund policy?").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["model"], "fallback-ok@fallback-1", "{body}");
+    assert!(
+        body["answer"]
+            .as_str()
+            .expect("answer")
+            .starts_with("ANSWER[fallback-ok]"),
+        "{body}"
+    );
+    assert_eq!(primary.calls(), 2, "first call + 1 retry on the primary");
+    assert_eq!(fallback.calls(), 1);
+}
+
+/// A primary that fails twice then succeeds: 200 after exactly 3 calls (default 2 retries).
+#[tokio::test]
+async fn transient_failures_are_retried() {
+    let llm = ScriptedLlm::start().await;
+    let yaml = format!("llm:\n  baseUrl: {}\n  retryBaseMs: 10\n", llm.base_url());
+    let (_dirs, server, token) = start("fail-first-2", &yaml).await;
+    let (s, body) = server.chat(&token, "What is the refund policy?").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["model"], "fail-first-2", "{body}");
+    assert_eq!(llm.calls(), 3);
+}
+
+/// An always-failing upstream with no fallback: 502s, and once the breaker opens the upstream
+/// sees no more requests.
+#[tokio::test]
+async fn breaker_opens_and_stops_calling_the_upstream() {
+    let llm = ScriptedLlm::start().await;
+    let yaml = format!(
+        "llm:\n  baseUrl: {}\n  retries: 1\n  retryBaseMs: 10\n  breaker: {{failureThreshold: 3, cooldownSeconds: 600}}\n",
+        llm.base_url()
+    );
+    let (_dirs, server, token) = start("fail-500", &yaml).await;
+    // Request 1: 2 calls; request 2: 1 call opens the circuit (3 consecutive failures).
+    for _ in 0..2 {
+        let (s, body) = server.chat(&token, "What is the refund policy?").await;
+        assert_upstream_error(s, &body);
+    }
+    assert_eq!(llm.calls(), 3);
+    for _ in 0..4 {
+        let (s, body) = server.chat(&token, "What is the refund policy?").await;
+        assert_upstream_error(s, &body);
+    }
+    assert_eq!(
+        llm.calls(),
+        3,
+        "no upstream calls while the circuit is open"
+    );
+    let logs = server.logs.lock().expect("lock").join("\n");
+    assert!(logs.contains("circuit open"), "{logs}");
+}
+
+/// A dead endpoint (closed port), no fallback: 502 JSON, then fail-fast once the breaker opens.
+#[tokio::test]
+async fn dead_endpoint_gives_502() {
+    let yaml = format!(
+        "llm:\n  baseUrl: {}\n  retryBaseMs: 10\n  connectTimeoutSeconds: 5\n",
+        closed_port_url()
+    );
+    let (_dirs, server, token) = start("gpt-4o-mini", &yaml).await;
+    // Default: 3 attempts per request, breaker opens after 5 consecutive failures.
+    for _ in 0..4 {
+        let (s, body) = server.chat(&token, "What is the refund policy?").await;
+        assert_upstream_error(s, &body);
+    }
+    let logs = server.logs.lock().expect("lock").join("\n");
+    assert!(logs.contains("circuit open"), "{logs}");
+}
