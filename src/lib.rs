@@ -15,6 +15,7 @@
 //! - [`ingest`]: the `tenantry ingest` client (files and folders to a tenant's API).
 //! - [`chunk`]: splitting documents into overlapping chunks.
 //! - [`api`]: the HTTP API (axum router, handlers, errors).
+//! - [`cache`]: the tenant-scoped semantic cache of chat answers.
 //! - [`quota`]: per-tenant quotas and rate limits (Redis or in-process), token estimates.
 //! - [`serve`]: wiring of `tenantry serve` and its lifecycle.
 //! - [`tls`]: HTTPS for `serve`: certificate loading and reload on change.
@@ -23,6 +24,7 @@
 //! - [`telemetry`]: logging setup.
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod chunk;
 pub mod cli;
 pub mod config;

@@ -71,6 +71,10 @@ pub struct Metrics {
     /// `llm_gateway_overhead_seconds{tenant_id}`: time a chat request spent in tenantry,
     /// excluding the upstream model call.
     pub gateway_overhead: Family<TenantLabels, Histogram>,
+    /// `llm_cache_hits_total{tenant_id}`: chat requests answered from the semantic cache.
+    pub cache_hits: Family<TenantLabels, Counter>,
+    /// `llm_cache_misses_total{tenant_id}`: chat requests the semantic cache could not answer.
+    pub cache_misses: Family<TenantLabels, Counter>,
 }
 
 /// The seed's latency buckets (seconds).
@@ -116,6 +120,18 @@ impl Default for Metrics {
             "Time a chat request spent in tenantry, excluding the upstream model call",
             gateway_overhead.clone(),
         );
+        let cache_hits = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "llm_cache_hits",
+            "Chat requests answered from the semantic cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "llm_cache_misses",
+            "Chat requests the semantic cache could not answer",
+            cache_misses.clone(),
+        );
         Self {
             registry,
             requests,
@@ -124,6 +140,8 @@ impl Default for Metrics {
             rate_limited,
             quota_fail_open,
             gateway_overhead,
+            cache_hits,
+            cache_misses,
         }
     }
 }
@@ -163,6 +181,20 @@ impl Metrics {
                 tenant_id: tenant.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Counts a semantic-cache hit (`true`) or miss (`false`).
+    pub fn record_cache(&self, tenant: &str, hit: bool) {
+        let family = if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        };
+        family
+            .get_or_create(&TenantLabels {
+                tenant_id: tenant.to_string(),
+            })
+            .inc();
     }
 
     /// Records one finished chat request.
@@ -211,6 +243,9 @@ mod tests {
         m.record_rate_limited("acme", "daily_tokens");
         m.record_fail_open("acme");
         m.record_overhead("acme", 0.002);
+        m.record_cache("acme", true);
+        m.record_cache("acme", false);
+        m.record_cache("acme", false);
         let text = m.encode();
         for needle in [
             r#"llm_requests_total{tenant_id="acme",model="gpt-4o-mini",status="success"} 1"#,
@@ -219,6 +254,8 @@ mod tests {
             r#"llm_tokens_total{tenant_id="acme",model="gpt-4o-mini",type="completion"} 5"#,
             r#"llm_rate_limited_total{tenant_id="acme",limit="daily_tokens"} 1"#,
             r#"quota_fail_open_total{tenant_id="acme"} 1"#,
+            r#"llm_cache_hits_total{tenant_id="acme"} 1"#,
+            r#"llm_cache_misses_total{tenant_id="acme"} 2"#,
             r#"llm_gateway_overhead_seconds_bucket{le="0.0025",tenant_id="acme"} 1"#,
             r#"llm_gateway_overhead_seconds_bucket{le="0.001",tenant_id="acme"} 0"#,
         ] {

@@ -279,9 +279,11 @@ async fn redis_store_behaviour_keys_and_expiry() {
 
 const CONFIG: &str = "llm:\n  maxTokens: 50\n";
 
+/// The semantic cache is off: these tests count the tokens of upstream calls (a repeated
+/// question would otherwise be a cache hit that consumes none; see tests/cache.rs).
 fn quota_spec(daily: u64, rpm: u64, tpm: u64, conc: u64) -> String {
     format!(
-        "  quota: {{dailyTokens: {daily}, requestsPerMinute: {rpm}, tokensPerMinute: {tpm}, maxConcurrentRequests: {conc}}}\n"
+        "  quota: {{dailyTokens: {daily}, requestsPerMinute: {rpm}, tokensPerMinute: {tpm}, maxConcurrentRequests: {conc}}}\n  semanticCache: {{enabled: false}}\n"
     )
 }
 

@@ -110,11 +110,18 @@ pub async fn overhead(State(state): State<AppState>, req: Request, next: Next) -
 pub async fn chat(
     State(state): State<AppState>,
     caller: Caller,
+    req_headers: HeaderMap,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Response {
     let mut upstream = Duration::ZERO;
     let tenant_id = caller.tenant.id.as_str().to_string();
-    let mut resp = answer(&state, &caller, body, &mut upstream)
+    let no_cache = req_headers
+        .get_all(axum::http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
+    let mut resp = answer(&state, &caller, body, no_cache, &mut upstream)
         .await
         .into_response();
     resp.extensions_mut().insert(UpstreamTime {
@@ -128,6 +135,7 @@ async fn answer(
     state: &AppState,
     caller: &Caller,
     body: ChatBody,
+    no_cache: bool,
     upstream: &mut Duration,
 ) -> Result<(HeaderMap, ApiJson<ChatAnswer>), ApiError> {
     let started = Instant::now();
@@ -156,21 +164,33 @@ async fn answer(
         ));
     }
 
-    let hits = async {
-        let query = state
-            .embedder
-            .embed(vec![question.to_string()])
-            .await?
-            .pop()
-            .ok_or_else(|| ApiError::Internal("embedder returned no vector".to_string()))?;
-        let hits = caller
-            .vectors
-            .search(Kind::Docs, query, Filter::default(), top_k as usize)
-            .await?;
-        Ok::<_, ApiError>(hits)
-    }
-    .instrument(tracing::info_span!("retrieve", top_k))
-    .await?;
+    let tenant_id = tenant.id.as_str();
+    let query = state
+        .embedder
+        .embed(vec![question.to_string()])
+        .instrument(tracing::info_span!("embed"))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("embedder returned no vector".to_string()))?;
+
+    // Semantic cache: scoped to the tenant, its answer parameters and its document set.
+    let cache_on = tenant.spec.semantic_cache.enabled && !no_cache;
+    let cache_key = if cache_on {
+        cached_answer(state, caller, question, &model, top_k, &query).await?
+    } else {
+        None
+    };
+    let cache_key = match cache_key {
+        Some(CacheLookup::Hit(hit)) => return Ok(*hit),
+        Some(CacheLookup::Miss(key)) => Some(key),
+        None => None,
+    };
+
+    let hits = caller
+        .vectors
+        .search(Kind::Docs, query.clone(), Filter::default(), top_k as usize)
+        .instrument(tracing::info_span!("retrieve", top_k))
+        .await?;
     let sources: Vec<Source> = hits
         .iter()
         .map(|h| Source {
@@ -204,41 +224,18 @@ async fn answer(
         max_tokens: state.config.llm.max_tokens,
         passages,
     };
-    let tenant_id = tenant.id.as_str();
     // The offline responder calls no model: it needs a request slot but no tokens.
     let estimate = if state.llm.offline() {
         0
     } else {
         tokens::prompt_tokens(&model, &request.messages) + u64::from(request.max_tokens)
     };
-    let reservation = match state
-        .quota
-        .reserve(&tenant.id, Limits::from(&tenant.quota), estimate)
-        .instrument(tracing::info_span!("quota", tenant_id, estimate))
-        .await
-    {
-        Ok(r) => r,
-        Err(Refusal::Limited(r)) => {
-            state
-                .metrics
-                .record_rate_limited(tenant_id, r.limit.as_str());
-            tracing::info!(
-                tenant_id,
-                limit = r.limit.as_str(),
-                estimate,
-                "rate limited"
-            );
-            return Err(ApiError::RateLimited(r));
-        }
-        Err(Refusal::Unavailable(e)) => return Err(ApiError::QuotaUnavailable(e)),
-    };
-    if !reservation.metered() {
-        state.metrics.record_fail_open(tenant_id);
-    }
-    let headers = reservation
+    let reservation = reserve(state, caller, estimate).await?;
+    let mut headers = reservation
         .statuses()
         .map(|s| super::error::statuses_headers(&s))
         .unwrap_or_default();
+    headers.insert(CACHE_HEADER, HeaderValue::from_static("miss"));
     // GenAI semantic conventions (the response fields are recorded once known).
     let llm_span = tracing::info_span!(
         "llm",
@@ -315,17 +312,26 @@ async fn answer(
                 sources = sources.len(),
                 "LLM request completed"
             );
-            Ok((
-                headers,
-                ApiJson(ChatAnswer {
-                    answer: resp.content,
-                    tenant_id: tenant_id.to_string(),
-                    model: resp.model,
-                    sources,
-                    cached: false,
-                    usage: resp.usage,
-                }),
-            ))
+            let answer = ChatAnswer {
+                answer: resp.content,
+                tenant_id: tenant_id.to_string(),
+                model: resp.model,
+                sources,
+                cached: false,
+                usage: resp.usage,
+            };
+            if let Some(key) = cache_key {
+                let entry = crate::cache::Entry {
+                    answer: answer.answer.clone(),
+                    sources: serde_json::to_value(&answer.sources).unwrap_or_default(),
+                    model: answer.model.clone(),
+                    usage: serde_json::to_value(answer.usage).unwrap_or_default(),
+                };
+                if let Err(e) = crate::cache::store(&caller.vectors, &key, query, &entry).await {
+                    tracing::warn!(tenant_id, error = %e, "could not store a semantic-cache entry");
+                }
+            }
+            Ok((headers, ApiJson(answer)))
         }
         Err(e) => {
             reservation.release().await;
@@ -336,4 +342,140 @@ async fn answer(
             Err(ApiError::Upstream(e))
         }
     }
+}
+
+/// Response header: `hit` when the answer came from the semantic cache, `miss` otherwise.
+pub const CACHE_HEADER: &str = "x-cache";
+
+/// Outcome of a semantic-cache lookup.
+enum CacheLookup {
+    /// Answered from the cache (response ready).
+    Hit(Box<(HeaderMap, ApiJson<ChatAnswer>)>),
+    /// Not in the cache: store the answer under this key.
+    Miss(crate::cache::Key),
+}
+
+/// Reserves `estimate` tokens and one request, mapping refusals to API errors.
+async fn reserve(
+    state: &AppState,
+    caller: &Caller,
+    estimate: u64,
+) -> Result<crate::quota::Reservation, ApiError> {
+    let tenant = &caller.tenant;
+    let tenant_id = tenant.id.as_str();
+    let reservation = match state
+        .quota
+        .reserve(&tenant.id, Limits::from(&tenant.quota), estimate)
+        .instrument(tracing::info_span!("quota", tenant_id, estimate))
+        .await
+    {
+        Ok(r) => r,
+        Err(Refusal::Limited(r)) => {
+            state
+                .metrics
+                .record_rate_limited(tenant_id, r.limit.as_str());
+            tracing::info!(
+                tenant_id,
+                limit = r.limit.as_str(),
+                estimate,
+                "rate limited"
+            );
+            return Err(ApiError::RateLimited(r));
+        }
+        Err(Refusal::Unavailable(e)) => return Err(ApiError::QuotaUnavailable(e)),
+    };
+    if !reservation.metered() {
+        state.metrics.record_fail_open(tenant_id);
+    }
+    Ok(reservation)
+}
+
+/// Looks the question up in the tenant's semantic cache. A hit is answered here: it counts
+/// as a request but consumes no tokens. A lookup failure is a miss (the cache is an
+/// optimisation, never a reason to fail the request).
+async fn cached_answer(
+    state: &AppState,
+    caller: &Caller,
+    question: &str,
+    model: &str,
+    top_k: i32,
+    query: &[f32],
+) -> Result<Option<CacheLookup>, ApiError> {
+    let tenant = &caller.tenant;
+    let tenant_id = tenant.id.as_str();
+    let started = Instant::now();
+    let span = tracing::info_span!("cache_lookup", tenant_id);
+    let found = async {
+        let docs_version = crate::cache::docs_version(&caller.vectors).await?;
+        let key = crate::cache::Key {
+            cache_key: crate::cache::cache_key(
+                model,
+                &system_prompt(tenant_id),
+                state.config.llm.max_tokens,
+                top_k,
+            ),
+            question_hash: crate::cache::question_hash(question),
+            docs_version,
+        };
+        let entry = crate::cache::lookup(
+            &caller.vectors,
+            &key,
+            query,
+            tenant.spec.semantic_cache.threshold,
+            tenant.cache_ttl,
+        )
+        .await?;
+        Ok::<_, crate::vector::VectorError>((key, entry))
+    }
+    .instrument(span)
+    .await;
+    let (key, entry) = match found {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(tenant_id, error = %e, "semantic-cache lookup failed; treating as a miss");
+            state.metrics.record_cache(tenant_id, false);
+            return Ok(None);
+        }
+    };
+    let Some(entry) = entry else {
+        state.metrics.record_cache(tenant_id, false);
+        return Ok(Some(CacheLookup::Miss(key)));
+    };
+    let sources: Vec<Source> = match serde_json::from_value(entry.sources) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(tenant_id, error = %e, "unreadable semantic-cache entry; treating as a miss");
+            state.metrics.record_cache(tenant_id, false);
+            return Ok(Some(CacheLookup::Miss(key)));
+        }
+    };
+    // A hit is a request (rate limits apply) that consumes no tokens.
+    let reservation = reserve(state, caller, 0).await?;
+    let mut headers = reservation
+        .statuses()
+        .map(|s| super::error::statuses_headers(&s))
+        .unwrap_or_default();
+    reservation.settle(0).await;
+    headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    state.metrics.record_cache(tenant_id, true);
+    state.metrics.record(
+        tenant_id,
+        &entry.model,
+        true,
+        started.elapsed().as_secs_f64(),
+        0,
+        0,
+    );
+    tracing::info!(tenant_id, model = %entry.model, sources = sources.len(), "semantic-cache hit");
+    Ok(Some(CacheLookup::Hit(Box::new((
+        headers,
+        ApiJson(ChatAnswer {
+            answer: entry.answer,
+            tenant_id: tenant_id.to_string(),
+            model: entry.model,
+            sources,
+            cached: true,
+            usage: Usage::default(),
+        }),
+    )))))
 }

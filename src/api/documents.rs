@@ -139,6 +139,8 @@ pub async fn ingest(
     if stale > count as u64 {
         remove_tail(&caller, id, count).await?;
     }
+    // New documents: cached answers made from the old set stop hitting.
+    crate::cache::bump_docs_version(&caller.vectors).await?;
     tracing::info!(tenant_id = %caller.principal.tenant, document_id = %id, chunks = count, "document ingested");
     Ok((
         StatusCode::CREATED,
@@ -269,6 +271,7 @@ pub async fn delete(caller: Caller, Path(id): Path<String>) -> Result<impl IntoR
         return Err(ApiError::NotFound("document not found".to_string()));
     }
     caller.vectors.delete(Kind::Docs, filter).await?;
+    crate::cache::bump_docs_version(&caller.vectors).await?;
     tracing::info!(tenant_id = %caller.principal.tenant, document_id = %id, "document deleted");
     Ok(StatusCode::NO_CONTENT)
 }

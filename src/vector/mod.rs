@@ -215,6 +215,11 @@ impl TenantVectors {
         &self.tenant
     }
 
+    /// Vector dimension of the tenant's collections.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
     /// Collection used for `kind`.
     pub fn collection(&self, kind: Kind) -> String {
         collection_name(&self.tenant, self.isolation, kind, self.dimension)
