@@ -131,15 +131,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             "/metrics",
             get(move || {
                 let m = m.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
+                async move { crate::api::openmetrics(m.encode()) }
             }),
         )
         .route(
