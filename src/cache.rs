@@ -1,4 +1,4 @@
-//! Tenant-scoped semantic cache of `/v1/chat` answers.
+//! Tenant-scoped semantic cache of `/v1/chat` and `/v1/chat/completions` answers.
 //!
 //! Entries are points in the tenant's [`Kind::Cache`] collection, reached only through
 //! [`TenantVectors`] (so every read and write is confined to the tenant). An entry holds the
@@ -38,7 +38,13 @@ fn hash(parts: &[&str]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Hash of the parameters that change the answer.
+/// Hash of `parts` (everything that changes an answer), for callers with their own parameters
+/// (e.g. `/v1/chat/completions`, whose first part names the endpoint).
+pub fn cache_key_of(parts: &[&str]) -> String {
+    hash(parts)
+}
+
+/// Hash of the parameters that change a `/v1/chat` answer.
 pub fn cache_key(model: &str, system_prompt: &str, max_tokens: u32, top_k: i32) -> String {
     hash(&[
         model,

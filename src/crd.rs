@@ -159,6 +159,11 @@ pub struct Retrieval {
     /// filtered by the tenant id (for thousands of small tenants).
     #[serde(default)]
     pub isolation: Isolation,
+    /// Whether `POST /v1/chat/completions` adds the passages retrieved for the last user
+    /// message to the conversation (a request can decide with `tenantry.rag`). `/v1/chat`
+    /// always retrieves.
+    #[serde(default)]
+    pub augment_completions: bool,
 }
 
 impl Default for Retrieval {
@@ -166,6 +171,7 @@ impl Default for Retrieval {
         Self {
             top_k: default_top_k(),
             isolation: Isolation::default(),
+            augment_completions: false,
         }
     }
 }

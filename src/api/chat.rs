@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
-use tracing::Instrument as _;
 use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
 
 use super::{ApiError, ApiJson, AppState, Caller};
 use crate::llm::{ChatRequest, Message, Usage};
@@ -104,6 +104,16 @@ pub async fn overhead(State(state): State<AppState>, req: Request, next: Next) -
     resp
 }
 
+/// Whether the request opts out of the semantic cache (`Cache-Control: no-cache`).
+pub(super) fn no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+}
+
 /// Answers a question from the caller's documents. The quota is reserved once the prompt is
 /// known (the estimate covers the real messages, retrieved passages included) and settled to
 /// the upstream's `usage`; a failed, timed-out or cancelled call consumes nothing.
@@ -115,13 +125,7 @@ pub async fn chat(
 ) -> Response {
     let mut upstream = Duration::ZERO;
     let tenant_id = caller.tenant.id.as_str().to_string();
-    let no_cache = req_headers
-        .get_all(axum::http::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
-    let mut resp = answer(&state, &caller, body, no_cache, &mut upstream)
+    let mut resp = answer(&state, &caller, body, no_cache(&req_headers), &mut upstream)
         .await
         .into_response();
     resp.extensions_mut().insert(UpstreamTime {
@@ -131,6 +135,171 @@ pub async fn chat(
     resp
 }
 
+/// Embeds one text (a question).
+pub(super) async fn embed_one(state: &AppState, text: &str) -> Result<Vec<f32>, ApiError> {
+    state
+        .embedder
+        .embed(vec![text.to_string()])
+        .instrument(tracing::info_span!("embed"))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("embedder returned no vector".to_string()))
+}
+
+/// The caller's `top_k` passages nearest to `query`, best first.
+pub(super) async fn retrieve(
+    caller: &Caller,
+    query: &[f32],
+    top_k: i32,
+) -> Result<Vec<Source>, ApiError> {
+    let hits = caller
+        .vectors
+        .search(
+            Kind::Docs,
+            query.to_vec(),
+            Filter::default(),
+            usize::try_from(top_k).unwrap_or(1),
+        )
+        .instrument(tracing::info_span!("retrieve", top_k))
+        .await?;
+    Ok(hits
+        .iter()
+        .map(|h| Source {
+            document_id: payload_str(&h.payload, "document_id")
+                .unwrap_or_default()
+                .to_string(),
+            chunk: h
+                .payload
+                .get("chunk_index")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            score: h.score,
+            text: payload_str(&h.payload, "text")
+                .unwrap_or_default()
+                .to_string(),
+            title: payload_str(&h.payload, "title").map(str::to_string),
+        })
+        .collect())
+}
+
+/// Tokens to reserve for `request`: its prompt plus the most it may generate. The offline
+/// responder calls no model: it needs a request slot but no tokens.
+pub(super) fn estimate(state: &AppState, request: &ChatRequest) -> u64 {
+    if state.llm.offline() {
+        0
+    } else {
+        tokens::prompt_tokens(&request.model, &request.messages) + u64::from(request.max_tokens)
+    }
+}
+
+/// The span of one upstream call (GenAI semantic conventions; response fields recorded by
+/// [`record_llm`]).
+pub(super) fn llm_span(state: &AppState, request: &ChatRequest, tenant_id: &str) -> Span {
+    tracing::info_span!(
+        "llm",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.system = if state.llm.offline() { "tenantry.extractive" } else { "openai" },
+        gen_ai.request.model = %request.model,
+        gen_ai.request.max_tokens = i64::from(request.max_tokens),
+        gen_ai.response.model = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        error.type = Empty,
+        tenant_id,
+    )
+}
+
+/// Records the outcome of an upstream call on its span.
+pub(super) fn record_llm(span: &Span, outcome: Result<(&str, Usage), &crate::llm::LlmError>) {
+    match outcome {
+        Ok((model, usage)) => {
+            span.record("gen_ai.response.model", model);
+            // As i64: OpenTelemetry has no unsigned integers (u64 would become a string).
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            span.record("gen_ai.usage.input_tokens", int(usage.prompt_tokens));
+            span.record("gen_ai.usage.output_tokens", int(usage.completion_tokens));
+        }
+        Err(e) => {
+            span.record("otel.status_code", "ERROR");
+            span.record(
+                "error.type",
+                match e {
+                    crate::llm::LlmError::Timeout => "timeout",
+                    crate::llm::LlmError::Upstream(_) => "upstream_error",
+                },
+            );
+        }
+    }
+}
+
+/// Tokens charged for a finished call: its usage, or the estimate when an upstream reports
+/// none (never less than what it may have used).
+pub(super) fn charge(state: &AppState, usage: Usage, estimate: u64) -> u64 {
+    let used = usage.prompt_tokens + usage.completion_tokens;
+    if used == 0 && !state.llm.offline() {
+        estimate
+    } else {
+        used
+    }
+}
+
+/// Calls the chat model with a reservation held: settles it to the usage on success, releases
+/// it on failure, and records metrics and the log line. `upstream` receives the time spent
+/// waiting for a remote model.
+pub(super) async fn complete(
+    state: &AppState,
+    tenant_id: &str,
+    request: ChatRequest,
+    reservation: crate::quota::Reservation,
+    upstream: &mut Duration,
+) -> Result<crate::llm::ChatResponse, ApiError> {
+    let started = Instant::now();
+    let model = request.model.clone();
+    let reserved = estimate(state, &request);
+    let span = llm_span(state, &request, tenant_id);
+    // Dropping `reservation` (client gone, whole-request timeout) releases it.
+    let result = state.llm.complete(request).instrument(span.clone()).await;
+    // The offline responder is tenantry's own work: it counts as overhead.
+    if !state.llm.offline() {
+        *upstream = started.elapsed();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    record_llm(&span, result.as_ref().map(|r| (r.model.as_str(), r.usage)));
+    match result {
+        Ok(resp) => {
+            reservation
+                .settle(charge(state, resp.usage, reserved))
+                .await;
+            state.metrics.record(
+                tenant_id,
+                &resp.model,
+                true,
+                elapsed,
+                resp.usage.prompt_tokens,
+                resp.usage.completion_tokens,
+            );
+            tracing::info!(
+                tenant_id,
+                model = %resp.model,
+                latency_ms = elapsed * 1000.0,
+                tokens = resp.usage.prompt_tokens + resp.usage.completion_tokens,
+                "LLM request completed"
+            );
+            Ok(resp)
+        }
+        Err(e) => {
+            reservation.release().await;
+            state
+                .metrics
+                .record(tenant_id, &model, false, elapsed, 0, 0);
+            tracing::warn!(tenant_id, model = %model, error = %e, "LLM request failed");
+            Err(ApiError::Upstream(e))
+        }
+    }
+}
+
 async fn answer(
     state: &AppState,
     caller: &Caller,
@@ -138,7 +307,6 @@ async fn answer(
     no_cache: bool,
     upstream: &mut Duration,
 ) -> Result<(HeaderMap, ApiJson<ChatAnswer>), ApiError> {
-    let started = Instant::now();
     let question = body.question.trim();
     if question.is_empty() {
         return Err(ApiError::Invalid("question must not be empty".to_string()));
@@ -165,51 +333,35 @@ async fn answer(
     }
 
     let tenant_id = tenant.id.as_str();
-    let query = state
-        .embedder
-        .embed(vec![question.to_string()])
-        .instrument(tracing::info_span!("embed"))
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::Internal("embedder returned no vector".to_string()))?;
+    let query = embed_one(state, question).await?;
 
     // Semantic cache: scoped to the tenant, its answer parameters and its document set.
-    let cache_on = tenant.spec.semantic_cache.enabled && !no_cache;
-    let cache_key = if cache_on {
-        cached_answer(state, caller, question, &model, top_k, &query).await?
-    } else {
-        None
-    };
-    let cache_key = match cache_key {
-        Some(CacheLookup::Hit(hit)) => return Ok(*hit),
-        Some(CacheLookup::Miss(key)) => Some(key),
-        None => None,
+    let key = crate::cache::cache_key(
+        &model,
+        &system_prompt(tenant_id),
+        state.config.llm.max_tokens,
+        top_k,
+    );
+    let cache_key = match lookup(state, caller, no_cache, key, question, &query).await? {
+        Lookup::Hit { entry, headers } => {
+            let (entry, headers) = (*entry, *headers);
+            let sources: Vec<Source> = serde_json::from_value(entry.sources).unwrap_or_default();
+            return Ok((
+                headers,
+                ApiJson(ChatAnswer {
+                    answer: entry.answer,
+                    tenant_id: tenant_id.to_string(),
+                    model: entry.model,
+                    sources,
+                    cached: true,
+                    usage: Usage::default(),
+                }),
+            ));
+        }
+        Lookup::Miss(key) => key,
     };
 
-    let hits = caller
-        .vectors
-        .search(Kind::Docs, query.clone(), Filter::default(), top_k as usize)
-        .instrument(tracing::info_span!("retrieve", top_k))
-        .await?;
-    let sources: Vec<Source> = hits
-        .iter()
-        .map(|h| Source {
-            document_id: payload_str(&h.payload, "document_id")
-                .unwrap_or_default()
-                .to_string(),
-            chunk: h
-                .payload
-                .get("chunk_index")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
-            score: h.score,
-            text: payload_str(&h.payload, "text")
-                .unwrap_or_default()
-                .to_string(),
-            title: payload_str(&h.payload, "title").map(str::to_string),
-        })
-        .collect();
-
+    let sources = retrieve(caller, &query, top_k).await?;
     let passages: Vec<String> = sources.iter().map(|s| s.text.clone()).collect();
     let context = passages.join("\n\n---\n\n");
     let request = ChatRequest {
@@ -223,140 +375,58 @@ async fn answer(
         ],
         max_tokens: state.config.llm.max_tokens,
         passages,
+        params: Default::default(),
     };
-    // The offline responder calls no model: it needs a request slot but no tokens.
-    let estimate = if state.llm.offline() {
-        0
-    } else {
-        tokens::prompt_tokens(&model, &request.messages) + u64::from(request.max_tokens)
-    };
-    let reservation = reserve(state, caller, estimate).await?;
+    let reservation = reserve(state, caller, estimate(state, &request)).await?;
     let mut headers = reservation
         .statuses()
         .map(|s| super::error::statuses_headers(&s))
         .unwrap_or_default();
     headers.insert(CACHE_HEADER, HeaderValue::from_static("miss"));
-    // GenAI semantic conventions (the response fields are recorded once known).
-    let llm_span = tracing::info_span!(
-        "llm",
-        otel.kind = "client",
-        otel.status_code = Empty,
-        gen_ai.operation.name = "chat",
-        gen_ai.system = if state.llm.offline() { "tenantry.extractive" } else { "openai" },
-        gen_ai.request.model = %model,
-        gen_ai.request.max_tokens = i64::from(request.max_tokens),
-        gen_ai.response.model = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        error.type = Empty,
-        tenant_id,
-    );
-    // Dropping `reservation` (client gone, whole-request timeout) releases it.
-    let llm_started = Instant::now();
-    let result = state
-        .llm
-        .complete(request)
-        .instrument(llm_span.clone())
+    let resp = complete(state, tenant_id, request, reservation, upstream).await?;
+    let answer = ChatAnswer {
+        answer: resp.content,
+        tenant_id: tenant_id.to_string(),
+        model: resp.model,
+        sources,
+        cached: false,
+        usage: resp.usage,
+    };
+    if let Some(key) = cache_key {
+        remember(
+            caller,
+            &key,
+            query,
+            &answer.answer,
+            &answer.sources,
+            &answer.model,
+            answer.usage,
+        )
         .await;
-    // The offline responder is tenantry's own work: it counts as overhead.
-    if !state.llm.offline() {
-        *upstream = llm_started.elapsed();
     }
-    let elapsed = started.elapsed();
-    match &result {
-        Ok(resp) => {
-            llm_span.record("gen_ai.response.model", resp.model.as_str());
-            // As i64: OpenTelemetry has no unsigned integers (u64 would become a string).
-            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            llm_span.record("gen_ai.usage.input_tokens", int(resp.usage.prompt_tokens));
-            llm_span.record(
-                "gen_ai.usage.output_tokens",
-                int(resp.usage.completion_tokens),
-            );
-        }
-        Err(e) => {
-            llm_span.record("otel.status_code", "ERROR");
-            llm_span.record(
-                "error.type",
-                match e {
-                    crate::llm::LlmError::Timeout => "timeout",
-                    crate::llm::LlmError::Upstream(_) => "upstream_error",
-                },
-            );
-        }
-    }
-    match result {
-        Ok(resp) => {
-            let used = resp.usage.prompt_tokens + resp.usage.completion_tokens;
-            // An upstream that reports no usage is charged the estimate (never less than
-            // what it may have used).
-            let charge = if used == 0 && !state.llm.offline() {
-                estimate
-            } else {
-                used
-            };
-            reservation.settle(charge).await;
-            state.metrics.record(
-                tenant_id,
-                &resp.model,
-                true,
-                elapsed.as_secs_f64(),
-                resp.usage.prompt_tokens,
-                resp.usage.completion_tokens,
-            );
-            tracing::info!(
-                tenant_id,
-                model = %resp.model,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                tokens = resp.usage.prompt_tokens + resp.usage.completion_tokens,
-                sources = sources.len(),
-                "LLM request completed"
-            );
-            let answer = ChatAnswer {
-                answer: resp.content,
-                tenant_id: tenant_id.to_string(),
-                model: resp.model,
-                sources,
-                cached: false,
-                usage: resp.usage,
-            };
-            if let Some(key) = cache_key {
-                let entry = crate::cache::Entry {
-                    answer: answer.answer.clone(),
-                    sources: serde_json::to_value(&answer.sources).unwrap_or_default(),
-                    model: answer.model.clone(),
-                    usage: serde_json::to_value(answer.usage).unwrap_or_default(),
-                };
-                if let Err(e) = crate::cache::store(&caller.vectors, &key, query, &entry).await {
-                    tracing::warn!(tenant_id, error = %e, "could not store a semantic-cache entry");
-                }
-            }
-            Ok((headers, ApiJson(answer)))
-        }
-        Err(e) => {
-            reservation.release().await;
-            state
-                .metrics
-                .record(tenant_id, &model, false, elapsed.as_secs_f64(), 0, 0);
-            tracing::warn!(tenant_id, model = %model, error = %e, "LLM request failed");
-            Err(ApiError::Upstream(e))
-        }
-    }
+    Ok((headers, ApiJson(answer)))
 }
 
 /// Response header: `hit` when the answer came from the semantic cache, `miss` otherwise.
 pub const CACHE_HEADER: &str = "x-cache";
 
 /// Outcome of a semantic-cache lookup.
-enum CacheLookup {
-    /// Answered from the cache (response ready).
-    Hit(Box<(HeaderMap, ApiJson<ChatAnswer>)>),
-    /// Not in the cache: store the answer under this key.
-    Miss(crate::cache::Key),
+pub(super) enum Lookup {
+    /// Answered from the cache: the request was counted (no tokens) and `headers` carry the
+    /// rate-limit status and `X-Cache: hit`.
+    Hit {
+        /// The cached answer.
+        entry: Box<crate::cache::Entry>,
+        /// Response headers.
+        headers: Box<HeaderMap>,
+    },
+    /// Not answered from the cache; store the answer under the key if there is one (none when
+    /// the cache is off for this request or the lookup failed).
+    Miss(Option<crate::cache::Key>),
 }
 
 /// Reserves `estimate` tokens and one request, mapping refusals to API errors.
-async fn reserve(
+pub(super) async fn reserve(
     state: &AppState,
     caller: &Caller,
     estimate: u64,
@@ -390,30 +460,29 @@ async fn reserve(
     Ok(reservation)
 }
 
-/// Looks the question up in the tenant's semantic cache. A hit is answered here: it counts
-/// as a request but consumes no tokens. A lookup failure is a miss (the cache is an
+/// Looks `question` up in the tenant's semantic cache under `cache_key` (a hash of everything
+/// else that changes the answer). A hit is a request that consumes no tokens: it is reserved
+/// and settled here. A lookup failure is a miss that stores nothing (the cache is an
 /// optimisation, never a reason to fail the request).
-async fn cached_answer(
+pub(super) async fn lookup(
     state: &AppState,
     caller: &Caller,
+    no_cache: bool,
+    cache_key: String,
     question: &str,
-    model: &str,
-    top_k: i32,
     query: &[f32],
-) -> Result<Option<CacheLookup>, ApiError> {
+) -> Result<Lookup, ApiError> {
     let tenant = &caller.tenant;
+    if !tenant.spec.semantic_cache.enabled || no_cache {
+        return Ok(Lookup::Miss(None));
+    }
     let tenant_id = tenant.id.as_str();
     let started = Instant::now();
     let span = tracing::info_span!("cache_lookup", tenant_id);
     let found = async {
         let docs_version = crate::cache::docs_version(&caller.vectors).await?;
         let key = crate::cache::Key {
-            cache_key: crate::cache::cache_key(
-                model,
-                &system_prompt(tenant_id),
-                state.config.llm.max_tokens,
-                top_k,
-            ),
+            cache_key,
             question_hash: crate::cache::question_hash(question),
             docs_version,
         };
@@ -434,20 +503,12 @@ async fn cached_answer(
         Err(e) => {
             tracing::warn!(tenant_id, error = %e, "semantic-cache lookup failed; treating as a miss");
             state.metrics.record_cache(tenant_id, false);
-            return Ok(None);
+            return Ok(Lookup::Miss(None));
         }
     };
     let Some(entry) = entry else {
         state.metrics.record_cache(tenant_id, false);
-        return Ok(Some(CacheLookup::Miss(key)));
-    };
-    let sources: Vec<Source> = match serde_json::from_value(entry.sources) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(tenant_id, error = %e, "unreadable semantic-cache entry; treating as a miss");
-            state.metrics.record_cache(tenant_id, false);
-            return Ok(Some(CacheLookup::Miss(key)));
-        }
+        return Ok(Lookup::Miss(Some(key)));
     };
     // A hit is a request (rate limits apply) that consumes no tokens.
     let reservation = reserve(state, caller, 0).await?;
@@ -466,16 +527,30 @@ async fn cached_answer(
         0,
         0,
     );
-    tracing::info!(tenant_id, model = %entry.model, sources = sources.len(), "semantic-cache hit");
-    Ok(Some(CacheLookup::Hit(Box::new((
-        headers,
-        ApiJson(ChatAnswer {
-            answer: entry.answer,
-            tenant_id: tenant_id.to_string(),
-            model: entry.model,
-            sources,
-            cached: true,
-            usage: Usage::default(),
-        }),
-    )))))
+    tracing::info!(tenant_id, model = %entry.model, "semantic-cache hit");
+    Ok(Lookup::Hit {
+        entry: Box::new(entry),
+        headers: Box::new(headers),
+    })
+}
+
+/// Stores a final answer in the tenant's semantic cache; a failure is logged, never returned.
+pub(super) async fn remember(
+    caller: &Caller,
+    key: &crate::cache::Key,
+    query: Vec<f32>,
+    answer: &str,
+    sources: &[Source],
+    model: &str,
+    usage: Usage,
+) {
+    let entry = crate::cache::Entry {
+        answer: answer.to_string(),
+        sources: serde_json::to_value(sources).unwrap_or_default(),
+        model: model.to_string(),
+        usage: serde_json::to_value(usage).unwrap_or_default(),
+    };
+    if let Err(e) = crate::cache::store(&caller.vectors, key, query, &entry).await {
+        tracing::warn!(tenant_id = caller.tenant.id.as_str(), error = %e, "could not store a semantic-cache entry");
+    }
 }

@@ -40,6 +40,14 @@ pub enum ApiError {
     /// 422: the body is not valid JSON or does not match the schema, or a value is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// 422: one request parameter is invalid or unsupported (named in the body's `param`).
+    #[error("{message}")]
+    BadParam {
+        /// The parameter, e.g. `messages` or `temperature`.
+        param: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// 429: a quota or rate limit would be exceeded; `Retry-After` and `X-RateLimit-*` headers
     /// say when to retry.
     #[error("{} limit exceeded: {} of {} used; retry in {} s", .0.limit, .0.used.get(.0.limit), .0.limits.get(.0.limit), retry_after(.0))]
@@ -91,7 +99,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Invalid(_) | Self::BadParam { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Upstream(LlmError::Timeout) | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -112,7 +120,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::Invalid(_) => "invalid_request",
+            Self::Invalid(_) | Self::BadParam { .. } => "invalid_request",
             Self::Upstream(LlmError::Timeout) => "upstream_timeout",
             Self::Upstream(_) => "upstream_error",
             Self::RateLimited(_) => "rate_limited",
@@ -121,6 +129,37 @@ impl ApiError {
             Self::Embedding(_) => "embedding_unavailable",
             Self::Timeout => "timeout",
             Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ApiError {
+    /// The error's class in OpenAI's taxonomy (`type` in the body), so OpenAI SDKs raise the
+    /// matching exception.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "authentication_error",
+            Self::Suspended | Self::ModelNotAllowed(_) => "permission_error",
+            Self::NotFound(_) => "not_found_error",
+            Self::MethodNotAllowed
+            | Self::TooLarge
+            | Self::UnsupportedMediaType
+            | Self::Invalid(_)
+            | Self::BadParam { .. } => "invalid_request_error",
+            Self::RateLimited(_) => "rate_limit_error",
+            Self::Upstream(_) | Self::Timeout => "upstream_error",
+            Self::QuotaUnavailable(_) | Self::Store(_) | Self::Embedding(_) | Self::Internal(_) => {
+                "server_error"
+            }
+        }
+    }
+
+    /// The request parameter at fault, when one is.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::BadParam { param, .. } => Some(param),
+            Self::ModelNotAllowed(_) => Some("model"),
+            _ => None,
         }
     }
 }
@@ -139,7 +178,13 @@ impl IntoResponse for ApiError {
             };
             tracing::error!(code = self.code(), status = status.as_u16(), error = %cause, "request failed");
         }
-        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        // `code` and `message` as everywhere; `type` and `param` as in OpenAI's error bodies.
+        let mut body = json!({"error": {
+            "code": self.code(),
+            "message": self.to_string(),
+            "type": self.error_type(),
+            "param": self.param(),
+        }});
         let headers = match &self {
             Self::RateLimited(r) => {
                 body["error"]["limit"] = json!(r.limit.as_str());

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod documents;
 pub mod error;
 pub mod health;
+pub mod openai;
 pub mod usage;
 
 use std::sync::Arc;
@@ -113,6 +114,27 @@ pub fn router(state: AppState) -> Router {
                 state.clone(),
                 chat::overhead,
             )),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(openai::chat_completions)
+                .layer(middleware::from_fn(openai::openai_status))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    chat::overhead,
+                )),
+        )
+        .route(
+            "/v1/models",
+            get(openai::models).layer(middleware::from_fn(openai::openai_status)),
+        )
+        .route(
+            "/v1/models/{model}",
+            get(openai::model).layer(middleware::from_fn(openai::openai_status)),
+        )
+        .route(
+            "/v1/embeddings",
+            post(openai::embeddings).layer(middleware::from_fn(openai::openai_status)),
         )
         .route("/v1/usage", get(usage::usage))
         .route(

@@ -34,6 +34,7 @@ impl ChatModel for Extractive {
         Ok(ChatResponse {
             content,
             model: MODEL.to_string(),
+            finish_reason: "stop".to_string(),
             usage: Usage::default(),
         })
     }
@@ -51,6 +52,7 @@ mod tests {
                 messages: vec![],
                 max_tokens: 10,
                 passages: vec!["Refunds within 30 days.".into(), "Other".into()],
+                params: Default::default(),
             })
             .await
             .expect("answer");

@@ -5,7 +5,10 @@ pub mod extractive;
 pub mod openai;
 pub mod resilient;
 
+use std::pin::Pin;
+
 use async_trait::async_trait;
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 /// Errors from a chat model.
@@ -79,6 +82,9 @@ pub struct ChatRequest {
     /// The retrieved passages the messages were built from (for responders that answer from
     /// them directly); best first.
     pub passages: Vec<String>,
+    /// Sampling parameters passed to the upstream as they are (`temperature`, `top_p`, `stop`,
+    /// `seed`, ...), already validated by the API.
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Token usage of one completion.
@@ -97,8 +103,44 @@ pub struct ChatResponse {
     pub content: String,
     /// Model that answered.
     pub model: String,
+    /// Why generation stopped (`stop`, `length`, ...).
+    pub finish_reason: String,
     /// Tokens used.
     pub usage: Usage,
+}
+
+/// One event of a streamed completion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    /// More answer text.
+    Delta(String),
+    /// The end of the answer: the model that answered, why it stopped, and the usage when the
+    /// upstream reported it.
+    Done {
+        /// Model that answered.
+        model: String,
+        /// `stop`, `length`, ...
+        finish_reason: String,
+        /// Tokens used, when reported.
+        usage: Option<Usage>,
+    },
+}
+
+/// A streamed completion: deltas, then one [`Chunk::Done`]; an error ends it early.
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<Chunk, LlmError>> + Send>>;
+
+/// A whole answer as a stream (for models that do not stream).
+pub fn one_shot(resp: ChatResponse) -> ChatStream {
+    let mut chunks = Vec::with_capacity(2);
+    if !resp.content.is_empty() {
+        chunks.push(Ok(Chunk::Delta(resp.content)));
+    }
+    chunks.push(Ok(Chunk::Done {
+        model: resp.model,
+        finish_reason: resp.finish_reason,
+        usage: Some(resp.usage),
+    }));
+    Box::pin(futures::stream::iter(chunks))
 }
 
 /// A chat-completion model.
@@ -120,5 +162,17 @@ pub trait ChatModel: Send + Sync + 'static {
                 retry_after: None,
             },
         })
+    }
+    /// Streams an answer. Returns once the upstream accepted the request (so refusals are
+    /// errors here, not in the stream). The default streams [`ChatModel::complete`]'s answer
+    /// in one piece.
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LlmError> {
+        self.stream_attempt(request)
+            .await
+            .map_err(Attempt::into_error)
+    }
+    /// Like [`ChatModel::stream`], with failures classified as in [`ChatModel::attempt`].
+    async fn stream_attempt(&self, request: ChatRequest) -> Result<ChatStream, Attempt> {
+        self.attempt(request).await.map(one_shot)
     }
 }

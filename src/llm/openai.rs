@@ -8,7 +8,7 @@ use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletio
 use async_trait::async_trait;
 use reqwest::StatusCode;
 
-use super::{Attempt, ChatModel, ChatRequest, ChatResponse, LlmError, Usage};
+use super::{Attempt, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, LlmError, Usage};
 
 /// Client of one OpenAI-compatible endpoint.
 pub struct OpenAiChat {
@@ -85,20 +85,28 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-#[async_trait]
-impl ChatModel for OpenAiChat {
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        self.attempt(request).await.map_err(Attempt::into_error)
-    }
-
-    async fn attempt(&self, request: ChatRequest) -> Result<ChatResponse, Attempt> {
-        let body = serde_json::json!({
+impl OpenAiChat {
+    /// Sends one request; an error status is classified into an [`Attempt`].
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, Attempt> {
+        let mut body = serde_json::json!({
             "model": request.model,
             "messages": request.messages,
             // `max_tokens` rather than `max_completion_tokens`: every OpenAI-compatible server
             // (vLLM, llama.cpp, Ollama) understands it.
             "max_tokens": request.max_tokens,
         });
+        for (k, v) in &request.params {
+            body[k] = v.clone();
+        }
+        if stream {
+            body["stream"] = serde_json::Value::Bool(true);
+            body["stream_options"] = serde_json::json!({"include_usage": true});
+        }
+        // Typed through async-openai: a parameter it cannot represent is refused here.
         let req: CreateChatCompletionRequest = serde_json::from_value(body).map_err(|e| {
             Attempt::Fatal(LlmError::Upstream(format!("cannot build request: {e}")))
         })?;
@@ -117,39 +125,184 @@ impl ChatModel for OpenAiChat {
         }
         let resp = builder.send().await.map_err(transport_error)?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let wait = retry_after(resp.headers());
         let bytes = resp.bytes().await.map_err(transport_error)?;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes);
-            let detail: String = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| text.chars().take(200).collect());
-            let error = LlmError::Upstream(format!("upstream answered {status} {detail}"));
-            return Err(if status_retryable(status) {
-                Attempt::Retryable {
-                    error,
-                    retry_after: wait,
-                }
-            } else {
-                Attempt::Fatal(error)
+        let text = String::from_utf8_lossy(&bytes);
+        let detail: String = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        let error = LlmError::Upstream(format!("upstream answered {status} {detail}"));
+        Err(if status_retryable(status) {
+            Attempt::Retryable {
+                error,
+                retry_after: wait,
+            }
+        } else {
+            Attempt::Fatal(error)
+        })
+    }
+}
+
+/// Reads `data:` events of a server-sent-event body, one JSON chunk each, until `[DONE]`.
+struct SseChunks {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
+    buf: Vec<u8>,
+    done: bool,
+    model: String,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+}
+
+impl SseChunks {
+    /// The next complete line in the buffer, without its line ending.
+    fn line(&mut self) -> Option<String> {
+        let end = self.buf.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        Some(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    /// The final [`Chunk::Done`].
+    fn done(&mut self) -> Chunk {
+        self.done = true;
+        Chunk::Done {
+            model: std::mem::take(&mut self.model),
+            finish_reason: self
+                .finish_reason
+                .take()
+                .unwrap_or_else(|| "stop".to_string()),
+            usage: self.usage.take(),
+        }
+    }
+
+    /// Interprets one `data:` payload; returns a delta to pass on, if any.
+    fn event(&mut self, data: &str) -> Result<Option<String>, LlmError> {
+        let v: serde_json::Value = serde_json::from_str(data)
+            .map_err(|e| LlmError::Upstream(format!("unreadable upstream stream event: {e}")))?;
+        if let Some(msg) = v.get("error") {
+            let detail = msg["message"].as_str().unwrap_or("unknown error");
+            return Err(LlmError::Upstream(format!(
+                "upstream stream failed: {detail}"
+            )));
+        }
+        if let Some(m) = v["model"].as_str().filter(|m| !m.is_empty()) {
+            self.model = m.to_string();
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(Usage {
+                prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
+                completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
             });
         }
+        let choice = &v["choices"][0];
+        if let Some(r) = choice["finish_reason"].as_str() {
+            self.finish_reason = Some(r.to_string());
+        }
+        Ok(choice["delta"]["content"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+            .map(str::to_string))
+    }
+
+    async fn next(&mut self) -> Option<Result<Chunk, LlmError>> {
+        use futures::StreamExt as _;
+        if self.done {
+            return None;
+        }
+        loop {
+            while let Some(line) = self.line() {
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue; // comments, `event:`, `id:`, blank separators
+                };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    return Some(Ok(self.done()));
+                }
+                match self.event(data) {
+                    Ok(Some(delta)) => return Some(Ok(Chunk::Delta(delta))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            match self.body.next().await {
+                Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(transport_error(e).into_error()));
+                }
+                // The body ended without `[DONE]`: what arrived is the answer if the upstream
+                // said why it stopped, otherwise the stream was cut.
+                None if self.finish_reason.is_some() => return Some(Ok(self.done())),
+                None => {
+                    self.done = true;
+                    return Some(Err(LlmError::Upstream(
+                        "upstream stream ended early".to_string(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ChatModel for OpenAiChat {
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
+        self.attempt(request).await.map_err(Attempt::into_error)
+    }
+
+    async fn stream_attempt(&self, request: ChatRequest) -> Result<ChatStream, Attempt> {
+        let resp = self.send(&request, true).await?;
+        let state = SseChunks {
+            body: Box::pin(resp.bytes_stream()),
+            buf: Vec::new(),
+            done: false,
+            model: request.model,
+            finish_reason: None,
+            usage: None,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut s| async move { s.next().await.map(|c| (c, s)) },
+        )))
+    }
+
+    async fn attempt(&self, request: ChatRequest) -> Result<ChatResponse, Attempt> {
+        let bytes = self
+            .send(&request, false)
+            .await?
+            .bytes()
+            .await
+            .map_err(transport_error)?;
         let resp: CreateChatCompletionResponse = serde_json::from_slice(&bytes).map_err(|e| {
             Attempt::Failed(LlmError::Upstream(format!(
                 "unreadable upstream response: {e}"
             )))
         })?;
-        let content = resp
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .ok_or_else(|| {
-                Attempt::Failed(LlmError::Upstream(
-                    "upstream returned no answer".to_string(),
-                ))
-            })?;
+        let choice = resp.choices.into_iter().next().ok_or_else(|| {
+            Attempt::Failed(LlmError::Upstream(
+                "upstream returned no answer".to_string(),
+            ))
+        })?;
+        let content = choice.message.content.ok_or_else(|| {
+            Attempt::Failed(LlmError::Upstream(
+                "upstream returned no answer".to_string(),
+            ))
+        })?;
+        let finish_reason = choice
+            .finish_reason
+            .and_then(|r| serde_json::to_value(r).ok())
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "stop".to_string());
         let usage = resp
             .usage
             .map(|u| Usage {
@@ -160,6 +313,7 @@ impl ChatModel for OpenAiChat {
         Ok(ChatResponse {
             content,
             model: resp.model,
+            finish_reason,
             usage,
         })
     }

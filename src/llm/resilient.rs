@@ -12,7 +12,27 @@ use async_trait::async_trait;
 use rand::Rng as _;
 use tokio::time::Instant;
 
-use super::{Attempt, ChatModel, ChatRequest, ChatResponse, LlmError};
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+
+use super::{Attempt, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, LlmError};
+
+/// One call to an upstream, as [`ResilientChat::try_upstream`] repeats it.
+type Call<T> = for<'a> fn(&'a dyn ChatModel, ChatRequest) -> BoxFuture<'a, Result<T, Attempt>>;
+
+fn call_complete(
+    chat: &dyn ChatModel,
+    req: ChatRequest,
+) -> BoxFuture<'_, Result<ChatResponse, Attempt>> {
+    chat.attempt(req)
+}
+
+fn call_stream(
+    chat: &dyn ChatModel,
+    req: ChatRequest,
+) -> BoxFuture<'_, Result<ChatStream, Attempt>> {
+    chat.stream_attempt(req)
+}
 
 /// Retry and circuit-breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,12 +166,14 @@ impl ResilientChat {
     }
 
     /// Tries one upstream with retries. `Ok(Err(e))`: give up on everything (not retryable).
-    async fn try_upstream(
+    /// A stream counts as a success once the upstream accepted the request; a failure in the
+    /// middle of it is not retried (part of the answer may already be with the client).
+    async fn try_upstream<T>(
         &self,
-        index: usize,
         up: &Upstream,
         request: &ChatRequest,
-    ) -> Result<Result<ChatResponse, LlmError>, LlmError> {
+        call: Call<T>,
+    ) -> Result<Result<T, LlmError>, LlmError> {
         let p = &self.policy;
         let mut last = LlmError::Upstream(format!("circuit open for upstream {}", up.name));
         for attempt in 0..=p.retries {
@@ -167,12 +189,9 @@ impl ResilientChat {
             if let Some(m) = &up.model {
                 req.model = m.clone();
             }
-            match up.chat.attempt(req).await {
-                Ok(mut resp) => {
+            match call(up.chat.as_ref(), req).await {
+                Ok(resp) => {
                     up.breaker.success();
-                    if index > 0 {
-                        resp.model = format!("{}@{}", resp.model, up.name);
-                    }
                     return Ok(Ok(resp));
                 }
                 Err(Attempt::Fatal(e)) => {
@@ -210,8 +229,42 @@ impl ChatModel for ResilientChat {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
         let mut last = LlmError::Upstream("no upstream configured".to_string());
         for (i, up) in self.upstreams.iter().enumerate() {
-            match self.try_upstream(i, up, &request).await {
-                Ok(result) => return result,
+            match self.try_upstream(up, &request, call_complete).await {
+                Ok(Ok(mut resp)) => {
+                    if i > 0 {
+                        resp.model = format!("{}@{}", resp.model, up.name);
+                    }
+                    return Ok(resp);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LlmError> {
+        let mut last = LlmError::Upstream("no upstream configured".to_string());
+        for (i, up) in self.upstreams.iter().enumerate() {
+            match self.try_upstream(up, &request, call_stream).await {
+                Ok(Ok(stream)) if i == 0 => return Ok(stream),
+                Ok(Ok(stream)) => {
+                    // A fallback names itself in the answering model, as in `complete`.
+                    let name = up.name.clone();
+                    return Ok(Box::pin(stream.map(move |c| match c {
+                        Ok(Chunk::Done {
+                            model,
+                            finish_reason,
+                            usage,
+                        }) => Ok(Chunk::Done {
+                            model: format!("{model}@{name}"),
+                            finish_reason,
+                            usage,
+                        }),
+                        other => other,
+                    })));
+                }
+                Ok(Err(e)) => return Err(e),
                 Err(e) => last = e,
             }
         }
@@ -269,6 +322,7 @@ mod tests {
             Ok(ChatResponse {
                 content: "ok".into(),
                 model: request.model,
+                finish_reason: "stop".into(),
                 usage: Usage::default(),
             })
         }
@@ -290,6 +344,7 @@ mod tests {
             messages: vec![],
             max_tokens: 8,
             passages: vec![],
+            params: Default::default(),
         }
     }
 

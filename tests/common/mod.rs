@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tenantry::auth::keys::{Keyring, keyring_path};
 use tenantry::crd::TenantId;
@@ -95,7 +96,7 @@ async fn completions(
     }
     let user = body["messages"]
         .as_array()
-        .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+        .and_then(|m| m.iter().rfind(|m| m["role"] == "user"))
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_string();
@@ -126,6 +127,9 @@ async fn completions(
         }
     });
     let answer = format!("ANSWER[{model}]: {user}");
+    if body["stream"] == true {
+        return stream_answer(&body, &model, &answer, &user, scripted_usage);
+    }
     if let Some((p, c)) = scripted_usage {
         return Json(json!({
             "id": "chatcmpl-test",
@@ -160,6 +164,88 @@ async fn completions(
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7},
     }))
     .into_response()
+}
+
+/// The answer as server-sent events, one word per chunk. `[[chunk-delay:MS]]` waits between
+/// chunks; `[[cut-after:N]]` drops the connection after N words (no finish, no `[DONE]`). The
+/// usage chunk (only with `stream_options.include_usage`) reports the scripted usage, or the
+/// prompt's words and the number of chunks.
+fn stream_answer(
+    body: &Value,
+    model: &str,
+    answer: &str,
+    user: &str,
+    scripted_usage: Option<(u64, u64)>,
+) -> axum::response::Response {
+    let delay = marker(user, "chunk-delay")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let cut = marker(user, "cut-after").and_then(|v| v.parse::<usize>().ok());
+    let words: Vec<String> = answer
+        .split_whitespace()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 {
+                w.to_string()
+            } else {
+                format!(" {w}")
+            }
+        })
+        .collect();
+    let prompt_words = body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    m["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .count() as u64
+                })
+                .sum::<u64>()
+        })
+        .unwrap_or(0);
+    let (p, c) = scripted_usage.unwrap_or((prompt_words, words.len() as u64));
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1_700_000_000u64,
+                   "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for w in words.iter().take(cut.unwrap_or(usize::MAX)) {
+        events.push(chunk(json!({"content": w}), Value::Null));
+    }
+    if cut.is_none() {
+        events.push(chunk(json!({}), json!("stop")));
+        if body["stream_options"]["include_usage"] == true {
+            events.push(format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1_700_000_000u64,
+                       "model": model, "choices": [],
+                       "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
+            ));
+        }
+        events.push("data: [DONE]\n\n".to_string());
+    }
+    let stream =
+        futures::stream::iter(events.into_iter().enumerate()).then(move |(i, e)| async move {
+            if i > 1 && delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            Ok::<_, std::convert::Infallible>(e)
+        });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/event-stream"),
+    );
+    resp
 }
 
 /// The value of the first `[[name:value]]` marker in `text`.
