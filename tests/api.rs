@@ -676,6 +676,11 @@ async fn health_readiness_openapi_and_dev_token() {
     assert_eq!(s, StatusCode::OK);
     for path in [
         "/v1/chat",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1/embeddings",
+        "/v1/usage",
         "/v1/documents",
         "/v1/documents/{id}",
         "/healthz",

@@ -111,6 +111,8 @@ pub fn openapi_document() -> Value {
         },
         "content": {"application/json": {"schema": error}},
     });
+    let x_cache = json!({"description": "`hit` when the answer came from the tenant's semantic cache, `miss` otherwise", "schema": {"type": "string", "enum": ["hit", "miss"]}});
+    let with_cache_header = |description: &str, content: Value| json!({"description": description, "headers": {"X-Cache": x_cache.clone()}, "content": content});
     let map = |pairs: Vec<(&str, Value)>| {
         pairs
             .into_iter()
@@ -130,13 +132,60 @@ pub fn openapi_document() -> Value {
                 "summary": "Answer a question from the tenant's documents",
                 "requestBody": json_body(json!({"$ref": "#/components/schemas/ChatRequest"})),
                 "responses": common(map(vec![
-                    ("200", ok("Answer", json!({"$ref": "#/components/schemas/ChatResponse"}))),
+                    ("200", with_cache_header("Answer", json!({"application/json": {"schema": {"$ref": "#/components/schemas/ChatResponse"}}}))),
                     ("403", err("Tenant suspended or model not allowed")),
                     ("413", err("Body too large")),
                     ("422", err("Invalid body")),
                     ("429", rate_limited.clone()),
                     ("502", err("Upstream model failed")),
                     ("504", err("Upstream model timed out")),
+                ])),
+            }},
+            "/v1/chat/completions": {"post": {
+                "summary": "OpenAI-compatible chat completion (JSON, or server-sent `chat.completion.chunk` events with `stream: true`)",
+                "description": "OpenAI's request and response shapes; an OpenAI SDK works with `base_url=<endpoint>/v1` and the tenant JWT as API key. Text messages only (no tools, no images), n = 1. The `tenantry` object decides retrieval (`rag`, `top_k`); responses carry `tenantry.cached` and `tenantry.sources`. Invalid requests are 400 here.",
+                "requestBody": json_body(json!({"$ref": "#/components/schemas/CompletionRequest"})),
+                "responses": common(map(vec![
+                    ("200", with_cache_header("A `chat.completion` object, or an event stream ending with `data: [DONE]`", json!({
+                        "application/json": {"schema": {"type": "object", "required": ["id", "object", "created", "model", "choices", "usage"]}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    }))),
+                    ("400", err("Invalid request (`error.param` names the parameter)")),
+                    ("403", err("Tenant suspended or model not allowed")),
+                    ("413", err("Body too large")),
+                    ("429", rate_limited.clone()),
+                    ("502", err("Upstream model failed")),
+                    ("504", err("Upstream model timed out")),
+                ])),
+            }},
+            "/v1/models": {"get": {
+                "summary": "The models this tenant may use (chat models, then the embedding model)",
+                "responses": common(map(vec![
+                    ("200", ok("`{\"object\": \"list\", \"data\": [model]}`", json!({"type": "object", "required": ["object", "data"]}))),
+                ])),
+            }},
+            "/v1/models/{model}": {"get": {
+                "summary": "One model, if this tenant may use it",
+                "parameters": [{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": common(map(vec![
+                    ("200", ok("The model", json!({"type": "object", "required": ["id", "object", "owned_by"]}))),
+                    ("404", err("Not available to this tenant")),
+                ])),
+            }},
+            "/v1/embeddings": {"post": {
+                "summary": "OpenAI-compatible embeddings with serve's embedding model (charged to the tenant's tokens)",
+                "requestBody": json_body(json!({"type": "object", "required": ["input"], "properties": {
+                    "input": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "maxItems": 2048, "items": {"type": "string", "minLength": 1}}]},
+                    "model": {"type": "string"},
+                    "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                    "dimensions": {"type": "integer"},
+                    "user": {"type": "string"},
+                }})),
+                "responses": common(map(vec![
+                    ("200", ok("`{\"object\": \"list\", \"data\": [{\"object\": \"embedding\", \"index\", \"embedding\"}], \"model\", \"usage\"}`", json!({"type": "object", "required": ["object", "data", "model", "usage"]}))),
+                    ("400", err("Invalid request (`error.param` names the parameter)")),
+                    ("403", err("Tenant suspended or model not served")),
+                    ("429", rate_limited.clone()),
                 ])),
             }},
             "/v1/documents": {
@@ -190,7 +239,35 @@ pub fn openapi_document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
             "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message", "type", "param"], "properties": {
+                    "code": {"type": "string", "description": "Stable machine-readable code"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string", "description": "Class, as OpenAI names them", "enum": ["authentication_error", "permission_error", "not_found_error", "invalid_request_error", "rate_limit_error", "upstream_error", "server_error"]},
+                    "param": {"type": ["string", "null"], "description": "The request parameter at fault, when one is"},
+                }}}},
+                "CompletionRequest": {"type": "object", "required": ["messages"], "properties": {
+                    "model": {"type": "string", "description": "Default: the tenant's chat model"},
+                    "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"], "properties": {
+                        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+                        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]},
+                        "name": {"type": "string"},
+                    }}},
+                    "stream": {"type": "boolean"},
+                    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+                    "max_tokens": {"type": "integer", "minimum": 1, "description": "Lowered to the server's llm.maxTokens when above it"},
+                    "max_completion_tokens": {"type": "integer", "minimum": 1},
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                    "n": {"const": 1},
+                    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": 4, "items": {"type": "string"}}]},
+                    "seed": {"type": "integer"},
+                    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+                    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+                    "tenantry": {"type": "object", "additionalProperties": false, "properties": {
+                        "rag": {"type": "boolean", "description": "Add passages retrieved for the last user message (default: the tenant's retrieval.augmentCompletions)"},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
+                    }},
+                }},
                 "ChatRequest": {"type": "object", "required": ["question"], "additionalProperties": false, "properties": {
                     "question": {"type": "string", "minLength": 1},
                     "model": {"type": "string"},

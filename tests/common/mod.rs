@@ -651,3 +651,18 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// `scripts/python-env.sh <kind>`'s output (the venv's python, and for `llama` the model
+/// file); creates the environment on first use.
+pub fn python_env(kind: &str) -> Vec<String> {
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/python-env.sh"))
+        .arg(kind)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/python-env.sh");
+    assert!(out.status.success(), "scripts/python-env.sh {kind} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
