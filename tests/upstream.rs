@@ -125,3 +125,107 @@ async fn dead_endpoint_gives_502() {
     let logs = server.logs.lock().expect("lock").join("\n");
     assert!(logs.contains("circuit open"), "{logs}");
 }
+
+/// A flapping upstream: it fails its first 3 calls, then recovers. The breaker opens after 3
+/// consecutive failures (fail-fast, no call), lets one trial through after the cool-down, and
+/// closes again when the trial succeeds.
+#[tokio::test]
+async fn breaker_opens_then_closes_when_the_upstream_recovers() {
+    let llm = ScriptedLlm::start().await;
+    let yaml = format!(
+        "llm:\n  baseUrl: {}\n  retries: 0\n  breaker: {{failureThreshold: 3, cooldownSeconds: 1}}\n",
+        llm.base_url()
+    );
+    let (_dirs, server, token) = start("fail-first-3", &yaml).await;
+    for _ in 0..3 {
+        let (s, body) = server.chat(&token, "What is the refund policy?").await;
+        assert_upstream_error(s, &body);
+    }
+    assert_eq!(llm.calls(), 3);
+    let (s, body) = server.chat(&token, "What is the refund policy?").await;
+    assert_upstream_error(s, &body);
+    assert_eq!(llm.calls(), 3, "open: failed fast without a call");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, body) = server.chat(&token, "What is the refund policy?").await;
+    assert_eq!(s, StatusCode::OK, "half-open trial: {body}");
+    assert_eq!(llm.calls(), 4);
+    for i in 0..3 {
+        let (s, body) = server.chat(&token, &format!("Another question {i}")).await;
+        assert_eq!(s, StatusCode::OK, "closed again: {body}");
+    }
+    assert_eq!(llm.calls(), 7);
+}
+
+/// An upstream slower than `llm.timeoutSeconds`: 504 with an upstream-timeout error, not
+/// retried on the same upstream, and nothing charged.
+#[tokio::test]
+async fn a_slow_upstream_times_out_with_504() {
+    let llm = ScriptedLlm::start().await;
+    let yaml = format!(
+        "llm:\n  baseUrl: {}\n  timeoutSeconds: 1\n  retryBaseMs: 10\n",
+        llm.base_url()
+    );
+    let (_dirs, server, token) = start("slow", &yaml).await;
+    let (s, body) = server.chat(&token, "What is the refund policy?").await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
+    assert_eq!(
+        llm.calls(),
+        1,
+        "a timeout is not retried on the same upstream"
+    );
+    let (s, body) = server
+        .post(
+            "/v1/chat/completions",
+            &token,
+            serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "stream": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "stream: {body}");
+    let (_, usage) = server.get("/v1/usage", &token).await;
+    assert_eq!(usage["tokens_today"], 0, "{usage}");
+}
+
+/// Streamed completions go through the same retries and fallbacks: a primary that always
+/// fails is retried, then the fallback streams the answer and names itself in the model.
+#[tokio::test]
+async fn streams_are_retried_and_fall_back() {
+    let primary = ScriptedLlm::start().await;
+    let fallback = ScriptedLlm::start().await;
+    let yaml = format!(
+        "llm:\n  baseUrl: {}\n  retries: 1\n  retryBaseMs: 10\n  fallbacks:\n    - {{baseUrl: {}, model: fallback-ok}}\n",
+        primary.base_url(),
+        fallback.base_url()
+    );
+    let (_dirs, server, token) = start("fail-500", &yaml).await;
+    let r = server
+        .http
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(
+            &serde_json::json!({"messages": [{"role": "user", "content": "Stream it"}],
+                                  "stream": true, "stream_options": {"include_usage": true}}),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("body");
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect();
+    let answer: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(answer, "ANSWER[fallback-ok]: Stream it");
+    assert_eq!(
+        chunks.last().expect("usage chunk")["model"],
+        "fallback-ok@fallback-1"
+    );
+    assert_eq!(primary.calls(), 2, "first call + 1 retry on the primary");
+    assert_eq!(fallback.calls(), 1);
+}
