@@ -425,6 +425,8 @@ async fn completion(
     upstream: &mut Duration,
 ) -> Result<Response, ApiError> {
     let mut p = prepare(state, &caller, body)?;
+    // The offline responder can only answer from retrieved passages.
+    p.rag |= state.llm.offline();
     let tenant_id = caller.tenant.id.as_str().to_string();
     // The question: the last message, when it is the user's (the cache and retrieval use it).
     let question = p
@@ -525,7 +527,11 @@ async fn completion(
     } else {
         tokens::prompt_tokens(&request.model, &request.messages)
     };
-    let model = request.model.clone();
+    let model = if state.llm.offline() {
+        crate::llm::extractive::MODEL.to_string()
+    } else {
+        request.model.clone()
+    };
     let opened = state.llm.stream(request).instrument(span.clone()).await;
     if !state.llm.offline() {
         *upstream = started.elapsed();
