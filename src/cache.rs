@@ -112,6 +112,7 @@ pub async fn bump_docs_version(vectors: &TenantVectors) -> Result<(), VectorErro
     let mut payload = Map::new();
     payload.insert(TYPE_KEY.to_string(), json!(MARKER));
     payload.insert(MARKER.to_string(), json!(Uuid::new_v4().to_string()));
+    // Durable: a marker lost in a crash would bring back answers made for older documents.
     vectors
         .upsert(
             Kind::Cache,
@@ -219,8 +220,9 @@ pub async fn store(
     payload.insert("question_hash".to_string(), json!(key.question_hash));
     payload.insert("cache_key".to_string(), json!(key.cache_key));
     payload.insert(MARKER.to_string(), json!(key.docs_version));
+    // An entry can be rebuilt: it need not wait for a disk flush.
     vectors
-        .upsert(
+        .upsert_lazy(
             Kind::Cache,
             vec![Point {
                 id: Uuid::new_v4(),

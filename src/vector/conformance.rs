@@ -105,6 +105,7 @@ fn spec(multi_tenant: bool) -> CollectionSpec {
     CollectionSpec {
         dimension: DIM,
         multi_tenant,
+        keyword_indexes: &[],
     }
 }
 
@@ -533,6 +534,7 @@ async fn collection_lifecycle(h: &dyn Harness) {
     let other_dim = CollectionSpec {
         dimension: DIM * 2,
         multi_tenant: false,
+        keyword_indexes: &[],
     };
     assert!(matches!(
         b.ensure_collection(&name, &other_dim).await,
@@ -586,7 +588,8 @@ async fn wrong_dimension(h: &dyn Harness) {
             &format!("ct_{}_zero", h.run()),
             &CollectionSpec {
                 dimension: 0,
-                multi_tenant: false
+                multi_tenant: false,
+                keyword_indexes: &[],
             }
         )
         .await,

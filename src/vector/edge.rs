@@ -90,6 +90,41 @@ impl std::fmt::Debug for EdgeBackend {
 }
 
 impl EdgeBackend {
+    /// Upserts `points`, flushed when `flush`.
+    async fn upsert_with(
+        &self,
+        collection: &str,
+        points: Vec<Point>,
+        flush: bool,
+    ) -> Result<(), VectorError> {
+        let name = collection.to_string();
+        self.blocking(move |inner| {
+            let missing = || VectorError::Invalid(format!("collection {name} does not exist"));
+            let c = inner.get(&name)?.ok_or_else(missing)?;
+            if points.is_empty() {
+                return Ok(());
+            }
+            let mut list = Vec::with_capacity(points.len());
+            for p in points {
+                check_vector(&p.vector, c.dimension, &c.name)?;
+                list.push(qe::PointStructPersisted {
+                    id: qe::PointId::Uuid(p.id),
+                    vector: qe::VectorStructPersisted::Single(p.vector),
+                    payload: Some(qe::Payload(p.payload)),
+                });
+            }
+            let op = qe::UpdateOperation::PointOperation(qe::PointOperations::UpsertPoints(
+                qe::PointInsertOperations::PointsList(list),
+            ));
+            if c.write_with(op, flush)? {
+                Ok(())
+            } else {
+                Err(missing())
+            }
+        })
+        .await
+    }
+
     /// Opens (creating it if needed) the data directory `root` and locks it exclusively.
     ///
     /// Collections already on disk are loaded lazily on first use. Fails with
@@ -289,6 +324,12 @@ impl Collection {
     /// Applies `op` and flushes, serialised with all other writes to this collection.
     /// Returns `Ok(false)` if the collection was dropped meanwhile.
     fn write(&self, op: qe::UpdateOperation) -> Result<bool, VectorError> {
+        self.write_with(op, true)
+    }
+
+    /// Applies `op`, then flushes if `flush` (without: the operation is in the WAL, which a
+    /// restart replays, but not synced; the next flushed write syncs it).
+    fn write_with(&self, op: qe::UpdateOperation, flush: bool) -> Result<bool, VectorError> {
         let _writer = lock(&self.write);
         let guard = read(&self.shard);
         let Some(shard) = guard.as_ref() else {
@@ -296,13 +337,20 @@ impl Collection {
         };
         let result = shard.update(op).map_err(|e| map_err(shard.path(), e));
         // Flush even if the update failed: the operation may be in the WAL already.
-        shard.flush();
+        if flush {
+            shard.flush();
+        }
         result.map(|()| true)
     }
 
     /// Whether the tenant keyword index exists.
     fn has_tenant_index(&self) -> bool {
-        let Ok(path) = qe::JsonPath::try_from(TENANT_KEY) else {
+        self.has_index(TENANT_KEY)
+    }
+
+    /// Whether a payload index on `key` exists.
+    fn has_index(&self, key: &str) -> bool {
+        let Ok(path) = qe::JsonPath::try_from(key) else {
             return false;
         };
         read(&self.shard)
@@ -312,11 +360,16 @@ impl Collection {
 
     /// Creates a keyword index on [`TENANT_KEY`] with `is_tenant: true`.
     fn create_tenant_index(&self) -> Result<(), VectorError> {
+        self.create_keyword_index(TENANT_KEY, true)
+    }
+
+    /// Creates a keyword index on `key` (`is_tenant`: Qdrant's tenant-key optimisation).
+    fn create_keyword_index(&self, key: &str, is_tenant: bool) -> Result<(), VectorError> {
         let create: qe::CreateIndex = serde_json::from_value(serde_json::json!({
-            "field_name": TENANT_KEY,
-            "field_schema": {"type": "keyword", "is_tenant": true},
+            "field_name": key,
+            "field_schema": {"type": "keyword", "is_tenant": is_tenant},
         }))
-        .map_err(|e| VectorError::Invalid(format!("tenant index definition: {e}")))?;
+        .map_err(|e| VectorError::Invalid(format!("index definition for {key}: {e}")))?;
         let op =
             qe::UpdateOperation::FieldIndexOperation(qe::FieldIndexOperations::CreateIndex(create));
         self.write(op).map(|_| ())
@@ -386,6 +439,11 @@ impl Inner {
         if spec.multi_tenant && !collection.has_tenant_index() {
             collection.create_tenant_index()?;
         }
+        for key in spec.keyword_indexes {
+            if !collection.has_index(key) {
+                collection.create_keyword_index(key, false)?;
+            }
+        }
         Ok(())
     }
 
@@ -433,28 +491,11 @@ impl VectorBackend for EdgeBackend {
     }
 
     async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<(), VectorError> {
-        let name = collection.to_string();
-        self.blocking(move |inner| {
-            let missing = || VectorError::Invalid(format!("collection {name} does not exist"));
-            let c = inner.get(&name)?.ok_or_else(missing)?;
-            if points.is_empty() {
-                return Ok(());
-            }
-            let mut list = Vec::with_capacity(points.len());
-            for p in points {
-                check_vector(&p.vector, c.dimension, &c.name)?;
-                list.push(qe::PointStructPersisted {
-                    id: qe::PointId::Uuid(p.id),
-                    vector: qe::VectorStructPersisted::Single(p.vector),
-                    payload: Some(qe::Payload(p.payload)),
-                });
-            }
-            let op = qe::UpdateOperation::PointOperation(qe::PointOperations::UpsertPoints(
-                qe::PointInsertOperations::PointsList(list),
-            ));
-            if c.write(op)? { Ok(()) } else { Err(missing()) }
-        })
-        .await
+        self.upsert_with(collection, points, true).await
+    }
+
+    async fn upsert_lazy(&self, collection: &str, points: Vec<Point>) -> Result<(), VectorError> {
+        self.upsert_with(collection, points, false).await
     }
 
     async fn search(
@@ -628,6 +669,7 @@ mod tests {
         CollectionSpec {
             dimension: DIM,
             multi_tenant,
+            keyword_indexes: &[],
         }
     }
 
@@ -677,6 +719,7 @@ mod tests {
         let other_dim = CollectionSpec {
             dimension: 8,
             multi_tenant: false,
+            keyword_indexes: &[],
         };
         assert!(matches!(
             b.ensure_collection("docs", &other_dim).await,
@@ -717,6 +760,26 @@ mod tests {
         let params = serde_json::to_value(index.params.as_ref().unwrap()).unwrap();
         assert_eq!(params["type"], "keyword");
         assert_eq!(params["is_tenant"], true);
+    }
+
+    #[tokio::test]
+    async fn keyword_indexes_are_created_also_on_existing_collections() {
+        let (_dir, b, _points) = seeded("cache").await;
+        let c = b.inner.get("cache").unwrap().unwrap();
+        assert!(!c.has_index("text") && !c.has_index("question_hash"));
+        let with_indexes = CollectionSpec {
+            keyword_indexes: &["text", "question_hash"],
+            ..spec(true)
+        };
+        b.ensure_collection("cache", &with_indexes).await.unwrap();
+        b.ensure_collection("cache", &with_indexes).await.unwrap();
+        assert!(c.has_index("text") && c.has_index("question_hash"));
+        assert!(c.has_tenant_index());
+        // Points written before the index are in it.
+        let f = Filter::default().keyword("text", "acme-1");
+        assert_eq!(b.count("cache", &f).await.unwrap(), 1);
+        let (found, _) = b.scroll("cache", &f, 10, None).await.unwrap();
+        assert_eq!(found.len(), 1);
     }
 
     #[tokio::test]

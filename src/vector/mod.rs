@@ -108,6 +108,9 @@ pub struct CollectionSpec {
     /// Whether many tenants share the collection: backends that can, index [`TENANT_KEY`] as a
     /// tenant key (Qdrant's keyword index with `is_tenant: true`).
     pub multi_tenant: bool,
+    /// Payload keys matched exactly by lookups: each gets a keyword index, so a filtered read
+    /// does not scan every point's payload (indexes are added to existing collections too).
+    pub keyword_indexes: &'static [&'static str],
 }
 
 /// A vector database: collections of points with cosine distance.
@@ -123,6 +126,12 @@ pub trait VectorBackend: Send + Sync + 'static {
     async fn drop_collection(&self, name: &str) -> Result<(), VectorError>;
     /// Inserts or replaces points; durable on return.
     async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<(), VectorError>;
+    /// Inserts or replaces points that can be rebuilt (semantic-cache entries): visible to
+    /// reads on return, but the backend may skip waiting for them to be durable. The default
+    /// is [`VectorBackend::upsert`].
+    async fn upsert_lazy(&self, collection: &str, points: Vec<Point>) -> Result<(), VectorError> {
+        self.upsert(collection, points).await
+    }
     /// Nearest neighbours of `vector` among points matching `filter`, best first.
     async fn search(
         &self,
@@ -158,6 +167,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Payload keys lookups match exactly in this kind's collections (documents by id; cache
+    /// entries by type, key, document-set version and question hash, see `crate::cache`).
+    pub fn keyword_indexes(self) -> &'static [&'static str] {
+        match self {
+            Kind::Docs => &["document_id"],
+            Kind::Cache => &["cache_type", "cache_key", "docs_version", "question_hash"],
+        }
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             Kind::Docs => "docs",
@@ -236,11 +254,12 @@ impl TenantVectors {
 
     /// Ensures both collections exist.
     pub async fn ensure(&self) -> Result<(), VectorError> {
-        let spec = CollectionSpec {
-            dimension: self.dimension,
-            multi_tenant: self.isolation == Isolation::Partition,
-        };
         for kind in [Kind::Docs, Kind::Cache] {
+            let spec = CollectionSpec {
+                dimension: self.dimension,
+                multi_tenant: self.isolation == Isolation::Partition,
+                keyword_indexes: kind.keyword_indexes(),
+            };
             self.backend
                 .ensure_collection(&self.collection(kind), &spec)
                 .await?;
@@ -249,14 +268,28 @@ impl TenantVectors {
     }
 
     /// Stores points, stamping the tenant into each payload (overriding any caller value).
-    pub async fn upsert(&self, kind: Kind, mut points: Vec<Point>) -> Result<(), VectorError> {
+    pub async fn upsert(&self, kind: Kind, points: Vec<Point>) -> Result<(), VectorError> {
+        let points = self.stamped(points);
+        self.backend.upsert(&self.collection(kind), points).await
+    }
+
+    /// Like [`TenantVectors::upsert`] for points that can be rebuilt (see
+    /// [`VectorBackend::upsert_lazy`]).
+    pub async fn upsert_lazy(&self, kind: Kind, points: Vec<Point>) -> Result<(), VectorError> {
+        let points = self.stamped(points);
+        self.backend
+            .upsert_lazy(&self.collection(kind), points)
+            .await
+    }
+
+    fn stamped(&self, mut points: Vec<Point>) -> Vec<Point> {
         for p in &mut points {
             p.payload.insert(
                 TENANT_KEY.to_string(),
                 Value::String(self.tenant.as_str().to_string()),
             );
         }
-        self.backend.upsert(&self.collection(kind), points).await
+        points
     }
 
     /// Nearest neighbours among this tenant's points.

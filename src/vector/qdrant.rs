@@ -420,6 +420,18 @@ impl VectorBackend for QdrantBackend {
                 .await
                 .map_err(|e| self.map_err(&format!("create tenant index on {name}"), e))?;
         }
+        for key in spec.keyword_indexes {
+            if info.payload_schema.contains_key(*key) {
+                continue;
+            }
+            let index =
+                CreateFieldIndexCollectionBuilder::new(name, *key, FieldType::Keyword).wait(true);
+            self.inner
+                .client
+                .create_field_index(index)
+                .await
+                .map_err(|e| self.map_err(&format!("create index {key} on {name}"), e))?;
+        }
         Ok(())
     }
 
@@ -662,6 +674,7 @@ mod tests {
                 &CollectionSpec {
                     dimension: 4,
                     multi_tenant: true,
+                    keyword_indexes: &[],
                 },
             )
             .await
