@@ -3,100 +3,18 @@
 //!
 //! Run: `cargo bench --profile dev --bench chat` (dependencies are optimised in the dev
 //! profile; `TENANTRY_BENCH_REQUESTS`, default 300).
-use std::io::{BufRead as _, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use std::time::Instant;
+
+use common::percentile;
 
 #[tokio::main]
 async fn main() {
-    tenantry::install_crypto_provider();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let n: usize = std::env::var("TENANTRY_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    let model = Command::new(root.join("scripts/install-model.sh"))
-        .output()
-        .expect("install model");
-    let model_dir = String::from_utf8_lossy(&model.stdout).trim().to_string();
-    let data = tempfile::tempdir().expect("tmp");
-    // The sample tenants, with limits high enough not to rate-limit the benchmark.
-    let tenants = data.path().join("tenants");
-    std::fs::create_dir_all(&tenants).expect("mkdir");
-    for t in ["acme", "globex"] {
-        let text =
-            std::fs::read_to_string(root.join(format!("config/tenants/{t}.yaml"))).expect("sample");
-        let text = text.replace(
-            "spec:\n",
-            "spec:\n  quota: {dailyTokens: 1000000000, requestsPerMinute: 1000000, tokensPerMinute: 1000000000, maxConcurrentRequests: 1000}\n",
-        );
-        std::fs::write(tenants.join(format!("{t}.yaml")), text).expect("write");
-    }
-    let bin = env!("CARGO_BIN_EXE_tenantry");
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--tenants")
-        .arg(&tenants)
-        .env("TENANTRY_MODEL_DIR", &model_dir)
-        .env("RUST_LOG", "warn,tenantry::serve=info")
-        .env_remove("OPENAI_BASE_URL")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut addr = String::new();
-    for line in lines.by_ref().map_while(Result::ok) {
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "listening" {
-            addr = v["addr"].as_str().unwrap_or_default().to_string();
-            break;
-        }
-    }
-    // Keep draining the server's log so it never blocks or fails on a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let n = common::requests(300);
+    let serve = common::Serve::start(None).await;
+    let (addr, tokens) = (serve.addr.clone(), serve.tokens.clone());
     let http = reqwest::Client::new();
-    let mut tokens = Vec::new();
-    for tenant in ["acme", "globex"] {
-        let out = Command::new(bin)
-            .args(["token", "--tenant", tenant, "--sub", "bench"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--tenants")
-            .arg(&tenants)
-            .output()
-            .expect("token");
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        for doc in std::fs::read_dir(root.join("config/documents").join(tenant))
-            .expect("docs")
-            .flatten()
-        {
-            let text = std::fs::read_to_string(doc.path()).expect("read");
-            let r = http
-                .post(format!("http://{addr}/v1/documents"))
-                .bearer_auth(&token)
-                .json(
-                    &serde_json::json!({"text": text, "title": doc.file_name().to_string_lossy()}),
-                )
-                .send()
-                .await
-                .expect("ingest");
-            assert!(r.status().is_success());
-        }
-        tokens.push(token);
-    }
     let questions = [
         "What is the refund policy?",
         "How long does shipping take?",
@@ -151,8 +69,5 @@ async fn main() {
         "8 concurrent clients: {n} requests in {secs:.2} s = {:.0} requests/s",
         n as f64 / secs
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async { child.wait() }).await;
+    serve.stop().await;
 }
