@@ -229,13 +229,18 @@ async fn completions_with_and_without_streaming() {
     assert_eq!(tokens_today(&server, &token).await, 16 + 29 + 5);
 }
 
-/// The semantic cache serves completions per tenant: A's repeat and paraphrase hit (also
-/// streamed), B's identical question misses; another system prompt, `no-cache` and a new
-/// document miss.
+/// The semantic cache serves completions per tenant, in both isolation modes: A's repeat and
+/// paraphrase hit (also streamed), B's identical question misses; another system prompt,
+/// `no-cache` and a new document miss.
 #[tokio::test]
 async fn completion_cache_is_per_tenant() {
+    completion_cache_is_per_tenant_in("").await;
+    completion_cache_is_per_tenant_in("  retrieval: {isolation: Partition}\n").await;
+}
+
+async fn completion_cache_is_per_tenant_in(spec: &str) {
     let llm = ScriptedLlm::start().await;
-    let (dirs, server) = start(&[("acme", ""), ("globex", "")], &llm).await;
+    let (dirs, server) = start(&[("acme", spec), ("globex", spec)], &llm).await;
     let acme = dirs.token("acme", "alice");
     let globex = dirs.token("globex", "bob");
     let ask = |q: &str| json!({"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, user(q)]});
