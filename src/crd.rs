@@ -253,6 +253,30 @@ pub enum Algorithm {
     HS256,
 }
 
+/// Whether a JWKS URL is acceptable: HTTPS, or plain HTTP on the loopback interface (the
+/// same rule as the CRD's pattern).
+pub fn jwks_uri_ok(uri: &str) -> bool {
+    if let Some(rest) = uri.strip_prefix("https://") {
+        return !rest.is_empty() && !rest.starts_with(['/', '?', '#']);
+    }
+    let Some(rest) = uri.strip_prefix("http://") else {
+        return false;
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..host_end];
+    let host = match authority.rsplit_once(':') {
+        Some((h, port))
+            if !h.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            h
+        }
+        Some((_, _)) if authority == "[::1]" => authority,
+        Some(_) => return false,
+        None => authority,
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
 /// An external OIDC issuer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -260,8 +284,10 @@ pub struct Issuer {
     /// Expected `iss` claim.
     #[schemars(length(min = 1))]
     pub issuer: String,
-    /// URL of the issuer's JWKS.
-    #[schemars(regex(pattern = r"^https://"))]
+    /// URL of the issuer's JWKS: HTTPS (plain HTTP only on the loopback interface).
+    #[schemars(regex(
+        pattern = r"^(https://[^/?#]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/|$))"
+    ))]
     pub jwks_uri: String,
     /// Expected `aud` claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -637,6 +663,30 @@ impl Tenant {
                 format!("{r:?} is not a duration like 720h"),
             );
         }
+        for (i, issuer) in s.auth.issuers.iter().enumerate() {
+            if issuer.issuer.is_empty() {
+                bad(
+                    &format!("spec.auth.issuers[{i}].issuer"),
+                    "must not be empty".to_string(),
+                );
+            }
+            if s.auth.issuers[..i]
+                .iter()
+                .any(|o| o.issuer == issuer.issuer)
+            {
+                bad(
+                    &format!("spec.auth.issuers[{i}].issuer"),
+                    format!("{:?} is listed twice", issuer.issuer),
+                );
+            }
+            if !jwks_uri_ok(&issuer.jwks_uri) {
+                bad(
+                    &format!("spec.auth.issuers[{i}].jwksUri"),
+                    "must be an https:// URL (http:// only on 127.0.0.1, localhost or [::1])"
+                        .to_string(),
+                );
+            }
+        }
         if let Some(r) = &s.api.replicas
             && (r.min < 1 || r.max < 1 || r.min > r.max)
         {
@@ -669,6 +719,31 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jwks_uris_are_https_or_loopback_http() {
+        for ok in [
+            "https://idp.example.com/.well-known/jwks.json",
+            "https://idp.example.com",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9000/keys",
+            "http://[::1]",
+        ] {
+            assert!(jwks_uri_ok(ok), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com/jwks",
+            "http://127.0.0.1@evil.example.com/",
+            "http://evil.example.com:80@127.0.0.1/",
+            "http://127.0.0.1.evil.example.com/",
+            "https:///jwks",
+            "ftp://127.0.0.1/",
+            "",
+        ] {
+            assert!(!jwks_uri_ok(bad), "{bad}");
+        }
+    }
 
     fn tenant(yaml: &str) -> Tenant {
         serde_saphyr::from_str(yaml).expect("valid yaml")

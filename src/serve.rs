@@ -169,6 +169,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
         config: Arc::new(config),
         dev: args.dev,
         quota,
+        jwks: Arc::new(crate::auth::oidc::JwksCache::new()),
     })
 }
 

@@ -324,6 +324,23 @@ impl KeyLookup for Registry {
     fn tenant_keys(&self, tenant: &TenantId) -> Option<Arc<TenantKeys>> {
         self.read().tenants.get(tenant).map(|t| t.keys.clone())
     }
+
+    fn tenant_issuers(&self, tenant: &TenantId) -> Vec<crate::crd::Issuer> {
+        self.read()
+            .tenants
+            .get(tenant)
+            .map(|t| t.spec.auth.issuers.clone())
+            .unwrap_or_default()
+    }
+
+    fn issuer_tenants(&self, iss: &str) -> Vec<TenantId> {
+        self.read()
+            .tenants
+            .values()
+            .filter(|t| t.spec.auth.issuers.iter().any(|i| i.issuer == iss))
+            .map(|t| t.id.clone())
+            .collect()
+    }
 }
 
 fn parse_manifests(file: &Path) -> Result<Vec<Doc>, String> {

@@ -134,6 +134,11 @@ async fn api_server_refuses_invalid_tenants_with_clear_messages() {
             json!({"tier": "pro", "auth": {"algorithm": "RS256"}}),
             "spec.auth.algorithm",
         ),
+        (
+            "JWKS over plain HTTP",
+            json!({"tier": "pro", "auth": {"issuers": [{"issuer": "https://idp.example.com", "jwksUri": "http://idp.example.com/jwks"}]}}),
+            "spec.auth.issuers[0].jwksUri",
+        ),
     ];
     for (what, spec, needle) in cases {
         let obj: DynamicObject = serde_json::from_value(json!({

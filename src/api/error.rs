@@ -93,6 +93,7 @@ impl ApiError {
     /// HTTP status of this error.
     pub fn status_code(&self) -> StatusCode {
         match self {
+            Self::Unauthorized(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Suspended | Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -113,6 +114,7 @@ impl ApiError {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Unauthorized(AuthError::KeysUnavailable) => "issuer_keys_unavailable",
             Self::Unauthorized(_) => "unauthorized",
             Self::Suspended => "tenant_suspended",
             Self::ModelNotAllowed(_) => "model_not_allowed",
@@ -138,6 +140,7 @@ impl ApiError {
     /// matching exception.
     pub fn error_type(&self) -> &'static str {
         match self {
+            Self::Unauthorized(AuthError::KeysUnavailable) => "server_error",
             Self::Unauthorized(_) => "authentication_error",
             Self::Suspended | Self::ModelNotAllowed(_) => "permission_error",
             Self::NotFound(_) => "not_found_error",

@@ -49,6 +49,8 @@ pub struct AppState {
     pub dev: bool,
     /// Quotas and rate limits (Redis or in-process).
     pub quota: Quota,
+    /// Keys of the tenants' external token issuers.
+    pub jwks: Arc<auth::oidc::JwksCache>,
 }
 
 /// An authenticated request: the verified principal, its tenant's configuration, and the
@@ -67,7 +69,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let span = tracing::info_span!("auth", tenant_id = tracing::field::Empty);
-        let caller = span.in_scope(|| authenticate(parts, state))?;
+        let caller = authenticate(parts, state).instrument(span.clone()).await?;
         let tenant_id = caller.principal.tenant.as_str();
         span.record("tenant_id", tenant_id);
         // The request span (see `access_log`): every later log line names the tenant.
@@ -77,13 +79,13 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// Verifies the bearer token and resolves the caller's tenant.
-fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     let header = parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let token = auth::bearer(header)?;
-    let principal = auth::verify(token, state.registry.as_ref())?;
+    let principal = auth::verify_any(token, state.registry.as_ref(), &state.jwks).await?;
     let tenant = state
         .registry
         .get(&principal.tenant)

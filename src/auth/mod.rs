@@ -8,8 +8,12 @@
 //! - the signature verifies with that key, `exp` is present and not past (30 s leeway), `sub`
 //!   is present.
 //!
+//! Tokens of a tenant's external OIDC issuers (`spec.auth.issuers`) are verified by [`oidc`]
+//! with the issuer's published keys; see [`verify_any`].
+//!
 //! The tenant scope of every request comes only from here.
 pub mod keys;
+pub mod oidc;
 
 use std::sync::Arc;
 
@@ -57,6 +61,9 @@ pub enum AuthError {
     /// A required claim is missing or malformed.
     #[error("invalid token claims: {0}")]
     Claims(String),
+    /// The token's issuer publishes its keys at a JWKS that cannot be fetched (HTTP 503).
+    #[error("the token issuer's keys are unavailable; try again later")]
+    KeysUnavailable,
 }
 
 /// The keys that verify one tenant's tokens.
@@ -85,11 +92,76 @@ impl TenantKeys {
 pub trait KeyLookup: Send + Sync {
     /// The tenant's keys, or `None` for an unknown tenant.
     fn tenant_keys(&self, tenant: &TenantId) -> Option<Arc<TenantKeys>>;
+    /// The external issuers configured for a tenant.
+    fn tenant_issuers(&self, _tenant: &TenantId) -> Vec<crate::crd::Issuer> {
+        Vec::new()
+    }
+    /// The tenants that configure `iss` as an external issuer.
+    fn issuer_tenants(&self, _iss: &str) -> Vec<TenantId> {
+        Vec::new()
+    }
 }
 
 #[derive(Deserialize)]
 struct UnverifiedTenant {
     tenant_id: Option<String>,
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+/// The unverified `tenant_id` and `iss` of a token (only to choose which keys to try).
+fn unverified(token: &str) -> Result<UnverifiedTenant, AuthError> {
+    let payload = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::Malformed)?;
+    serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)
+}
+
+/// A token's verification error, as an [`AuthError`].
+fn decode_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => AuthError::Expired,
+        K::InvalidSignature => AuthError::Signature,
+        K::InvalidAlgorithm => AuthError::Algorithm,
+        K::InvalidIssuer => AuthError::Claims("iss is not the configured issuer".to_string()),
+        K::InvalidAudience => AuthError::Claims("aud is not the configured audience".to_string()),
+        K::MissingRequiredClaim(c) => AuthError::Claims(format!("{c} is required")),
+        K::InvalidClaimFormat(c) => AuthError::Claims(format!("{c} is malformed")),
+        _ => AuthError::Malformed,
+    }
+}
+
+/// Verifies a token of the tenant's own keys or of one of its external issuers: a token whose
+/// `iss` is an issuer configured for the tenant it names (or, naming none, for exactly one
+/// tenant) is verified with that issuer's JWKS; any other token with the tenant's keyring
+/// ([`verify`]).
+pub async fn verify_any(
+    token: &str,
+    lookup: &dyn KeyLookup,
+    jwks: &oidc::JwksCache,
+) -> Result<Principal, AuthError> {
+    let claimed = unverified(token)?;
+    if let Some(iss) = claimed.iss.as_deref() {
+        let tenant = match claimed.tenant_id.as_deref() {
+            Some(t) => TenantId::parse(t).ok(),
+            None => match lookup.issuer_tenants(iss).as_slice() {
+                [only] => Some(only.clone()),
+                // No tenant claim and an issuer shared by several tenants: no scope to give.
+                _ => None,
+            },
+        };
+        if let Some(tenant) = tenant
+            && let Some(issuer) = lookup
+                .tenant_issuers(&tenant)
+                .into_iter()
+                .find(|i| i.issuer == iss)
+        {
+            return oidc::verify(token, tenant, &issuer, jwks).await;
+        }
+    }
+    verify(token, lookup)
 }
 
 /// Extracts the token from an `Authorization` header value.
@@ -114,12 +186,7 @@ pub fn verify(token: &str, lookup: &dyn KeyLookup) -> Result<Principal, AuthErro
 
     // Which tenant's keys to try comes from the unverified payload; the signature check below
     // then proves the key belongs to that tenant, because only that tenant's keys are tried.
-    let payload = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
-    let payload = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| AuthError::Malformed)?;
-    let claimed: UnverifiedTenant =
-        serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
+    let claimed = unverified(token)?;
     let tenant = claimed
         .tenant_id
         .as_deref()
@@ -141,17 +208,7 @@ pub fn verify(token: &str, lookup: &dyn KeyLookup) -> Result<Principal, AuthErro
     validation.leeway = LEEWAY_SECS;
     validation.validate_exp = true;
     validation.set_required_spec_claims(&["exp", "sub"]);
-    let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind as K;
-        match e.kind() {
-            K::ExpiredSignature => AuthError::Expired,
-            K::InvalidSignature => AuthError::Signature,
-            K::InvalidAlgorithm => AuthError::Algorithm,
-            K::MissingRequiredClaim(c) => AuthError::Claims(format!("{c} is required")),
-            K::InvalidClaimFormat(c) => AuthError::Claims(format!("{c} is malformed")),
-            _ => AuthError::Malformed,
-        }
-    })?;
+    let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(decode_error)?;
     let claims = data.claims;
     if claims.tenant_id != tenant.as_str() {
         return Err(AuthError::Claims("tenant_id mismatch".to_string()));
