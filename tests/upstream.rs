@@ -229,3 +229,41 @@ async fn streams_are_retried_and_fall_back() {
     assert_eq!(primary.calls(), 2, "first call + 1 retry on the primary");
     assert_eq!(fallback.calls(), 1);
 }
+
+/// A stream longer than `llm.timeoutSeconds` that keeps producing is not cut: for streams the
+/// timeout bounds each wait for data. One that stalls longer than that is.
+#[tokio::test]
+async fn streams_time_out_when_idle_not_when_long() {
+    let llm = ScriptedLlm::start().await;
+    let yaml = format!("llm:\n  baseUrl: {}\n  timeoutSeconds: 1\n", llm.base_url());
+    let (_dirs, server, token) = start("gpt-4o-mini", &yaml).await;
+    let stream = |question: &str| {
+        server
+            .http
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("cache-control", "no-cache")
+            .json(&serde_json::json!({"messages": [{"role": "user", "content": question}], "stream": true}))
+            .send()
+    };
+    // 8 words, 400 ms apart: 2.8 s in all, never idle for 1 s.
+    let long = "[[chunk-delay:400]] one two three four five six";
+    let body = stream(long)
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(body.contains("\"six\"") || body.contains(" six"), "{body}");
+    // A stall of 1.5 s between words: cut with an error event.
+    let stalled = "[[chunk-delay:1500]] one two";
+    let body = stream(stalled)
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(!body.contains("[DONE]"), "{body}");
+    assert!(body.contains("upstream_error"), "{body}");
+}

@@ -13,13 +13,16 @@ use super::{Attempt, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, Ll
 /// Client of one OpenAI-compatible endpoint.
 pub struct OpenAiChat {
     http: reqwest::Client,
+    /// For streams: the timeout bounds each wait for data, not the whole answer.
+    stream_http: reqwest::Client,
     url: String,
     api_key: Option<String>,
 }
 
 impl OpenAiChat {
     /// A client of `base_url` (e.g. `http://127.0.0.1:8080/v1`) with an optional API key and a
-    /// per-call timeout (connect timeout: 10 s or less).
+    /// timeout: of a whole call, or for a stream of each wait for data (connect timeout: 10 s or
+    /// less).
     pub fn new(
         base_url: &str,
         api_key: Option<String>,
@@ -41,8 +44,14 @@ impl OpenAiChat {
             .connect_timeout(connect_timeout.min(timeout))
             .build()
             .map_err(|e| LlmError::Upstream(format!("cannot build HTTP client: {e}")))?;
+        let stream_http = reqwest::Client::builder()
+            .read_timeout(timeout)
+            .connect_timeout(connect_timeout.min(timeout))
+            .build()
+            .map_err(|e| LlmError::Upstream(format!("cannot build HTTP client: {e}")))?;
         Ok(Self {
             http,
+            stream_http,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key: api_key.filter(|k| !k.is_empty()),
         })
@@ -110,7 +119,12 @@ impl OpenAiChat {
         let req: CreateChatCompletionRequest = serde_json::from_value(body).map_err(|e| {
             Attempt::Fatal(LlmError::Upstream(format!("cannot build request: {e}")))
         })?;
-        let mut builder = self.http.post(&self.url).json(&req);
+        let client = if stream {
+            &self.stream_http
+        } else {
+            &self.http
+        };
+        let mut builder = client.post(&self.url).json(&req);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
