@@ -327,8 +327,9 @@ impl Collection {
         self.write_with(op, true)
     }
 
-    /// Applies `op`, then flushes if `flush` (without: the operation is in the WAL, which a
-    /// restart replays, but not synced; the next flushed write syncs it).
+    /// Applies `op`, then flushes if `flush`. Without a flush the operation is in the in-memory
+    /// segments only (qdrant-edge does not replay its WAL): the next flushed write, or a clean
+    /// shutdown, persists it; a crash before that loses it.
     fn write_with(&self, op: qe::UpdateOperation, flush: bool) -> Result<bool, VectorError> {
         let _writer = lock(&self.write);
         let guard = read(&self.shard);
