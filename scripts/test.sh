@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tenantry/target}"
 TENANTRY_MODEL_DIR="$(scripts/install-model.sh)"
 export TENANTRY_MODEL_DIR
-# Python peers of the test suites: the official openai SDK, and llama-cpp-python's server with
-# SmolLM2-135M (compiled from source on the first run, then cached).
+# Python peers of the test suites: the official openai SDK, schemathesis, and llama-cpp-python's
+# server with SmolLM2-135M (compiled from source on the first run, then cached).
 scripts/python-env.sh sdk >/dev/null
+scripts/python-env.sh schemathesis >/dev/null
 scripts/python-env.sh llama >/dev/null
 # The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build).
 eval "$(scripts/kube-test-env.sh start)"

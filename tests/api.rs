@@ -453,6 +453,16 @@ async fn bad_input_is_refused_with_json_errors() {
             raw("question=hi", "application/x-www-form-urlencoded").await,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ),
+        (
+            "an array, not an object",
+            raw("[\"What is the refund policy?\"]", "application/json").await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "integer written as a float with a fraction",
+            raw("{\"question\": \"q\", \"top_k\": 2.5}", "application/json").await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
     ];
     for (name, resp, want) in cases {
         let (status, body) = common::status_json(resp.expect("send")).await;
@@ -478,6 +488,11 @@ async fn bad_input_is_refused_with_json_errors() {
         .post("/v1/chat", &t, json!({"question": "q", "top_k": 0}))
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // JSON Schema's integer: 2.0 is 2.
+    let (s, body) = server
+        .post("/v1/chat", &t, json!({"question": "q", "top_k": 2.0}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
     let (s, body) = server
         .post("/v1/chat", &t, json!({"question": "q", "model": "gpt-4o"}))
         .await;

@@ -24,7 +24,7 @@ pub struct ChatBody {
     #[serde(default)]
     pub model: Option<String>,
     /// Passages to retrieve (1..=50); the tenant's `retrieval.topK` when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::opt_int")]
     pub top_k: Option<i32>,
 }
 

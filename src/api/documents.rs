@@ -28,12 +28,17 @@ pub struct IngestRequest {
     /// Optional title.
     #[serde(default)]
     pub title: Option<String>,
-    /// Free-form metadata (a JSON object), returned with the document and its sources.
-    #[serde(default)]
+    /// Free-form metadata (a JSON object; null is none), returned with the document and its
+    /// sources.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub metadata: Map<String, Value>,
     /// Optional id (UUID): ingesting again under the same id replaces the document.
     #[serde(default)]
     pub id: Option<Uuid>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+    Ok(Option::<Map<String, Value>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Response of `POST /v1/documents`.

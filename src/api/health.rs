@@ -77,12 +77,16 @@ pub async fn dev_token(
 }
 
 /// The OpenAPI 3.1 description of the API.
-pub async fn openapi() -> impl IntoResponse {
-    ApiJson(openapi_document())
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    ApiJson(openapi_document(
+        state.embedder.model(),
+        state.embedder.dimension(),
+    ))
 }
 
-/// The OpenAPI document served at `/openapi.json`.
-pub fn openapi_document() -> Value {
+/// The OpenAPI document served at `/openapi.json`, for a server whose embedding model is
+/// `embedding_model` with `dimension` dimensions.
+pub fn openapi_document(embedding_model: &str, dimension: usize) -> Value {
     let error = json!({"$ref": "#/components/schemas/Error"});
     let err = |description: &str| json!({"description": description, "content": {"application/json": {"schema": error}}});
     let json_body = |schema: Value| json!({"required": true, "content": {"application/json": {"schema": schema}}});
@@ -119,7 +123,7 @@ pub fn openapi_document() -> Value {
             .map(|(k, v)| (k.to_string(), v))
             .collect::<serde_json::Map<_, _>>()
     };
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "tenantry chat API",
@@ -135,6 +139,7 @@ pub fn openapi_document() -> Value {
                     ("200", with_cache_header("Answer", json!({"application/json": {"schema": {"$ref": "#/components/schemas/ChatResponse"}}}))),
                     ("403", err("Tenant suspended or model not allowed")),
                     ("413", err("Body too large")),
+                    ("415", err("Body is not JSON")),
                     ("422", err("Invalid body")),
                     ("429", rate_limited.clone()),
                     ("502", err("Upstream model failed")),
@@ -148,11 +153,12 @@ pub fn openapi_document() -> Value {
                 "responses": common(map(vec![
                     ("200", with_cache_header("A `chat.completion` object, or an event stream ending with `data: [DONE]`", json!({
                         "application/json": {"schema": {"type": "object", "required": ["id", "object", "created", "model", "choices", "usage"]}},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string", "description": "A `chat.completion.chunk` as JSON, an `{\"error\"}` object, or `[DONE]`"}}}},
                     }))),
                     ("400", err("Invalid request (`error.param` names the parameter)")),
                     ("403", err("Tenant suspended or model not allowed")),
                     ("413", err("Body too large")),
+                    ("415", err("Body is not JSON")),
                     ("429", rate_limited.clone()),
                     ("502", err("Upstream model failed")),
                     ("504", err("Upstream model timed out")),
@@ -174,17 +180,19 @@ pub fn openapi_document() -> Value {
             }},
             "/v1/embeddings": {"post": {
                 "summary": "OpenAI-compatible embeddings with serve's embedding model (charged to the tenant's tokens)",
-                "requestBody": json_body(json!({"type": "object", "required": ["input"], "properties": {
+                "requestBody": json_body(json!({"type": "object", "required": ["input"], "additionalProperties": false, "properties": {
                     "input": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "maxItems": 2048, "items": {"type": "string", "minLength": 1}}]},
-                    "model": {"type": "string"},
+                    "model": {"type": "string", "enum": [embedding_model]},
                     "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-                    "dimensions": {"type": "integer"},
+                    "dimensions": {"type": "integer", "enum": [dimension]},
                     "user": {"type": "string"},
                 }})),
                 "responses": common(map(vec![
                     ("200", ok("`{\"object\": \"list\", \"data\": [{\"object\": \"embedding\", \"index\", \"embedding\"}], \"model\", \"usage\"}`", json!({"type": "object", "required": ["object", "data", "model", "usage"]}))),
                     ("400", err("Invalid request (`error.param` names the parameter)")),
                     ("403", err("Tenant suspended or model not served")),
+                    ("413", err("Body too large")),
+                    ("415", err("Body is not JSON")),
                     ("429", rate_limited.clone()),
                 ])),
             }},
@@ -195,6 +203,7 @@ pub fn openapi_document() -> Value {
                     "responses": common(map(vec![
                         ("201", ok("Stored", json!({"$ref": "#/components/schemas/IngestResponse"}))),
                         ("413", err("Body too large")),
+                        ("415", err("Body is not JSON")),
                         ("422", err("Invalid body")),
                     ])),
                 },
@@ -206,6 +215,7 @@ pub fn openapi_document() -> Value {
                     ],
                     "responses": common(map(vec![
                         ("200", ok("A page of documents", json!({"$ref": "#/components/schemas/DocumentList"}))),
+                        ("422", err("Invalid query parameters")),
                     ])),
                 },
             },
@@ -245,32 +255,40 @@ pub fn openapi_document() -> Value {
                     "type": {"type": "string", "description": "Class, as OpenAI names them", "enum": ["authentication_error", "permission_error", "not_found_error", "invalid_request_error", "rate_limit_error", "upstream_error", "server_error"]},
                     "param": {"type": ["string", "null"], "description": "The request parameter at fault, when one is"},
                 }}}},
-                "CompletionRequest": {"type": "object", "required": ["messages"], "properties": {
+                "CompletionRequest": {"type": "object", "required": ["messages"], "additionalProperties": false,
+                    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+                    "then": {"required": ["stream"], "properties": {"stream": {"const": true}}},
+                    "properties": {
                     "model": {"type": "string", "description": "Default: the tenant's chat model"},
-                    "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"], "properties": {
+                    "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"], "additionalProperties": false, "properties": {
                         "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
                         "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]},
                         "name": {"type": "string"},
                     }}},
                     "stream": {"type": "boolean"},
                     "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-                    "max_tokens": {"type": "integer", "minimum": 1, "description": "Lowered to the server's llm.maxTokens when above it"},
-                    "max_completion_tokens": {"type": "integer", "minimum": 1},
+                    "max_tokens": {"type": "integer", "minimum": 1, "maximum": i64::MAX, "description": "Lowered to the server's llm.maxTokens when above it"},
+                    "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": i64::MAX},
                     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                     "top_p": {"type": "number", "minimum": 0, "maximum": 1},
                     "n": {"const": 1},
                     "stop": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": 4, "items": {"type": "string"}}]},
-                    "seed": {"type": "integer"},
+                    "seed": {"type": "integer", "minimum": i64::MIN, "maximum": i64::MAX},
                     "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                     "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                     "tenantry": {"type": "object", "additionalProperties": false, "properties": {
                         "rag": {"type": "boolean", "description": "Add passages retrieved for the last user message (default: the tenant's retrieval.augmentCompletions)"},
                         "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
                     }},
+                    "user": {"description": "Accepted and ignored"},
+                    "store": {"description": "Accepted and ignored"},
+                    "metadata": {"description": "Accepted and ignored"},
+                    "service_tier": {"description": "Accepted and ignored"},
+                    "parallel_tool_calls": {"description": "Accepted and ignored"},
                 }},
                 "ChatRequest": {"type": "object", "required": ["question"], "additionalProperties": false, "properties": {
-                    "question": {"type": "string", "minLength": 1},
-                    "model": {"type": "string"},
+                    "question": {"type": "string", "minLength": 1, "pattern": "\\S"},
+                    "model": {"type": ["string", "null"]},
                     "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
                 }},
                 "ChatResponse": {"type": "object", "required": ["answer", "tenant_id", "model", "sources", "cached", "usage"], "properties": {
@@ -305,10 +323,10 @@ pub fn openapi_document() -> Value {
                     "tokens_per_minute": {"type": "integer"}, "concurrent_requests": {"type": "integer"},
                 }},
                 "IngestRequest": {"type": "object", "required": ["text"], "additionalProperties": false, "properties": {
-                    "text": {"type": "string", "minLength": 1},
+                    "text": {"type": "string", "minLength": 1, "pattern": "\\S"},
                     "title": {"type": "string", "maxLength": 512},
                     "metadata": {"type": "object"},
-                    "id": {"type": "string", "format": "uuid", "description": "Ingesting again under the same id replaces the document"},
+                    "id": {"type": ["string", "null"], "format": "uuid", "description": "Ingesting again under the same id replaces the document"},
                 }},
                 "IngestResponse": {"type": "object", "required": ["id", "tenant_id", "chunks"], "properties": {
                     "id": {"type": "string", "format": "uuid"}, "tenant_id": {"type": "string"}, "chunks": {"type": "integer"},
@@ -324,5 +342,55 @@ pub fn openapi_document() -> Value {
                 }},
             },
         },
-    })
+    });
+    // Optional request fields may be null (the server treats null as absent).
+    for schema in ["ChatRequest", "IngestRequest", "CompletionRequest"] {
+        nullable_optionals(&mut doc["components"]["schemas"][schema]);
+    }
+    nullable_optionals(
+        &mut doc["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"],
+    );
+    doc
+}
+
+/// Lets every optional property of an object schema also be `null`.
+fn nullable_optionals(schema: &mut Value) {
+    let required: Vec<Value> = schema["required"].as_array().cloned().unwrap_or_default();
+    let Some(props) = schema["properties"].as_object_mut() else {
+        return;
+    };
+    for (name, prop) in props.iter_mut() {
+        // Nested objects (and arrays of them) follow the same rule.
+        if prop.get("properties").is_some() {
+            nullable_optionals(prop);
+        }
+        if prop["items"].get("properties").is_some() {
+            nullable_optionals(&mut prop["items"]);
+        }
+        if required.contains(&Value::String(name.clone())) {
+            continue;
+        }
+        let Some(p) = prop.as_object_mut() else {
+            continue;
+        };
+        if let Some(c) = p.remove("const") {
+            p.insert("enum".into(), json!([c]));
+        }
+        if let Some(Value::Array(e)) = p.get_mut("enum") {
+            e.push(Value::Null);
+        }
+        if let Some(Value::Array(one_of)) = p.get_mut("oneOf") {
+            one_of.push(json!({"type": "null"}));
+        }
+        match p.get_mut("type") {
+            Some(Value::String(t)) => {
+                let t = t.clone();
+                p.insert("type".into(), json!([t, "null"]));
+            }
+            Some(Value::Array(types)) if !types.contains(&json!("null")) => {
+                types.push(json!("null"));
+            }
+            _ => {}
+        }
+    }
 }

@@ -106,6 +106,33 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
     })
 }
 
+/// Deserializes an optional integer that JSON may write as `41` or `41.0` (JSON Schema's
+/// `integer` allows both); other fractions and out-of-range values are refused.
+pub(crate) fn opt_int<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize as _;
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let i = match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => i,
+        // 2^63 as f64: anything at or above it does not fit.
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.223_372_036_854_776e18 => f as i64,
+        _ => {
+            return Err(D::Error::custom(format!(
+                "invalid value {n}, expected an integer"
+            )));
+        }
+    };
+    T::try_from(i)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{i} is out of range")))
+}
+
 /// The API router (without the metrics endpoint, which listens on its own port).
 pub fn router(state: AppState) -> Router {
     let limits = state.config.limits.clone();
@@ -233,4 +260,45 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
             async move { openmetrics(m.encode()) }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug)]
+    struct T {
+        #[serde(default, deserialize_with = "super::opt_int")]
+        n: Option<i32>,
+        #[serde(default, deserialize_with = "super::opt_int")]
+        u: Option<u32>,
+    }
+
+    fn parse(json: &str) -> Result<T, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        let t = parse(r#"{"n": 41.0, "u": 7}"#).expect("valid");
+        assert_eq!((t.n, t.u), (Some(41), Some(7)));
+        assert_eq!(parse("{}").expect("valid").n, None);
+        assert_eq!(parse(r#"{"n": null}"#).expect("valid").n, None);
+        assert!(
+            parse(r#"{"n": 2.5}"#)
+                .expect_err("refused")
+                .contains("expected an integer")
+        );
+        assert!(
+            parse(r#"{"u": -1}"#)
+                .expect_err("refused")
+                .contains("out of range")
+        );
+        assert!(
+            parse(r#"{"n": 1e300}"#)
+                .expect_err("refused")
+                .contains("expected an integer")
+        );
+        assert!(parse(r#"{"n": "3"}"#).is_err());
+    }
 }

@@ -46,17 +46,8 @@ pub struct Extension {
     #[serde(default)]
     pub rag: Option<bool>,
     /// Passages to retrieve (1..=50; default: the tenant's `retrieval.topK`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::opt_int")]
     pub top_k: Option<i32>,
-}
-
-/// `stream_options` of a completion request.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamOptions {
-    /// Send a last chunk with the usage of the whole request.
-    #[serde(default)]
-    pub include_usage: Option<bool>,
 }
 
 /// Body of `POST /v1/chat/completions` (OpenAI's parameters that apply to text chat).
@@ -70,15 +61,16 @@ pub struct CompletionBody {
     /// Answer with server-sent events.
     #[serde(default)]
     pub stream: Option<bool>,
-    /// Streaming options.
+    /// Streaming options (`include_usage`: send a last chunk with the usage of the whole
+    /// request; other options are ignored).
     #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
+    pub stream_options: Option<Value>,
     /// Most completion tokens (legacy name).
-    #[serde(default)]
-    pub max_tokens: Option<u32>,
+    #[serde(default, deserialize_with = "super::opt_int")]
+    pub max_tokens: Option<u64>,
     /// Most completion tokens.
-    #[serde(default)]
-    pub max_completion_tokens: Option<u32>,
+    #[serde(default, deserialize_with = "super::opt_int")]
+    pub max_completion_tokens: Option<u64>,
     /// Sampling temperature, 0..=2.
     #[serde(default)]
     pub temperature: Option<f64>,
@@ -86,13 +78,13 @@ pub struct CompletionBody {
     #[serde(default)]
     pub top_p: Option<f64>,
     /// Choices to generate; only 1 is supported.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::opt_int")]
     pub n: Option<u32>,
     /// Stop sequence(s).
     #[serde(default)]
     pub stop: Option<Value>,
     /// Sampling seed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::opt_int")]
     pub seed: Option<i64>,
     /// Presence penalty, -2..=2.
     #[serde(default)]
@@ -100,9 +92,9 @@ pub struct CompletionBody {
     /// Frequency penalty, -2..=2.
     #[serde(default)]
     pub frequency_penalty: Option<f64>,
-    /// tenantry's own options.
+    /// tenantry's own options (an [`Extension`]).
     #[serde(default)]
-    pub tenantry: Option<Extension>,
+    pub tenantry: Option<Value>,
     /// Everything else: refused unless null or harmless (see [`IGNORED`]).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -197,6 +189,12 @@ fn messages(state: &AppState, raw: &[Value]) -> Result<Vec<Message>, ApiError> {
             }
             None => return Err(bad(&format!("messages[{i}].role"), "role is required")),
         };
+        if obj
+            .get("name")
+            .is_some_and(|n| !n.is_string() && !n.is_null())
+        {
+            return Err(bad(&format!("messages[{i}].name"), "name must be a string"));
+        }
         for (k, v) in obj {
             if !matches!(k.as_str(), "role" | "content" | "name") && !v.is_null() {
                 return Err(bad(
@@ -247,11 +245,19 @@ fn prepare(state: &AppState, caller: &Caller, body: CompletionBody) -> Result<Pr
         return Err(bad("n", "only n = 1 is supported"));
     }
     // Above the server's limit a request is lowered to it (it bounds the reservation too).
-    let max_tokens = match body.max_completion_tokens.or(body.max_tokens) {
-        Some(0) => return Err(bad("max_tokens", "max_tokens must be at least 1")),
-        Some(n) => n.min(state.config.llm.max_tokens),
-        None => state.config.llm.max_tokens,
-    };
+    for (param, v) in [
+        ("max_tokens", body.max_tokens),
+        ("max_completion_tokens", body.max_completion_tokens),
+    ] {
+        if v == Some(0) {
+            return Err(bad(param, format!("{param} must be at least 1")));
+        }
+    }
+    let limit = state.config.llm.max_tokens;
+    let max_tokens = body
+        .max_completion_tokens
+        .or(body.max_tokens)
+        .map_or(limit, |n| u32::try_from(n).unwrap_or(u32::MAX).min(limit));
     in_range("temperature", body.temperature, 0.0, 2.0)?;
     in_range("top_p", body.top_p, 0.0, 1.0)?;
     in_range("presence_penalty", body.presence_penalty, -2.0, 2.0)?;
@@ -283,13 +289,34 @@ fn prepare(state: &AppState, caller: &Caller, body: CompletionBody) -> Result<Pr
             ));
         }
     }
-    let ext = body.tenantry.unwrap_or_default();
+    // Objects only: serde would also read a struct from an array.
+    let ext: Extension = match body.tenantry {
+        None | Some(Value::Null) => Extension::default(),
+        Some(v @ Value::Object(_)) => {
+            serde_json::from_value(v).map_err(|e| bad("tenantry", e.to_string()))?
+        }
+        Some(_) => return Err(bad("tenantry", "tenantry must be an object")),
+    };
     let top_k = ext.top_k.unwrap_or(tenant.spec.retrieval.top_k);
     if !(1..=50).contains(&top_k) {
         return Err(bad("tenantry.top_k", "top_k must be between 1 and 50"));
     }
     let stream = body.stream.unwrap_or(false);
-    if body.stream_options.is_some() && !stream {
+    let include_usage = match body.stream_options {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => Some(false),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                return Err(bad(
+                    "stream_options.include_usage",
+                    "include_usage must be a boolean",
+                ));
+            }
+        },
+        Some(_) => return Err(bad("stream_options", "stream_options must be an object")),
+    };
+    if include_usage.is_some() && !stream {
         return Err(bad(
             "stream_options",
             "stream_options is only allowed with stream: true",
@@ -301,10 +328,7 @@ fn prepare(state: &AppState, caller: &Caller, body: CompletionBody) -> Result<Pr
         max_tokens,
         params,
         stream,
-        include_usage: body
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage: include_usage.unwrap_or(false),
         rag: ext.rag.unwrap_or(tenant.spec.retrieval.augment_completions),
         top_k,
     })
@@ -847,7 +871,7 @@ pub struct EmbeddingsBody {
     #[serde(default)]
     pub encoding_format: Option<String>,
     /// Must equal the model's dimension when given.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::opt_int")]
     pub dimensions: Option<usize>,
     /// Ignored.
     #[serde(default)]
