@@ -9,8 +9,9 @@
 //!   ingest or delete (stored in one marker point of the same collection), so an answer made
 //!   from another set of documents never hits.
 //!
-//! Lookup: an exact repeat (same question hash) first, then a vector search; a hit needs a
-//! cosine similarity at or above the tenant's threshold and an age below its TTL.
+//! Lookup: an exact repeat (same question hash) first, before the question is even embedded,
+//! then a vector search; a hit needs a cosine similarity at or above the tenant's threshold and
+//! an age below its TTL.
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -171,13 +172,11 @@ fn entry_of(payload: &Map<String, Value>, now: i64, ttl: Duration) -> Option<Ent
     })
 }
 
-/// Looks a question up: exact repeat first, then nearest neighbour at or above `threshold`;
-/// entries older than `ttl` never hit.
-pub async fn lookup(
+/// An exact repeat of the question (same hash) under `key`, younger than `ttl`. Needs no
+/// embedding, so it runs before the question is embedded.
+pub async fn lookup_exact(
     vectors: &TenantVectors,
     key: &Key,
-    query: &[f32],
-    threshold: f64,
     ttl: Duration,
 ) -> Result<Option<Entry>, VectorError> {
     let now = now_ms();
@@ -190,9 +189,19 @@ pub async fn lookup(
             None,
         )
         .await?;
-    if let Some(e) = exact.iter().find_map(|r| entry_of(&r.payload, now, ttl)) {
-        return Ok(Some(e));
-    }
+    Ok(exact.iter().find_map(|r| entry_of(&r.payload, now, ttl)))
+}
+
+/// The nearest cached question under `key` at or above `threshold` (cosine), younger than
+/// `ttl`.
+pub async fn lookup_similar(
+    vectors: &TenantVectors,
+    key: &Key,
+    query: &[f32],
+    threshold: f64,
+    ttl: Duration,
+) -> Result<Option<Entry>, VectorError> {
+    let now = now_ms();
     let near = vectors
         .search(Kind::Cache, query.to_vec(), key.filter(), CANDIDATES)
         .await?;

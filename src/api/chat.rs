@@ -333,16 +333,16 @@ async fn answer(
     }
 
     let tenant_id = tenant.id.as_str();
-    let query = embed_one(state, question).await?;
-
-    // Semantic cache: scoped to the tenant, its answer parameters and its document set.
+    // Semantic cache: scoped to the tenant, its answer parameters and its document set. The
+    // question is embedded only when an exact repeat is not found.
     let key = crate::cache::cache_key(
         &model,
         &system_prompt(tenant_id),
         state.config.llm.max_tokens,
         top_k,
     );
-    let cache_key = match lookup(state, caller, no_cache, key, question, &query).await? {
+    let mut embedded = None;
+    let cache_key = match lookup(state, caller, no_cache, key, question, &mut embedded).await? {
         Lookup::Hit { entry, headers } => {
             let (entry, headers) = (*entry, *headers);
             let sources: Vec<Source> = serde_json::from_value(entry.sources).unwrap_or_default();
@@ -359,6 +359,10 @@ async fn answer(
             ));
         }
         Lookup::Miss(key) => key,
+    };
+    let query = match embedded {
+        Some(q) => q,
+        None => embed_one(state, question).await?,
     };
 
     let sources = retrieve(caller, &query, top_k).await?;
@@ -461,16 +465,17 @@ pub(super) async fn reserve(
 }
 
 /// Looks `question` up in the tenant's semantic cache under `cache_key` (a hash of everything
-/// else that changes the answer). A hit is a request that consumes no tokens: it is reserved
-/// and settled here. A lookup failure is a miss that stores nothing (the cache is an
-/// optimisation, never a reason to fail the request).
+/// else that changes the answer): an exact repeat first, then — with the question embedded into
+/// `query` if it is not yet — the most similar cached question. A hit is a request that
+/// consumes no tokens: it is reserved and settled here. A lookup failure is a miss that stores
+/// nothing (the cache is an optimisation, never a reason to fail the request).
 pub(super) async fn lookup(
     state: &AppState,
     caller: &Caller,
     no_cache: bool,
     cache_key: String,
     question: &str,
-    query: &[f32],
+    query: &mut Option<Vec<f32>>,
 ) -> Result<Lookup, ApiError> {
     let tenant = &caller.tenant;
     if !tenant.spec.semantic_cache.enabled || no_cache {
@@ -479,25 +484,33 @@ pub(super) async fn lookup(
     let tenant_id = tenant.id.as_str();
     let started = Instant::now();
     let span = tracing::info_span!("cache_lookup", tenant_id);
-    let found = async {
+    let ttl = tenant.cache_ttl;
+    let exact = async {
         let docs_version = crate::cache::docs_version(&caller.vectors).await?;
         let key = crate::cache::Key {
             cache_key,
             question_hash: crate::cache::question_hash(question),
             docs_version,
         };
-        let entry = crate::cache::lookup(
-            &caller.vectors,
-            &key,
-            query,
-            tenant.spec.semantic_cache.threshold,
-            tenant.cache_ttl,
-        )
-        .await?;
+        let entry = crate::cache::lookup_exact(&caller.vectors, &key, ttl).await?;
         Ok::<_, crate::vector::VectorError>((key, entry))
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
+    let found = match exact {
+        Ok((key, None)) => {
+            if query.is_none() {
+                *query = Some(embed_one(state, question).await?);
+            }
+            let q = query.as_deref().unwrap_or_default();
+            let threshold = tenant.spec.semantic_cache.threshold;
+            crate::cache::lookup_similar(&caller.vectors, &key, q, threshold, ttl)
+                .instrument(span)
+                .await
+                .map(|entry| (key, entry))
+        }
+        other => other,
+    };
     let (key, entry) = match found {
         Ok(found) => found,
         Err(e) => {

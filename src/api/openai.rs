@@ -458,14 +458,12 @@ async fn completion(
         .last()
         .filter(|m| m.role == "user" && !m.content.trim().is_empty())
         .map(|m| m.content.trim().to_string());
-    let cache_on = caller.tenant.spec.semantic_cache.enabled && !no_cache && question.is_some();
-    let query = match &question {
-        Some(q) if cache_on || p.rag => Some(chat::embed_one(state, q).await?),
-        _ => None,
-    };
+    // The question is embedded only when needed: for a similarity lookup after no exact repeat
+    // was found, or for retrieval.
+    let mut query = None;
     let mut cache_key_found = None;
-    if let (Some(q), Some(query), true) = (&question, &query, cache_on) {
-        match chat::lookup(state, &caller, false, cache_key(&p), q, query).await? {
+    if let Some(q) = &question {
+        match chat::lookup(state, &caller, no_cache, cache_key(&p), q, &mut query).await? {
             Lookup::Hit { entry, headers } => {
                 let (entry, headers) = (*entry, *headers);
                 let sources: Vec<Source> =
@@ -494,6 +492,9 @@ async fn completion(
             }
             Lookup::Miss(key) => cache_key_found = key,
         }
+    }
+    if let (true, None, Some(q)) = (p.rag, &query, &question) {
+        query = Some(chat::embed_one(state, q).await?);
     }
     let mut sources = Vec::new();
     if let (true, Some(query)) = (p.rag, &query) {
