@@ -703,6 +703,21 @@ impl Drop for Settlement {
     }
 }
 
+/// Where an [`Events`] stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The `role` chunk is next.
+    Role,
+    /// Passing the model's deltas on.
+    Streaming,
+    /// The usage chunk is next (`include_usage`).
+    Usage,
+    /// `[DONE]` is next.
+    Done,
+    /// Nothing more.
+    Over,
+}
+
 /// Turns a [`ChatStream`] into OpenAI `chat.completion.chunk` events.
 struct Events {
     inner: ChatStream,
@@ -710,8 +725,7 @@ struct Events {
     created: u64,
     include_usage: bool,
     settle: Option<Settlement>,
-    /// 0: role not sent yet; 1: streaming; 2: usage chunk pending; 3: `[DONE]` pending; 4: over.
-    phase: u8,
+    phase: Phase,
     model: String,
     usage: Usage,
 }
@@ -729,7 +743,7 @@ impl Events {
             created: unix_now(),
             include_usage,
             settle,
-            phase: 0,
+            phase: Phase::Role,
             model,
             usage: Usage::default(),
         }
@@ -751,12 +765,12 @@ impl Events {
 
     async fn next(&mut self) -> Option<Event> {
         match self.phase {
-            0 => {
-                self.phase = 1;
+            Phase::Role => {
+                self.phase = Phase::Streaming;
                 return Some(self.chunk(json!({"role": "assistant", "content": ""}), None));
             }
-            2 => {
-                self.phase = 3;
+            Phase::Usage => {
+                self.phase = Phase::Done;
                 let v = json!({
                     "id": self.id,
                     "object": "chat.completion.chunk",
@@ -767,12 +781,12 @@ impl Events {
                 });
                 return Some(Event::default().data(v.to_string()));
             }
-            3 => {
-                self.phase = 4;
+            Phase::Done => {
+                self.phase = Phase::Over;
                 return Some(Event::default().data("[DONE]"));
             }
-            4 => return None,
-            _ => {}
+            Phase::Over => return None,
+            Phase::Streaming => {}
         }
         match self.inner.next().await {
             Some(Ok(Chunk::Delta(text))) => {
@@ -793,7 +807,11 @@ impl Events {
                     Some(s) => s.finish(&self.model, usage).await,
                     None => usage.unwrap_or_default(),
                 };
-                self.phase = if self.include_usage { 2 } else { 3 };
+                self.phase = if self.include_usage {
+                    Phase::Usage
+                } else {
+                    Phase::Done
+                };
                 Some(self.chunk(json!({}), Some(&finish_reason)))
             }
             Some(Err(e)) => {
@@ -804,7 +822,7 @@ impl Events {
                     chat::record_llm(&s.span, Err(&e));
                 }
                 self.settle = None;
-                self.phase = 4;
+                self.phase = Phase::Over;
                 let err = ApiError::Upstream(e);
                 let v = json!({"error": {
                     "code": err.code(),
@@ -817,7 +835,7 @@ impl Events {
             None => {
                 // The model's stream ended without a final chunk: treat as cut.
                 self.settle = None;
-                self.phase = 4;
+                self.phase = Phase::Over;
                 None
             }
         }
