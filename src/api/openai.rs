@@ -726,6 +726,8 @@ struct Events {
     include_usage: bool,
     settle: Option<Settlement>,
     phase: Phase,
+    /// An item read ahead (to learn the model before the first event), not yet handled.
+    ahead: Option<Option<Result<Chunk, crate::llm::LlmError>>>,
     model: String,
     usage: Usage,
 }
@@ -744,6 +746,7 @@ impl Events {
             include_usage,
             settle,
             phase: Phase::Role,
+            ahead: None,
             model,
             usage: Usage::default(),
         }
@@ -766,6 +769,12 @@ impl Events {
     async fn next(&mut self) -> Option<Event> {
         match self.phase {
             Phase::Role => {
+                // Every chunk names the model that answers (a fallback's too), so wait for the
+                // stream to say which before the first one.
+                match self.inner.next().await {
+                    Some(Ok(Chunk::Model(m))) => self.model = m,
+                    other => self.ahead = Some(other),
+                }
                 self.phase = Phase::Streaming;
                 return Some(self.chunk(json!({"role": "assistant", "content": ""}), None));
             }
@@ -788,7 +797,16 @@ impl Events {
             Phase::Over => return None,
             Phase::Streaming => {}
         }
-        match self.inner.next().await {
+        let mut item = match self.ahead.take() {
+            Some(item) => item,
+            None => self.inner.next().await,
+        };
+        while let Some(Ok(Chunk::Model(m))) = item {
+            self.model = m;
+            item = self.inner.next().await;
+        }
+        match item {
+            Some(Ok(Chunk::Model(_))) => None, // consumed by the loop above
             Some(Ok(Chunk::Delta(text))) => {
                 if let Some(s) = self.settle.as_mut() {
                     s.text.push_str(&text);

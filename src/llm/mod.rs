@@ -112,6 +112,8 @@ pub struct ChatResponse {
 /// One event of a streamed completion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Chunk {
+    /// The model answering, as soon as it is known (before the first delta, at most once).
+    Model(String),
     /// More answer text.
     Delta(String),
     /// The end of the answer: the model that answered, why it stopped, and the usage when the
@@ -126,12 +128,14 @@ pub enum Chunk {
     },
 }
 
-/// A streamed completion: deltas, then one [`Chunk::Done`]; an error ends it early.
+/// A streamed completion: optionally the [`Chunk::Model`], deltas, then one [`Chunk::Done`]; an
+/// error ends it early.
 pub type ChatStream = Pin<Box<dyn Stream<Item = Result<Chunk, LlmError>> + Send>>;
 
 /// A whole answer as a stream (for models that do not stream).
 pub fn one_shot(resp: ChatResponse) -> ChatStream {
-    let mut chunks = Vec::with_capacity(2);
+    let mut chunks = Vec::with_capacity(3);
+    chunks.push(Ok(Chunk::Model(resp.model.clone())));
     if !resp.content.is_empty() {
         chunks.push(Ok(Chunk::Delta(resp.content)));
     }

@@ -166,6 +166,10 @@ struct SseChunks {
     body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
     buf: Vec<u8>,
     done: bool,
+    /// Chunks decoded from one event, not yet returned.
+    pending: std::collections::VecDeque<Chunk>,
+    /// Whether the model was reported ([`Chunk::Model`]).
+    announced: bool,
     model: String,
     finish_reason: Option<String>,
     usage: Option<Usage>,
@@ -196,8 +200,8 @@ impl SseChunks {
         }
     }
 
-    /// Interprets one `data:` payload; returns a delta to pass on, if any.
-    fn event(&mut self, data: &str) -> Result<Option<String>, LlmError> {
+    /// Interprets one `data:` payload, queueing what it carries (the model, first; a delta).
+    fn event(&mut self, data: &str) -> Result<(), LlmError> {
         let v: serde_json::Value = serde_json::from_str(data)
             .map_err(|e| LlmError::Upstream(format!("unreadable upstream stream event: {e}")))?;
         if let Some(msg) = v.get("error") {
@@ -208,6 +212,10 @@ impl SseChunks {
         }
         if let Some(m) = v["model"].as_str().filter(|m| !m.is_empty()) {
             self.model = m.to_string();
+            if !self.announced {
+                self.announced = true;
+                self.pending.push_back(Chunk::Model(m.to_string()));
+            }
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             self.usage = Some(Usage {
@@ -219,19 +227,25 @@ impl SseChunks {
         if let Some(r) = choice["finish_reason"].as_str() {
             self.finish_reason = Some(r.to_string());
         }
-        Ok(choice["delta"]["content"]
+        if let Some(c) = choice["delta"]["content"]
             .as_str()
             .filter(|c| !c.is_empty())
-            .map(str::to_string))
+        {
+            self.pending.push_back(Chunk::Delta(c.to_string()));
+        }
+        Ok(())
     }
 
     async fn next(&mut self) -> Option<Result<Chunk, LlmError>> {
         use futures::StreamExt as _;
-        if self.done {
-            return None;
-        }
         loop {
-            while let Some(line) = self.line() {
+            if let Some(c) = self.pending.pop_front() {
+                return Some(Ok(c));
+            }
+            if self.done {
+                return None;
+            }
+            if let Some(line) = self.line() {
                 let Some(data) = line.strip_prefix("data:") else {
                     continue; // comments, `event:`, `id:`, blank separators
                 };
@@ -239,14 +253,11 @@ impl SseChunks {
                 if data == "[DONE]" {
                     return Some(Ok(self.done()));
                 }
-                match self.event(data) {
-                    Ok(Some(delta)) => return Some(Ok(Chunk::Delta(delta))),
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.done = true;
-                        return Some(Err(e));
-                    }
+                if let Err(e) = self.event(data) {
+                    self.done = true;
+                    return Some(Err(e));
                 }
+                continue;
             }
             match self.body.next().await {
                 Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
@@ -280,6 +291,8 @@ impl ChatModel for OpenAiChat {
             body: Box::pin(resp.bytes_stream()),
             buf: Vec::new(),
             done: false,
+            pending: std::collections::VecDeque::new(),
+            announced: false,
             model: request.model,
             finish_reason: None,
             usage: None,

@@ -252,6 +252,7 @@ impl ChatModel for ResilientChat {
                     // A fallback names itself in the answering model, as in `complete`.
                     let name = up.name.clone();
                     return Ok(Box::pin(stream.map(move |c| match c {
+                        Ok(Chunk::Model(model)) => Ok(Chunk::Model(format!("{model}@{name}"))),
                         Ok(Chunk::Done {
                             model,
                             finish_reason,
