@@ -448,6 +448,7 @@ async fn main() {
         assert!(!r.hit);
         embedder.embed(vec![q.clone()]).await.expect("embed");
     }
+    let rss_warm = serve.rss_kib();
     // Direct baseline: the request tenantry last sent upstream, replayed straight to the mock.
     let upstream_body = mock
         .last_body
@@ -486,6 +487,7 @@ async fn main() {
     );
     let (mut direct, mut embed) = (Samples::default(), Samples::default());
     let mut hit_by_size = Vec::new();
+    let mut rss_by_size = Vec::new();
     for block in (0..n).collect::<Vec<_>>().chunks(BLOCK) {
         let before = calls();
         for &i in block {
@@ -513,6 +515,7 @@ async fn main() {
         }
         // Entries stored so far (both tenants; the paraphrases come later).
         hit_by_size.push((block[block.len() - 1] + 1, block_hits.p(0.5)));
+        rss_by_size.push((block[block.len() - 1] + 1, serve.rss_kib()));
         assert_eq!(calls(), before, "a hit called the upstream");
         for &i in block {
             let r = ask(i, questions[i].clone(), true).await;
@@ -569,6 +572,7 @@ async fn main() {
         similarities.push((*reworded, cos));
     }
 
+    let rss_end = serve.rss_kib();
     serve.stop().await;
 
     println!(
@@ -630,6 +634,23 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    println!();
+    let mib =
+        |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    println!(
+        "serve RSS: {} after warm-up, {} at the end ({} requests to serve in all)",
+        mib(rss_warm),
+        mib(rss_end),
+        20 + 3 * n + 48
+    );
+    let step = (rss_by_size.len() / 6).max(1);
+    let samples: Vec<String> = rss_by_size
+        .iter()
+        .step_by(step)
+        .chain(rss_by_size.last())
+        .map(|(entries, k)| format!("{entries}: {}", mib(*k)))
+        .collect();
+    println!("serve RSS by cache entries stored: {}", samples.join(", "));
     println!();
     println!("cosine similarity of each rewording to its original (threshold {thresholds:?}):");
     for (reworded, cos) in similarities {

@@ -107,9 +107,11 @@ pub async fn docs_version(vectors: &TenantVectors) -> Result<String, VectorError
 }
 
 /// Gives the tenant a new document-set version (after an ingest or a delete): every earlier
-/// entry stops hitting.
+/// entry stops hitting, and the entries made for the previous version are deleted (they never
+/// can hit again; failing to delete them is logged, not returned).
 pub async fn bump_docs_version(vectors: &TenantVectors) -> Result<(), VectorError> {
     vectors.ensure().await?;
+    let previous = docs_version(vectors).await?;
     let mut payload = Map::new();
     payload.insert(TYPE_KEY.to_string(), json!(MARKER));
     payload.insert(MARKER.to_string(), json!(Uuid::new_v4().to_string()));
@@ -123,7 +125,23 @@ pub async fn bump_docs_version(vectors: &TenantVectors) -> Result<(), VectorErro
                 payload,
             }],
         )
-        .await
+        .await?;
+    let stale = Filter::default()
+        .keyword(TYPE_KEY, ENTRY)
+        .keyword(MARKER, previous);
+    if let Err(e) = vectors.delete(Kind::Cache, stale).await {
+        tracing::warn!(tenant_id = %vectors.tenant(), error = %e, "could not delete semantic-cache entries of older documents");
+    }
+    Ok(())
+}
+
+/// Deletes the tenant's entries older than `ttl` (they never hit; this bounds the cache's size).
+pub async fn purge_expired(vectors: &TenantVectors, ttl: Duration) -> Result<(), VectorError> {
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let expired = Filter::default()
+        .keyword(TYPE_KEY, ENTRY)
+        .below("created_at", now_ms().saturating_sub(ttl_ms));
+    vectors.delete(Kind::Cache, expired).await
 }
 
 /// What a lookup is for.
@@ -245,6 +263,81 @@ pub async fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tenant's handle on an embedded store in a temporary folder (dimension 4).
+    fn store_for(
+        isolation: crate::crd::Isolation,
+    ) -> (tempfile::TempDir, TenantVectors, TenantVectors) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let backend: std::sync::Arc<dyn crate::vector::VectorBackend> =
+            std::sync::Arc::new(crate::vector::edge::EdgeBackend::open(dir.path()).expect("open"));
+        let handle = |t: &str| {
+            TenantVectors::new(
+                backend.clone(),
+                crate::crd::TenantId::parse(t).expect("id"),
+                isolation,
+                4,
+            )
+        };
+        (dir, handle("acme"), handle("globex"))
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            answer: "a".into(),
+            sources: json!([]),
+            model: "m".into(),
+            usage: json!({}),
+        }
+    }
+
+    async fn entries(v: &TenantVectors) -> u64 {
+        v.count(Kind::Cache, Filter::default().keyword(TYPE_KEY, ENTRY))
+            .await
+            .expect("count")
+    }
+
+    async fn key(v: &TenantVectors, q: &str) -> Key {
+        Key {
+            cache_key: cache_key("m", "sys", 16, 4),
+            question_hash: question_hash(q),
+            docs_version: docs_version(v).await.expect("version"),
+        }
+    }
+
+    /// Expired entries and entries of an older document set are deleted, only the tenant's own.
+    #[tokio::test]
+    async fn expired_and_outdated_entries_are_deleted() {
+        for isolation in [
+            crate::crd::Isolation::Collection,
+            crate::crd::Isolation::Partition,
+        ] {
+            let (_dir, acme, globex) = store_for(isolation);
+            for v in [&acme, &globex] {
+                let k = key(v, "q1").await;
+                store(v, &k, vec![1.0, 0.0, 0.0, 0.0], &entry())
+                    .await
+                    .expect("store");
+            }
+            purge_expired(&acme, Duration::from_secs(3600))
+                .await
+                .expect("purge");
+            assert_eq!(entries(&acme).await, 1, "a fresh entry stays");
+            purge_expired(&acme, Duration::ZERO).await.expect("purge");
+            assert_eq!(entries(&acme).await, 0, "an expired entry goes");
+            assert_eq!(entries(&globex).await, 1, "another tenant's entry stays");
+
+            let k = key(&acme, "q2").await;
+            store(&acme, &k, vec![0.0, 1.0, 0.0, 0.0], &entry())
+                .await
+                .expect("store");
+            assert_eq!(entries(&acme).await, 1);
+            bump_docs_version(&acme).await.expect("bump");
+            assert_eq!(entries(&acme).await, 0, "entries of the older documents go");
+            assert_ne!(docs_version(&acme).await.expect("version"), k.docs_version);
+            assert_eq!(entries(&globex).await, 1);
+        }
+    }
 
     #[test]
     fn cache_key_changes_with_every_parameter() {

@@ -76,6 +76,9 @@ pub struct VectorConfig {
     /// Quantization of collections this process creates: `none` or `scalar` (int8).
     #[serde(default)]
     pub quantization: crate::vector::qdrant::Quantization,
+    /// How often semantic-cache entries older than their tenant's TTL are deleted, in seconds.
+    #[serde(default = "default_cache_sweep")]
+    pub cache_sweep_seconds: u64,
 }
 
 impl Default for VectorConfig {
@@ -87,8 +90,13 @@ impl Default for VectorConfig {
             connect_timeout_ms: default_qdrant_connect_timeout(),
             on_disk: false,
             quantization: crate::vector::qdrant::Quantization::None,
+            cache_sweep_seconds: default_cache_sweep(),
         }
     }
+}
+
+fn default_cache_sweep() -> u64 {
+    600
 }
 
 fn default_qdrant_api_key_env() -> String {
@@ -434,6 +442,9 @@ impl ServeConfig {
             return Err(
                 "vector.timeoutMs and vector.connectTimeoutMs must be positive".to_string(),
             );
+        }
+        if self.vector.cache_sweep_seconds == 0 {
+            return Err("vector.cacheSweepSeconds must be positive".to_string());
         }
         Ok(())
     }

@@ -173,6 +173,31 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     })
 }
 
+/// Every `every`, deletes each tenant's semantic-cache entries older than its TTL, so the cache
+/// holds at most a TTL's worth of answers (expired entries never hit, but would stay stored).
+async fn sweep_caches(state: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: nothing has expired yet
+    loop {
+        tick.tick().await;
+        for id in state.registry.ids() {
+            let Some(tenant) = state.registry.get(&id) else {
+                continue;
+            };
+            let vectors = crate::vector::TenantVectors::new(
+                state.vectors.clone(),
+                id.clone(),
+                tenant.spec.retrieval.isolation,
+                state.embedder.dimension(),
+            );
+            if let Err(e) = crate::cache::purge_expired(&vectors, tenant.cache_ttl).await {
+                tracing::warn!(tenant_id = %id, error = %e, "could not delete expired semantic-cache entries");
+            }
+        }
+    }
+}
+
 /// The vector store: a Qdrant server when `--qdrant-url`/`TENANTRY_QDRANT_URL` or
 /// `vector.qdrantUrl` names one, the embedded store under `<data-dir>/vectors` otherwise.
 async fn build_vectors(
@@ -253,6 +278,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         tracing::warn!("development mode: GET /dev/token mints tokens for any tenant");
     }
     let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_EVERY));
+    let sweep_every = Duration::from_secs(state.config.vector.cache_sweep_seconds);
+    let sweeper = tokio::spawn(sweep_caches(state.clone(), sweep_every));
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -281,6 +308,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     watcher.abort();
+    sweeper.abort();
     let _ = metrics.await;
     served.map_err(io("server error"))?;
     tracing::info!("stopped");

@@ -137,6 +137,18 @@ impl Serve {
         }
     }
 
+    /// Resident memory of the `serve` process, in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Stops `serve` (SIGTERM, then waits up to 10 s).
     pub async fn stop(mut self) {
         let _ = Command::new("kill")

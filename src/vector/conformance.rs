@@ -391,6 +391,27 @@ async fn filters(h: &dyn Harness) {
             .unwrap(),
         0
     );
+    // Numbers below a bound (strictly), alone and with other conditions; deletion by it.
+    assert_eq!(
+        b.count(&name, &Filter::default().below("n", 2))
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        b.count(&name, &Filter::default().below("n", 0))
+            .await
+            .unwrap(),
+        0
+    );
+    let acme_below_1 = Filter::default().keyword(TENANT_KEY, "acme").below("n", 1);
+    let (page, _) = b.scroll(&name, &acme_below_1, 10, None).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].payload["text"], "acme-0");
+    b.delete(&name, &acme_below_1).await.unwrap();
+    let acme = Filter::default().keyword(TENANT_KEY, "acme");
+    assert_eq!(b.count(&name, &acme).await.unwrap(), 2);
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 5);
     b.drop_collection(&name).await.unwrap();
 }
 

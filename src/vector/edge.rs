@@ -252,13 +252,19 @@ fn to_edge_filter(filter: &Filter) -> Result<Option<qe::Filter>, VectorError> {
     for (key, value) in &filter.must {
         let path = qe::JsonPath::try_from(key.as_str())
             .map_err(|()| VectorError::Invalid(format!("invalid payload key {key:?}")))?;
-        let matcher = match value {
-            MatchValue::Keyword(s) => qe::Match::from(s.clone()),
-            MatchValue::Integer(i) => qe::Match::from(*i),
+        let condition = match value {
+            MatchValue::Keyword(s) => {
+                qe::FieldCondition::new_match(path, qe::Match::from(s.clone()))
+            }
+            MatchValue::Integer(i) => qe::FieldCondition::new_match(path, qe::Match::from(*i)),
+            // Qdrant's range condition, through its REST shape (numbers compare as floats).
+            MatchValue::Below(i) => serde_json::from_value(serde_json::json!({
+                "key": key,
+                "range": {"lt": *i},
+            }))
+            .map_err(|e| VectorError::Invalid(format!("range condition on {key:?}: {e}")))?,
         };
-        conditions.push(qe::Condition::Field(qe::FieldCondition::new_match(
-            path, matcher,
-        )));
+        conditions.push(qe::Condition::Field(condition));
     }
     Ok(Some(qe::Filter {
         must: Some(conditions),

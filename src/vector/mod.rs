@@ -44,9 +44,11 @@ pub enum MatchValue {
     Keyword(String),
     /// Exact integer match.
     Integer(i64),
+    /// A number strictly below this one.
+    Below(i64),
 }
 
-/// A conjunction of exact-match conditions on payload fields (all must hold).
+/// A conjunction of conditions on payload fields (all must hold).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     /// `(payload key, value)` pairs that must all match.
@@ -65,6 +67,12 @@ impl Filter {
     pub fn integer(mut self, key: &str, value: i64) -> Self {
         self.must
             .push((key.to_string(), MatchValue::Integer(value)));
+        self
+    }
+
+    /// Adds a condition: the number at `key` is below `value`.
+    pub fn below(mut self, key: &str, value: i64) -> Self {
+        self.must.push((key.to_string(), MatchValue::Below(value)));
         self
     }
 }

@@ -326,6 +326,14 @@ fn to_qdrant_filter(filter: &Filter) -> Option<pb::Filter> {
         |(key, value)| match value {
             MatchValue::Keyword(s) => pb::Condition::matches(key.as_str(), s.clone()),
             MatchValue::Integer(i) => pb::Condition::matches(key.as_str(), *i),
+            #[allow(clippy::cast_precision_loss)] // timestamps in ms are far below 2^53
+            MatchValue::Below(i) => pb::Condition::range(
+                key.as_str(),
+                pb::Range {
+                    lt: Some(*i as f64),
+                    ..Default::default()
+                },
+            ),
         },
     )))
 }
