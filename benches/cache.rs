@@ -437,6 +437,47 @@ async fn main() {
         }
     };
     let questions = distinct_questions(n);
+    // `POST /v1/chat/completions` without retrieval and with the cache bypassed: nothing is
+    // embedded, so this is the gateway alone (token, quota, request, upstream, settlement).
+    let completions_url = format!("http://{addr}/v1/chat/completions");
+    let complete = |tenant: usize, question: String| {
+        let http = http.clone();
+        let url = completions_url.clone();
+        let token = tokens[tenant % 2].clone();
+        async move {
+            let t = Instant::now();
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("cache-control", "no-cache")
+                .json(&json!({"messages": [{"role": "user", "content": question}]}))
+                .send()
+                .await
+                .expect("completion");
+            let status = r.status();
+            let overhead_ms: f64 = r
+                .headers()
+                .get("x-tenantry-overhead-ms")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            let body = r.bytes().await.expect("body");
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            assert!(
+                status.is_success(),
+                "{status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            let body: Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(body["object"], "chat.completion", "{body}");
+            assert!(overhead_ms.is_finite(), "no x-tenantry-overhead-ms header");
+            Reply {
+                ms,
+                overhead_ms,
+                hit: false,
+            }
+        }
+    };
 
     // The same embedding model in this process, for comparison (idle while serve works).
     let embedder =
@@ -456,22 +497,31 @@ async fn main() {
         .expect("lock")
         .clone()
         .expect("a request reached the mock");
+    for (i, q) in questions.iter().cycle().take(20).enumerate() {
+        complete(i, q.clone()).await;
+    }
+    let completion_body = mock
+        .last_body
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("a completion reached the mock");
     let direct_client = reqwest::Client::new();
     let direct_url = format!("http://{mock_addr}/v1/chat/completions");
-    let send_direct = || async {
-        let t = Instant::now();
-        let r = direct_client
-            .post(&direct_url)
-            .json(&upstream_body)
-            .send()
-            .await
-            .expect("direct");
-        assert!(r.status().is_success());
-        let _ = r.bytes().await;
-        t.elapsed().as_secs_f64() * 1000.0
+    let send_direct = |body: &Value| {
+        let body = body.clone();
+        let (client, url) = (direct_client.clone(), direct_url.clone());
+        async move {
+            let t = Instant::now();
+            let r = client.post(&url).json(&body).send().await.expect("direct");
+            assert!(r.status().is_success());
+            let _ = r.bytes().await;
+            t.elapsed().as_secs_f64() * 1000.0
+        }
     };
     for _ in 0..20 {
-        send_direct().await;
+        send_direct(&upstream_body).await;
+        send_direct(&completion_body).await;
     }
     let calls = || mock.calls.load(Ordering::Relaxed);
     let handler_times = || std::mem::take(&mut *mock.handler_ms.lock().expect("lock"));
@@ -486,6 +536,7 @@ async fn main() {
         PathStats::default(),
     );
     let (mut direct, mut embed) = (Samples::default(), Samples::default());
+    let (mut plain, mut direct_plain) = (PathStats::default(), Samples::default());
     let mut hit_by_size = Vec::new();
     let mut rss_by_size = Vec::new();
     for block in (0..n).collect::<Vec<_>>().chunks(BLOCK) {
@@ -531,8 +582,23 @@ async fn main() {
             "a no-cache miss did not call the upstream"
         );
         bypass.handler.0.extend(handler_times());
+        let before = calls();
         for &i in block {
-            direct.0.push(send_direct().await);
+            plain.record(complete(i, questions[i].clone()).await);
+        }
+        assert_eq!(
+            calls() - before,
+            block.len(),
+            "a completion did not call the upstream"
+        );
+        plain.handler.0.extend(handler_times());
+        // The direct baseline right after, under the same conditions (no embedding in between).
+        for _ in block {
+            direct_plain.0.push(send_direct(&completion_body).await);
+        }
+        handler_times();
+        for &i in block {
+            direct.0.push(send_direct(&upstream_body).await);
             let t = Instant::now();
             let v = embedder
                 .embed(vec![questions[i].clone()])
@@ -584,7 +650,7 @@ async fn main() {
         "| `POST /v1/chat` | requests | end to end p50 / p90 / p99 (ms) | `x-tenantry-overhead-ms` p50 / p99 | mock upstream handler p50 / p99 (ms) | added vs direct p50 / p99 (ms) |"
     );
     println!("|---|---|---|---|---|---|");
-    let row = |label: &str, stats: &PathStats, upstream: bool| {
+    let row = |label: &str, stats: &PathStats, upstream: bool, direct: &Samples| {
         let (handler, added) = if upstream {
             (
                 stats.handler.two(3),
@@ -604,7 +670,7 @@ async fn main() {
             stats.overhead.two(2),
         );
     };
-    row("hit, exact repeat", &hit, false);
+    row("hit, exact repeat", &hit, false, &direct);
     row(
         &format!(
             "hit, paraphrase ({} of {para_asked} reworded questions hit)",
@@ -612,9 +678,10 @@ async fn main() {
         ),
         &para,
         false,
+        &direct,
     );
-    row("miss, stored (distinct question)", &miss, true);
-    row("miss, `Cache-Control: no-cache`", &bypass, true);
+    row("miss, stored (distinct question)", &miss, true, &direct);
+    row("miss, `Cache-Control: no-cache`", &bypass, true, &direct);
     println!(
         "| direct to the mock upstream (no tenantry) | {} | {} | — | — | — |",
         direct.0.len(),
@@ -624,6 +691,21 @@ async fn main() {
         "| embedding one question in-process (no HTTP) | {} | {} | — | — | — |",
         embed.0.len(),
         embed.three(2)
+    );
+    println!();
+    println!(
+        "`POST /v1/chat/completions`, no retrieval, `Cache-Control: no-cache` (nothing embedded):"
+    );
+    println!();
+    println!(
+        "| path | requests | end to end p50 / p90 / p99 (ms) | `x-tenantry-overhead-ms` p50 / p99 | mock upstream handler p50 / p99 (ms) | added vs direct p50 / p99 (ms) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    row("through tenantry", &plain, true, &direct_plain);
+    println!(
+        "| direct to the mock upstream (the same upstream request) | {} | {} | — | — | — |",
+        direct_plain.0.len(),
+        direct_plain.three(2)
     );
     println!();
     println!(
@@ -641,7 +723,7 @@ async fn main() {
         "serve RSS: {} after warm-up, {} at the end ({} requests to serve in all)",
         mib(rss_warm),
         mib(rss_end),
-        20 + 3 * n + 48
+        40 + 4 * n + 48
     );
     let step = (rss_by_size.len() / 6).max(1);
     let samples: Vec<String> = rss_by_size
