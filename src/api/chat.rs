@@ -245,6 +245,24 @@ pub(super) fn charge(state: &AppState, usage: Usage, estimate: u64) -> u64 {
     }
 }
 
+/// A failed upstream call: nothing is charged (the reservation is released), the failure is
+/// counted and logged, and the error to answer is returned.
+pub(super) async fn failed(
+    state: &AppState,
+    tenant_id: &str,
+    model: &str,
+    elapsed_seconds: f64,
+    reservation: crate::quota::Reservation,
+    e: crate::llm::LlmError,
+) -> ApiError {
+    reservation.release().await;
+    state
+        .metrics
+        .record(tenant_id, model, false, elapsed_seconds, 0, 0);
+    tracing::warn!(tenant_id, model = %model, error = %e, "LLM request failed");
+    ApiError::Upstream(e)
+}
+
 /// Calls the chat model with a reservation held: settles it to the usage on success, releases
 /// it on failure, and records metrics and the log line. `upstream` receives the time spent
 /// waiting for a remote model.
@@ -289,14 +307,7 @@ pub(super) async fn complete(
             );
             Ok(resp)
         }
-        Err(e) => {
-            reservation.release().await;
-            state
-                .metrics
-                .record(tenant_id, &model, false, elapsed, 0, 0);
-            tracing::warn!(tenant_id, model = %model, error = %e, "LLM request failed");
-            Err(ApiError::Upstream(e))
-        }
+        Err(e) => Err(failed(state, tenant_id, &model, elapsed, reservation, e).await),
     }
 }
 
@@ -398,7 +409,7 @@ async fn answer(
     };
     if let Some(key) = cache_key {
         remember(
-            caller,
+            &caller.vectors,
             &key,
             query,
             &answer.answer,
@@ -549,7 +560,7 @@ pub(super) async fn lookup(
 
 /// Stores a final answer in the tenant's semantic cache; a failure is logged, never returned.
 pub(super) async fn remember(
-    caller: &Caller,
+    vectors: &crate::vector::TenantVectors,
     key: &crate::cache::Key,
     query: Vec<f32>,
     answer: &str,
@@ -563,7 +574,7 @@ pub(super) async fn remember(
         model: model.to_string(),
         usage: serde_json::to_value(usage).unwrap_or_default(),
     };
-    if let Err(e) = crate::cache::store(&caller.vectors, key, query, &entry).await {
-        tracing::warn!(tenant_id = caller.tenant.id.as_str(), error = %e, "could not store a semantic-cache entry");
+    if let Err(e) = crate::cache::store(vectors, key, query, &entry).await {
+        tracing::warn!(tenant_id = %vectors.tenant(), error = %e, "could not store a semantic-cache entry");
     }
 }

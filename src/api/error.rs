@@ -167,6 +167,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON error body: `code` and `message` as everywhere; `type` and `param` as in
+    /// OpenAI's error bodies.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "code": self.code(),
+            "message": self.to_string(),
+            "type": self.error_type(),
+            "param": self.param(),
+        }})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
@@ -181,13 +194,7 @@ impl IntoResponse for ApiError {
             };
             tracing::error!(code = self.code(), status = status.as_u16(), error = %cause, "request failed");
         }
-        // `code` and `message` as everywhere; `type` and `param` as in OpenAI's error bodies.
-        let mut body = json!({"error": {
-            "code": self.code(),
-            "message": self.to_string(),
-            "type": self.error_type(),
-            "param": self.param(),
-        }});
+        let mut body = self.body();
         let headers = match &self {
             Self::RateLimited(r) => {
                 body["error"]["limit"] = json!(r.limit.as_str());

@@ -524,7 +524,7 @@ async fn completion(
         let resp = chat::complete(state, &tenant_id, request, reservation, upstream).await?;
         if let Some((key, query)) = remember {
             chat::remember(
-                &caller,
+                &caller.vectors,
                 &key,
                 query,
                 &resp.content,
@@ -565,13 +565,8 @@ async fn completion(
         Ok(s) => s,
         Err(e) => {
             chat::record_llm(&span, Err(&e));
-            reservation.release().await;
             let elapsed = started.elapsed().as_secs_f64();
-            state
-                .metrics
-                .record(&tenant_id, &model, false, elapsed, 0, 0);
-            tracing::warn!(tenant_id, model = %model, error = %e, "LLM request failed");
-            return Err(ApiError::Upstream(e));
+            return Err(chat::failed(state, &tenant_id, &model, elapsed, reservation, e).await);
         }
     };
     let settle = Settlement {
@@ -657,15 +652,7 @@ impl Settlement {
             "LLM request completed"
         );
         if let Some((vectors, key, query, sources)) = self.remember.take() {
-            let entry = crate::cache::Entry {
-                answer: std::mem::take(&mut self.text),
-                sources: serde_json::to_value(&sources).unwrap_or_default(),
-                model: model.to_string(),
-                usage: serde_json::to_value(usage).unwrap_or_default(),
-            };
-            if let Err(e) = crate::cache::store(&vectors, &key, query, &entry).await {
-                tracing::warn!(tenant_id = %self.tenant_id, error = %e, "could not store a semantic-cache entry");
-            }
+            chat::remember(&vectors, &key, query, &self.text, &sources, model, usage).await;
         }
         usage
     }
@@ -841,14 +828,8 @@ impl Events {
                 }
                 self.settle = None;
                 self.phase = Phase::Over;
-                let err = ApiError::Upstream(e);
-                let v = json!({"error": {
-                    "code": err.code(),
-                    "message": err.to_string(),
-                    "type": err.error_type(),
-                    "param": null,
-                }});
-                Some(Event::default().data(v.to_string()))
+                let body = ApiError::Upstream(e).body();
+                Some(Event::default().data(body.to_string()))
             }
             None => {
                 // The model's stream ended without a final chunk: treat as cut.

@@ -161,7 +161,7 @@ pub async fn verify_any(
             return oidc::verify(token, tenant, &issuer, jwks).await;
         }
     }
-    verify(token, lookup)
+    verify_claimed(token, claimed, lookup)
 }
 
 /// Extracts the token from an `Authorization` header value.
@@ -176,6 +176,15 @@ pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
 
 /// Verifies `token` and returns the caller it proves.
 pub fn verify(token: &str, lookup: &dyn KeyLookup) -> Result<Principal, AuthError> {
+    verify_claimed(token, unverified(token)?, lookup)
+}
+
+/// [`verify`], with the token's unverified claims already decoded.
+fn verify_claimed(
+    token: &str,
+    claimed: UnverifiedTenant,
+    lookup: &dyn KeyLookup,
+) -> Result<Principal, AuthError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
     let alg = match header.alg {
         jsonwebtoken::Algorithm::EdDSA => Algorithm::EdDSA,
@@ -186,7 +195,6 @@ pub fn verify(token: &str, lookup: &dyn KeyLookup) -> Result<Principal, AuthErro
 
     // Which tenant's keys to try comes from the unverified payload; the signature check below
     // then proves the key belongs to that tenant, because only that tenant's keys are tried.
-    let claimed = unverified(token)?;
     let tenant = claimed
         .tenant_id
         .as_deref()
