@@ -2,8 +2,11 @@
 //! variable shown in `--help`.
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::domain::parse_duration;
 
 /// tenantry: a Kubernetes operator and a tenant-aware RAG chat API.
 #[derive(Debug, Parser)]
@@ -71,14 +74,19 @@ pub struct OperatorArgs {
     pub image_pull_policy: String,
     /// Extra environment of the chat API containers, as KEY=VALUE (repeatable; comma-separated
     /// in the environment variable), e.g. OPENAI_BASE_URL=http://llm:8080/v1.
-    #[arg(long, env = "TENANTRY_API_ENV", value_delimiter = ',')]
-    pub api_env: Vec<String>,
+    #[arg(long, env = "TENANTRY_API_ENV", value_delimiter = ',', value_parser = KeyValue::parse)]
+    pub api_env: Vec<KeyValue>,
     /// Secret environment of the chat API containers, as ENV=SECRET:KEY (repeatable;
     /// comma-separated in the environment variable): the operator copies key KEY of Secret
     /// SECRET in its own namespace (`--lease-namespace`) into each tenant namespace and the
     /// pods read it through a secretKeyRef, e.g. OPENAI_API_KEY=llm-credentials:api-key.
-    #[arg(long, env = "TENANTRY_API_ENV_FROM_SECRET", value_delimiter = ',')]
-    pub api_env_from_secret: Vec<String>,
+    #[arg(
+        long,
+        env = "TENANTRY_API_ENV_FROM_SECRET",
+        value_delimiter = ',',
+        value_parser = SecretKeyRef::parse
+    )]
+    pub api_env_from_secret: Vec<SecretKeyRef>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "TENANTRY_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -93,8 +101,8 @@ pub struct OperatorArgs {
     #[arg(long, env = "TENANTRY_LEASE_NAME", default_value = "tenantry-operator")]
     pub lease_name: String,
     /// How long a leader's Lease lasts without renewal (e.g. 15s).
-    #[arg(long, env = "TENANTRY_LEASE_DURATION", default_value = "15s")]
-    pub lease_duration: String,
+    #[arg(long, env = "TENANTRY_LEASE_DURATION", default_value = "15s", value_parser = lease_duration)]
+    pub lease_duration: Duration,
     /// This replica's identity in the Lease (default: the pod's hostname).
     #[arg(long, env = "TENANTRY_IDENTITY")]
     pub identity: Option<String>,
@@ -220,14 +228,77 @@ pub struct TokenArgs {
     #[arg(long, env = "TENANTRY_SUB")]
     pub sub: String,
     /// Validity, as a duration like `1h`, `30m`, `720h`.
-    #[arg(long, env = "TENANTRY_TTL", default_value = "1h")]
-    pub ttl: String,
+    #[arg(long, env = "TENANTRY_TTL", default_value = "1h", value_parser = token_ttl)]
+    pub ttl: Duration,
     /// Data folder holding the signing keys (the one `serve` uses).
     #[arg(long, env = "TENANTRY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Folder of Tenant manifests (to find the tenant and its key algorithm).
     #[arg(long, env = "TENANTRY_TENANTS", default_value = "config/tenants")]
     pub tenants: PathBuf,
+}
+
+/// `KEY=VALUE`: a plain environment variable for the chat API pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// Variable name (not empty).
+    pub key: String,
+    /// Its value (may be empty).
+    pub value: String,
+}
+
+impl KeyValue {
+    /// Parses `KEY=VALUE` (the value may itself contain `=`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok(Self {
+                key: key.to_string(),
+                value: value.to_string(),
+            }),
+            _ => Err(format!("{s:?} is not KEY=VALUE")),
+        }
+    }
+}
+
+/// `ENV=SECRET:KEY`: environment variable `env` of the chat API pods is key `key` of Secret
+/// `secret` in the operator's namespace (copied into each tenant namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKeyRef {
+    /// Variable name in the pods.
+    pub env: String,
+    /// Secret in the operator's namespace.
+    pub secret: String,
+    /// Key in that Secret.
+    pub key: String,
+}
+
+impl SecretKeyRef {
+    /// Parses `ENV=SECRET:KEY`, all three parts non-empty.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parsed = s.split_once('=').and_then(|(env, r)| {
+            let (secret, key) = r.split_once(':')?;
+            (!env.is_empty() && !secret.is_empty() && !key.is_empty()).then(|| Self {
+                env: env.to_string(),
+                secret: secret.to_string(),
+                key: key.to_string(),
+            })
+        });
+        parsed.ok_or_else(|| format!("{s:?} is not ENV=SECRET:KEY"))
+    }
+}
+
+/// A Lease duration: a Go-style duration of at least one second.
+fn lease_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+        .filter(|d| *d >= Duration::from_secs(1))
+        .ok_or_else(|| format!("{s:?} is not a duration of at least 1s"))
+}
+
+/// A token lifetime: a non-zero Go-style duration.
+fn token_ttl(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration like 1h or 30m"))
 }
 
 /// A Redis URL from the command line; its `Debug` hides the password.
@@ -267,6 +338,62 @@ mod tests {
             !text.contains("hunter2") && text.contains("redis:6380"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn typed_flags_parse_or_say_what_they_expect() {
+        let cli = Cli::try_parse_from([
+            "tenantry",
+            "operator",
+            "--api-env",
+            "A=b=c,EMPTY=",
+            "--api-env-from-secret",
+            "OPENAI_API_KEY=llm:api-key",
+            "--lease-duration",
+            "1m30s",
+        ])
+        .expect("parses");
+        let Command::Operator(args) = cli.command else {
+            panic!("not the operator");
+        };
+        assert_eq!(
+            args.api_env,
+            [
+                KeyValue::parse("A=b=c").expect("kv"),
+                KeyValue::parse("EMPTY=").expect("kv")
+            ]
+        );
+        assert_eq!(args.api_env[0].value, "b=c");
+        assert_eq!(
+            args.api_env_from_secret,
+            [SecretKeyRef {
+                env: "OPENAI_API_KEY".into(),
+                secret: "llm".into(),
+                key: "api-key".into()
+            }]
+        );
+        assert_eq!(args.lease_duration, Duration::from_secs(90));
+        for (flag, value, says) in [
+            ("--api-env", "NOEQUALS", "is not KEY=VALUE"),
+            ("--api-env", "=v", "is not KEY=VALUE"),
+            ("--api-env-from-secret", "E=secret", "is not ENV=SECRET:KEY"),
+            ("--api-env-from-secret", "E=:key", "is not ENV=SECRET:KEY"),
+            ("--lease-duration", "500ms", "at least 1s"),
+        ] {
+            let err = Cli::try_parse_from(["tenantry", "operator", flag, value])
+                .expect_err(value)
+                .to_string();
+            assert!(
+                err.contains(says) && err.contains(flag),
+                "{flag} {value}: {err}"
+            );
+        }
+        let err = Cli::try_parse_from([
+            "tenantry", "token", "--tenant", "a", "--sub", "b", "--ttl", "0s",
+        ])
+        .expect_err("zero ttl")
+        .to_string();
+        assert!(err.contains("is not a duration like 1h"), "{err}");
     }
 
     #[test]

@@ -13,16 +13,13 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
     Read {
-        /// File.
         path: PathBuf,
-        /// Cause.
         #[source]
         source: std::io::Error,
     },
     /// The file is not valid.
     #[error("invalid config {path}: {reason}")]
     Invalid {
-        /// File.
         path: PathBuf,
         /// What is wrong.
         reason: String,

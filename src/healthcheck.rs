@@ -16,25 +16,16 @@ pub enum HealthcheckError {
     BadUrl(String),
     /// The CA file could not be read or parsed.
     #[error("cannot use CA file {path}: {reason}")]
-    Ca {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        reason: String,
-    },
+    Ca { path: PathBuf, reason: String },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
     /// No answer in time.
     #[error("{url}: no answer within {}s", TIMEOUT.as_secs())]
-    Timeout {
-        /// The URL.
-        url: String,
-    },
+    Timeout { url: String },
     /// Connection, TLS or protocol failure.
     #[error("{url}: {reason}")]
     Request {
-        /// The URL.
         url: String,
         /// Cause, with its sources.
         reason: String,
@@ -42,7 +33,6 @@ pub enum HealthcheckError {
     /// The server answered, but not 200.
     #[error("{url}: answered {status}")]
     Status {
-        /// The URL.
         url: String,
         /// The status it answered.
         status: u16,
@@ -51,7 +41,6 @@ pub enum HealthcheckError {
 
 /// Checks that `GET <url>` answers 200 within [`TIMEOUT`].
 pub async fn check(args: &HealthcheckArgs) -> Result<(), HealthcheckError> {
-    crate::install_crypto_provider();
     let url = args.url.clone();
     let parsed = reqwest::Url::parse(&url).map_err(|_| HealthcheckError::BadUrl(url.clone()))?;
     if !matches!(parsed.scheme(), "http" | "https") {

@@ -298,7 +298,6 @@ async fn api_error(r: reqwest::Response) -> String {
 
 /// Ingests every supported file under `opts.paths`.
 pub async fn run(opts: IngestOptions) -> Result<Report, IngestError> {
-    crate::install_crypto_provider();
     let files = collect_files(&opts.paths)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(300))

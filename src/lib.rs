@@ -4,6 +4,7 @@
 //! - [`cli`]: command-line interface (`serve`, `token`, `crd`).
 //! - [`controller`]: the operator's reconciler (build, apply, status, keys, leader election).
 //! - [`operator`]: wiring of `tenantry operator` and its lifecycle.
+//! - [`domain`]: the shared vocabulary (tenant ids, isolation, algorithms, quotas, durations).
 //! - [`crd`]: the `Tenant` and `QuotaTier` custom resources (group `tenantry.dev`).
 //! - [`config`]: the `serve` configuration file and its defaults.
 //! - [`tenants`]: the tenant registry `serve` reads from manifests on disk, reloaded on change.
@@ -17,6 +18,7 @@
 //! - [`api`]: the HTTP API (axum router, handlers, errors).
 //! - [`cache`]: the tenant-scoped semantic cache of chat answers.
 //! - [`quota`]: per-tenant quotas and rate limits (Redis or in-process), token estimates.
+//! - [`runtime`]: what both long-running modes need: shutdown signal, admin router, file watching.
 //! - [`serve`]: wiring of `tenantry serve` and its lifecycle.
 //! - [`tls`]: HTTPS for `serve`: certificate loading and reload on change.
 //! - [`healthcheck`]: `tenantry healthcheck`, the probe of the image's HEALTHCHECK.
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod domain;
 pub mod embed;
 pub mod healthcheck;
 pub mod ingest;
@@ -37,6 +40,7 @@ pub mod llm;
 pub mod metrics;
 pub mod operator;
 pub mod quota;
+pub mod runtime;
 pub mod serve;
 pub mod telemetry;
 pub mod tenants;
@@ -44,7 +48,9 @@ pub mod tls;
 pub mod vector;
 
 /// Installs ring as the process-wide rustls crypto provider (idempotent). Every TLS client and
-/// server in the program uses ring; without one installed, rustls cannot pick a provider.
+/// server in the program uses ring; without one installed, rustls cannot pick a provider and
+/// building an HTTP client panics. `main` calls this once, first thing; a program (or test)
+/// that uses the library without `main` calls it before building any client.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -2,7 +2,7 @@
 use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
 use tenantry::cli::{Cli, Command, TokenArgs};
-use tenantry::crd::{TenantId, parse_duration};
+use tenantry::domain::TenantId;
 use tenantry::tenants::{KeySource, Registry};
 
 #[tokio::main]
@@ -68,9 +68,6 @@ async fn ingest(args: tenantry::cli::IngestArgs) -> anyhow::Result<()> {
 /// Mints a token with the tenant's current key (creating the key like `serve` would).
 fn token(args: &TokenArgs) -> anyhow::Result<String> {
     let tenant = TenantId::parse(&args.tenant)?;
-    let ttl = parse_duration(&args.ttl)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow!("--ttl {:?} is not a duration like 1h or 30m", args.ttl))?;
     let registry = Registry::new(
         args.tenants.clone(),
         KeySource {
@@ -86,5 +83,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
             args.tenants.display()
         )
     })?;
-    Ok(config.keyring.mint(&tenant, &args.sub, ttl.as_secs())?)
+    Ok(config
+        .keyring
+        .mint(&tenant, &args.sub, args.ttl.as_secs())?)
 }

@@ -14,7 +14,6 @@ use crate::cli::OperatorArgs;
 use crate::controller::build::BuildConfig;
 use crate::controller::leader::Elector;
 use crate::controller::{Context, Metrics, lease_api, run_controller};
-use crate::crd::parse_duration;
 use crate::serve::shutdown_signal;
 use crate::vector::edge::EdgeBackend;
 use crate::vector::qdrant::{QdrantBackend, QdrantConfig};
@@ -35,9 +34,7 @@ pub enum OperatorError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        /// Address.
         addr: std::net::SocketAddr,
-        /// Cause.
         #[source]
         source: std::io::Error,
     },
@@ -48,35 +45,17 @@ pub enum OperatorError {
 
 /// Runs the operator until a shutdown signal (Ok) or loss of leadership (Err).
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    crate::install_crypto_provider();
-    let lease_duration = parse_duration(&args.lease_duration)
-        .filter(|d| *d >= Duration::from_secs(1))
-        .ok_or_else(|| {
-            OperatorError::Args(format!(
-                "--lease-duration {:?} is not a duration of at least 1s",
-                args.lease_duration
-            ))
-        })?;
-    let mut api_env = Vec::new();
-    for kv in &args.api_env {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| OperatorError::Args(format!("--api-env {kv:?} is not KEY=VALUE")))?;
-        api_env.push((k.to_string(), v.to_string()));
-    }
-    let mut api_secret_env = Vec::new();
-    for spec in &args.api_env_from_secret {
-        let parsed = spec.split_once('=').and_then(|(env, r)| {
-            let (secret, key) = r.split_once(':')?;
-            (!env.is_empty() && !secret.is_empty() && !key.is_empty())
-                .then(|| (env.to_string(), secret.to_string(), key.to_string()))
-        });
-        api_secret_env.push(parsed.ok_or_else(|| {
-            OperatorError::Args(format!(
-                "--api-env-from-secret {spec:?} is not ENV=SECRET:KEY"
-            ))
-        })?);
-    }
+    let lease_duration = args.lease_duration;
+    let api_env = args
+        .api_env
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    let api_secret_env = args
+        .api_env_from_secret
+        .iter()
+        .map(|r| (r.env.clone(), r.secret.clone(), r.key.clone()))
+        .collect();
     let identity = args
         .identity
         .clone()

@@ -25,9 +25,6 @@ use crate::vector::edge::EdgeBackend;
 use crate::vector::qdrant::{QdrantBackend, QdrantConfig};
 use crate::vector::{VectorBackend, VectorError};
 
-/// How often the tenants folder and keyrings are checked for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
-
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -54,7 +51,6 @@ pub enum ServeError {
     Io {
         /// What was attempted.
         what: String,
-        /// Cause.
         #[source]
         source: std::io::Error,
     },
@@ -76,7 +72,34 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
 
     let vectors = build_vectors(args, &config).await?;
 
-    let embedder: Arc<dyn Embedder> = match &config.embedding {
+    let embedder = build_embedder(args, &config).await?;
+    let llm = build_chat_model(&config)?;
+    let registry = Arc::new(build_registry(args, &config));
+    let r = registry.clone();
+    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+    let quota = build_quota(args, &config)?;
+    let _ = tokio::task::spawn_blocking(crate::quota::tokens::warm_up).await;
+
+    Ok(AppState {
+        registry,
+        vectors,
+        embedder,
+        llm,
+        metrics: Arc::new(Metrics::default()),
+        config: Arc::new(config),
+        dev: args.dev,
+        quota,
+        jwks: Arc::new(crate::auth::oidc::JwksCache::new()),
+    })
+}
+
+/// The embedding model: in-process (candle, loaded on a blocking thread) or an
+/// OpenAI-compatible `/v1/embeddings` endpoint.
+async fn build_embedder(
+    args: &ServeArgs,
+    config: &ServeConfig,
+) -> Result<Arc<dyn Embedder>, ServeError> {
+    Ok(match &config.embedding {
         EmbeddingConfig::Local { model_dir } => {
             let dir = args.model_dir.clone().unwrap_or_else(|| model_dir.clone());
             let dir2 = dir.clone();
@@ -100,77 +123,58 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
             *dimension,
             Duration::from_secs(config.llm.timeout_seconds),
         )?),
-    };
-
-    let llm: Arc<dyn ChatModel> = match config.llm_base_url() {
-        Some(url) => {
-            tracing::info!(base_url = %url, "chat model endpoint configured");
-            let timeout = Duration::from_secs(config.llm.timeout_seconds);
-            let connect = Duration::from_secs(config.llm.connect_timeout_seconds);
-            let mut upstreams = vec![Upstream::new(
-                "primary",
-                Arc::new(OpenAiChat::with_connect_timeout(
-                    &url,
-                    std::env::var(&config.llm.api_key_env).ok(),
-                    timeout,
-                    connect,
-                )?) as Arc<dyn ChatModel>,
-            )];
-            for (i, f) in config.llm.fallbacks.iter().enumerate() {
-                tracing::info!(base_url = %f.base_url, "fallback chat model endpoint configured");
-                upstreams.push(
-                    Upstream::new(
-                        format!("fallback-{}", i + 1),
-                        Arc::new(OpenAiChat::with_connect_timeout(
-                            &f.base_url,
-                            f.api_key_env.as_ref().and_then(|k| std::env::var(k).ok()),
-                            timeout,
-                            connect,
-                        )?) as Arc<dyn ChatModel>,
-                    )
-                    .with_model(f.model.clone()),
-                );
-            }
-            Arc::new(ResilientChat::new(upstreams, config.llm.policy()))
-        }
-        None => {
-            tracing::warn!(
-                "no chat model endpoint configured (llm.baseUrl / OPENAI_BASE_URL): answers come from the offline extractive responder"
-            );
-            Arc::new(Extractive)
-        }
-    };
-
-    let registry = Arc::new(Registry::new(
-        args.tenants.clone(),
-        match &args.keys_dir {
-            Some(dir) => KeySource {
-                dir: dir.clone(),
-                create_missing: false,
-            },
-            None => KeySource {
-                dir: args.data_dir.join("keys"),
-                create_missing: true,
-            },
-        },
-        config.llm.model.clone(),
-    ));
-    let r = registry.clone();
-    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
-    let quota = build_quota(args, &config)?;
-    let _ = tokio::task::spawn_blocking(crate::quota::tokens::warm_up).await;
-
-    Ok(AppState {
-        registry,
-        vectors,
-        embedder,
-        llm,
-        metrics: Arc::new(Metrics::default()),
-        config: Arc::new(config),
-        dev: args.dev,
-        quota,
-        jwks: Arc::new(crate::auth::oidc::JwksCache::new()),
     })
+}
+
+/// The chat model: the configured endpoint and its fallbacks behind retries and circuit
+/// breakers, or the offline extractive responder when no endpoint is configured.
+fn build_chat_model(config: &ServeConfig) -> Result<Arc<dyn ChatModel>, ServeError> {
+    let Some(url) = config.llm_base_url() else {
+        tracing::warn!(
+            "no chat model endpoint configured (llm.baseUrl / OPENAI_BASE_URL): answers come from the offline extractive responder"
+        );
+        return Ok(Arc::new(Extractive));
+    };
+    tracing::info!(base_url = %url, "chat model endpoint configured");
+    let timeout = Duration::from_secs(config.llm.timeout_seconds);
+    let connect = Duration::from_secs(config.llm.connect_timeout_seconds);
+    let endpoint = |url: &str, key_env: Option<&str>| -> Result<Arc<dyn ChatModel>, ServeError> {
+        let key = key_env.and_then(|k| std::env::var(k).ok());
+        Ok(Arc::new(OpenAiChat::with_connect_timeout(
+            url, key, timeout, connect,
+        )?))
+    };
+    let mut upstreams = vec![Upstream::new(
+        "primary",
+        endpoint(&url, Some(config.llm.api_key_env.as_str()))?,
+    )];
+    for (i, f) in config.llm.fallbacks.iter().enumerate() {
+        tracing::info!(base_url = %f.base_url, "fallback chat model endpoint configured");
+        upstreams.push(
+            Upstream::new(
+                format!("fallback-{}", i + 1),
+                endpoint(&f.base_url, f.api_key_env.as_deref())?,
+            )
+            .with_model(f.model.clone()),
+        );
+    }
+    Ok(Arc::new(ResilientChat::new(upstreams, config.llm.policy())))
+}
+
+/// The tenant registry (not loaded yet): manifests from `--tenants`, keys from `--keys-dir`
+/// (mounted, never created) or `<data-dir>/keys` (created for tenants that have none).
+fn build_registry(args: &ServeArgs, config: &ServeConfig) -> Registry {
+    let keys = match &args.keys_dir {
+        Some(dir) => KeySource {
+            dir: dir.clone(),
+            create_missing: false,
+        },
+        None => KeySource {
+            dir: args.data_dir.join("keys"),
+            create_missing: true,
+        },
+    };
+    Registry::new(args.tenants.clone(), keys, config.llm.model.clone())
 }
 
 /// Every `every`, deletes each tenant's semantic-cache entries older than its TTL, so the cache
@@ -266,7 +270,6 @@ fn build_quota(args: &ServeArgs, config: &ServeConfig) -> Result<Quota, ServeErr
 
 /// Runs the API and the metrics endpoint until a shutdown signal.
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
-    crate::install_crypto_provider();
     // Bad certificate files fail the start at once, before the slow model load.
     let tls = crate::tls::TlsFiles::from_args(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let tls_config = match &tls {
@@ -277,7 +280,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     if args.dev {
         tracing::warn!("development mode: GET /dev/token mints tokens for any tenant");
     }
-    let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_EVERY));
+    let watcher = tokio::spawn(state.registry.clone().watch(crate::runtime::POLL_EVERY));
     let sweep_every = Duration::from_secs(state.config.vector.cache_sweep_seconds);
     let sweeper = tokio::spawn(sweep_caches(state.clone(), sweep_every));
 
@@ -323,14 +326,14 @@ async fn serve_tls(
     files: crate::tls::TlsFiles,
     (config, seen): (
         axum_server::tls_rustls::RustlsConfig,
-        crate::tls::Fingerprint,
+        crate::runtime::FileStamp,
     ),
 ) -> std::io::Result<()> {
     let reloader = tokio::spawn(crate::tls::watch(
         files,
         config.clone(),
         seen,
-        crate::tls::RELOAD_EVERY,
+        crate::runtime::POLL_EVERY,
     ));
     let handle = axum_server::Handle::new();
     let on_signal = handle.clone();

@@ -6,15 +6,16 @@
 //! the others down; a tenant whose manifest turns invalid keeps its last valid configuration.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::auth::keys::{KeyError, Keyring, keyring_path};
 use crate::auth::{KeyLookup, TenantKeys};
-use crate::crd::{
-    EffectiveQuota, QuotaTier, QuotaTierSpec, Tenant, TenantId, TenantSpec, builtin_tier,
-    parse_duration,
-};
+use crate::crd::{QuotaTier, QuotaTierSpec, Tenant, TenantSpec, builtin_tier};
+use crate::domain::{EffectiveQuota, Issuer, TenantId, parse_duration};
+use crate::runtime::{FileStamp, watch_files};
 
 /// Everything `serve` needs to know about one tenant.
 #[derive(Clone)]
@@ -66,7 +67,7 @@ pub struct KeySource {
 #[derive(Default)]
 struct State {
     tenants: HashMap<TenantId, Arc<TenantConfig>>,
-    fingerprint: Vec<(PathBuf, SystemTime, u64)>,
+    stamp: FileStamp,
     problems: Vec<LoadProblem>,
     loaded: bool,
 }
@@ -76,7 +77,8 @@ pub struct Registry {
     dir: PathBuf,
     keys: KeySource,
     default_chat_model: String,
-    state: RwLock<State>,
+    /// Swapped whole on every reload, so readers never wait and never see half a load.
+    state: ArcSwap<State>,
 }
 
 enum Doc {
@@ -91,7 +93,7 @@ impl Registry {
             dir,
             keys,
             default_chat_model,
-            state: RwLock::new(State::default()),
+            state: ArcSwap::from_pointee(State::default()),
         }
     }
 
@@ -117,38 +119,20 @@ impl Registry {
         self.read().loaded
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-written (it is replaced
-        // whole), so a poisoned lock is still consistent.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> arc_swap::Guard<Arc<State>> {
+        self.state.load()
     }
 
-    fn fingerprint(&self) -> Vec<(PathBuf, SystemTime, u64)> {
-        let mut out = Vec::new();
-        for dir in [&self.dir, &self.keys.dir] {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                // Follow symlinks: mounted ConfigMaps/Secrets swap a `..data` link.
-                if let Ok(m) = std::fs::metadata(e.path()) {
-                    out.push((
-                        e.path(),
-                        m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                        m.len(),
-                    ));
-                }
-            }
-        }
-        out.sort();
-        out
+    /// The folders whose changes trigger a reload: the manifests and the keyrings.
+    fn watched(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone(), self.keys.dir.clone()]
     }
 
     /// Reloads if any manifest or keyring changed since the last load. Returns whether it
     /// reloaded.
     pub fn reload_if_changed(&self) -> bool {
-        let fp = self.fingerprint();
-        if self.read().loaded && self.read().fingerprint == fp {
+        let state = self.read();
+        if state.loaded && state.stamp == FileStamp::of(&self.watched()) {
             return false;
         }
         self.reload();
@@ -157,7 +141,7 @@ impl Registry {
 
     /// Reads every manifest and keyring again and swaps in the new tenant set.
     pub fn reload(&self) {
-        let fingerprint = self.fingerprint();
+        let stamp = FileStamp::of(&self.watched());
         let mut problems = Vec::new();
         let docs = self.read_manifests(&mut problems);
 
@@ -213,13 +197,12 @@ impl Registry {
             tracing::error!(file = %p.file.display(), "{}", p.message);
         }
         tracing::info!(tenants = next.len(), "tenant configuration loaded");
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        *state = State {
+        self.state.store(Arc::new(State {
             tenants: next,
-            fingerprint,
+            stamp,
             problems,
             loaded: true,
-        };
+        }));
     }
 
     fn read_manifests(&self, problems: &mut Vec<LoadProblem>) -> Vec<(PathBuf, Doc)> {
@@ -309,14 +292,9 @@ impl Registry {
 
     /// Reloads whenever files change, checking every `every`, until the task is dropped.
     pub async fn watch(self: Arc<Self>, every: Duration) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let this = self.clone();
-            // File reads and key generation are blocking.
-            let _ = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
-        }
+        let seen = self.read().stamp.clone();
+        let paths = self.watched();
+        watch_files(paths, seen, every, move || self.reload()).await;
     }
 }
 
@@ -325,7 +303,7 @@ impl KeyLookup for Registry {
         self.read().tenants.get(tenant).map(|t| t.keys.clone())
     }
 
-    fn tenant_issuers(&self, tenant: &TenantId) -> Vec<crate::crd::Issuer> {
+    fn tenant_issuers(&self, tenant: &TenantId) -> Vec<Issuer> {
         self.read()
             .tenants
             .get(tenant)

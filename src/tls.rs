@@ -4,15 +4,14 @@
 //! effect without a restart and without dropping open connections.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// How often the certificate and key files are checked for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+use crate::runtime::{FileStamp, watch_files};
 
 /// Why a certificate/key pair could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +24,13 @@ pub enum TlsError {
     Read {
         /// `certificate` or `private key`.
         what: &'static str,
-        /// The file.
         path: String,
-        /// Cause.
         #[source]
         source: std::io::Error,
     },
     /// A file holds no usable PEM object of the expected kind.
     #[error("{path}: {reason}")]
     Pem {
-        /// The file.
         path: String,
         /// What is wrong with it.
         reason: String,
@@ -46,7 +42,6 @@ pub enum TlsError {
         cert: String,
         /// Key file.
         key: String,
-        /// Cause.
         #[source]
         source: rustls::Error,
     },
@@ -112,25 +107,11 @@ impl TlsFiles {
         })
     }
 
-    /// Modification time and size of both files, following symlinks (mounted Secrets swap a
-    /// `..data` link, which changes neither path).
-    fn fingerprint(&self) -> Fingerprint {
-        let files = [&self.cert, &self.key]
-            .iter()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-            })
-            .collect();
-        Fingerprint(files)
+    /// The certificate and key files, as watched for changes.
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.cert.clone(), self.key.clone()]
     }
 }
-
-/// What the certificate and key files looked like when last loaded (modification time and
-/// size of each).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint(Vec<Option<(SystemTime, u64)>>);
 
 /// The rustls server configuration: ring, TLS 1.2 and 1.3 only, ALPN h2 then http/1.1, no
 /// client certificates. rustls checks that the key matches the certificate.
@@ -150,50 +131,29 @@ pub fn server_config(
 /// Loads the pair once (a start-up error when it is unusable) into a reloadable
 /// configuration, with the files' state before reading them (a change while starting up is
 /// picked up by [`watch`]).
-pub fn initial(files: &TlsFiles) -> Result<(RustlsConfig, Fingerprint), TlsError> {
-    let seen = files.fingerprint();
+pub fn initial(files: &TlsFiles) -> Result<(RustlsConfig, FileStamp), TlsError> {
+    let seen = FileStamp::of(&files.paths());
     Ok((RustlsConfig::from_config(Arc::new(files.load()?)), seen))
 }
 
 /// Reloads the pair into `config` whenever either file changes, checking every `every`, until
 /// the task is dropped. New connections get the new certificate; open ones keep theirs. A pair
-/// that cannot be used is logged and the previous certificate stays in service.
-pub async fn watch(files: TlsFiles, config: RustlsConfig, mut seen: Fingerprint, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let f = files.clone();
-        let previous = seen.clone();
-        // File reads and key parsing are blocking.
-        let Ok((now, loaded)) = tokio::task::spawn_blocking(move || {
-            let now = f.fingerprint();
-            let loaded = (now != previous).then(|| f.load());
-            (now, loaded)
-        })
-        .await
-        else {
-            continue;
-        };
-        let Some(result) = loaded else {
-            continue;
-        };
-        // Remember what was attempted, so a bad pair is reported once, not every tick; the
-        // next change of either file is tried again (rotations write cert and key in turn).
-        seen = now;
-        match result {
-            Ok(new) => {
-                config.reload_from_config(Arc::new(new));
-                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
-            }
-            Err(e) => tracing::error!(
-                error = %e,
-                "TLS certificate reload failed; still serving the previous certificate"
-            ),
+/// that cannot be used is logged once and the previous certificate stays in service; the next
+/// change of either file is tried again (rotations write cert and key in turn).
+pub async fn watch(files: TlsFiles, config: RustlsConfig, seen: FileStamp, every: Duration) {
+    let paths = files.paths();
+    watch_files(paths, seen, every, move || match files.load() {
+        Ok(new) => {
+            config.reload_from_config(Arc::new(new));
+            tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
         }
-    }
+        Err(e) => tracing::error!(
+            error = %e,
+            "TLS certificate reload failed; still serving the previous certificate"
+        ),
+    })
+    .await;
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

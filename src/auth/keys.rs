@@ -15,7 +15,7 @@ use jsonwebtoken::{DecodingKey, EncodingKey, Header};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{Algorithm, TenantId};
+use crate::domain::{Algorithm, TenantId};
 
 /// Errors reading, writing or using a keyring.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +164,7 @@ pub struct Keyring {
 /// Claims of a tenantry token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
-    /// User.
+    /// The user the token was minted for.
     pub sub: String,
     /// Tenant the token is for.
     pub tenant_id: String,

@@ -22,7 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::crd::{Algorithm, TenantId};
+use crate::domain::{Algorithm, TenantId};
 use keys::{Claims, Keyring, unix_now};
 
 /// Clock skew tolerated on `exp`, in seconds.
@@ -93,7 +93,7 @@ pub trait KeyLookup: Send + Sync {
     /// The tenant's keys, or `None` for an unknown tenant.
     fn tenant_keys(&self, tenant: &TenantId) -> Option<Arc<TenantKeys>>;
     /// The external issuers configured for a tenant.
-    fn tenant_issuers(&self, _tenant: &TenantId) -> Vec<crate::crd::Issuer> {
+    fn tenant_issuers(&self, _tenant: &TenantId) -> Vec<crate::domain::Issuer> {
         Vec::new()
     }
     /// The tenants that configure `iss` as an external issuer.
@@ -212,22 +212,33 @@ fn verify_claimed(
         .find(|(k, expires, _)| *k == kid && expires.is_none_or(|e| e > now))
         .ok_or(AuthError::UnknownKey)?;
 
-    let mut validation = Validation::new(header.alg);
+    let validation = validation(header.alg, &["exp", "sub"]);
+    let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+        .map_err(decode_error)?
+        .claims;
+    principal(tenant, Some(&claims.tenant_id), claims.sub)
+}
+
+/// The checks every accepted token passes, whoever signed it: the header's algorithm, an
+/// expiry (with [`LEEWAY_SECS`] of clock skew) and the `required` claims present.
+fn validation(alg: jsonwebtoken::Algorithm, required: &[&str]) -> Validation {
+    let mut validation = Validation::new(alg);
     validation.leeway = LEEWAY_SECS;
     validation.validate_exp = true;
-    validation.set_required_spec_claims(&["exp", "sub"]);
-    let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(decode_error)?;
-    let claims = data.claims;
-    if claims.tenant_id != tenant.as_str() {
+    validation.set_required_spec_claims(required);
+    validation
+}
+
+/// The principal of verified claims: a tenant the claims name (if they name one) must be the
+/// tenant the token was verified for, and the subject must not be blank.
+fn principal(tenant: TenantId, claimed: Option<&str>, sub: String) -> Result<Principal, AuthError> {
+    if claimed.is_some_and(|t| t != tenant.as_str()) {
         return Err(AuthError::Claims("tenant_id mismatch".to_string()));
     }
-    if claims.sub.trim().is_empty() {
+    if sub.trim().is_empty() {
         return Err(AuthError::Claims("sub is required".to_string()));
     }
-    Ok(Principal {
-        tenant,
-        sub: claims.sub,
-    })
+    Ok(Principal { tenant, sub })
 }
 
 #[cfg(test)]

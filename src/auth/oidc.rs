@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-use super::{AuthError, LEEWAY_SECS, Principal};
-use crate::crd::{Issuer, TenantId};
+use super::{AuthError, Principal};
+use crate::domain::{Issuer, TenantId};
 
 /// A JWKS is used for this long before it is fetched again.
 pub const JWKS_TTL: Duration = Duration::from_secs(600);
@@ -60,7 +60,6 @@ impl Default for JwksCache {
 impl JwksCache {
     /// An empty cache.
     pub fn new() -> Self {
-        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
@@ -165,36 +164,20 @@ pub async fn verify(
         return Err(AuthError::Algorithm);
     }
     let key = DecodingKey::from_jwk(&jwk).map_err(|_| AuthError::UnknownKey)?;
-    let mut validation = Validation::new(header.alg);
-    validation.leeway = LEEWAY_SECS;
-    validation.validate_exp = true;
+    let required: &[&str] = if issuer.audience.is_some() {
+        // Without `aud` among the required claims a token with no `aud` at all would pass.
+        &["exp", "sub", "iss", "aud"]
+    } else {
+        &["exp", "sub", "iss"]
+    };
+    let mut validation = super::validation(header.alg, required);
     validation.set_issuer(&[issuer.issuer.as_str()]);
     match &issuer.audience {
-        Some(aud) => {
-            validation.set_audience(&[aud.as_str()]);
-            // Without this a token with no `aud` at all would pass.
-            validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        }
-        None => {
-            validation.validate_aud = false;
-            validation.set_required_spec_claims(&["exp", "sub", "iss"]);
-        }
+        Some(aud) => validation.set_audience(&[aud.as_str()]),
+        None => validation.validate_aud = false,
     }
-    let data = jsonwebtoken::decode::<ExternalClaims>(token, &key, &validation)
-        .map_err(super::decode_error)?;
-    let claims = data.claims;
-    if claims
-        .tenant_id
-        .as_deref()
-        .is_some_and(|t| t != tenant.as_str())
-    {
-        return Err(AuthError::Claims("tenant_id mismatch".to_string()));
-    }
-    if claims.sub.trim().is_empty() {
-        return Err(AuthError::Claims("sub is required".to_string()));
-    }
-    Ok(Principal {
-        tenant,
-        sub: claims.sub,
-    })
+    let claims = jsonwebtoken::decode::<ExternalClaims>(token, &key, &validation)
+        .map_err(super::decode_error)?
+        .claims;
+    super::principal(tenant, claims.tenant_id.as_deref(), claims.sub)
 }

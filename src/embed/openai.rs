@@ -79,10 +79,6 @@ impl OpenAiEmbedder {
         }
         let api_key = api_key.filter(|k| !k.is_empty());
 
-        // reqwest is built with rustls and no default crypto provider: install ring's once
-        // per process (a no-op, returning Err, when one is already installed).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-
         // Every field is set explicitly so that OPENAI_API_KEY / OPENAI_ORG_ID /
         // OPENAI_PROJECT_ID from the environment never leak to an arbitrary endpoint.
         let config = OpenAIConfig::new()
@@ -327,6 +323,7 @@ mod tests {
     }
 
     fn embedder(base: &str, key: Option<&str>, dim: usize) -> OpenAiEmbedder {
+        crate::install_crypto_provider();
         OpenAiEmbedder::new(
             base,
             key.map(str::to_string),
@@ -424,18 +421,24 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn server_error_is_unavailable_without_key() {
-        let (base, _server) = start(Reply::Fixed(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": {"message": "boom", "type": "server_error"}}),
-        ))
-        .await;
+    /// The error of embedding one text against a server answering `reply`, and its message.
+    async fn failure(reply: Reply) -> (EmbedError, String) {
+        let (base, _server) = start(reply).await;
         let err = embedder(&base, Some(KEY), 3)
             .embed(texts(&["x"]))
             .await
             .unwrap_err();
         let msg = err.to_string();
+        (err, msg)
+    }
+
+    #[tokio::test]
+    async fn server_error_is_unavailable_without_key() {
+        let (err, msg) = failure(Reply::Fixed(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": {"message": "boom", "type": "server_error"}}),
+        ))
+        .await;
         assert!(matches!(err, EmbedError::Unavailable(_)), "{msg}");
         assert!(msg.contains("500"), "{msg}");
         assert!(!msg.contains(KEY), "{msg}");
@@ -443,17 +446,12 @@ mod tests {
 
     #[tokio::test]
     async fn client_error_is_unavailable() {
-        let (base, _server) = start(Reply::Fixed(
+        let (err, msg) = failure(Reply::Fixed(
             StatusCode::UNAUTHORIZED,
             json!({"error": {"message": "invalid api key", "type": "invalid_request_error",
                              "param": null, "code": "invalid_api_key"}}),
         ))
         .await;
-        let err = embedder(&base, Some(KEY), 3)
-            .embed(texts(&["x"]))
-            .await
-            .unwrap_err();
-        let msg = err.to_string();
         assert!(matches!(err, EmbedError::Unavailable(_)), "{msg}");
         assert!(msg.contains("invalid api key"), "{msg}");
         assert!(!msg.contains(KEY), "{msg}");
@@ -536,6 +534,7 @@ mod tests {
 
     #[test]
     fn new_rejects_bad_configuration() {
+        crate::install_crypto_provider();
         let t = Duration::from_secs(1);
         for (base, model, dim) in [
             ("localhost:8080/v1", "m", 3),

@@ -1,16 +1,16 @@
 //! The in-process quota store (embedded default): one mutex-guarded table of counters per
 //! tenant. Exact for a single `serve` process; several replicas need [`super::redis`].
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 
 use super::{
     Counters, Decision, Outcome, QuotaError, QuotaStore, ReserveRequest, Ticket, day_of,
     first_exceeded, minute_of,
 };
-use crate::crd::TenantId;
+use crate::domain::TenantId;
 
 /// Windows older than this many days are forgotten (a request may settle into yesterday).
 const KEEP_DAYS: u64 = 1;
@@ -61,11 +61,7 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     fn with<R>(&self, tenant: &TenantId, f: impl FnOnce(&mut TenantState) -> R) -> R {
-        // A poisoned lock only means another request panicked mid-update of plain integers.
-        let mut map = self
-            .tenants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.tenants.lock();
         f(map.entry(tenant.clone()).or_default())
     }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{EffectiveQuota, TenantId};
+use crate::domain::{EffectiveQuota, TenantId};
 
 /// Milliseconds in a UTC day.
 pub const DAY_MS: u64 = 86_400_000;
@@ -220,7 +220,6 @@ pub fn now_ms() -> u64 {
 /// What a store needs to reserve.
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
-    /// Tenant.
     pub tenant: TenantId,
     /// Its limits.
     pub limits: Limits,
@@ -238,7 +237,6 @@ pub struct ReserveRequest {
 pub struct Ticket {
     /// Unique id (also the in-flight entry).
     pub id: String,
-    /// Tenant.
     pub tenant: TenantId,
     /// Tokens reserved.
     pub estimate: u64,
@@ -253,7 +251,6 @@ pub struct Ticket {
 pub enum Decision {
     /// Admitted; usage after the reservation.
     Admitted {
-        /// The reservation.
         ticket: Ticket,
         /// Usage including this reservation.
         used: Counters,

@@ -25,7 +25,7 @@ use super::{
     Counters, Decision, Limit, Outcome, QuotaError, QuotaStore, ReserveRequest, Ticket, day_of,
     minute_of, redact_url,
 };
-use crate::crd::TenantId;
+use crate::domain::TenantId;
 
 /// Seconds the day counter is kept (a request may settle into yesterday's counter).
 const DAY_TTL_SECONDS: u64 = 2 * 86_400;
@@ -152,7 +152,6 @@ impl RedisStore {
             url: redacted.clone(),
             reason,
         };
-        crate::install_crypto_provider();
         // The redis crate's error text can quote the URL; never pass it on.
         let client =
             Client::open(options.url.as_str()).map_err(|e| invalid(format!("{:?}", e.kind())))?;

@@ -23,10 +23,10 @@ use super::qdrant::{QdrantBackend, QdrantConfig};
 use super::{
     CollectionSpec, Filter, Kind, Point, TENANT_KEY, TenantVectors, VectorBackend, VectorError,
 };
-use crate::crd::{Isolation, TenantId};
+use crate::domain::{Isolation, TenantId};
 
 /// Vector dimension used by the suite.
-const DIM: usize = 4;
+pub(super) const DIM: usize = 4;
 
 /// What a backend under test provides.
 trait Harness: Send + Sync {
@@ -101,7 +101,7 @@ impl Harness for QdrantHarness {
     }
 }
 
-fn spec(multi_tenant: bool) -> CollectionSpec {
+pub(super) fn spec(multi_tenant: bool) -> CollectionSpec {
     CollectionSpec {
         dimension: DIM,
         multi_tenant,
@@ -109,7 +109,7 @@ fn spec(multi_tenant: bool) -> CollectionSpec {
     }
 }
 
-fn point(vector: [f32; DIM], tenant: &str, n: i64) -> Point {
+pub(super) fn point(vector: [f32; DIM], tenant: &str, n: i64) -> Point {
     let payload = json!({ "tenant_id": tenant, "n": n, "text": format!("{tenant}-{n}") });
     Point {
         id: uuid::Uuid::new_v4(),

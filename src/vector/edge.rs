@@ -21,15 +21,16 @@ use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
 use qdrant_edge as qe;
 use serde_json::{Map, Value};
 
 use super::{
-    CollectionSpec, Filter, MatchValue, Point, Record, ScoredPoint, TENANT_KEY, VectorBackend,
-    VectorError, check_vector,
+    CollectionSpec, Filter, MAX_LIMIT, MatchValue, Point, Record, ScoredPoint, TENANT_KEY,
+    VectorBackend, VectorError, check_vector, validate_collection_name,
 };
 
 /// Capacity of one WAL segment file per collection (the qdrant-edge default is 32 MiB, too much
@@ -38,18 +39,11 @@ use super::{
 /// WAL, so `wal/` keeps every operation ever written, in files of this size.
 pub const WAL_SEGMENT_CAPACITY: usize = 4 * 1024 * 1024;
 
-/// Upper bound applied to `limit` in [`VectorBackend::search`] and [`VectorBackend::scroll`]
-/// (qdrant-edge pre-allocates result buffers of `limit` entries).
-pub const MAX_LIMIT: usize = 10_000;
-
 /// Name of the lock file in the data directory.
 const LOCK_FILE: &str = ".edge.lock";
 
 /// Name of the file qdrant-edge writes into every shard directory.
 const EDGE_CONFIG_FILE: &str = "edge_config.json";
-
-/// Longest accepted collection name (a single path component).
-const MAX_NAME_LEN: usize = 200;
 
 /// The embedded Qdrant backend: one qdrant-edge shard per collection under a data directory.
 ///
@@ -199,30 +193,6 @@ impl EdgeBackend {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Refuses collection names that are not `[a-z0-9_]+` (so a name is one safe path component).
-fn validate_name(name: &str) -> Result<(), VectorError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(VectorError::Invalid(format!(
-            "invalid collection name {name:?}: must match [a-z0-9_]+ (at most {MAX_NAME_LEN} bytes)"
-        )))
-    }
-}
-
 /// Maps a qdrant-edge error; `path` is the shard directory (for lock errors).
 fn map_err(path: &Path, e: qe::OperationError) -> VectorError {
     use qe::OperationError as E;
@@ -337,8 +307,8 @@ impl Collection {
     /// segments only (qdrant-edge does not replay its WAL): the next flushed write, or a clean
     /// shutdown, persists it; a crash before that loses it.
     fn write_with(&self, op: qe::UpdateOperation, flush: bool) -> Result<bool, VectorError> {
-        let _writer = lock(&self.write);
-        let guard = read(&self.shard);
+        let _writer = self.write.lock();
+        let guard = self.shard.read();
         let Some(shard) = guard.as_ref() else {
             return Ok(false);
         };
@@ -360,7 +330,8 @@ impl Collection {
         let Ok(path) = qe::JsonPath::try_from(key) else {
             return false;
         };
-        read(&self.shard)
+        self.shard
+            .read()
             .as_ref()
             .is_some_and(|s| s.info().payload_schema.contains_key(&path))
     }
@@ -390,8 +361,8 @@ impl Inner {
 
     /// The collection `name`, loading it from disk if needed; `None` if it does not exist.
     fn get(&self, name: &str) -> Result<Option<Arc<Collection>>, VectorError> {
-        validate_name(name)?;
-        let mut map = lock(&self.collections);
+        validate_collection_name(name)?;
+        let mut map = self.collections.lock();
         self.get_locked(&mut map, name)
     }
 
@@ -413,13 +384,13 @@ impl Inner {
     }
 
     fn ensure(&self, name: &str, spec: &CollectionSpec) -> Result<(), VectorError> {
-        validate_name(name)?;
+        validate_collection_name(name)?;
         if spec.dimension == 0 {
             return Err(VectorError::Invalid(format!(
                 "collection {name}: dimension must be positive"
             )));
         }
-        let mut map = lock(&self.collections);
+        let mut map = self.collections.lock();
         let collection = match self.get_locked(&mut map, name)? {
             Some(c) => {
                 if c.dimension != spec.dimension {
@@ -455,15 +426,11 @@ impl Inner {
     }
 
     fn drop_collection(&self, name: &str) -> Result<(), VectorError> {
-        validate_name(name)?;
-        let mut map = lock(&self.collections);
+        validate_collection_name(name)?;
+        let mut map = self.collections.lock();
         if let Some(c) = map.remove(name) {
-            let _writer = lock(&c.write);
-            let shard = c
-                .shard
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+            let _writer = c.write.lock();
+            let shard = c.shard.write().take();
             // Dropping the shard flushes it and releases its WAL lock.
             drop(shard);
         }
@@ -523,7 +490,7 @@ impl VectorBackend for EdgeBackend {
             if limit == 0 {
                 return Ok(Vec::new());
             }
-            let guard = read(&c.shard);
+            let guard = c.shard.read();
             let Some(shard) = guard.as_ref() else {
                 return Ok(Vec::new());
             };
@@ -574,7 +541,7 @@ impl VectorBackend for EdgeBackend {
             if limit == 0 {
                 return Ok((Vec::new(), offset));
             }
-            let guard = read(&c.shard);
+            let guard = c.shard.read();
             let Some(shard) = guard.as_ref() else {
                 return Ok((Vec::new(), None));
             };
@@ -612,7 +579,7 @@ impl VectorBackend for EdgeBackend {
             let Some(c) = inner.get(&name)? else {
                 return Ok(0);
             };
-            let guard = read(&c.shard);
+            let guard = c.shard.read();
             let Some(shard) = guard.as_ref() else {
                 return Ok(0);
             };
@@ -668,26 +635,8 @@ mod tests {
 
     use super::*;
     use crate::vector::VectorBackend;
-    use serde_json::json;
 
-    const DIM: usize = 4;
-
-    fn spec(multi_tenant: bool) -> CollectionSpec {
-        CollectionSpec {
-            dimension: DIM,
-            multi_tenant,
-            keyword_indexes: &[],
-        }
-    }
-
-    fn point(vector: [f32; DIM], tenant: &str, n: i64) -> Point {
-        let payload = json!({ "tenant_id": tenant, "n": n, "text": format!("{tenant}-{n}") });
-        Point {
-            id: uuid::Uuid::new_v4(),
-            vector: vector.to_vec(),
-            payload: payload.as_object().unwrap().clone(),
-        }
-    }
+    use crate::vector::conformance::{DIM, point, spec};
 
     async fn backend() -> (tempfile::TempDir, EdgeBackend) {
         let dir = tempfile::tempdir().unwrap();
@@ -759,7 +708,7 @@ mod tests {
         let single = inner.get("single").unwrap().unwrap();
         assert!(shared.has_tenant_index());
         assert!(!single.has_tenant_index());
-        let info = read(&shared.shard).as_ref().unwrap().info();
+        let info = shared.shard.read().as_ref().unwrap().info();
         let index = info
             .payload_schema
             .get(&qe::JsonPath::try_from(TENANT_KEY).unwrap())
@@ -833,7 +782,9 @@ mod tests {
         let docs = b.inner.get("docs").unwrap().unwrap();
         assert_eq!(docs.dimension, DIM);
         assert!(docs.has_tenant_index());
-        let wal = read(&docs.shard)
+        let wal = docs
+            .shard
+            .read()
             .as_ref()
             .unwrap()
             .config()

@@ -18,7 +18,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::crd::{Isolation, TenantId};
+use crate::domain::{Isolation, TenantId};
+
+/// Upper bound applied to `limit` in [`VectorBackend::search`] and [`VectorBackend::scroll`]
+/// by both backends (qdrant-edge pre-allocates result buffers of `limit` entries).
+pub const MAX_LIMIT: usize = 10_000;
+
+/// Longest accepted collection name (one path component for the embedded store).
+const MAX_NAME_LEN: usize = 200;
 
 /// Payload key holding the owning tenant of every point.
 pub const TENANT_KEY: &str = "tenant_id";
@@ -374,6 +381,22 @@ pub(crate) fn check_vector(
         )));
     }
     Ok(())
+}
+
+/// Refuses collection names that are not `[a-z0-9_]+` (so a name is one safe path component).
+pub(crate) fn validate_collection_name(name: &str) -> Result<(), VectorError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(VectorError::Invalid(format!(
+            "invalid collection name {name:?}: must match [a-z0-9_]+ (at most {MAX_NAME_LEN} bytes)"
+        )))
+    }
 }
 
 /// Payload helper: a string field.

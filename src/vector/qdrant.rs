@@ -14,10 +14,11 @@
 //! message ever contains the API key.
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use qdrant_client::qdrant::{
     self as pb, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, KeywordIndexParamsBuilder, PointStruct,
@@ -30,16 +31,9 @@ use serde_json::{Map, Value};
 use tonic::Code;
 
 use super::{
-    CollectionSpec, Filter, MatchValue, Point, Record, ScoredPoint, TENANT_KEY, VectorBackend,
-    VectorError, check_vector,
+    CollectionSpec, Filter, MAX_LIMIT, MatchValue, Point, Record, ScoredPoint, TENANT_KEY,
+    VectorBackend, VectorError, check_vector, validate_collection_name,
 };
-
-/// Upper bound applied to `limit` in [`VectorBackend::search`] and [`VectorBackend::scroll`]
-/// (the same as the embedded backend's).
-pub const MAX_LIMIT: usize = super::edge::MAX_LIMIT;
-
-/// Longest accepted collection name.
-const MAX_NAME_LEN: usize = 200;
 
 /// Vector quantization of new collections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,20 +208,11 @@ impl QdrantBackend {
     }
 
     fn cached_dim(&self, name: &str) -> Option<usize> {
-        self.inner
-            .dims
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .copied()
+        self.inner.dims.lock().get(name).copied()
     }
 
     fn set_dim(&self, name: &str, dim: Option<usize>) {
-        let mut dims = self
-            .inner
-            .dims
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut dims = self.inner.dims.lock();
         match dim {
             Some(d) => dims.insert(name.to_string(), d),
             None => dims.remove(name),
@@ -277,23 +262,6 @@ impl QdrantBackend {
 
 fn is_not_found(e: &QdrantError) -> bool {
     matches!(e, QdrantError::ResponseError { status } if status.code() == Code::NotFound)
-}
-
-/// Refuses collection names that are not `[a-z0-9_]+` (the embedded backend's rule, so both
-/// backends accept the same names).
-fn validate_name(name: &str) -> Result<(), VectorError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(VectorError::Invalid(format!(
-            "invalid collection name {name:?}: must match [a-z0-9_]+ (at most {MAX_NAME_LEN} bytes)"
-        )))
-    }
 }
 
 /// The single unnamed dense vector's size of a collection.
@@ -367,7 +335,7 @@ impl VectorBackend for QdrantBackend {
         name: &str,
         spec: &CollectionSpec,
     ) -> Result<(), VectorError> {
-        validate_name(name)?;
+        validate_collection_name(name)?;
         if spec.dimension == 0 {
             return Err(VectorError::Invalid(format!(
                 "collection {name}: dimension must be positive"
@@ -444,7 +412,7 @@ impl VectorBackend for QdrantBackend {
     }
 
     async fn drop_collection(&self, name: &str) -> Result<(), VectorError> {
-        validate_name(name)?;
+        validate_collection_name(name)?;
         self.set_dim(name, None);
         match self.inner.client.delete_collection(name).await {
             Ok(_) => Ok(()),
@@ -454,7 +422,7 @@ impl VectorBackend for QdrantBackend {
     }
 
     async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<(), VectorError> {
-        validate_name(collection)?;
+        validate_collection_name(collection)?;
         let missing = || VectorError::Invalid(format!("collection {collection} does not exist"));
         let vectors: Vec<&[f32]> = points.iter().map(|p| p.vector.as_slice()).collect();
         if !self.check_vectors(collection, &vectors).await? {
@@ -489,7 +457,7 @@ impl VectorBackend for QdrantBackend {
         filter: &Filter,
         limit: usize,
     ) -> Result<Vec<ScoredPoint>, VectorError> {
-        validate_name(collection)?;
+        validate_collection_name(collection)?;
         if !self.check_vectors(collection, &[vector.as_slice()]).await? {
             return Ok(Vec::new());
         }
@@ -531,7 +499,7 @@ impl VectorBackend for QdrantBackend {
         limit: usize,
         offset: Option<uuid::Uuid>,
     ) -> Result<(Vec<Record>, Option<uuid::Uuid>), VectorError> {
-        validate_name(collection)?;
+        validate_collection_name(collection)?;
         let limit = limit.min(MAX_LIMIT);
         if limit == 0 {
             // Qdrant refuses limit 0; answer as the embedded backend does.
@@ -575,7 +543,7 @@ impl VectorBackend for QdrantBackend {
     }
 
     async fn count(&self, collection: &str, filter: &Filter) -> Result<u64, VectorError> {
-        validate_name(collection)?;
+        validate_collection_name(collection)?;
         let mut request = CountPointsBuilder::new(collection).exact(true);
         if let Some(f) = to_qdrant_filter(filter) {
             request = request.filter(f);
@@ -588,7 +556,7 @@ impl VectorBackend for QdrantBackend {
     }
 
     async fn delete(&self, collection: &str, filter: &Filter) -> Result<(), VectorError> {
-        validate_name(collection)?;
+        validate_collection_name(collection)?;
         // An empty filter matches every point, as in the embedded backend.
         let selector = to_qdrant_filter(filter).unwrap_or_default();
         let request = DeletePointsBuilder::new(collection)

@@ -1,0 +1,226 @@
+//! The vocabulary every part of tenantry shares, free of Kubernetes and HTTP: tenant ids,
+//! isolation modes, signing algorithms, external issuers, effective quotas, durations and the
+//! limits that several modules check.
+//!
+//! `crd` builds the custom resources out of these types; `auth`, `quota`, `vector`, `cache`,
+//! `llm`, `embed` and `tenants` depend on this module, never on `crd`, `api` or axum.
+use std::fmt;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Longest tenant id: leaves room for prefixes and suffixes in namespace, Secret and
+/// collection names (all limited to 63 characters).
+pub const MAX_TENANT_ID_LEN: usize = 40;
+/// What a tenant id may be, in words (the CRD's validation message says the same).
+pub const TENANT_ID_RULE: &str = "metadata.name is the tenant id: a DNS-1123 label (lowercase letters, digits, '-'; starts and ends alphanumeric) of at most 40 characters";
+/// Most passages one question may retrieve (`top_k`, `retrieval.topK`).
+pub const MAX_TOP_K: i32 = 50;
+
+/// A validated tenant id: a DNS-1123 label of at most [`MAX_TENANT_ID_LEN`] characters.
+///
+/// Only constructed through [`TenantId::parse`], so a value of this type is always safe to put
+/// in collection names, Redis keys, file paths and metric labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TenantId(String);
+
+/// Why a tenant id was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid tenant id {0:?}: {TENANT_ID_RULE}")]
+pub struct InvalidTenantId(pub String);
+
+impl TenantId {
+    /// Validates `s` as a tenant id.
+    pub fn parse(s: &str) -> Result<Self, InvalidTenantId> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_TENANT_ID_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(InvalidTenantId(s.chars().take(80).collect()))
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a Go-style duration made of `<n>ms`, `<n>s`, `<n>m`, `<n>h` parts (e.g. `1h30m`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
+    }
+    Some(total)
+}
+
+/// Vector-store isolation mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Isolation {
+    /// One collection per tenant.
+    #[default]
+    Collection,
+    /// One shared collection, tenant id as an indexed payload key.
+    Partition,
+}
+
+/// JWT signing algorithm.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Algorithm {
+    /// Ed25519 signatures (asymmetric; the default).
+    #[default]
+    EdDSA,
+    /// HMAC-SHA256 with a shared secret.
+    HS256,
+}
+
+/// Whether a JWKS URL is acceptable: HTTPS, or plain HTTP on the loopback interface (the
+/// same rule as the CRD's pattern).
+pub fn jwks_uri_ok(uri: &str) -> bool {
+    if let Some(rest) = uri.strip_prefix("https://") {
+        return !rest.is_empty() && !rest.starts_with(['/', '?', '#']);
+    }
+    let Some(rest) = uri.strip_prefix("http://") else {
+        return false;
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..host_end];
+    let host = match authority.rsplit_once(':') {
+        Some((h, port))
+            if !h.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            h
+        }
+        Some((_, _)) if authority == "[::1]" => authority,
+        Some(_) => return false,
+        None => authority,
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// An external OIDC issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Issuer {
+    /// Expected `iss` claim.
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    /// URL of the issuer's JWKS: HTTPS (plain HTTP only on the loopback interface).
+    #[schemars(regex(
+        pattern = r"^(https://[^/?#]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/|$))"
+    ))]
+    pub jwks_uri: String,
+    /// Expected `aud` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+/// Limits in force for a tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveQuota {
+    /// Tokens per UTC day.
+    pub daily_tokens: i64,
+    /// Requests per minute.
+    pub requests_per_minute: i64,
+    /// Tokens per minute.
+    pub tokens_per_minute: i64,
+    /// Requests in flight at once.
+    pub max_concurrent_requests: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_uris_are_https_or_loopback_http() {
+        for ok in [
+            "https://idp.example.com/.well-known/jwks.json",
+            "https://idp.example.com",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9000/keys",
+            "http://[::1]",
+        ] {
+            assert!(jwks_uri_ok(ok), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com/jwks",
+            "http://127.0.0.1@evil.example.com/",
+            "http://evil.example.com:80@127.0.0.1/",
+            "http://127.0.0.1.evil.example.com/",
+            "https:///jwks",
+            "ftp://127.0.0.1/",
+            "",
+        ] {
+            assert!(!jwks_uri_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenant_ids() {
+        for ok in ["acme", "a", "tenant-1", "0abc"] {
+            assert!(TenantId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "a:b",
+            "a*",
+            "a\nb",
+            &"a".repeat(41),
+        ] {
+            assert!(TenantId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1d"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

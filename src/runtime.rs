@@ -1,0 +1,127 @@
+//! What every long-running mode of the binary needs around its main job: noticing that
+//! mounted files changed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How often watched files (tenant manifests, keyrings, TLS certificates) are checked.
+pub const POLL_EVERY: Duration = Duration::from_secs(2);
+
+/// What a set of paths looked like: the modification time and size of each file, following
+/// symlinks (a mounted ConfigMap or Secret swaps a `..data` link, which changes no path). A
+/// folder stands for the entries directly inside it; a missing path is recorded as missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileStamp(Vec<(PathBuf, Option<(SystemTime, u64)>)>);
+
+impl FileStamp {
+    /// The stamp of `paths` now (blocking: reads file metadata).
+    pub fn of<P: AsRef<Path>>(paths: &[P]) -> Self {
+        let mut files = Vec::new();
+        for path in paths.iter().map(AsRef::as_ref) {
+            match std::fs::read_dir(path) {
+                Ok(entries) => files.extend(entries.flatten().map(|e| e.path())),
+                Err(_) if path.is_dir() => {}
+                Err(_) => files.push(path.to_path_buf()),
+            }
+        }
+        let mut stamp: Vec<_> = files
+            .into_iter()
+            .map(|file| {
+                let seen = std::fs::metadata(&file)
+                    .ok()
+                    .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+                (file, seen)
+            })
+            .collect();
+        stamp.sort();
+        Self(stamp)
+    }
+}
+
+/// Calls `on_change` each time the stamp of `paths` differs from the last one seen (starting
+/// from `seen`), checking every `every`, until the task is dropped. Both the check and
+/// `on_change` run on blocking threads (they read files). The new stamp is remembered before
+/// `on_change` runs, so a change that `on_change` cannot use is reported once, not on every
+/// check; the next change is tried again.
+pub async fn watch_files<F>(paths: Vec<PathBuf>, mut seen: FileStamp, every: Duration, on_change: F)
+where
+    F: Fn() + Send + Sync + 'static,
+{
+    let paths = Arc::new(paths);
+    let on_change = Arc::new(on_change);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let watched = paths.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || FileStamp::of(&watched)).await else {
+            continue;
+        };
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let f = on_change.clone();
+        let _ = tokio::task::spawn_blocking(move || f()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn stamps_change_with_content_and_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cert.pem");
+        let missing = dir.path().join("nothing-here");
+        let before = FileStamp::of(&[dir.path(), missing.as_path()]);
+        std::fs::write(&file, "a").unwrap();
+        let added = FileStamp::of(&[dir.path(), missing.as_path()]);
+        assert_ne!(before, added, "a new entry in a watched folder");
+        std::fs::write(&file, "abc").unwrap();
+        let grown = FileStamp::of(&[dir.path(), missing.as_path()]);
+        assert_ne!(added, grown, "a file that changed size");
+        assert_eq!(grown, FileStamp::of(&[dir.path(), missing.as_path()]));
+        assert_eq!(
+            FileStamp::of(&[&file]).0.len(),
+            1,
+            "a file stands for itself"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_change_runs_once_per_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenant.yaml");
+        std::fs::write(&file, "a").unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let seen = FileStamp::of(&[dir.path()]);
+        let task = tokio::spawn(watch_files(
+            vec![dir.path().to_path_buf()],
+            seen,
+            Duration::from_millis(20),
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing changed yet");
+        std::fs::write(&file, "longer").unwrap();
+        for _ in 0..100 {
+            if calls.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one change, one call");
+        task.abort();
+    }
+}
