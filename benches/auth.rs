@@ -3,7 +3,9 @@
 //! loopback, as `serve` would fetch it).
 //!
 //! Run: `cargo bench --profile dev --bench auth` (`TENANTRY_BENCH_REQUESTS`, default 5000).
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,7 +51,7 @@ fn id(s: &str) -> TenantId {
 #[tokio::main]
 async fn main() {
     tenantry::install_crypto_provider();
-    let n = common::requests(5000);
+    let n = support::requests(5000);
 
     // The external issuer's keys and its JWKS on loopback.
     let rsa_key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).expect("rsa");
@@ -151,9 +153,9 @@ async fn main() {
         us.sort_by(f64::total_cmp);
         println!(
             "| {name} | {n} | {:.1} / {:.1} / {:.1} |",
-            common::percentile(&us, 0.5),
-            common::percentile(&us, 0.9),
-            common::percentile(&us, 0.99)
+            support::percentile(&us, 0.5),
+            support::percentile(&us, 0.9),
+            support::percentile(&us, 0.99)
         );
     }
 }

@@ -31,9 +31,11 @@ use rand::seq::SliceRandom as _;
 use serde_json::{Value, json};
 use tenantry::embed::Embedder as _;
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use common::percentile;
+use support::percentile;
 
 /// Latencies in milliseconds.
 #[derive(Default)]
@@ -362,7 +364,7 @@ struct Reply {
 #[tokio::main]
 async fn main() {
     tenantry::install_crypto_provider();
-    let n = common::requests(300);
+    let n = support::requests(300);
 
     // The mock upstream.
     let mock = Arc::new(Mock::default());
@@ -375,7 +377,7 @@ async fn main() {
     let mock_addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let serve = common::Serve::start(Some(&format!("http://{mock_addr}/v1"))).await;
+    let serve = support::Sample::start(Some(&format!("http://{mock_addr}/v1"))).await;
     let thresholds: Vec<f64> = serve
         .manifests
         .iter()
@@ -384,9 +386,9 @@ async fn main() {
             tenant.spec.semantic_cache.threshold
         })
         .collect();
-    let (addr, tokens) = (serve.addr.clone(), serve.tokens.clone());
+    let (addr, tokens) = (serve.addr(), serve.tokens.clone());
     let http = reqwest::Client::new();
-    let model_dir = common::model_dir();
+    let model_dir = common::server::model_dir();
 
     let url = format!("http://{addr}/v1/chat");
     let ask = |tenant: usize, question: String, no_cache: bool| {
@@ -639,7 +641,7 @@ async fn main() {
     }
 
     let rss_end = serve.rss_kib();
-    serve.stop().await;
+    serve.stop();
 
     println!(
         "tenant thresholds: {thresholds:?}; {n} distinct questions; upstream request body {} bytes",

@@ -3,17 +3,19 @@
 //!
 //! Run: `cargo bench --profile dev --bench chat` (dependencies are optimised in the dev
 //! profile; `TENANTRY_BENCH_REQUESTS`, default 300).
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::Instant;
 
-use common::percentile;
+use support::percentile;
 
 #[tokio::main]
 async fn main() {
-    let n = common::requests(300);
-    let serve = common::Serve::start(None).await;
-    let (addr, tokens) = (serve.addr.clone(), serve.tokens.clone());
+    let n = support::requests(300);
+    let serve = support::Sample::start(None).await;
+    let (addr, tokens) = (serve.addr(), serve.tokens.clone());
     let http = reqwest::Client::new();
     let questions = [
         "What is the refund policy?",
@@ -69,5 +71,5 @@ async fn main() {
         "8 concurrent clients: {n} requests in {secs:.2} s = {:.0} requests/s",
         n as f64 / secs
     );
-    serve.stop().await;
+    serve.stop();
 }

@@ -4,78 +4,32 @@
 //! Run: `cargo bench --bench operator_scale`. Needs `scripts/kube-test-env.sh` (started here).
 //! The bench plays kubelet + deployment controller: it marks each tenant's Deployment
 //! available as soon as the operator has created it.
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use common::cluster::{KubeEnv, tenant};
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, ResourceExt};
 use serde_json::json;
 use tenantry::crd::Tenant;
 
-fn env_lines() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/kube-test-env.sh"))
-        .arg("start")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("kube-test-env.sh start");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let get = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(|v| v.trim_matches('\'').trim_matches('"').to_string())
-            .expect("export line")
-    };
-    let kubeconfig = PathBuf::from(get("export KUBECONFIG="));
-    let bin = PathBuf::from(get("export PATH=").split(':').next().unwrap_or_default());
-    (kubeconfig, bin)
-}
-
+/// Resident and peak resident memory of process `pid`, in KiB (0 when unknown).
 fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name| support::memory_kib(pid, name).unwrap_or(0);
     (field("VmRSS:"), field("VmHWM:"))
 }
 
 #[tokio::main]
 async fn main() {
     tenantry::install_crypto_provider();
-    let n: usize = std::env::var("TENANTRY_BENCH_TENANTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let (kubeconfig, bin) = env_lines();
-    let kubectl = |args: &[&str]| {
-        Command::new(bin.join("kubectl"))
-            .args(args)
-            .env("KUBECONFIG", &kubeconfig)
-            .output()
-            .expect("kubectl")
-    };
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/tenantry.yaml");
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        &crds.display().to_string(),
-    ]);
-    kubectl(&["create", "namespace", "tenantry-system"]);
-
-    let kc = Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    let client = Client::try_from(config).expect("client");
+    let n: usize = support::env_or("TENANTRY_BENCH_TENANTS", 100);
+    let env = KubeEnv::get();
+    let client = env.client().await;
     let vdir = tempfile::tempdir().expect("tmp");
     let mut op = Command::new(env!("CARGO_BIN_EXE_tenantry"))
         .args([
@@ -89,7 +43,7 @@ async fn main() {
         ])
         .arg("--vector-data-dir")
         .arg(vdir.path())
-        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECONFIG", &env.kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -104,13 +58,11 @@ async fn main() {
     let tenants: Api<Tenant> = Api::all(client.clone());
     let start = Instant::now();
     for name in &names {
-        let t: Tenant = serde_json::from_value(json!({
-            "apiVersion": "tenantry.dev/v1alpha1", "kind": "Tenant",
-            "metadata": {"name": name}, "spec": {"tier": "pro"},
-        }))
-        .expect("tenant");
         tenants
-            .create(&PostParams::default(), &t)
+            .create(
+                &PostParams::default(),
+                &tenant(name, json!({"tier": "pro"})),
+            )
             .await
             .expect("create tenant");
     }
@@ -181,6 +133,5 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = op.kill();
-    let _ = op.wait();
+    common::kill(&mut op);
 }

@@ -8,51 +8,19 @@
 //!
 //! Environment: `BENCH_SECONDS` (default 5) per throughput run, `BENCH_PAIRS` (default 20000)
 //! for the latency run.
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use support::percentile;
 use tenantry::crd::TenantId;
 use tenantry::quota::memory::MemoryStore;
 use tenantry::quota::redis::{RedisOptions, RedisStore};
 use tenantry::quota::{Decision, Limits, Outcome, QuotaStore, ReserveRequest, now_ms};
-
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> (Redis, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let dir = std::env::temp_dir();
-    let redis = Redis(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)"),
-    );
-    let url = format!("redis://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (redis, url);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server did not start");
-}
 
 const LIMITS: Limits = Limits {
     daily_tokens: u64::MAX / 4,
@@ -82,9 +50,9 @@ async fn pair(store: &dyn QuotaStore, tenant: &TenantId) {
     assert!(done);
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
+/// Microseconds since `t`.
+fn micros(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
 }
 
 async fn latency(name: &str, store: &dyn QuotaStore, pairs: usize) {
@@ -96,15 +64,15 @@ async fn latency(name: &str, store: &dyn QuotaStore, pairs: usize) {
     for _ in 0..pairs {
         let t = Instant::now();
         pair(store, &tenant).await;
-        samples.push(t.elapsed());
+        samples.push(micros(t));
     }
-    samples.sort();
+    samples.sort_by(f64::total_cmp);
     println!(
         "{name:<11} reserve+settle latency over {pairs} sequential pairs: p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
-        pct(&samples, 0.50),
-        pct(&samples, 0.90),
-        pct(&samples, 0.99),
-        pct(&samples, 1.0),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.90),
+        percentile(&samples, 0.99),
+        percentile(&samples, 1.0),
     );
 }
 
@@ -156,27 +124,21 @@ fn tokenizer(n: usize) {
     for _ in 0..n {
         let t = Instant::now();
         tokens = tenantry::quota::tokens::prompt_tokens("gpt-4o-mini", &messages);
-        samples.push(t.elapsed());
+        samples.push(micros(t));
     }
-    samples.sort();
+    samples.sort_by(f64::total_cmp);
     println!(
         "tokenizer   prompt estimate ({chars} chars -> {tokens} tokens, o200k_base) over {n} runs: p50 {:.0} µs, p99 {:.0} µs",
-        pct(&samples, 0.50),
-        pct(&samples, 0.99),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99),
     );
 }
 
 fn main() {
     tenantry::install_crypto_provider();
-    let seconds = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let pairs = std::env::var("BENCH_PAIRS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
-    let (_redis, url) = start_redis();
+    let seconds = support::env_or("BENCH_SECONDS", 5);
+    let pairs = support::env_or("BENCH_PAIRS", 20_000);
+    let redis_server = common::redis::RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,7 +147,7 @@ fn main() {
     rt.block_on(async {
         let redis: Arc<dyn QuotaStore> = Arc::new(
             RedisStore::new(&RedisOptions {
-                url,
+                url: redis_server.url(),
                 command_timeout: Duration::from_secs(2),
                 connect_timeout: Duration::from_secs(2),
             })

@@ -8,7 +8,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Dirs, ScriptedLlm, Server, Start};
+use common::llm::ScriptedLlm;
+use common::server::{Dirs, Server, Start};
 use serde_json::{Value, json};
 use tenantry::auth::keys::{Keyring, unix_now};
 use tenantry::crd::Algorithm;
@@ -368,7 +369,7 @@ async fn bad_tokens_are_refused() {
         if let Some(h) = header {
             req = req.header("Authorization", h);
         }
-        let (status, body) = common::status_json(req.send().await.expect("send")).await;
+        let (status, body) = common::server::status_json(req.send().await.expect("send")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized", "{name}: {body}");
         assert!(
@@ -465,7 +466,7 @@ async fn bad_input_is_refused_with_json_errors() {
         ),
     ];
     for (name, resp, want) in cases {
-        let (status, body) = common::status_json(resp.expect("send")).await;
+        let (status, body) = common::server::status_json(resp.expect("send")).await;
         assert_eq!(status, want, "{name}: {body}");
         assert!(
             body["error"]["code"].is_string() && body["error"]["message"].is_string(),
@@ -550,15 +551,7 @@ async fn upstream_failure_is_502_and_metrics_count_requests() {
     let (s, _) = server.chat(&t, QUESTION).await;
     assert_eq!(s, StatusCode::OK);
 
-    let metrics = server
-        .http
-        .get(format!("http://{}/metrics", server.metrics_addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     for needle in [
         r#"llm_requests_total{tenant_id="acme",model="gpt-4o-mini",status="success"} 1"#,
         r#"llm_requests_total{tenant_id="acme",model="fail-500",status="error"} 1"#,
@@ -750,19 +743,9 @@ async fn token_cli_and_exclusive_data_dir() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
 
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dirs.data())
-        .arg("--tenants")
-        .arg(dirs.tenants())
-        .env("TENANTRY_MODEL_DIR", common::model_dir())
+    let second = dirs
+        .serve_command()
+        .env("TENANTRY_MODEL_DIR", common::server::model_dir())
         .current_dir(dirs.root.path())
         .output()
         .expect("run second serve");

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Dirs, ScriptedLlm, Server, Start};
+use common::llm::ScriptedLlm;
+use common::server::{Dirs, Server, Start};
 use serde_json::{Value, json};
 
 const ACME_REFUND: &str = "Acme customers may return any product within 30 days of delivery for a full refund. Refunds go back to the original payment method within 5 business days.";
@@ -40,7 +41,7 @@ async fn ask(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let (s, body) = common::status_json(r).await;
+    let (s, body) = common::server::status_json(r).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     (s, x_cache, body)
 }
@@ -167,15 +168,7 @@ async fn hits_consume_no_tokens_and_document_changes_invalidate() {
     );
     assert!(ra == rb + 1 || ra == 1, "{before} {after}");
 
-    let metrics = server
-        .http
-        .get(format!("http://{}/metrics", server.metrics_addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"llm_cache_hits_total{tenant_id="acme"} 1"#),
         "{metrics}"

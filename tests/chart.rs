@@ -7,12 +7,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 
 use base64::Engine as _;
-use common::cluster::{KubeEnv, eventually, serial, unique};
+use common::cluster::{Cluster, KubeEnv, Operator, eventually, unique};
+use common::root;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -26,10 +26,6 @@ use tenantry::crd::{Tenant, TenantId};
 const RELEASE_PREFIX: &str = "tenantry-ct";
 /// Tenant names of this suite start with this.
 const TENANT_PREFIX: &str = "chart-";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn chart() -> PathBuf {
     root().join("charts/tenantry")
@@ -71,15 +67,6 @@ fn helm_ok(env: &KubeEnv, args: &[&str]) -> String {
     let out = helm(env, args);
     assert!(out.status.success(), "helm {args:?} failed: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Runs kubectl as admin; returns the whole output (it does not panic).
-fn kubectl(env: &KubeEnv, args: &[&str]) -> Output {
-    Command::new(env.bin.join("kubectl"))
-        .args(args)
-        .env("KUBECONFIG", &env.kubeconfig)
-        .output()
-        .expect("run kubectl")
 }
 
 fn yaml_docs(text: &str) -> Vec<Value> {
@@ -414,10 +401,10 @@ fn dashboard_is_valid_json_and_queries_only_metrics_of_the_code() {
 
 #[tokio::test]
 async fn rendered_chart_passes_the_api_servers_validation() {
-    let _serial = serial().await;
-    let env = KubeEnv::get();
+    let cluster = Cluster::new().await;
+    let env = cluster.env;
     let ns = unique("chart-dry");
-    let out = kubectl(env, &["create", "namespace", &ns]);
+    let out = env.kubectl_output(&["create", "namespace", &ns]);
     assert!(out.status.success(), "{}", text(&out));
     let dir = tempfile::tempdir().expect("tmp");
     let everything = [
@@ -458,15 +445,12 @@ async fn rendered_chart_passes_the_api_servers_validation() {
         assert!(!of_kind(&docs, "Deployment").is_empty(), "{what}");
         let file = dir.path().join("rendered.yaml");
         std::fs::write(&file, &rendered).expect("write");
-        let out = kubectl(
-            env,
-            &[
-                "apply",
-                "--dry-run=server",
-                "-f",
-                file.to_str().expect("utf-8"),
-            ],
-        );
+        let out = env.kubectl_output(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            file.to_str().expect("utf-8"),
+        ]);
         assert!(
             out.status.success(),
             "{what}: the API server refused the rendered chart: {}",
@@ -482,15 +466,12 @@ async fn rendered_chart_passes_the_api_servers_validation() {
         }
     }
     // The GitOps samples are valid too.
-    let out = kubectl(
-        env,
-        &[
-            "apply",
-            "--dry-run=server",
-            "-k",
-            root().join("config/samples").to_str().expect("utf-8"),
-        ],
-    );
+    let out = env.kubectl_output(&[
+        "apply",
+        "--dry-run=server",
+        "-k",
+        root().join("config/samples").to_str().expect("utf-8"),
+    ]);
     assert!(out.status.success(), "config/samples: {}", text(&out));
     for obj in [
         "quotatier.tenantry.dev/startup",
@@ -511,15 +492,12 @@ async fn rendered_chart_passes_the_api_servers_validation() {
     );
     let file = dir.path().join("bad.yaml");
     std::fs::write(&file, rendered).expect("write");
-    let out = kubectl(
-        env,
-        &[
-            "apply",
-            "--dry-run=server",
-            "-f",
-            file.to_str().expect("utf-8"),
-        ],
-    );
+    let out = env.kubectl_output(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        file.to_str().expect("utf-8"),
+    ]);
     assert!(!out.status.success(), "min > max accepted");
     assert!(
         text(&out).contains("replicas.min must not exceed replicas.max"),
@@ -688,33 +666,6 @@ fn argocd_health_check_of_the_docs_classifies_tenants() {
     );
 }
 
-/// A `tenantry operator` child process; killed on drop.
-struct OperatorProcess {
-    child: Child,
-    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    addr: std::net::SocketAddr,
-}
-
-impl OperatorProcess {
-    fn logs(&self) -> String {
-        self.logs.lock().expect("lock").join("\n")
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The value of the env var of a container, resolving what a kubelet would resolve.
 fn resolve_env(e: &EnvVar, pod_name: &str) -> String {
     if let Some(v) = &e.value {
@@ -759,28 +710,10 @@ async fn remove_leftovers(env: &KubeEnv, client: &Client) {
     }
 }
 
-/// A kubeconfig for the test API server that authenticates with `token`.
-fn token_kubeconfig(env: &KubeEnv, dir: &Path, token: &str) -> PathBuf {
-    let out = kubectl(env, &["config", "view", "--raw", "-o", "json"]);
-    let admin: Value = serde_json::from_slice(&out.stdout).expect("kubeconfig json");
-    let cfg = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa"}}],
-        "current-context": "sa",
-    });
-    let path = dir.join("operator.kubeconfig");
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("write");
-    path
-}
-
 #[tokio::test]
 async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
-    let _serial = serial().await;
-    let env = KubeEnv::get();
-    let client = env.client().await;
+    let cluster = Cluster::new().await;
+    let (env, client) = (cluster.env, cluster.client.clone());
     remove_leftovers(env, &client).await;
 
     let release = unique(RELEASE_PREFIX);
@@ -943,11 +876,10 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     assert!(volume.empty_dir.is_some(), "an emptyDir");
 
     let pod_name = format!("{release}-7d9f8-x2k4q");
-    let token = kubectl(env, &["create", "token", &sa, "-n", &ns, "--duration=1h"]);
+    let token = env.kubectl_output(&["create", "token", &sa, "-n", &ns, "--duration=1h"]);
     assert!(token.status.success(), "{}", text(&token));
-    let kubeconfig = token_kubeconfig(
-        env,
-        work.path(),
+    let kubeconfig = env.write_token_kubeconfig(
+        "chart-operator",
         String::from_utf8_lossy(&token.stdout).trim(),
     );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
@@ -961,29 +893,8 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     for e in c.env.iter().flatten() {
         cmd.env(&e.name, resolve_env(e, &pod_name));
     }
-    let mut child = cmd
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn tenantry operator");
-    let (logs, ready) =
-        common::collect_logs(&mut child, "operator started; waiting for leadership");
-    let line = ready.recv_timeout(Duration::from_secs(60));
-    let addr = line
-        .as_ref()
-        .ok()
-        .and_then(|v| v["addr"].as_str()?.parse().ok());
-    let op = OperatorProcess {
-        child,
-        logs,
-        addr: addr.unwrap_or_else(|| panic!("operator did not start: {line:?}")),
-    };
-    assert_eq!(
-        line.as_ref().ok().map(|v| v["identity"].clone()),
-        Some(json!(pod_name)),
-        "the identity from the downward API"
-    );
+    let op = Operator::spawn(cmd.env("KUBECONFIG", &kubeconfig));
+    assert_eq!(op.identity, pod_name, "the identity from the downward API");
     let http = reqwest::Client::new();
     let get = |path: &str| {
         let url = format!("http://{}{path}", op.addr);
@@ -1014,7 +925,8 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     assert_eq!(doc["spec"]["tier"], "pro");
     let name = unique(&format!("{TENANT_PREFIX}acme"));
     doc["metadata"]["name"] = json!(name);
-    let tenants: Api<Tenant> = Api::all(client.clone());
+    let tenants = &cluster.tenants;
+    cluster.remove_on_drop("tenant", None, &name);
     tenants
         .create(
             &PostParams::default(),
@@ -1115,15 +1027,12 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         .patch_status(&api, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("patch deployment status");
-    let out = kubectl(
-        env,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            &format!("tenant/{name}"),
-            "--timeout=60s",
-        ],
-    );
+    let out = env.kubectl_output(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("tenant/{name}"),
+        "--timeout=60s",
+    ]);
     assert!(
         out.status.success(),
         "kubectl wait: {}\n{}",
@@ -1134,6 +1043,7 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     // The Argo CD health check of docs/gitops.md on the real objects: this Ready Tenant, and
     // one whose tier does not exist.
     let missing = unique(&format!("{TENANT_PREFIX}missing"));
+    cluster.remove_on_drop("tenant", None, &missing);
     tenants
         .create(
             &PostParams::default(),
@@ -1172,18 +1082,15 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     std::fs::create_dir_all(data_dir.join("keys")).expect("mkdir");
     std::fs::create_dir_all(data_dir.join("tenants")).expect("mkdir");
     let jsonpath = |kind: &str, obj: &str, path: &str| {
-        let out = kubectl(
-            env,
-            &[
-                "get",
-                kind,
-                obj,
-                "-n",
-                &tns,
-                "-o",
-                &format!("jsonpath={path}"),
-            ],
-        );
+        let out = env.kubectl_output(&[
+            "get",
+            kind,
+            obj,
+            "-n",
+            &tns,
+            "-o",
+            &format!("jsonpath={path}"),
+        ]);
         assert!(out.status.success(), "{}", text(&out));
         out.stdout
     };

@@ -3,7 +3,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{Dirs, Server, Start};
+use common::server::{Dirs, Server, Start};
 use serde_json::json;
 
 fn ingest(server: &Server, token: &str, paths: &[&std::path::Path]) -> std::process::Output {

@@ -4,12 +4,11 @@
 //! quota, upstream, settlement, cache — answers questions from a tenant's document.
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Dirs, Server, Start};
+use common::server::{Dirs, Server, Start};
 use serde_json::{Value, json};
 use tenantry::llm::Message;
 use tenantry::quota::tokens;
@@ -27,13 +26,9 @@ struct LlamaServer {
 impl LlamaServer {
     async fn start() -> Self {
         tenantry::install_crypto_provider();
-        let env = common::python_env("llama");
+        let env = common::python::python_env("llama");
         let (python, model) = (&env[0], &env[1]);
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = common::free_port();
         let child = Command::new(python)
             .args(["-m", "llama_cpp.server", "--model", model])
             .args(["--model_alias", MODEL, "--host", "127.0.0.1"])
@@ -61,8 +56,7 @@ impl LlamaServer {
 
 impl Drop for LlamaServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::kill(&mut self.child);
     }
 }
 

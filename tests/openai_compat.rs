@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use base64::Engine as _;
-use common::{Dirs, ScriptedLlm, Server, Start};
+use common::llm::ScriptedLlm;
+use common::server::{Dirs, Server, Start};
 use serde_json::{Value, json};
 use tenantry::llm::Message;
 use tenantry::quota::tokens;
@@ -54,7 +55,7 @@ async fn complete(
     }
     let r = req.send().await.expect("request");
     let x_cache = header(&r, "x-cache");
-    let (s, v) = common::status_json(r).await;
+    let (s, v) = common::server::status_json(r).await;
     (s, x_cache, v)
 }
 
@@ -448,7 +449,7 @@ async fn errors_are_openai_shaped() {
         .send()
         .await
         .expect("request");
-    let (s, err) = common::status_json(r).await;
+    let (s, err) = common::server::status_json(r).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{err}");
     assert_eq!(err["error"]["type"], "invalid_request_error");
     // No or a wrong API key.

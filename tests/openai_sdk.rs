@@ -8,11 +8,12 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Dirs, ScriptedLlm, Server, Start};
+use common::llm::ScriptedLlm;
+use common::server::{Dirs, Server, Start};
 
 #[tokio::test]
 async fn the_official_openai_sdk_works_unmodified() {
-    let python = common::python_env("sdk").remove(0);
+    let python = common::python::python_env("sdk").remove(0);
     let llm = ScriptedLlm::start().await;
     let dirs = Dirs::new();
     dirs.add_tenant("acme", "");

@@ -8,11 +8,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{Dirs, Server, Start};
+use common::server::{Dirs, Server, Start};
 
 #[tokio::test]
 async fn the_api_conforms_to_its_openapi_document() {
-    let st = common::python_env("schemathesis").remove(0);
+    let st = common::python::python_env("schemathesis").remove(0);
     let dirs = Dirs::new();
     // Limits high enough that the fuzzer reaches the handlers rather than the rate limiter.
     dirs.add_tenant(

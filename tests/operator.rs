@@ -1,13 +1,14 @@
 //! The operator against a real kube-apiserver + etcd (`scripts/kube-test-env.sh`), run as a
 //! child process under exactly the RBAC rights of `config/rbac/`. There is no kubelet or
-//! controller-manager: tests write Deployment status as they would.
+//! controller-manager: tests write Deployment status as they would. Each test takes the
+//! cluster through one `Cluster` fixture, which also removes what the test created.
 mod common;
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::cluster::{KubeEnv, Operator, OperatorOpts, eventually, serial, unique};
-use common::{Dirs, Server, Start};
+use common::cluster::{Cluster, SYSTEM_NAMESPACE, condition, eventually, tenant, unique};
+use common::server::{Dirs, Server, Start};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -15,88 +16,21 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
-use kube::{Client, ResourceExt};
 use serde_json::json;
 use tenantry::auth::keys::Keyring;
-use tenantry::crd::{QuotaTier, Tenant};
-
-fn tenant(name: &str, spec: serde_json::Value) -> Tenant {
-    serde_json::from_value(json!({
-        "apiVersion": "tenantry.dev/v1alpha1",
-        "kind": "Tenant",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("tenant")
-}
-
-fn condition(t: &Tenant, type_: &str) -> Option<(String, String)> {
-    t.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-async fn wait_condition(api: &Api<Tenant>, name: &str, type_: &str, status: &str) -> Tenant {
-    eventually(60, &format!("{name} {type_}={status}"), || async {
-        let t = api.get(name).await.ok()?;
-        (condition(&t, type_).map(|c| c.0) == Some(status.to_string())).then_some(t)
-    })
-    .await
-}
-
-/// What a kubelet + deployment controller would report once the pods run.
-async fn mark_available(client: &Client, ns: &str, name: &str) {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let status = json!({"status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
-        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("patch deployment status");
-}
-
-fn start_operator(env: &KubeEnv, identity: &str, dir: &std::path::Path) -> Operator {
-    start_operator_with(env, identity, dir, &[])
-}
-
-fn start_operator_with(
-    env: &KubeEnv,
-    identity: &str,
-    dir: &std::path::Path,
-    extra: &[&str],
-) -> Operator {
-    Operator::start(
-        env,
-        OperatorOpts {
-            identity,
-            vector_dir: dir,
-            lease_duration: "3s",
-            extra,
-        },
-    )
-}
-
-async fn delete_and_wait_gone(api: &Api<Tenant>, name: &str) {
-    let _ = api.delete(name, &DeleteParams::default()).await;
-    eventually(60, &format!("{name} deleted"), || async {
-        api.get_opt(name).await.ok()?.is_none().then_some(())
-    })
-    .await;
-}
+use tenantry::crd::Tenant;
 
 #[tokio::test]
 async fn api_server_refuses_invalid_tenants_with_clear_messages() {
-    let _serial = serial().await;
-    let env = KubeEnv::get();
-    let client = env.client().await;
-    let api: Api<Tenant> = Api::all(client.clone());
+    let cluster = Cluster::new().await;
+    let api = &cluster.tenants;
     // Raw objects: several of these cannot even be expressed in the typed Tenant.
-    let raw: Api<DynamicObject> = Api::all_with(client, &ApiResource::erase::<Tenant>(&()));
+    let raw: Api<DynamicObject> =
+        Api::all_with(cluster.client.clone(), &ApiResource::erase::<Tenant>(&()));
     let cases = [
         ("bad tier name", json!({"tier": "Gold_Tier"}), "spec.tier"),
         (
@@ -168,6 +102,7 @@ async fn api_server_refuses_invalid_tenants_with_clear_messages() {
     assert!(err.to_string().contains("at most 40 characters"), "{err}");
     // Defaults are filled in by the API server.
     let name = unique("valid");
+    cluster.remove_on_drop("tenant", None, &name);
     let created = api
         .create(
             &PostParams::default(),
@@ -184,31 +119,25 @@ async fn api_server_refuses_invalid_tenants_with_clear_messages() {
 
 #[tokio::test]
 async fn tenant_becomes_its_objects_and_follows_its_tier() {
-    let _serial = serial().await;
-    let env = KubeEnv::get();
-    let client = env.client().await;
-    let vdir = tempfile::tempdir().expect("tmp");
-    let op = start_operator(env, "op-main", vdir.path());
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let op = cluster.operator("op-main", &[]);
 
     let tier_name = unique("gold");
-    let tiers: Api<QuotaTier> = Api::all(client.clone());
-    let tier: QuotaTier = serde_json::from_value(json!({
-        "apiVersion": "tenantry.dev/v1alpha1", "kind": "QuotaTier", "metadata": {"name": tier_name},
-        "spec": {"dailyTokens": 1000, "requestsPerMinute": 10, "tokensPerMinute": 500, "maxConcurrentRequests": 2, "replicas": {"min": 2, "max": 4}},
-    }))
-    .expect("tier");
-    tiers
-        .create(&PostParams::default(), &tier)
-        .await
-        .expect("create tier");
+    let tiers = cluster
+        .create_tier(
+            &tier_name,
+            json!({"dailyTokens": 1000, "requestsPerMinute": 10, "tokensPerMinute": 500, "maxConcurrentRequests": 2, "replicas": {"min": 2, "max": 4}}),
+        )
+        .await;
 
     let name = unique("acme");
-    let api: Api<Tenant> = Api::all(client.clone());
-    api.create(&PostParams::default(), &tenant(&name, json!({"tier": tier_name, "quota": {"requestsPerMinute": 99}, "api": {"targetCPUUtilizationPercentage": 60}})))
-        .await
-        .expect("create tenant");
+    let api = &cluster.tenants;
+    cluster.create_tenant(&name, json!({"tier": tier_name, "quota": {"requestsPerMinute": 99}, "api": {"targetCPUUtilizationPercentage": 60}})).await;
 
-    let t = wait_condition(&api, &name, "SigningKeyReady", "True").await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
     let status = t.status.clone().expect("status");
     let ns = format!("tenant-{name}");
     assert_eq!(status.namespace.as_deref(), Some(ns.as_str()));
@@ -329,15 +258,15 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
     check_meta(&np.metadata, "NetworkPolicy");
     // Vector collections were provisioned.
     assert!(
-        vdir.path()
+        op.vector_dir()
             .join(format!("tenant_{}_docs", name.replace('-', "_")))
             .exists()
     );
     assert_eq!(status.collections.len(), 2);
 
     // ApiReady follows the Deployment.
-    mark_available(&client, &ns, &format!("{name}-api")).await;
-    let t = wait_condition(&api, &name, "Ready", "True").await;
+    cluster.mark_available(&ns, &format!("{name}-api")).await;
+    let t = cluster.wait_condition(&name, "Ready", "True").await;
     assert_eq!(
         condition(&t, "ApiReady"),
         Some(("True".into(), "Available".into()))
@@ -430,9 +359,9 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
     );
 
     // Delete with Retain: the finalizer runs, data stays.
-    delete_and_wait_gone(&api, &name).await;
+    cluster.delete_and_wait_gone(&name).await;
     assert!(
-        vdir.path()
+        op.vector_dir()
             .join(format!("tenant_{}_docs", name.replace('-', "_")))
             .exists(),
         "Retain keeps data"
@@ -446,27 +375,24 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
 
 #[tokio::test]
 async fn delete_policy_invalid_tier_and_suspend() {
-    let _serial = serial().await;
-    let env = KubeEnv::get();
-    let client = env.client().await;
-    let vdir = tempfile::tempdir().expect("tmp");
-    let op = start_operator(env, "op-policy", vdir.path());
-    let api: Api<Tenant> = Api::all(client.clone());
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let op = cluster.operator("op-policy", &[]);
+    let api = &cluster.tenants;
 
     // deletionPolicy Delete removes the collections.
     let name = unique("gone");
-    api.create(
-        &PostParams::default(),
-        &tenant(&name, json!({"tier": "free", "deletionPolicy": "Delete"})),
-    )
-    .await
-    .expect("create");
-    wait_condition(&api, &name, "VectorStoreReady", "True").await;
-    let docs = vdir
-        .path()
+    cluster
+        .create_tenant(&name, json!({"tier": "free", "deletionPolicy": "Delete"}))
+        .await;
+    cluster
+        .wait_condition(&name, "VectorStoreReady", "True")
+        .await;
+    let docs = op
+        .vector_dir()
         .join(format!("tenant_{}_docs", name.replace('-', "_")));
     assert!(docs.exists());
-    delete_and_wait_gone(&api, &name).await;
+    cluster.delete_and_wait_gone(&name).await;
     assert!(
         !docs.exists(),
         "Delete removes vector data; operator logs:\n{}",
@@ -476,37 +402,23 @@ async fn delete_policy_invalid_tier_and_suspend() {
     // A tier that does not exist: Ready=False/TierNotFound, then fixed by creating the tier.
     let tier_name = unique("platinum");
     let name = unique("waiting");
-    api.create(
-        &PostParams::default(),
-        &tenant(&name, json!({"tier": tier_name})),
-    )
-    .await
-    .expect("create");
-    let t = wait_condition(&api, &name, "Ready", "False").await;
-    let t = if condition(&t, "Ready").map(|c| c.1) == Some("TierNotFound".into()) {
-        t
-    } else {
-        eventually(30, "TierNotFound", || async {
-            let t = api.get(&name).await.ok()?;
-            (condition(&t, "Ready").map(|c| c.1) == Some("TierNotFound".into())).then_some(t)
-        })
-        .await
-    };
+    cluster
+        .create_tenant(&name, json!({"tier": tier_name}))
+        .await;
+    let t = cluster
+        .wait_reason(&name, "Ready", "False", "TierNotFound")
+        .await;
     assert_eq!(
         condition(&t, "QuotaReady").map(|c| c.0),
         Some("False".into())
     );
-    let tiers: Api<QuotaTier> = Api::all(client.clone());
-    let tier: QuotaTier = serde_json::from_value(json!({
-        "apiVersion": "tenantry.dev/v1alpha1", "kind": "QuotaTier", "metadata": {"name": tier_name},
-        "spec": {"dailyTokens": 5, "requestsPerMinute": 1, "tokensPerMinute": 5, "maxConcurrentRequests": 1},
-    }))
-    .expect("tier");
-    tiers
-        .create(&PostParams::default(), &tier)
-        .await
-        .expect("create tier");
-    wait_condition(&api, &name, "QuotaReady", "True").await;
+    let tiers = cluster
+        .create_tier(
+            &tier_name,
+            json!({"dailyTokens": 5, "requestsPerMinute": 1, "tokensPerMinute": 5, "maxConcurrentRequests": 1}),
+        )
+        .await;
+    cluster.wait_condition(&name, "QuotaReady", "True").await;
 
     // Suspend: API scaled to zero, ApiReady=False/Suspended; resume hands replicas back.
     let ns = format!("tenant-{name}");
@@ -522,16 +434,9 @@ async fn delete_policy_invalid_tier_and_suspend() {
         (deps.get(&format!("{name}-api")).await.ok()?.spec.replicas == Some(0)).then_some(())
     })
     .await;
-    let t = wait_condition(&api, &name, "ApiReady", "False").await;
-    let t = if condition(&t, "ApiReady").map(|c| c.1) == Some("Suspended".into()) {
-        t
-    } else {
-        eventually(30, "Suspended", || async {
-            let t = api.get(&name).await.ok()?;
-            (condition(&t, "ApiReady").map(|c| c.1) == Some("Suspended".into())).then_some(t)
-        })
-        .await
-    };
+    let t = cluster
+        .wait_reason(&name, "ApiReady", "False", "Suspended")
+        .await;
     assert_eq!(condition(&t, "Ready").map(|c| c.0), Some("False".into()));
     api.patch(
         &name,
@@ -545,7 +450,7 @@ async fn delete_policy_invalid_tier_and_suspend() {
     })
     .await;
 
-    delete_and_wait_gone(&api, &name).await;
+    cluster.delete_and_wait_gone(&name).await;
     tiers
         .delete(&tier_name, &DeleteParams::default())
         .await
@@ -557,21 +462,18 @@ async fn delete_policy_invalid_tier_and_suspend() {
 /// (as the pod mounts them) keeps accepting the old key during the overlap, without restart.
 #[tokio::test]
 async fn key_rotation_and_serve_with_rendered_config() {
-    let _serial = serial().await;
-    let env = KubeEnv::get();
-    let client = env.client().await;
-    let vdir = tempfile::tempdir().expect("tmp");
-    let op = start_operator(env, "op-keys", vdir.path());
-    let api: Api<Tenant> = Api::all(client.clone());
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let op = cluster.operator("op-keys", &[]);
+    let api = &cluster.tenants;
     let name = unique("rot");
     let ns = format!("tenant-{name}");
-    api.create(
-        &PostParams::default(),
-        &tenant(&name, json!({"tier": "pro", "auth": {"rotateEvery": "1h"}})),
-    )
-    .await
-    .expect("create");
-    let t = wait_condition(&api, &name, "SigningKeyReady", "True").await;
+    cluster
+        .create_tenant(&name, json!({"tier": "pro", "auth": {"rotateEvery": "1h"}}))
+        .await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
     let first_kid = t.status.and_then(|s| s.current_key_id).expect("kid");
 
     // Lay out what the pod mounts.
@@ -700,7 +602,7 @@ async fn key_rotation_and_serve_with_rendered_config() {
     })
     .await;
 
-    delete_and_wait_gone(&api, &name).await;
+    cluster.delete_and_wait_gone(&name).await;
     op.stop();
 }
 
@@ -708,29 +610,22 @@ async fn key_rotation_and_serve_with_rendered_config() {
 /// converges what changed meanwhile.
 #[tokio::test]
 async fn only_the_leader_writes_and_a_standby_takes_over() {
-    let _serial = serial().await;
-    let env = KubeEnv::get();
-    let client = env.client().await;
-    let vdir_a = tempfile::tempdir().expect("tmp");
-    let vdir_b = tempfile::tempdir().expect("tmp");
-    let a = start_operator(env, "replica-a", vdir_a.path());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "tenantry-system");
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let a = cluster.operator("replica-a", &[]);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     eventually(30, "a leads", || async {
         let l = leases.get_opt("tenantry-operator").await.ok()??;
         (l.spec?.holder_identity.as_deref() == Some("replica-a")).then_some(())
     })
     .await;
-    let b = start_operator(env, "replica-b", vdir_b.path());
+    let b = cluster.operator("replica-b", &[]);
 
-    let api: Api<Tenant> = Api::all(client.clone());
     let name = unique("lead");
-    api.create(
-        &PostParams::default(),
-        &tenant(&name, json!({"tier": "pro"})),
-    )
-    .await
-    .expect("create");
-    wait_condition(&api, &name, "SigningKeyReady", "True").await;
+    cluster.create_tenant(&name, json!({"tier": "pro"})).await;
+    cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(a.reconcile_count().await > 0, "the leader reconciles");
     assert_eq!(
@@ -749,13 +644,12 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     // converges a change made while nobody led.
     a.kill();
     let second = unique("lead2");
-    api.create(
-        &PostParams::default(),
-        &tenant(&second, json!({"tier": "free"})),
-    )
-    .await
-    .expect("create");
-    wait_condition(&api, &second, "SigningKeyReady", "True").await;
+    cluster
+        .create_tenant(&second, json!({"tier": "free"}))
+        .await;
+    cluster
+        .wait_condition(&second, "SigningKeyReady", "True")
+        .await;
     assert!(b.reconcile_count().await > 0);
     let lease = leases.get("tenantry-operator").await.expect("lease");
     let spec = lease.spec.expect("spec");
@@ -763,7 +657,7 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     assert!(spec.lease_transitions.unwrap_or(0) >= 1);
 
     for n in [&name, &second] {
-        delete_and_wait_gone(&api, n).await;
+        cluster.delete_and_wait_gone(n).await;
     }
     b.stop();
     // A clean stop releases the Lease.
@@ -775,11 +669,11 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
 /// namespace and reach the API pods by secretKeyRef, never as plain values.
 #[tokio::test]
 async fn api_credentials_are_copied_into_tenant_namespaces() {
-    let _serial = serial().await;
-    let env = KubeEnv::get();
-    let client = env.client().await;
-    let source: Api<Secret> = Api::namespaced(client.clone(), "tenantry-system");
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let source: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let secret_name = unique("llm-credentials");
+    cluster.remove_on_drop("secret", Some(SYSTEM_NAMESPACE), &secret_name);
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret_name},
         "stringData": {"api-key": "sk-test-123"},
@@ -789,12 +683,9 @@ async fn api_credentials_are_copied_into_tenant_namespaces() {
         .create(&PostParams::default(), &secret)
         .await
         .expect("create source secret");
-    let vdir = tempfile::tempdir().expect("tmp");
     let from = format!("OPENAI_API_KEY={secret_name}:api-key");
-    let op = start_operator_with(
-        env,
+    let op = cluster.operator(
         "op-creds",
-        vdir.path(),
         &[
             "--api-env-from-secret",
             &from,
@@ -802,14 +693,8 @@ async fn api_credentials_are_copied_into_tenant_namespaces() {
             "RUST_LOG=debug",
         ],
     );
-    let api: Api<Tenant> = Api::all(client.clone());
     let name = unique("creds");
-    api.create(
-        &PostParams::default(),
-        &tenant(&name, json!({"tier": "pro"})),
-    )
-    .await
-    .expect("create");
+    cluster.create_tenant(&name, json!({"tier": "pro"})).await;
     let ns = format!("tenant-{name}");
     let copies: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let copy = eventually(30, "credentials copy", || async {
@@ -849,7 +734,7 @@ async fn api_credentials_are_copied_into_tenant_namespaces() {
             .as_deref(),
         Some("debug")
     );
-    delete_and_wait_gone(&api, &name).await;
+    cluster.delete_and_wait_gone(&name).await;
     source
         .delete(&secret_name, &DeleteParams::default())
         .await

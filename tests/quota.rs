@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Dirs, RedisServer, ScriptedLlm, Server, Start};
+use common::llm::ScriptedLlm;
+use common::redis::RedisServer;
+use common::server::{Dirs, Server, Start};
 use serde_json::{Value, json};
 use tenantry::crd::TenantId;
 use tenantry::quota::memory::MemoryStore;
@@ -318,7 +320,7 @@ async fn chat_full(
         .await
         .expect("request");
     let headers = r.headers().clone();
-    let (s, body) = common::status_json(r).await;
+    let (s, body) = common::server::status_json(r).await;
     (s, headers, body)
 }
 
@@ -369,12 +371,7 @@ async fn fresh_minute(need: u64) {
 }
 
 async fn metric_value(server: &Server, needle: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", server.metrics_addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = server.metrics().await;
     text.lines()
         .find(|l| l.starts_with(needle))
         .and_then(|l| l.rsplit(' ').next())
@@ -804,144 +801,11 @@ async fn redis_killed_mid_run() {
     assert_eq!(u["backend"], "redis");
 }
 
-/// A TLS-only `redis-server` with a password, and its CA (killed on drop).
-struct TlsRedis {
-    child: std::process::Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl TlsRedis {
-    fn start(password: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=test-ca",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ],
-        );
-        std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                "san.ext",
-                "-out",
-                "server.crt",
-            ],
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--tls-cert-file",
-                "server.crt",
-                "--tls-key-file",
-                "server.key",
-            ])
-            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
-            .args([
-                "--requirepass",
-                password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(d)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let r = Self { child, port, dir };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("TLS redis-server did not start");
-    }
-
-    fn ca(&self) -> String {
-        self.dir.path().join("ca.crt").display().to_string()
-    }
-}
-
 /// `rediss://` with a password and a private CA (trusted through SSL_CERT_FILE): quotas are
 /// enforced over TLS; a wrong password is a clean 503 and no password ever reaches the logs.
 #[tokio::test]
 async fn redis_over_tls_with_password() {
-    let redis = TlsRedis::start("s3cret-pw");
+    let redis = RedisServer::start_tls("s3cret-pw");
     let llm = ScriptedLlm::start().await;
     let dirs = Dirs::new();
     dirs.add_tenant("acme", &quota_spec(1_000_000, 2, 10_000_000, 10));

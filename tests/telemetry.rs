@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{Dirs, ScriptedLlm, Server, Start};
+use common::llm::ScriptedLlm;
+use common::server::{Dirs, Server, Start};
 use serde_json::{Value, json};
 
 const DOC: &str = "The vault code word is PERIWINKLE-ELEPHANT-42. Acme customers may return any product within 30 days for a full refund.";
@@ -115,15 +116,7 @@ async fn overhead_header_and_metric() {
         "{overhead} of {total_ms}"
     );
 
-    let metrics = server
-        .http
-        .get(format!("http://{}/metrics", server.metrics_addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     for needle in [
         "# TYPE llm_gateway_overhead_seconds histogram",
         r#"llm_gateway_overhead_seconds_bucket{le="0.0005",tenant_id="acme"}"#,

@@ -1,4 +1,4 @@
-//! HTTPS on a real `tenantry serve`: certificates from test CAs made with the `openssl` CLI,
+//! HTTPS on a real `tenantry serve`: certificates from test CAs (P-256, made with rcgen),
 //! checked by reqwest (rustls, ring) and by `curl`; reload of rotated files (a Secret-style
 //! `..data` symlink swap) without dropping connections; a bad rotation keeps the old
 //! certificate; graceful shutdown over TLS; start-up errors; `tenantry healthcheck`.
@@ -9,114 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Dirs, ScriptedLlm, Server, Start};
+use common::certs::{Ca, KeyKind};
+use common::llm::ScriptedLlm;
+use common::server::{Dirs, Server, Start};
 use serde_json::json;
 
-/// A test certificate authority.
-struct Ca {
-    cert: PathBuf,
-    key: PathBuf,
-}
+/// What every server certificate of these tests is for.
+const SANS: [&str; 2] = ["127.0.0.1", "localhost"];
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed CA (P-256) named `name`, written into `dir`.
-fn make_ca(dir: &Path, name: &str) -> Ca {
-    let (cert, key) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            key.to_str().expect("utf-8"),
-            "-out",
-            cert.to_str().expect("utf-8"),
-        ],
-    );
-    Ca { cert, key }
-}
-
-/// A server certificate for 127.0.0.1/localhost with subject `CN=<cn>`, signed by `ca`;
-/// returns (certificate, key) files in `dir`.
-fn make_leaf(dir: &Path, ca: &Ca, cn: &str, serial: u32) -> (PathBuf, PathBuf) {
-    let (cert, key, csr, ext) = (
-        dir.join(format!("{cn}.pem")),
-        dir.join(format!("{cn}.key")),
-        dir.join(format!("{cn}.csr")),
-        dir.join(format!("{cn}.ext")),
-    );
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write ext");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            key.to_str().expect("utf-8"),
-            "-out",
-            csr.to_str().expect("utf-8"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-set_serial",
-            &serial.to_string(),
-            "-in",
-            csr.to_str().expect("utf-8"),
-            "-CA",
-            ca.cert.to_str().expect("utf-8"),
-            "-CAkey",
-            ca.key.to_str().expect("utf-8"),
-            "-extfile",
-            ext.to_str().expect("utf-8"),
-            "-out",
-            cert.to_str().expect("utf-8"),
-        ],
-    );
-    (cert, key)
+/// A new folder for certificates in `dirs`.
+fn pki(dirs: &Dirs) -> PathBuf {
+    let pki = dirs.root.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("mkdir");
+    pki
 }
 
 /// A folder laid out like a mounted Kubernetes Secret: `tls.crt` and `tls.key` are symlinks
@@ -221,10 +126,9 @@ fn healthcheck(args: &[&str]) -> (bool, String) {
 async fn serves_https_with_a_verified_chain() {
     let dirs = Dirs::new();
     dirs.add_tenant("acme", "");
-    let pki = dirs.root.path().join("pki");
-    std::fs::create_dir_all(&pki).expect("mkdir");
-    let ca = make_ca(&pki, "ca-one");
-    let (cert, key) = make_leaf(&pki, &ca, "tenantry-one", 1);
+    let pki = pki(&dirs);
+    let ca = Ca::new(&pki, "ca-one", KeyKind::P256);
+    let (cert, key) = ca.leaf(&pki, "tenantry-one", &SANS, 1);
     let mount = SecretMount::new(dirs.root.path().join("tls"), &cert, &key);
     let server = Server::start(
         &dirs,
@@ -343,13 +247,12 @@ async fn serves_https_with_a_verified_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_rotated_certificates_and_keeps_the_old_one_on_a_bad_pair() {
     let dirs = Dirs::new();
-    let pki = dirs.root.path().join("pki");
-    std::fs::create_dir_all(&pki).expect("mkdir");
-    let ca1 = make_ca(&pki, "ca-one");
-    let ca2 = make_ca(&pki, "ca-two");
-    let (cert1, key1) = make_leaf(&pki, &ca1, "tenantry-one", 1);
-    let (cert2, key2) = make_leaf(&pki, &ca2, "tenantry-two", 2);
-    let (cert3, _key3) = make_leaf(&pki, &ca2, "tenantry-three", 3);
+    let pki = pki(&dirs);
+    let ca1 = Ca::new(&pki, "ca-one", KeyKind::P256);
+    let ca2 = Ca::new(&pki, "ca-two", KeyKind::P256);
+    let (cert1, key1) = ca1.leaf(&pki, "tenantry-one", &SANS, 1);
+    let (cert2, key2) = ca2.leaf(&pki, "tenantry-two", &SANS, 2);
+    let (cert3, _key3) = ca2.leaf(&pki, "tenantry-three", &SANS, 3);
     let mut mount = SecretMount::new(dirs.root.path().join("tls"), &cert1, &key1);
     let server = Server::start(
         &dirs,
@@ -423,10 +326,9 @@ async fn graceful_shutdown_over_tls() {
     let llm = ScriptedLlm::start().await;
     let dirs = Dirs::new();
     dirs.add_tenant("acme", "");
-    let pki = dirs.root.path().join("pki");
-    std::fs::create_dir_all(&pki).expect("mkdir");
-    let ca = make_ca(&pki, "ca-one");
-    let (cert, key) = make_leaf(&pki, &ca, "tenantry-one", 1);
+    let pki = pki(&dirs);
+    let ca = Ca::new(&pki, "ca-one", KeyKind::P256);
+    let (cert, key) = ca.leaf(&pki, "tenantry-one", &SANS, 1);
     let server = Server::start(
         &dirs,
         Start {
@@ -480,11 +382,10 @@ async fn graceful_shutdown_over_tls() {
 #[test]
 fn bad_tls_settings_fail_the_start() {
     let dirs = Dirs::new();
-    let pki = dirs.root.path().join("pki");
-    std::fs::create_dir_all(&pki).expect("mkdir");
-    let ca = make_ca(&pki, "ca-one");
-    let (cert, _key) = make_leaf(&pki, &ca, "tenantry-one", 1);
-    let (_, other_key) = make_leaf(&pki, &ca, "tenantry-two", 2);
+    let pki = pki(&dirs);
+    let ca = Ca::new(&pki, "ca-one", KeyKind::P256);
+    let (cert, _key) = ca.leaf(&pki, "tenantry-one", &SANS, 1);
+    let (_, other_key) = ca.leaf(&pki, "tenantry-two", &SANS, 2);
     let missing = pki.join("missing.key");
     let garbage = pki.join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").expect("write");
@@ -523,18 +424,8 @@ fn bad_tls_settings_fail_the_start() {
         ),
     ];
     for (args, expected) in cases {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dirs.data())
-            .arg("--tenants")
-            .arg(dirs.tenants())
+        let mut child = dirs
+            .serve_command()
             .args(&args)
             .env_remove("TENANTRY_TLS_CERT")
             .env_remove("TENANTRY_TLS_KEY")

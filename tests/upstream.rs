@@ -3,7 +3,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{Dirs, ScriptedLlm, Server, Start};
+use common::llm::ScriptedLlm;
+use common::server::{Dirs, Server, Start};
 use serde_json::Value;
 
 const DOC: &str =
