@@ -15,7 +15,10 @@
 //! - [`llm`]: the chat-model trait, the OpenAI-compatible client and the offline responder.
 //! - [`ingest`]: the `tenantry ingest` client (files and folders to a tenant's API).
 //! - [`chunk`]: splitting documents into overlapping chunks.
-//! - [`api`]: the HTTP API (axum router, handlers, errors).
+//! - [`rag`]: one chat request from question to answer (cache, retrieval, quota, model call,
+//!   settlement), whichever endpoint asked it; no HTTP.
+//! - [`api`]: the HTTP API (axum router, handlers, errors); [`api::openai`] is the
+//!   OpenAI-compatible surface.
 //! - [`cache`]: the tenant-scoped semantic cache of chat answers.
 //! - [`quota`]: per-tenant quotas and rate limits (Redis or in-process), token estimates.
 //! - [`runtime`]: what both long-running modes need: shutdown signal, admin router, file watching.
@@ -40,6 +43,7 @@ pub mod llm;
 pub mod metrics;
 pub mod operator;
 pub mod quota;
+pub mod rag;
 pub mod runtime;
 pub mod serve;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 /// Labels of `llm_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Tenant id.
+    /// The tenant served.
     pub tenant_id: String,
     /// Model that answered (or was asked for).
     pub model: String,
@@ -20,18 +20,18 @@ pub struct RequestLabels {
 /// Labels of `llm_request_latency_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
-    /// Tenant id.
+    /// The tenant served.
     pub tenant_id: String,
-    /// Model.
+    /// Model that answered (or was asked for).
     pub model: String,
 }
 
 /// Labels of `llm_tokens_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    /// Tenant id.
+    /// The tenant served.
     pub tenant_id: String,
-    /// Model.
+    /// Model that answered (or was asked for).
     pub model: String,
     /// `prompt` or `completion`.
     pub r#type: String,
@@ -40,7 +40,7 @@ pub struct TokenLabels {
 /// Labels of `llm_rate_limited_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RateLimitLabels {
-    /// Tenant id.
+    /// The tenant served.
     pub tenant_id: String,
     /// The limit hit: `daily_tokens`, `requests_per_minute`, `tokens_per_minute`,
     /// `concurrent_requests`.
@@ -50,7 +50,7 @@ pub struct RateLimitLabels {
 /// Labels of per-tenant counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabels {
-    /// Tenant id.
+    /// The tenant served.
     pub tenant_id: String,
 }
 
@@ -197,39 +197,70 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one finished chat request.
-    pub fn record(
-        &self,
-        tenant: &str,
-        model: &str,
-        ok: bool,
-        seconds: f64,
-        prompt: u64,
-        completion: u64,
-    ) {
+    /// Records one finished model request: its count by status, its latency and its tokens.
+    pub fn record(&self, r: &RequestRecord<'_>) {
         self.requests
             .get_or_create(&RequestLabels {
-                tenant_id: tenant.to_string(),
-                model: model.to_string(),
-                status: if ok { "success" } else { "error" }.to_string(),
+                tenant_id: r.tenant_id.to_string(),
+                model: r.model.to_string(),
+                status: r.status.as_str().to_string(),
             })
             .inc();
         self.latency
             .get_or_create(&ModelLabels {
-                tenant_id: tenant.to_string(),
-                model: model.to_string(),
+                tenant_id: r.tenant_id.to_string(),
+                model: r.model.to_string(),
             })
-            .observe(seconds);
-        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            .observe(r.seconds);
+        for (kind, n) in [
+            ("prompt", r.prompt_tokens),
+            ("completion", r.completion_tokens),
+        ] {
             self.tokens
                 .get_or_create(&TokenLabels {
-                    tenant_id: tenant.to_string(),
-                    model: model.to_string(),
+                    tenant_id: r.tenant_id.to_string(),
+                    model: r.model.to_string(),
                     r#type: kind.to_string(),
                 })
                 .inc_by(n);
         }
     }
+}
+
+/// How a model request ended, the `status` label of `llm_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStatus {
+    /// Answered (a cache hit included).
+    Success,
+    /// Failed, or ended before the answer was complete.
+    Error,
+}
+
+impl RequestStatus {
+    /// The label value: `success` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One finished model request (chat or embeddings), as [`Metrics::record`] counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRecord<'a> {
+    /// Tenant served.
+    pub tenant_id: &'a str,
+    /// Model that answered (or was asked for, when none did).
+    pub model: &'a str,
+    /// Whether it answered.
+    pub status: RequestStatus,
+    /// Time from the call to its end.
+    pub seconds: f64,
+    /// Prompt tokens used.
+    pub prompt_tokens: u64,
+    /// Completion tokens used.
+    pub completion_tokens: u64,
 }
 
 #[cfg(test)]
@@ -239,7 +270,14 @@ mod tests {
     #[test]
     fn names_match_the_seed() {
         let m = Metrics::default();
-        m.record("acme", "gpt-4o-mini", true, 0.3, 10, 5);
+        m.record(&RequestRecord {
+            tenant_id: "acme",
+            model: "gpt-4o-mini",
+            status: RequestStatus::Success,
+            seconds: 0.3,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+        });
         m.record_rate_limited("acme", "daily_tokens");
         m.record_fail_open("acme");
         m.record_overhead("acme", 0.002);

@@ -59,7 +59,7 @@ pub struct DocumentInfo {
     pub id: Uuid,
     /// Title, if given.
     pub title: Option<String>,
-    /// Metadata.
+    /// The metadata given at ingestion.
     pub metadata: Map<String, Value>,
     /// Number of chunks.
     pub chunks: u64,

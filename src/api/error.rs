@@ -89,6 +89,20 @@ impl From<EmbedError> for ApiError {
     }
 }
 
+impl From<crate::rag::Error> for ApiError {
+    fn from(e: crate::rag::Error) -> Self {
+        use crate::rag::Error;
+        match e {
+            Error::Embedding(e) => Self::Embedding(e),
+            Error::Store(e) => e.into(),
+            Error::Upstream(e) => Self::Upstream(e),
+            Error::RateLimited(r) => Self::RateLimited(r),
+            Error::QuotaUnavailable(e) => Self::QuotaUnavailable(e),
+            Error::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
 impl ApiError {
     /// HTTP status of this error.
     pub fn status_code(&self) -> StatusCode {

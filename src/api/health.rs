@@ -43,9 +43,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// Query of `GET /dev/token`.
 #[derive(Debug, Deserialize)]
 pub struct DevTokenQuery {
-    /// Tenant id.
+    /// The tenant the token is for.
     pub tenant_id: String,
-    /// User.
+    /// The user the token names (its `sub` claim).
     pub sub: String,
     /// Validity (default `1h`).
     #[serde(default)]

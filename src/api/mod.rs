@@ -37,13 +37,13 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Vector store (tenant-agnostic; handlers reach it only through [`Caller::vectors`]).
     pub vectors: Arc<dyn VectorBackend>,
-    /// Embedding model.
+    /// Embeds questions and documents.
     pub embedder: Arc<dyn Embedder>,
-    /// Chat model.
+    /// Answers questions (an endpoint, or the offline responder).
     pub llm: Arc<dyn ChatModel>,
-    /// Metrics.
+    /// The metric families `serve` records into.
     pub metrics: Arc<Metrics>,
-    /// Configuration.
+    /// The `serve` configuration (limits, model settings).
     pub config: Arc<ServeConfig>,
     /// Whether `/dev/token` is enabled.
     pub dev: bool,
@@ -51,6 +51,18 @@ pub struct AppState {
     pub quota: Quota,
     /// Keys of the tenants' external token issuers.
     pub jwks: Arc<auth::oidc::JwksCache>,
+}
+
+impl AppState {
+    /// The models and stores a chat [`crate::rag::Turn`] uses.
+    pub fn rag_services(&self) -> crate::rag::Services {
+        crate::rag::Services {
+            embedder: self.embedder.clone(),
+            llm: self.llm.clone(),
+            quota: self.quota.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
 }
 
 /// An authenticated request: the verified principal, its tenant's configuration, and the
@@ -144,27 +156,6 @@ pub fn router(state: AppState) -> Router {
                 chat::overhead,
             )),
         )
-        .route(
-            "/v1/chat/completions",
-            post(openai::chat_completions)
-                .layer(middleware::from_fn(openai::openai_status))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    chat::overhead,
-                )),
-        )
-        .route(
-            "/v1/models",
-            get(openai::models).layer(middleware::from_fn(openai::openai_status)),
-        )
-        .route(
-            "/v1/models/{model}",
-            get(openai::model).layer(middleware::from_fn(openai::openai_status)),
-        )
-        .route(
-            "/v1/embeddings",
-            post(openai::embeddings).layer(middleware::from_fn(openai::openai_status)),
-        )
         .route("/v1/usage", get(usage::usage))
         .route(
             "/v1/documents",
@@ -178,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))
         .route("/dev/token", get(health::dev_token))
+        .merge(openai::routes(&state))
         // A route layer sees the matched route, so the log names routes, not raw URIs.
         .route_layer(middleware::from_fn(access_log))
         .fallback(not_found)

@@ -56,7 +56,7 @@ impl Attempt {
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,
-    /// Text.
+    /// The message text.
     pub content: String,
 }
 
@@ -90,9 +90,9 @@ pub struct ChatRequest {
 /// Token usage of one completion.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Tokens of the prompt (the whole conversation sent).
     pub prompt_tokens: u64,
-    /// Completion tokens.
+    /// Tokens generated.
     pub completion_tokens: u64,
 }
 

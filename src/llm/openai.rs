@@ -161,35 +161,20 @@ impl OpenAiChat {
     }
 }
 
-/// Reads `data:` events of a server-sent-event body, one JSON chunk each, until `[DONE]`.
-struct SseChunks {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
-    buf: Vec<u8>,
-    done: bool,
-    /// Chunks decoded from one event, not yet returned.
-    pending: std::collections::VecDeque<Chunk>,
+/// What a streamed answer has told so far, turning each `data:` payload into [`Chunk`]s.
+#[derive(Debug, Default)]
+struct StreamDecoder {
     /// Whether the model was reported ([`Chunk::Model`]).
     announced: bool,
+    /// The model answering: the requested one until the upstream names it.
     model: String,
     finish_reason: Option<String>,
     usage: Option<Usage>,
 }
 
-impl SseChunks {
-    /// The next complete line in the buffer, without its line ending.
-    fn line(&mut self) -> Option<String> {
-        let end = self.buf.iter().position(|&b| b == b'\n')?;
-        let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        Some(String::from_utf8_lossy(&line).into_owned())
-    }
-
+impl StreamDecoder {
     /// The final [`Chunk::Done`].
     fn done(&mut self) -> Chunk {
-        self.done = true;
         Chunk::Done {
             model: std::mem::take(&mut self.model),
             finish_reason: self
@@ -200,8 +185,8 @@ impl SseChunks {
         }
     }
 
-    /// Interprets one `data:` payload, queueing what it carries (the model, first; a delta).
-    fn event(&mut self, data: &str) -> Result<(), LlmError> {
+    /// Interprets one `data:` payload: what it carries (the model, first; a delta), in order.
+    fn event(&mut self, data: &str) -> Result<Vec<Chunk>, LlmError> {
         let v: serde_json::Value = serde_json::from_str(data)
             .map_err(|e| LlmError::Upstream(format!("unreadable upstream stream event: {e}")))?;
         if let Some(msg) = v.get("error") {
@@ -210,11 +195,12 @@ impl SseChunks {
                 "upstream stream failed: {detail}"
             )));
         }
+        let mut out = Vec::new();
         if let Some(m) = v["model"].as_str().filter(|m| !m.is_empty()) {
             self.model = m.to_string();
             if !self.announced {
                 self.announced = true;
-                self.pending.push_back(Chunk::Model(m.to_string()));
+                out.push(Chunk::Model(m.to_string()));
             }
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
@@ -231,52 +217,73 @@ impl SseChunks {
             .as_str()
             .filter(|c| !c.is_empty())
         {
-            self.pending.push_back(Chunk::Delta(c.to_string()));
+            out.push(Chunk::Delta(c.to_string()));
         }
-        Ok(())
+        Ok(out)
     }
+}
 
-    async fn next(&mut self) -> Option<Result<Chunk, LlmError>> {
-        use futures::StreamExt as _;
+/// The [`Chunk`]s of a server-sent-event body (one JSON payload per event, until `[DONE]`);
+/// `transport` classifies a failure to read the body. A body that ends without `[DONE]` is the
+/// answer if the upstream said why it stopped, otherwise a cut stream (an error).
+fn decode_stream<S, B, E>(
+    body: S,
+    model: String,
+    transport: fn(E) -> LlmError,
+) -> impl futures::Stream<Item = Result<Chunk, LlmError>> + Send
+where
+    S: futures::Stream<Item = Result<B, E>> + Send + 'static,
+    B: AsRef<[u8]> + Send,
+    E: std::fmt::Display + Send,
+{
+    use eventsource_stream::{EventStreamError, Eventsource as _};
+    use futures::StreamExt as _;
+    async_stream::stream! {
+        let mut events = Box::pin(body.eventsource());
+        let mut decoder = StreamDecoder { model, ..StreamDecoder::default() };
         loop {
-            if let Some(c) = self.pending.pop_front() {
-                return Some(Ok(c));
-            }
-            if self.done {
-                return None;
-            }
-            if let Some(line) = self.line() {
-                let Some(data) = line.strip_prefix("data:") else {
-                    continue; // comments, `event:`, `id:`, blank separators
-                };
-                let data = data.trim();
-                if data == "[DONE]" {
-                    return Some(Ok(self.done()));
+            let data = match events.next().await {
+                Some(Ok(event)) => event.data,
+                Some(Err(EventStreamError::Transport(e))) => {
+                    yield Err(transport(e));
+                    return;
                 }
-                if let Err(e) = self.event(data) {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-                continue;
-            }
-            match self.body.next().await {
-                Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
                 Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(transport_error(e).into_error()));
+                    yield Err(LlmError::Upstream(format!("unreadable upstream stream: {e}")));
+                    return;
                 }
-                // The body ended without `[DONE]`: what arrived is the answer if the upstream
-                // said why it stopped, otherwise the stream was cut.
-                None if self.finish_reason.is_some() => return Some(Ok(self.done())),
+                None if decoder.finish_reason.is_some() => {
+                    yield Ok(decoder.done());
+                    return;
+                }
                 None => {
-                    self.done = true;
-                    return Some(Err(LlmError::Upstream(
-                        "upstream stream ended early".to_string(),
-                    )));
+                    yield Err(LlmError::Upstream("upstream stream ended early".to_string()));
+                    return;
+                }
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                yield Ok(decoder.done());
+                return;
+            }
+            match decoder.event(data) {
+                Ok(chunks) => {
+                    for chunk in chunks {
+                        yield Ok(chunk);
+                    }
+                }
+                Err(e) => {
+                    yield Err(e);
+                    return;
                 }
             }
         }
     }
+}
+
+/// A transport failure while reading a stream.
+fn stream_transport_error(e: reqwest::Error) -> LlmError {
+    transport_error(e).into_error()
 }
 
 #[async_trait]
@@ -287,19 +294,10 @@ impl ChatModel for OpenAiChat {
 
     async fn stream_attempt(&self, request: ChatRequest) -> Result<ChatStream, Attempt> {
         let resp = self.send(&request, true).await?;
-        let state = SseChunks {
-            body: Box::pin(resp.bytes_stream()),
-            buf: Vec::new(),
-            done: false,
-            pending: std::collections::VecDeque::new(),
-            announced: false,
-            model: request.model,
-            finish_reason: None,
-            usage: None,
-        };
-        Ok(Box::pin(futures::stream::unfold(
-            state,
-            |mut s| async move { s.next().await.map(|c| (c, s)) },
+        Ok(Box::pin(decode_stream(
+            resp.bytes_stream(),
+            request.model,
+            stream_transport_error,
         )))
     }
 
@@ -343,5 +341,71 @@ impl ChatModel for OpenAiChat {
             finish_reason,
             usage,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    /// Decodes `body`, delivered in the given pieces.
+    async fn decode(pieces: &[&'static str]) -> Vec<Result<Chunk, String>> {
+        let pieces: Vec<Result<&'static [u8], String>> =
+            pieces.iter().map(|&p| Ok(p.as_bytes())).collect();
+        let body = futures::stream::iter(pieces);
+        decode_stream(body, "asked".to_string(), LlmError::Upstream)
+            .map(|c| c.map_err(|e| e.to_string()))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn multi_line_data_fields_are_joined() {
+        let chunks = decode(&[
+            "data: {\"model\": \"m1\",\n",
+            "data:  \"choices\": [{\"delta\": {\"content\": \"Hi\"}}]}\n\n",
+            ": a comment\n\nevent: ping\n\n",
+            "data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"length\"}],\n",
+            "data: \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 1}}\n\n",
+            "data: [DONE]\n\n",
+        ])
+        .await;
+        assert_eq!(
+            chunks,
+            vec![
+                Ok(Chunk::Model("m1".to_string())),
+                Ok(Chunk::Delta("Hi".to_string())),
+                Ok(Chunk::Done {
+                    model: "m1".to_string(),
+                    finish_reason: "length".to_string(),
+                    usage: Some(Usage {
+                        prompt_tokens: 3,
+                        completion_tokens: 1,
+                    }),
+                }),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_is_an_error_unless_it_said_why_it_stopped() {
+        let cut = decode(&["data: {\"choices\": [{\"delta\": {\"content\": \"a\"}}]}\n\n"]).await;
+        assert_eq!(cut.len(), 2);
+        assert!(cut[1].as_ref().is_err_and(|e| e.contains("ended early")));
+        let stopped =
+            decode(&["data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"stop\"}]}\n\n"])
+                .await;
+        assert_eq!(
+            stopped,
+            vec![Ok(Chunk::Done {
+                model: "asked".to_string(),
+                finish_reason: "stop".to_string(),
+                usage: None,
+            })]
+        );
+        let failed = decode(&["data: {\"error\": {\"message\": \"overloaded\"}}\n\n"]).await;
+        assert!(failed[0].as_ref().is_err_and(|e| e.contains("overloaded")));
     }
 }

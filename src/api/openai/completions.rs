@@ -1,0 +1,165 @@
+//! `POST /v1/chat/completions`, JSON or streamed. It takes the same path as `/v1/chat` (a
+//! [`Turn`]): semantic cache → optional retrieval (the tenant's
+//! `retrieval.augmentCompletions`, or the request's `tenantry.rag`) → quota → upstream →
+//! settlement (see [`crate::rag`] for how a stream is charged).
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse as _, Response};
+
+use super::params::{self, CompletionParams};
+use super::stream::sse;
+use super::types::{AssistantMessage, ChatCompletion, Choice, CompletionBody, CompletionExtras};
+use crate::api::chat::{self, CacheUse, answer_headers};
+use crate::api::{ApiError, ApiJson, AppState, Caller};
+use crate::llm::{ChatRequest, ChatResponse, Message, Usage, one_shot};
+use crate::rag::{CachedAnswer, Source, Turn};
+
+/// A new completion id, `chatcmpl-<uuid>`.
+pub(super) fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Seconds since the Unix epoch.
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ChatCompletion {
+    /// The `chat.completion` of `answer`.
+    fn new(answer: ChatResponse, cached: bool, sources: Vec<Source>) -> Self {
+        Self {
+            id: completion_id(),
+            object: "chat.completion",
+            created: unix_now(),
+            model: answer.model,
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: answer.content,
+                    refusal: None,
+                },
+                logprobs: None,
+                finish_reason: answer.finish_reason,
+            }],
+            usage: answer.usage.into(),
+            tenantry: CompletionExtras { cached, sources },
+        }
+    }
+}
+
+/// The semantic-cache key of a completion: everything but the last user message (the
+/// question, matched by similarity).
+fn cache_key(p: &CompletionParams) -> String {
+    let history = serde_json::to_string(&p.messages[..p.messages.len() - 1]).unwrap_or_default();
+    let params = serde_json::to_string(&p.params).unwrap_or_default();
+    let retrieval = if p.rag {
+        p.top_k.to_string()
+    } else {
+        "-".to_string()
+    };
+    crate::cache::cache_key_of(&[
+        "chat.completions",
+        &p.model,
+        &history,
+        &p.max_tokens.to_string(),
+        &params,
+        &retrieval,
+    ])
+}
+
+/// Adds the retrieved passages to the conversation, after its leading system messages.
+fn augment(messages: &mut Vec<Message>, sources: &[Source]) {
+    if sources.is_empty() {
+        return;
+    }
+    let context: Vec<&str> = sources.iter().map(|s| s.text.as_str()).collect();
+    let at = messages
+        .iter()
+        .position(|m| m.role != "system")
+        .unwrap_or(messages.len());
+    messages.insert(
+        at,
+        Message::new(
+            "system",
+            format!(
+                "Passages from the user's documents that may help answer (say so when they \
+                 do not contain the answer):\n\n{}",
+                context.join("\n\n---\n\n")
+            ),
+        ),
+    );
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CompletionBody>,
+) -> Response {
+    let mut turn = chat::begin(&state, caller, &headers);
+    let result = complete(&state, &mut turn, body).await;
+    chat::end(&turn, result)
+}
+
+/// A cached answer, as JSON or as a stream.
+fn from_cache(hit: CachedAnswer, p: &CompletionParams, headers: HeaderMap) -> Response {
+    let answer = ChatResponse {
+        content: hit.answer,
+        model: hit.model,
+        finish_reason: "stop".to_string(),
+        usage: Usage::default(),
+    };
+    if p.stream {
+        let model = answer.model.clone();
+        (headers, sse(one_shot(answer), model, p.include_usage)).into_response()
+    } else {
+        let body = ChatCompletion::new(answer, true, hit.sources);
+        (headers, axum::Json(body)).into_response()
+    }
+}
+
+async fn complete(
+    state: &AppState,
+    turn: &mut Turn,
+    body: CompletionBody,
+) -> Result<Response, ApiError> {
+    let mut p = params::validate(state, turn.tenant(), body)?;
+    // The offline responder can only answer from retrieved passages.
+    p.rag |= state.llm.offline();
+    // The question: the last message, when it is the user's (the cache and retrieval use it).
+    let question = p
+        .messages
+        .last()
+        .filter(|m| m.role == "user" && !m.content.trim().is_empty())
+        .map(|m| m.content.trim().to_string());
+    if let Some(q) = &question
+        && let Some(hit) = turn.lookup(q, cache_key(&p)).await?
+    {
+        let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Hit));
+        return Ok(from_cache(hit, &p, headers));
+    }
+    if p.rag {
+        augment(&mut p.messages, turn.retrieve(p.top_k).await?);
+    }
+    let request = ChatRequest {
+        model: p.model,
+        messages: p.messages,
+        max_tokens: p.max_tokens,
+        passages: turn.sources().iter().map(|s| s.text.clone()).collect(),
+        params: p.params,
+    };
+    if !p.stream {
+        let answer = turn.answer(request).await?;
+        let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Miss));
+        let body = ChatCompletion::new(answer, false, turn.take_sources());
+        return Ok((headers, axum::Json(body)).into_response());
+    }
+    let model = state.rag_services().asked_model(&request);
+    let chunks = turn.stream(request).await?;
+    let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Miss));
+    Ok((headers, sse(chunks, model, p.include_usage)).into_response())
+}

@@ -1,0 +1,145 @@
+//! `POST /v1/embeddings`: the tenant's texts through `serve`'s embedding model, charged to the
+//! tenant's token quota.
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use serde_json::Value;
+use tracing::Instrument as _;
+
+use super::params::invalid_param;
+use super::types::{Embedding, EmbeddingUsage, EmbeddingVector, EmbeddingsBody, List};
+use crate::api::chat::answer_headers;
+use crate::api::{ApiError, ApiJson, AppState, Caller};
+use crate::metrics::{RequestRecord, RequestStatus};
+use crate::quota::tokens;
+
+/// Most inputs per embeddings request (as OpenAI).
+const MAX_INPUTS: usize = 2048;
+
+/// The texts to embed: a string or an array of strings, none empty.
+fn inputs(input: Value) -> Result<Vec<String>, ApiError> {
+    let inputs: Vec<String> = match input {
+        Value::String(s) => vec![s],
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Value::Array(_) => {
+            return Err(invalid_param(
+                "input",
+                "input must be a string or an array of strings (token arrays are not supported)",
+            ));
+        }
+        _ => {
+            return Err(invalid_param(
+                "input",
+                "input must be a string or an array of strings",
+            ));
+        }
+    };
+    if inputs.is_empty() || inputs.len() > MAX_INPUTS {
+        return Err(invalid_param(
+            "input",
+            format!("input must hold between 1 and {MAX_INPUTS} texts"),
+        ));
+    }
+    if let Some(i) = inputs.iter().position(|t| t.is_empty()) {
+        return Err(invalid_param(
+            &format!("input[{i}]"),
+            "input texts must not be empty",
+        ));
+    }
+    Ok(inputs)
+}
+
+/// Whether to answer base64 (`encoding_format`).
+fn base64_format(encoding_format: Option<&str>) -> Result<bool, ApiError> {
+    match encoding_format {
+        None | Some("float") => Ok(false),
+        Some("base64") => Ok(true),
+        Some(other) => Err(invalid_param(
+            "encoding_format",
+            format!("encoding_format must be float or base64, not {other:?}"),
+        )),
+    }
+}
+
+fn encode(v: &[f32], base64: bool) -> EmbeddingVector {
+    if base64 {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        EmbeddingVector::Float(v.iter().map(|&x| f64::from(x)).collect())
+    }
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<EmbeddingsBody>,
+) -> Result<(HeaderMap, ApiJson<List<Embedding>>), ApiError> {
+    let embedding_model = state.embedder.model().to_string();
+    let model = body.model.unwrap_or_else(|| embedding_model.clone());
+    if model != embedding_model {
+        return Err(ApiError::ModelNotAllowed(model));
+    }
+    let inputs = inputs(body.input)?;
+    let base64 = base64_format(body.encoding_format.as_deref())?;
+    let dimension = state.embedder.dimension();
+    if body.dimensions.is_some_and(|d| d != dimension) {
+        return Err(invalid_param(
+            "dimensions",
+            format!("{model} has {dimension} dimensions; other sizes are not supported"),
+        ));
+    }
+    let tenant_id = caller.tenant.id.as_str();
+    let used: u64 = inputs.iter().map(|t| tokens::count(&model, t)).sum();
+    let reservation = state.rag_services().reserve(&caller.tenant, used).await?;
+    let headers = answer_headers(reservation.statuses().as_deref(), None);
+    let started = Instant::now();
+    let result = state
+        .embedder
+        .embed(inputs)
+        .instrument(tracing::info_span!("embed", tenant_id))
+        .await;
+    let (status, prompt_tokens) = match &result {
+        Ok(_) => (RequestStatus::Success, used),
+        Err(_) => (RequestStatus::Error, 0),
+    };
+    match &result {
+        Ok(_) => reservation.settle(used).await,
+        Err(_) => reservation.release().await,
+    }
+    state.metrics.record(&RequestRecord {
+        tenant_id,
+        model: &model,
+        status,
+        seconds: started.elapsed().as_secs_f64(),
+        prompt_tokens,
+        completion_tokens: 0,
+    });
+    let data = result?
+        .iter()
+        .enumerate()
+        .map(|(index, v)| Embedding {
+            object: "embedding",
+            index,
+            embedding: encode(v, base64),
+        })
+        .collect();
+    Ok((
+        headers,
+        ApiJson(List {
+            object: "list",
+            data,
+            model: Some(model),
+            usage: Some(EmbeddingUsage {
+                prompt_tokens: used,
+                total_tokens: used,
+            }),
+        }),
+    ))
+}

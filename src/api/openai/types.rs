@@ -1,0 +1,315 @@
+//! Wire types of the OpenAI-compatible surface: request bodies as clients send them, response
+//! bodies and stream chunks as OpenAI answers them (plus tenantry's `tenantry` extension).
+//!
+//! The responses are our own structs rather than async-openai's: those serialize fields we do
+//! not send (`service_tier`, `system_fingerprint`, `null` tool calls in every delta) and skip
+//! `logprobs: null`, which OpenAI always sends; ours keep the exact shape clients have seen.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::opt_int;
+use crate::llm::Usage;
+use crate::rag::Source;
+
+/// `tenantry` extension of a completion request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    /// Add the passages retrieved for the last user message (default: the tenant's
+    /// `retrieval.augmentCompletions`).
+    #[serde(default)]
+    pub rag: Option<bool>,
+    /// Passages to retrieve (1..=50; default: the tenant's `retrieval.topK`).
+    #[serde(default, deserialize_with = "opt_int")]
+    pub top_k: Option<i32>,
+}
+
+/// One message of a completion request's conversation, as sent. Fields are optional here so
+/// that validation can name the one at fault.
+#[derive(Debug, Deserialize)]
+pub struct RequestMessage {
+    /// `system`, `developer`, `user` or `assistant` (others are refused).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The text, as a string or as text parts.
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    /// The author's name (accepted, not used).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Every other field: refused unless null (e.g. `tool_calls`).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// The `content` of a request message.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "content must be a string or an array of text parts"
+)]
+pub enum MessageContent {
+    /// Plain text.
+    Text(String),
+    /// Content parts; only `text` parts are supported.
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a request message's `content`.
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    /// The part's kind: `text` (others, such as `image_url`, are refused).
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The text of a `text` part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// Body of `POST /v1/chat/completions` (OpenAI's parameters that apply to text chat).
+#[derive(Debug, Deserialize)]
+pub struct CompletionBody {
+    /// Chat model; the tenant's default when absent.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<RequestMessage>,
+    /// Answer with server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options (`include_usage`: send a last chunk with the usage of the whole
+    /// request; other options are ignored).
+    #[serde(default)]
+    pub stream_options: Option<Value>,
+    /// Most completion tokens (legacy name).
+    #[serde(default, deserialize_with = "opt_int")]
+    pub max_tokens: Option<u64>,
+    /// Most completion tokens.
+    #[serde(default, deserialize_with = "opt_int")]
+    pub max_completion_tokens: Option<u64>,
+    /// Sampling temperature, 0..=2.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling, 0..=1.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Choices to generate; only 1 is supported.
+    #[serde(default, deserialize_with = "opt_int")]
+    pub n: Option<u32>,
+    /// Stop sequence(s): a string or up to 4 strings.
+    #[serde(default)]
+    pub stop: Option<Value>,
+    /// Sampling seed.
+    #[serde(default, deserialize_with = "opt_int")]
+    pub seed: Option<i64>,
+    /// Presence penalty, -2..=2.
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    /// Frequency penalty, -2..=2.
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// tenantry's own options (an [`Extension`]).
+    #[serde(default)]
+    pub tenantry: Option<Value>,
+    /// Everything else: refused unless null or harmless.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// Token usage as OpenAI reports it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WireUsage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+    /// Their sum.
+    pub total_tokens: u64,
+}
+
+impl From<Usage> for WireUsage {
+    fn from(u: Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+        }
+    }
+}
+
+/// The answer's message in a [`ChatCompletion`].
+#[derive(Debug, Clone, Serialize)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// The answer text.
+    pub content: String,
+    /// Always null: tenantry never refuses in-band.
+    pub refusal: Option<String>,
+}
+
+/// The one choice of a [`ChatCompletion`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Choice {
+    /// Always 0 (only `n = 1` is supported).
+    pub index: u32,
+    /// The answer.
+    pub message: AssistantMessage,
+    /// Always null (not supported).
+    pub logprobs: Option<()>,
+    /// Why generation stopped (`stop`, `length`, ...).
+    pub finish_reason: String,
+}
+
+/// tenantry's additions to a completion: whether it came from the semantic cache, and the
+/// passages retrieved for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionExtras {
+    /// Whether the answer came from the semantic cache.
+    pub cached: bool,
+    /// Passages added to the conversation, best first.
+    pub sources: Vec<Source>,
+}
+
+/// A `chat.completion` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletion {
+    /// `chatcmpl-<uuid>`.
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    /// Unix time of the answer.
+    pub created: u64,
+    /// Model that answered.
+    pub model: String,
+    /// The answer.
+    pub choices: Vec<Choice>,
+    /// Tokens used (zero for a cache hit).
+    pub usage: WireUsage,
+    /// tenantry's additions.
+    pub tenantry: CompletionExtras,
+}
+
+/// The `delta` of a [`ChunkChoice`]: the role first, then text.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Delta {
+    /// `assistant`, in the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// More answer text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// The one choice of a [`CompletionChunk`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkChoice {
+    /// Always 0.
+    pub index: u32,
+    /// What this chunk adds.
+    pub delta: Delta,
+    /// Always null (not supported).
+    pub logprobs: Option<()>,
+    /// Why generation stopped, in the last chunk of the answer.
+    pub finish_reason: Option<String>,
+}
+
+/// A `chat.completion.chunk` event of a streamed completion.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionChunk {
+    /// The same for every chunk of a completion.
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    /// Unix time of the completion's start.
+    pub created: u64,
+    /// Model that answers.
+    pub model: String,
+    /// One choice, or none in the usage chunk.
+    pub choices: Vec<ChunkChoice>,
+    /// With `include_usage`: null in every chunk but the last, which carries the usage of the
+    /// whole request; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<WireUsage>>,
+}
+
+/// One model of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Model {
+    /// The model's name.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Always 0 (unknown).
+    pub created: u64,
+    /// Always `tenantry`.
+    pub owned_by: &'static str,
+}
+
+/// An OpenAI list object (`GET /v1/models`, `POST /v1/embeddings`).
+#[derive(Debug, Clone, Serialize)]
+pub struct List<T> {
+    /// Always `list`.
+    pub object: &'static str,
+    /// The items.
+    pub data: Vec<T>,
+    /// Model that made the items (embeddings only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Tokens used (embeddings only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<EmbeddingUsage>,
+}
+
+/// Body of `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsBody {
+    /// A string or an array of strings.
+    pub input: Value,
+    /// The embedding model; `serve`'s when absent.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `float` (default) or `base64` (little-endian f32).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// Must equal the model's dimension when given.
+    #[serde(default, deserialize_with = "opt_int")]
+    pub dimensions: Option<usize>,
+    /// The end user (accepted, not used).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// One vector of a `POST /v1/embeddings` answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Embedding {
+    /// Always `embedding`.
+    pub object: &'static str,
+    /// Position of the input it embeds.
+    pub index: usize,
+    /// The vector.
+    pub embedding: EmbeddingVector,
+}
+
+/// A vector as floats, or base64 of its little-endian f32s.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    /// `encoding_format: float`: each f32 written as the f64 it widens to, so that it equals
+    /// what a client decodes from the base64 form.
+    Float(Vec<f64>),
+    /// `encoding_format: base64`.
+    Base64(String),
+}
+
+/// Tokens used by `POST /v1/embeddings`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EmbeddingUsage {
+    /// Tokens of the inputs.
+    pub prompt_tokens: u64,
+    /// The same (nothing is generated).
+    pub total_tokens: u64,
+}
