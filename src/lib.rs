@@ -18,6 +18,7 @@
 //! - [`cache`]: the tenant-scoped semantic cache of chat answers.
 //! - [`quota`]: per-tenant quotas and rate limits (Redis or in-process), token estimates.
 //! - [`serve`]: wiring of `tenantry serve` and its lifecycle.
+//! - [`runtime`]: process helpers of `serve` and `operator`: shutdown signal, admin router.
 //! - [`tls`]: HTTPS for `serve`: certificate loading and reload on change.
 //! - [`healthcheck`]: `tenantry healthcheck`, the probe of the image's HEALTHCHECK.
 //! - [`metrics`]: Prometheus metric families.
@@ -37,6 +38,7 @@ pub mod llm;
 pub mod metrics;
 pub mod operator;
 pub mod quota;
+pub mod runtime;
 pub mod serve;
 pub mod telemetry;
 pub mod tenants;
