@@ -1,33 +1,142 @@
-//! Pure construction of the objects a Tenant becomes (no I/O): namespace, signing-key Secret,
-//! the rendered tenant config, and the chat API's Deployment, Service, HPA, PDB and
+//! The build step of a reconcile (pure, no I/O): a validated Tenant becomes its desired
+//! objects as one [`Resources<Prepared>`] value: namespace, signing-key Secret, the rendered
+//! tenant config, and the chat API's Deployment (see [`deployment`]), Service, HPA, PDB and
 //! NetworkPolicy. Every object is labelled and owned by the Tenant.
+pub mod deployment;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Namespace, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 
+use super::keys::{self, KeyInputs, KeyPlan, StoredKeyring};
+use super::validate::ValidTenant;
 use crate::auth::keys::Keyring;
-use crate::crd::{EffectiveQuota, QuotaTierSpec, Replicas, TENANT_LABEL, Tenant, TenantId};
+use crate::crd::{
+    EffectiveQuota, QuotaTierSpec, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant, TenantId,
+};
+pub use deployment::deployment;
+
+/// Why the desired objects could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The keyring could not be serialised into the signing-key Secret.
+    #[error("cannot serialise the keyring: {0}")]
+    Keyring(#[source] serde_json::Error),
+    /// The tenant manifest for the API pods could not be rendered.
+    #[error("cannot render the tenant manifest: {0}")]
+    Manifest(#[source] serde_saphyr::SerializeError),
+}
+
+/// Marks [`Resources`] that are built but not yet applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared;
+
+/// Every object a Tenant becomes, plus what its status reports about them. `S` is the stage:
+/// [`Prepared`] from [`resources`], `Applied` (see the apply step) once the API server holds
+/// them, so the status can only be computed from what was applied.
+#[derive(Debug, Clone)]
+pub struct Resources<S> {
+    /// Names of the tenant's objects.
+    pub names: Names,
+    /// The tenant namespace (cluster-scoped).
+    pub namespace: Namespace,
+    /// The signing-key Secret and the keyring decision it stores.
+    pub signing_key: SigningKey,
+    /// The ConfigMap with the tenant manifest the API pods load.
+    pub config: ConfigMap,
+    /// The chat API; once applied, as the API server returned it (with its status).
+    pub deployment: Deployment,
+    /// The chat API's Service.
+    pub service: Service,
+    /// The chat API's HorizontalPodAutoscaler.
+    pub autoscaler: HorizontalPodAutoscaler,
+    /// The chat API's PodDisruptionBudget.
+    pub disruption_budget: PodDisruptionBudget,
+    /// The chat API's NetworkPolicy.
+    pub network_policy: NetworkPolicy,
+    /// The limits in force (tier plus overrides), reported in the status.
+    pub effective_quota: EffectiveQuota,
+    /// What the stage adds.
+    pub stage: S,
+}
+
+/// The signing-key Secret with the keyring decision behind it.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    /// The Secret to apply.
+    pub secret: Secret,
+    /// The keyring it holds and why it changed.
+    pub plan: KeyPlan,
+    /// Whether the stored Secret held no valid keyring (so a new key replaced it).
+    pub replaced_invalid: bool,
+}
+
+/// What the signing-key Secret held when the reconcile read it.
+#[derive(Debug, Clone)]
+pub enum StoredKey {
+    /// No Secret, or no keyring in it.
+    Missing,
+    /// A keyring that does not parse or has no current key.
+    Invalid,
+    /// A usable keyring.
+    Valid(StoredKeyring),
+}
+
+/// Builds every desired object of `valid`; `stored` is what its signing-key Secret holds,
+/// `now` the Unix time the keyring decision is made at.
+pub fn resources(
+    valid: &ValidTenant<'_>,
+    cfg: &BuildConfig,
+    stored: StoredKey,
+    now: i64,
+) -> Result<Resources<Prepared>, BuildError> {
+    let tenant = valid.tenant;
+    let names = Names::new(&valid.id, &cfg.namespace_prefix);
+    let (stored, replaced_invalid) = match stored {
+        StoredKey::Missing => (None, false),
+        StoredKey::Invalid => (None, true),
+        StoredKey::Valid(k) => (Some(k), false),
+    };
+    let requested = tenant.annotations().get(ROTATE_ANNOTATION).cloned();
+    let plan = keys::plan(KeyInputs {
+        stored,
+        algorithm: tenant.spec.auth.algorithm,
+        rotate_every: valid.rotate_every,
+        requested: requested.as_deref(),
+        now,
+    });
+    let manifest = tenant_manifest(tenant, &tenant.spec.tier, &valid.tier)?;
+    Ok(Resources {
+        namespace: namespace(tenant, &names),
+        signing_key: SigningKey {
+            secret: secret(tenant, &names, &plan.ring, plan.rotated_for.as_deref())?,
+            plan,
+            replaced_invalid,
+        },
+        config: config_map(tenant, &names, manifest),
+        deployment: deployment(tenant, &names, cfg),
+        service: service(tenant, &names),
+        autoscaler: hpa(tenant, &names, replicas(tenant, &valid.tier)),
+        disruption_budget: pdb(tenant, &names),
+        network_policy: network_policy(tenant, &names),
+        effective_quota: effective_quota(tenant, &valid.tier),
+        names,
+        stage: Prepared,
+    })
+}
 
 /// Settings of the operator that shape what it builds.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,39 +240,51 @@ fn api_labels(names: &Names) -> BTreeMap<String, String> {
     l
 }
 
-fn meta(tenant: &Tenant, names: &Names, name: &str, namespaced: bool, api: bool) -> ObjectMeta {
+/// Where an object lives and which labels it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Cluster-scoped (the namespace itself).
+    Cluster,
+    /// In the tenant namespace.
+    Tenant,
+    /// In the tenant namespace, part of the chat API (also carries the pod selector labels).
+    Api,
+}
+
+fn meta(tenant: &Tenant, names: &Names, name: &str, scope: Scope) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
-        namespace: namespaced.then(|| names.namespace.clone()),
-        labels: Some(if api {
+        namespace: (scope != Scope::Cluster).then(|| names.namespace.clone()),
+        labels: Some(if scope == Scope::Api {
             api_labels(names)
         } else {
             labels(names)
         }),
-        owner_references: owner(tenant).map(|o| vec![o]),
+        owner_references: tenant.controller_owner_ref(&()).map(|o| vec![o]),
         ..Default::default()
     }
-}
-
-fn owner(tenant: &Tenant) -> Option<OwnerReference> {
-    tenant.controller_owner_ref(&())
 }
 
 /// The tenant namespace.
 pub fn namespace(tenant: &Tenant, names: &Names) -> Namespace {
     Namespace {
-        metadata: meta(tenant, names, &names.namespace, false, false),
+        metadata: meta(tenant, names, &names.namespace, Scope::Cluster),
         ..Default::default()
     }
 }
 
 /// The signing-key Secret: the whole keyring (read by the tenant's API pods) and, for
 /// convenience, the current `kid` and public key.
-pub fn secret(tenant: &Tenant, names: &Names, ring: &Keyring, rotated_for: Option<&str>) -> Secret {
+pub fn secret(
+    tenant: &Tenant,
+    names: &Names,
+    ring: &Keyring,
+    rotated_for: Option<&str>,
+) -> Result<Secret, BuildError> {
     let mut data = BTreeMap::from([
         (
             KEYRING_KEY.to_string(),
-            ByteString(serde_json::to_vec_pretty(ring).unwrap_or_default()),
+            ByteString(serde_json::to_vec_pretty(ring).map_err(BuildError::Keyring)?),
         ),
         (
             "kid".to_string(),
@@ -173,19 +294,19 @@ pub fn secret(tenant: &Tenant, names: &Names, ring: &Keyring, rotated_for: Optio
     if let Some(public) = ring.current_key().and_then(|k| k.public_key.clone()) {
         data.insert("public.pem".to_string(), ByteString(public.into_bytes()));
     }
-    let mut metadata = meta(tenant, names, &names.secret, true, false);
+    let mut metadata = meta(tenant, names, &names.secret, Scope::Tenant);
     if let Some(v) = rotated_for {
         metadata.annotations = Some(BTreeMap::from([(
-            super::keys::ROTATED_FOR_ANNOTATION.to_string(),
+            keys::ROTATED_FOR_ANNOTATION.to_string(),
             v.to_string(),
         )]));
     }
-    Secret {
+    Ok(Secret {
         metadata,
         type_: Some("Opaque".to_string()),
         data: Some(data),
         ..Default::default()
-    }
+    })
 }
 
 /// The tenant's copy of the platform credentials its API pods need (keys named by the
@@ -196,7 +317,7 @@ pub fn credentials_secret(
     data: BTreeMap<String, ByteString>,
 ) -> Secret {
     Secret {
-        metadata: meta(tenant, names, &names.credentials, true, false),
+        metadata: meta(tenant, names, &names.credentials, Scope::Tenant),
         type_: Some("Opaque".to_string()),
         data: Some(data),
         ..Default::default()
@@ -205,7 +326,11 @@ pub fn credentials_secret(
 
 /// The tenant manifest the API pods load: the Tenant's spec and its tier, so the pods
 /// resolve the same effective quota as the operator without any API access.
-pub fn tenant_manifest(tenant: &Tenant, tier_name: &str, tier: &QuotaTierSpec) -> String {
+pub fn tenant_manifest(
+    tenant: &Tenant,
+    tier_name: &str,
+    tier: &QuotaTierSpec,
+) -> Result<String, BuildError> {
     let doc = serde_json::json!({
         "apiVersion": "tenantry.dev/v1alpha1",
         "kind": "Tenant",
@@ -218,18 +343,19 @@ pub fn tenant_manifest(tenant: &Tenant, tier_name: &str, tier: &QuotaTierSpec) -
         "metadata": {"name": tier_name},
         "spec": tier,
     });
-    format!(
+    let yaml = |v: &serde_json::Value| serde_saphyr::to_string(v).map_err(BuildError::Manifest);
+    Ok(format!(
         "# Rendered by the tenantry operator from Tenant/{name}; do not edit.\n{}---\n{}",
-        serde_saphyr::to_string(&doc).unwrap_or_default(),
-        serde_saphyr::to_string(&tier_doc).unwrap_or_default(),
+        yaml(&doc)?,
+        yaml(&tier_doc)?,
         name = tenant.metadata.name.as_deref().unwrap_or_default(),
-    )
+    ))
 }
 
 /// The ConfigMap holding the rendered tenant manifest.
 pub fn config_map(tenant: &Tenant, names: &Names, manifest: String) -> ConfigMap {
     ConfigMap {
-        metadata: meta(tenant, names, &names.config, true, false),
+        metadata: meta(tenant, names, &names.config, Scope::Tenant),
         data: Some(BTreeMap::from([(
             TENANT_MANIFEST_KEY.to_string(),
             manifest,
@@ -248,235 +374,10 @@ pub fn replicas(tenant: &Tenant, tier: &QuotaTierSpec) -> Replicas {
         .unwrap_or(Replicas { min: 1, max: 3 })
 }
 
-fn quantities(m: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
-    (!m.is_empty()).then(|| {
-        m.iter()
-            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
-            .collect()
-    })
-}
-
-/// The chat API Deployment. `spec.replicas` is set only while suspended (0); otherwise the
-/// HorizontalPodAutoscaler owns it, so the operator never fights the autoscaler.
-pub fn deployment(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Deployment {
-    let res = tenant.spec.api.resources.clone().unwrap_or_default();
-    let resources = ResourceRequirements {
-        requests: quantities(&res.requests).or_else(|| {
-            Some(BTreeMap::from([
-                ("cpu".to_string(), Quantity("250m".to_string())),
-                ("memory".to_string(), Quantity("512Mi".to_string())),
-            ]))
-        }),
-        limits: quantities(&res.limits).or_else(|| {
-            Some(BTreeMap::from([(
-                "memory".to_string(),
-                Quantity("2Gi".to_string()),
-            )]))
-        }),
-        ..Default::default()
-    };
-    let probe = |path: &str, period: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_string()),
-            port: IntOrString::String("http".to_string()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        ..Default::default()
-    };
-    let mut env = vec![EnvVar {
-        name: "RUST_LOG".to_string(),
-        value: Some("info".to_string()),
-        ..Default::default()
-    }];
-    if let Some(url) = &cfg.qdrant_url {
-        env.push(EnvVar {
-            name: "TENANTRY_QDRANT_URL".to_string(),
-            value: Some(url.clone()),
-            ..Default::default()
-        });
-        if let Some((name, key)) = &cfg.qdrant_api_key_secret {
-            env.push(EnvVar {
-                name: "TENANTRY_QDRANT_API_KEY".to_string(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: name.clone(),
-                        key: key.clone(),
-                        optional: Some(false),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-        }
-    }
-    env.extend(cfg.api_env.iter().map(|(k, v)| EnvVar {
-        name: k.clone(),
-        value: Some(v.clone()),
-        ..Default::default()
-    }));
-    env.extend(cfg.api_secret_env.iter().map(|(k, _, _)| EnvVar {
-        name: k.clone(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: names.credentials.clone(),
-                key: k.clone(),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }));
-    // One entry per name (server-side apply refuses duplicates): a later one wins, so
-    // `--api-env RUST_LOG=debug` replaces the default.
-    let mut seen = std::collections::HashSet::new();
-    env.reverse();
-    env.retain(|e| seen.insert(e.name.clone()));
-    env.reverse();
-    let container = Container {
-        name: "api".to_string(),
-        image: Some(cfg.image.clone()),
-        image_pull_policy: Some(cfg.image_pull_policy.clone()),
-        args: Some(
-            [
-                "serve",
-                "--listen",
-                "0.0.0.0:8000",
-                "--metrics-listen",
-                "0.0.0.0:9090",
-                "--tenants",
-                TENANTS_MOUNT,
-                "--keys-dir",
-                KEYS_MOUNT,
-                "--data-dir",
-                "/data",
-            ]
-            .map(str::to_string)
-            .to_vec(),
-        ),
-        env: Some(env),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("http".to_string()),
-                container_port: API_PORT,
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("metrics".to_string()),
-                container_port: METRICS_PORT,
-                ..Default::default()
-            },
-        ]),
-        readiness_probe: Some(probe("/readyz", 5)),
-        liveness_probe: Some(probe("/healthz", 10)),
-        resources: Some(resources),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![
-            mount("tenant-config", TENANTS_MOUNT),
-            mount("signing-key", KEYS_MOUNT),
-            mount("data", "/data"),
-            mount("tmp", "/tmp"),
-        ]),
-        ..Default::default()
-    };
-    let empty = |name: &str| Volume {
-        name: name.to_string(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    };
-    let pod = PodSpec {
-        // The API needs no Kubernetes API access: its config and keys are mounted.
-        automount_service_account_token: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            run_as_group: Some(65532),
-            fs_group: Some(65532),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        containers: vec![container],
-        volumes: Some(vec![
-            Volume {
-                name: "tenant-config".to_string(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: names.config.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "signing-key".to_string(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(names.secret.clone()),
-                    default_mode: Some(0o400),
-                    items: Some(vec![KeyToPath {
-                        key: KEYRING_KEY.to_string(),
-                        path: format!("{}.json", names.tenant),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            empty("data"),
-            empty("tmp"),
-        ]),
-        ..Default::default()
-    };
-    Deployment {
-        metadata: meta(tenant, names, &names.api, true, true),
-        spec: DeploymentSpec {
-            replicas: tenant.spec.suspend.then_some(0),
-            selector: LabelSelector {
-                match_labels: Some(api_selector(names)),
-                ..Default::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(api_labels(names)),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
-fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount {
-        name: name.to_string(),
-        mount_path: path.to_string(),
-        read_only: Some(!matches!(name, "data" | "tmp")),
-        ..Default::default()
-    }
-}
-
 /// The chat API Service (port 80 → 8000, and metrics).
 pub fn service(tenant: &Tenant, names: &Names) -> Service {
     Service {
-        metadata: meta(tenant, names, &names.api, true, true),
+        metadata: meta(tenant, names, &names.api, Scope::Api),
         spec: Some(ServiceSpec {
             selector: Some(api_selector(names)),
             ports: Some(vec![
@@ -502,7 +403,7 @@ pub fn service(tenant: &Tenant, names: &Names) -> Service {
 /// The HorizontalPodAutoscaler (autoscaling/v2, CPU utilisation).
 pub fn hpa(tenant: &Tenant, names: &Names, bounds: Replicas) -> HorizontalPodAutoscaler {
     HorizontalPodAutoscaler {
-        metadata: meta(tenant, names, &names.api, true, true),
+        metadata: meta(tenant, names, &names.api, Scope::Api),
         spec: HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".to_string()),
@@ -534,7 +435,7 @@ pub fn hpa(tenant: &Tenant, names: &Names, bounds: Replicas) -> HorizontalPodAut
 /// The PodDisruptionBudget: at most one API pod down at a time for voluntary disruptions.
 pub fn pdb(tenant: &Tenant, names: &Names) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: meta(tenant, names, &names.api, true, true),
+        metadata: meta(tenant, names, &names.api, Scope::Api),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
@@ -555,7 +456,7 @@ pub fn network_policy(tenant: &Tenant, names: &Names) -> NetworkPolicy {
         ..Default::default()
     };
     NetworkPolicy {
-        metadata: meta(tenant, names, &names.api, true, true),
+        metadata: meta(tenant, names, &names.api, Scope::Api),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(api_selector(names)),
@@ -581,100 +482,6 @@ mod tests {
     use super::*;
     use crate::crd::TenantSpec;
 
-    fn tenant(yaml: &str) -> Tenant {
-        let mut t: Tenant = serde_saphyr::from_str(yaml).expect("tenant yaml");
-        t.metadata.uid = Some("uid-1".to_string());
-        t
-    }
-
-    fn cfg() -> BuildConfig {
-        BuildConfig {
-            namespace_prefix: "tenant-".into(),
-            image: "img:1".into(),
-            image_pull_policy: "IfNotPresent".into(),
-            api_env: vec![("OPENAI_BASE_URL".into(), "http://llm/v1".into())],
-            api_secret_env: vec![],
-            operator_namespace: "tenantry-system".into(),
-            qdrant_url: None,
-            qdrant_api_key_secret: None,
-        }
-    }
-
-    #[test]
-    fn secret_env_comes_from_the_tenant_copy_and_env_names_are_unique() {
-        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let mut c = cfg();
-        c.api_env.push(("RUST_LOG".into(), "debug".into()));
-        c.api_secret_env
-            .push(("OPENAI_API_KEY".into(), "llm".into(), "key".into()));
-        let d = deployment(&tenant(ACME), &n, &c);
-        let env = d.spec.template.spec.expect("pod").containers[0]
-            .env
-            .clone()
-            .expect("env");
-        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
-        let unique: std::collections::HashSet<_> = names.iter().collect();
-        assert_eq!(names.len(), unique.len(), "{names:?}");
-        let log = env.iter().find(|e| e.name == "RUST_LOG").expect("RUST_LOG");
-        assert_eq!(log.value.as_deref(), Some("debug"));
-        let key = env
-            .iter()
-            .find(|e| e.name == "OPENAI_API_KEY")
-            .expect("key");
-        assert!(key.value.is_none(), "never a plain value");
-        let r = key
-            .value_from
-            .as_ref()
-            .and_then(|v| v.secret_key_ref.as_ref())
-            .expect("ref");
-        assert_eq!(
-            (r.name.as_str(), r.key.as_str()),
-            ("acme-api-credentials", "OPENAI_API_KEY")
-        );
-    }
-
-    #[test]
-    fn pods_get_the_qdrant_url_and_the_api_key_from_a_secret() {
-        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let env_of = |cfg: &BuildConfig| {
-            let d = deployment(&tenant(ACME), &n, cfg);
-            d.spec.template.spec.expect("pod").containers[0]
-                .env
-                .clone()
-                .expect("env")
-        };
-        let plain = env_of(&cfg());
-        assert!(plain.iter().all(|e| !e.name.starts_with("TENANTRY_QDRANT")));
-
-        let mut c = cfg();
-        c.qdrant_url = Some("https://qdrant.db:6334".into());
-        c.qdrant_api_key_secret = Some(("qdrant".into(), "api-key".into()));
-        let env = env_of(&c);
-        let url = env
-            .iter()
-            .find(|e| e.name == "TENANTRY_QDRANT_URL")
-            .expect("url");
-        assert_eq!(url.value.as_deref(), Some("https://qdrant.db:6334"));
-        let key = env
-            .iter()
-            .find(|e| e.name == "TENANTRY_QDRANT_API_KEY")
-            .expect("key");
-        assert_eq!(key.value, None, "the key is never inlined");
-        let sel = key
-            .value_from
-            .clone()
-            .and_then(|v| v.secret_key_ref)
-            .expect("secretKeyRef");
-        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("qdrant", "api-key"));
-
-        c.qdrant_api_key_secret = None;
-        let env = env_of(&c);
-        assert!(env.iter().any(|e| e.name == "TENANTRY_QDRANT_URL"));
-        assert!(env.iter().all(|e| e.name != "TENANTRY_QDRANT_API_KEY"));
-    }
-
-    const ACME: &str = "apiVersion: tenantry.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {tier: pro}\n";
-
     #[test]
     fn names_follow_the_design() {
         let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
@@ -687,9 +494,9 @@ mod tests {
 
     #[test]
     fn objects_are_labelled_and_owned() {
-        let t = tenant(ACME);
+        let t = Tenant::test();
         let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let d = deployment(&t, &n, &cfg());
+        let d = deployment(&t, &n, &BuildConfig::test());
         let owner = d.metadata.owner_references.clone().expect("owner");
         assert_eq!(owner[0].uid, "uid-1");
         assert_eq!(owner[0].controller, Some(true));
@@ -706,43 +513,11 @@ mod tests {
     }
 
     #[test]
-    fn replicas_are_left_to_the_hpa_unless_suspended() {
-        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let mut t = tenant(ACME);
-        assert_eq!(deployment(&t, &n, &cfg()).spec.replicas, None);
-        t.spec.suspend = true;
-        assert_eq!(deployment(&t, &n, &cfg()).spec.replicas, Some(0));
-    }
-
-    #[test]
-    fn pods_run_locked_down_with_mounted_config() {
-        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let d = deployment(&tenant(ACME), &n, &cfg());
-        let pod = d.spec.template.spec.expect("pod");
-        assert_eq!(pod.automount_service_account_token, Some(false));
-        let c = &pod.containers[0];
-        let sc = c.security_context.clone().expect("sc");
-        assert_eq!(sc.read_only_root_filesystem, Some(true));
-        let args = c.args.clone().expect("args").join(" ");
-        assert!(
-            args.starts_with("serve ") && args.contains("--keys-dir /etc/tenantry/keys"),
-            "{args}"
-        );
-        let secret_vol = pod
-            .volumes
-            .expect("volumes")
-            .into_iter()
-            .find_map(|v| v.secret)
-            .expect("secret volume");
-        assert_eq!(secret_vol.items.expect("items")[0].path, "acme.json");
-    }
-
-    #[test]
     fn hpa_bounds_come_from_tenant_then_tier() {
         let tier = crate::crd::builtin_tier("pro").expect("pro");
-        let t = tenant(ACME);
+        let t = Tenant::test();
         assert_eq!(replicas(&t, &tier), tier.replicas.expect("tier replicas"));
-        let t2 = tenant(
+        let t2 = Tenant::from_yaml(
             "metadata: {name: b}\nspec: {tier: pro, api: {replicas: {min: 4, max: 9}, targetCPUUtilizationPercentage: 55}}\n",
         );
         let n = Names::new(&TenantId::parse("b").expect("id"), "tenant-");
@@ -760,7 +535,7 @@ mod tests {
 
     #[test]
     fn rendered_manifest_loads_in_serve_with_the_same_quota() {
-        let mut t = tenant(ACME);
+        let mut t = Tenant::test();
         t.spec = TenantSpec {
             quota: Some(crate::crd::QuotaOverrides {
                 daily_tokens: Some(42),
@@ -769,7 +544,7 @@ mod tests {
             ..t.spec
         };
         let tier = crate::crd::builtin_tier("pro").expect("pro");
-        let text = tenant_manifest(&t, "pro", &tier);
+        let text = tenant_manifest(&t, "pro", &tier).expect("rendered");
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::create_dir_all(dir.path().join("t")).expect("mkdir");
         std::fs::write(dir.path().join("t/tenant.yaml"), text).expect("write");
