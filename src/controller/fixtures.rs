@@ -84,8 +84,9 @@ impl BuildConfig {
 }
 
 /// A test [`Context`]: its client answers through the returned verifier, its vector store is
-/// the embedded one in a temporary folder (kept alive by the returned guard).
-pub fn test_context() -> (Arc<Context>, ApiServerVerifier, tempfile::TempDir) {
+/// the embedded one in a temporary folder. The folder comes first so that, bound in this
+/// order, it is removed after the context (the store flushes into it when dropped).
+pub fn test_context() -> (tempfile::TempDir, Arc<Context>, ApiServerVerifier) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let dir = tempfile::tempdir().expect("tmp");
@@ -98,7 +99,7 @@ pub fn test_context() -> (Arc<Context>, ApiServerVerifier, tempfile::TempDir) {
         metrics: Arc::new(ReconcileMetrics::default()),
     };
     let ctx = Arc::new(Context::new(client, parts));
-    (ctx, ApiServerVerifier::new(handle), dir)
+    (dir, ctx, ApiServerVerifier::new(handle))
 }
 
 /// How the verifier answers one expected request.

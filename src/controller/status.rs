@@ -312,4 +312,26 @@ mod tests {
             .expect("key");
         assert_eq!(key.last_transition_time.as_deref(), Some("t1"));
     }
+
+    #[test]
+    fn only_a_real_change_needs_a_patch() {
+        let first = TenantStatus {
+            conditions: all_conditions(&[], &outcomes(false), Some(1), "t1"),
+            ..Default::default()
+        };
+        let mut retimed = first.clone();
+        for c in &mut retimed.conditions {
+            c.last_transition_time = Some("t2".to_string());
+        }
+        assert!(
+            !changed(Some(&first), &retimed),
+            "times alone are no change"
+        );
+        let progressed = TenantStatus {
+            conditions: all_conditions(&first.conditions, &outcomes(true), Some(1), "t3"),
+            ..Default::default()
+        };
+        assert!(changed(Some(&first), &progressed));
+        assert!(changed(None, &first));
+    }
 }

@@ -74,6 +74,26 @@ mod scenarios {
             )
     }
 
+    /// The whole first reconcile of a new `tenant` of the built-in tier `pro`: no QuotaTier
+    /// object, no Secret yet, every object applied, status patched, then Ready.
+    fn then_first_reconcile(v: ApiServerVerifier, tenant: &Tenant) -> ApiServerVerifier {
+        let v = v
+            .then(
+                Method::GET,
+                &format!("{TIERS}/pro"),
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
+            .then(
+                Method::GET,
+                &format!("{CORE}/secrets/acme-signing-key"),
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
+            .then_apply(CORE)
+            .then_apply(&format!("{CORE}/secrets/acme-signing-key"))
+            .then_event();
+        then_api_objects(v).then_status_patch(tenant).then_event()
+    }
+
     fn patched_status(seen: &Seen) -> TenantStatus {
         serde_json::from_value(seen.body["status"].clone()).expect("a TenantStatus")
     }
@@ -88,25 +108,9 @@ mod scenarios {
 
     #[tokio::test]
     async fn a_new_tenant_gets_every_object_and_becomes_ready() {
-        let (ctx, verifier, _dir) = test_context();
+        let (_dir, ctx, verifier) = test_context();
         let tenant = Tenant::test().finalized();
-        let verifier = verifier
-            .then(
-                Method::GET,
-                &format!("{TIERS}/pro"),
-                Reply::Error(StatusCode::NOT_FOUND),
-            )
-            .then(
-                Method::GET,
-                &format!("{CORE}/secrets/acme-signing-key"),
-                Reply::Error(StatusCode::NOT_FOUND),
-            )
-            .then_apply(CORE)
-            .then_apply(&format!("{CORE}/secrets/acme-signing-key"))
-            .then_event();
-        let verifier = then_api_objects(verifier)
-            .then_status_patch(&tenant)
-            .then_event();
+        let verifier = then_first_reconcile(verifier, &tenant);
         let (result, seen) = reconcile_with(tenant, ctx.clone(), verifier).await;
         assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
 
@@ -170,32 +174,16 @@ mod scenarios {
 
     #[tokio::test]
     async fn a_steady_tenant_is_applied_but_its_status_is_not_patched() {
-        let (ctx, verifier, _dir) = test_context();
+        let (_dir, ctx, verifier) = test_context();
         let first = Tenant::test().finalized();
-        let verifier = verifier
-            .then(
-                Method::GET,
-                &format!("{TIERS}/pro"),
-                Reply::Error(StatusCode::NOT_FOUND),
-            )
-            .then(
-                Method::GET,
-                &format!("{CORE}/secrets/acme-signing-key"),
-                Reply::Error(StatusCode::NOT_FOUND),
-            )
-            .then_apply(CORE)
-            .then_apply(&format!("{CORE}/secrets/acme-signing-key"))
-            .then_event();
-        let verifier = then_api_objects(verifier)
-            .then_status_patch(&first)
-            .then_event();
+        let verifier = then_first_reconcile(verifier, &first);
         let (result, seen) = reconcile_with(first.clone(), ctx.clone(), verifier).await;
         result.expect("first reconcile");
         let secret = seen[3].body.clone();
         let mut steady = first;
         steady.status = Some(patched_status(&seen[seen.len() - 2]));
 
-        let (ctx, verifier, _dir2) = test_context();
+        let (_dir2, ctx, verifier) = test_context();
         let verifier = verifier
             .then(
                 Method::GET,
@@ -216,7 +204,7 @@ mod scenarios {
 
     #[tokio::test]
     async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
-        let (ctx, verifier, _dir) = test_context();
+        let (_dir, ctx, verifier) = test_context();
         let tenant = Tenant::test().finalized().with_quota(-1);
         let verifier = verifier.then_event().then_status_patch(&tenant);
         let (result, seen) = reconcile_with(tenant, ctx.clone(), verifier).await;
@@ -248,7 +236,7 @@ mod scenarios {
 
     #[tokio::test]
     async fn a_missing_tier_is_reported_and_nothing_is_applied() {
-        let (ctx, verifier, _dir) = test_context();
+        let (_dir, ctx, verifier) = test_context();
         let tenant = Tenant::test().finalized().with_tier("gold");
         let verifier = verifier
             .then(
@@ -280,7 +268,7 @@ mod scenarios {
 
     #[tokio::test]
     async fn a_conflict_is_retried_at_once() {
-        let (ctx, verifier, _dir) = test_context();
+        let (_dir, ctx, verifier) = test_context();
         let tier = json!({
             "apiVersion": "tenantry.dev/v1alpha1", "kind": "QuotaTier", "metadata": {"name": "pro"},
             "spec": {"dailyTokens": 10, "requestsPerMinute": 1, "tokensPerMinute": 10,

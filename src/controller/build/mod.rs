@@ -564,4 +564,30 @@ mod tests {
         assert_eq!(cfg.quota, effective_quota(&t, &tier));
         assert_eq!(cfg.quota.daily_tokens, 42);
     }
+
+    #[test]
+    fn one_value_holds_every_object_in_the_tenant_namespace() {
+        let t = Tenant::test();
+        let id = crate::controller::validate::spec(&t).expect("valid");
+        let tier = crate::crd::builtin_tier("pro");
+        let valid = crate::controller::validate::with_tier(&t, id, tier).expect("valid");
+        let r = resources(&valid, &BuildConfig::test(), StoredKey::Invalid, 1_000).expect("built");
+        assert!(r.signing_key.replaced_invalid);
+        assert_eq!(r.signing_key.plan.change, Some(keys::Change::Created));
+        assert_eq!(r.namespace.metadata.name.as_deref(), Some("tenant-acme"));
+        for namespace in [
+            &r.signing_key.secret.metadata.namespace,
+            &r.config.metadata.namespace,
+            &r.deployment.metadata.namespace,
+            &r.service.metadata.namespace,
+            &r.autoscaler.metadata.namespace,
+            &r.disruption_budget.metadata.namespace,
+            &r.network_policy.metadata.namespace,
+        ] {
+            assert_eq!(namespace.as_deref(), Some("tenant-acme"));
+        }
+        assert_eq!(r.effective_quota, effective_quota(&t, &valid.tier));
+        let manifest = &r.config.data.as_ref().expect("data")[TENANT_MANIFEST_KEY];
+        assert!(manifest.contains("kind: QuotaTier"), "{manifest}");
+    }
 }
