@@ -2,7 +2,8 @@
 //!
 //! Module map:
 //! - [`cli`]: command-line interface (`serve`, `token`, `crd`).
-//! - [`controller`]: the operator's reconciler (build, apply, status, keys, leader election).
+//! - [`controller`]: the operator's reconciler, a pipeline validate → build → apply → status
+//!   (plus cleanup, signing keys, leader election, its metrics).
 //! - [`operator`]: wiring of `tenantry operator` and its lifecycle.
 //! - [`domain`]: the shared vocabulary (tenant ids, isolation, algorithms, quotas, durations).
 //! - [`crd`]: the `Tenant` and `QuotaTier` custom resources (group `tenantry.dev`).

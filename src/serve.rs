@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::quota::memory::MemoryStore;
 use crate::quota::redis::{RedisOptions, RedisStore};
 use crate::quota::{Quota, QuotaError, QuotaStore};
+use crate::runtime::{self, shutdown_signal};
 use crate::tenants::{KeySource, Registry};
 use crate::vector::edge::EdgeBackend;
 use crate::vector::qdrant::{QdrantBackend, QdrantConfig};
@@ -295,7 +296,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, %metrics_addr, scheme, tenants = state.registry.ids().len(), "listening");
 
-    let metrics_router = api::metrics_router(state.metrics.clone());
+    let encoder = state.metrics.clone();
+    let metrics_router = runtime::admin_router(move || encoder.encode(), None);
     let metrics = tokio::spawn(async move {
         axum::serve(metrics_listener, metrics_router)
             .with_graceful_shutdown(shutdown_signal())
@@ -348,26 +350,4 @@ async fn serve_tls(
         .await;
     reloader.abort();
     served
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

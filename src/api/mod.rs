@@ -232,28 +232,6 @@ async fn access_log(req: Request, next: Next) -> Response {
     .await
 }
 
-/// A `/metrics` response: OpenMetrics text (shared by `serve` and `operator`).
-pub fn openmetrics(body: String) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-}
-
-/// Router of the metrics port: `GET /metrics`.
-pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = metrics.clone();
-            async move { openmetrics(m.encode()) }
-        }),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;

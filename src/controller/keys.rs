@@ -39,25 +39,47 @@ pub struct KeyPlan {
     pub next_rotation_in: Option<i64>,
 }
 
+/// The keyring a Secret held, with the last rotate-key request acted upon.
+#[derive(Debug, Clone)]
+pub struct StoredKeyring {
+    /// The stored keyring (with a current key).
+    pub ring: Keyring,
+    /// The Secret's [`ROTATED_FOR_ANNOTATION`].
+    pub rotated_for: Option<String>,
+}
+
+/// What the keyring decision depends on.
+#[derive(Debug, Clone)]
+pub struct KeyInputs<'a> {
+    /// The stored keyring, if the Secret held a valid one.
+    pub stored: Option<StoredKeyring>,
+    /// The tenant's `spec.auth.algorithm`.
+    pub algorithm: Algorithm,
+    /// The tenant's `spec.auth.rotateEvery` (`None`: no scheduled rotation).
+    pub rotate_every: Option<Duration>,
+    /// The Tenant's rotate-key annotation.
+    pub requested: Option<&'a str>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
 /// Decides the keyring for a tenant.
-///
-/// `existing`: the stored keyring and its rotated-for annotation. `requested`: the Tenant's
-/// rotate-key annotation. `now`: Unix seconds.
-pub fn plan(
-    existing: Option<(Keyring, Option<String>)>,
-    algorithm: Algorithm,
-    rotate_every: Option<Duration>,
-    requested: Option<&str>,
-    now: i64,
-) -> KeyPlan {
+pub fn plan(inputs: KeyInputs<'_>) -> KeyPlan {
+    let KeyInputs {
+        stored,
+        algorithm,
+        rotate_every,
+        requested,
+        now,
+    } = inputs;
     let overlap = rotate_every.unwrap_or(DEFAULT_OVERLAP).as_secs() as i64;
-    let (mut ring, rotated_for, mut change) = match existing {
+    let (mut ring, rotated_for, mut change) = match stored {
         None => (
             Keyring::generate(algorithm),
             requested.map(str::to_string),
             Some(Change::Created),
         ),
-        Some((ring, rotated_for)) => (ring, rotated_for, None),
+        Some(StoredKeyring { ring, rotated_for }) => (ring, rotated_for, None),
     };
     let mut rotated_for = rotated_for;
     if change.is_none() {
@@ -102,13 +124,30 @@ mod tests {
     use super::*;
     use crate::auth::keys::unix_now;
 
+    /// `plan` with positional inputs, to keep the scenarios below short.
+    fn plan_for(
+        stored: Option<(Keyring, Option<String>)>,
+        algorithm: Algorithm,
+        rotate_every: Option<Duration>,
+        requested: Option<&str>,
+        now: i64,
+    ) -> KeyPlan {
+        plan(KeyInputs {
+            stored: stored.map(|(ring, rotated_for)| StoredKeyring { ring, rotated_for }),
+            algorithm,
+            rotate_every,
+            requested,
+            now,
+        })
+    }
+
     #[test]
     fn creates_then_keeps() {
         let now = unix_now();
-        let p = plan(None, Algorithm::EdDSA, None, Some("x"), now);
+        let p = plan_for(None, Algorithm::EdDSA, None, Some("x"), now);
         assert_eq!(p.change, Some(Change::Created));
         assert_eq!(p.rotated_for.as_deref(), Some("x"));
-        let q = plan(
+        let q = plan_for(
             Some((p.ring.clone(), p.rotated_for)),
             Algorithm::EdDSA,
             None,
@@ -122,14 +161,14 @@ mod tests {
     #[test]
     fn annotation_change_rotates_with_overlap() {
         let now = unix_now();
-        let p = plan(
+        let p = plan_for(
             None,
             Algorithm::EdDSA,
             Some(Duration::from_secs(3600)),
             None,
             now,
         );
-        let q = plan(
+        let q = plan_for(
             Some((p.ring.clone(), None)),
             Algorithm::EdDSA,
             Some(Duration::from_secs(3600)),
@@ -146,7 +185,7 @@ mod tests {
             .expect("old kept");
         assert_eq!(old.expires_at, Some(now + 3600));
         // The same annotation value again does nothing.
-        let r = plan(
+        let r = plan_for(
             Some((q.ring.clone(), q.rotated_for)),
             Algorithm::EdDSA,
             Some(Duration::from_secs(3600)),
@@ -159,7 +198,7 @@ mod tests {
     #[test]
     fn schedule_and_expiry() {
         let now = unix_now();
-        let p = plan(
+        let p = plan_for(
             None,
             Algorithm::HS256,
             Some(Duration::from_secs(60)),
@@ -168,7 +207,7 @@ mod tests {
         );
         assert_eq!(p.next_rotation_in, Some(60));
         let later = now + 61;
-        let q = plan(
+        let q = plan_for(
             Some((p.ring.clone(), None)),
             Algorithm::HS256,
             Some(Duration::from_secs(60)),
@@ -179,7 +218,7 @@ mod tests {
         assert_eq!(q.ring.keys.len(), 2);
         // After the overlap the previous key is pruned.
         let much_later = later + 61;
-        let r = plan(
+        let r = plan_for(
             Some((q.ring.clone(), None)),
             Algorithm::HS256,
             Some(Duration::from_secs(3600)),
@@ -193,8 +232,8 @@ mod tests {
     #[test]
     fn algorithm_change_rotates_without_overlap() {
         let now = unix_now();
-        let p = plan(None, Algorithm::EdDSA, None, None, now);
-        let q = plan(Some((p.ring, None)), Algorithm::HS256, None, None, now);
+        let p = plan_for(None, Algorithm::EdDSA, None, None, now);
+        let q = plan_for(Some((p.ring, None)), Algorithm::HS256, None, None, now);
         assert_eq!(q.change, Some(Change::AlgorithmChanged));
         assert_eq!(
             q.ring.current_key().map(|k| k.algorithm),

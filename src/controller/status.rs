@@ -1,12 +1,21 @@
-//! Tenant status: conditions computed from what the reconcile achieved, with transition times
-//! kept when a condition's status did not change, so an unchanged status is byte-identical and
-//! no patch (and no watch event) is made for it.
-use crate::crd::{Condition, TenantStatus, condition, reason};
+//! The status step of a reconcile: the Tenant's status computed only from what was applied
+//! (or from why the spec is invalid), with transition times kept when a condition's status did
+//! not change, and patched only when it changed (conditions compared ignoring their times), so
+//! a steady tenant causes no write and no watch event.
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 
-/// One condition's outcome.
+use super::apply::Applied;
+use super::build::Resources;
+use super::validate::InvalidSpec;
+use super::{Context, Error, kube_err};
+use crate::crd::{Condition, FIELD_MANAGER, Tenant, TenantStatus, condition, reason};
+
+/// What one component of a tenant (signing key, quota, vector store, API) came to: the
+/// condition it reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// Whether it holds.
+pub struct ComponentOutcome {
+    /// Whether the condition holds (`True`).
     pub ok: bool,
     /// PascalCase reason.
     pub reason: String,
@@ -14,7 +23,7 @@ pub struct Outcome {
     pub message: String,
 }
 
-impl Outcome {
+impl ComponentOutcome {
     /// A condition that holds.
     pub fn ok(reason: &str, message: impl Into<String>) -> Self {
         Self {
@@ -36,30 +45,30 @@ impl Outcome {
 
 /// The four component conditions, in the order `Ready` reports the first failing one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcomes {
+pub struct ComponentOutcomes {
     /// `SigningKeyReady`.
-    pub signing_key: Outcome,
+    pub signing_key: ComponentOutcome,
     /// `QuotaReady`.
-    pub quota: Outcome,
+    pub quota: ComponentOutcome,
     /// `VectorStoreReady`.
-    pub vector_store: Outcome,
+    pub vector_store: ComponentOutcome,
     /// `ApiReady`.
-    pub api: Outcome,
+    pub api: ComponentOutcome,
 }
 
 /// The `Ready` outcome: true when all components are.
-pub fn ready(o: &Outcomes) -> Outcome {
+pub fn ready(o: &ComponentOutcomes) -> ComponentOutcome {
     let parts = [&o.signing_key, &o.quota, &o.vector_store, &o.api];
     match parts.iter().find(|p| !p.ok) {
-        None => Outcome::ok(reason::RECONCILED, "all components are ready"),
-        Some(p) => Outcome::fail(&p.reason, p.message.clone()),
+        None => ComponentOutcome::ok(reason::RECONCILED, "all components are ready"),
+        Some(p) => ComponentOutcome::fail(&p.reason, p.message.clone()),
     }
 }
 
 /// Builds conditions, keeping `lastTransitionTime` of conditions whose status is unchanged.
 pub fn conditions(
     previous: &[Condition],
-    outcomes: &[(&str, &Outcome)],
+    outcomes: &[(&str, &ComponentOutcome)],
     generation: Option<i64>,
     now: &str,
 ) -> Vec<Condition> {
@@ -87,7 +96,7 @@ pub fn conditions(
 /// All five conditions of a Tenant.
 pub fn all_conditions(
     previous: &[Condition],
-    o: &Outcomes,
+    o: &ComponentOutcomes,
     generation: Option<i64>,
     now: &str,
 ) -> Vec<Condition> {
@@ -115,19 +124,163 @@ pub fn is_ready(status: Option<&TenantStatus>) -> bool {
     })
 }
 
+/// The component outcome a previous status recorded for condition `type_`, if any.
+fn recorded_outcome(prev: &TenantStatus, type_: &str) -> Option<ComponentOutcome> {
+    prev.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| ComponentOutcome {
+            ok: c.status == "True",
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+}
+
+/// The status of a Tenant that cannot be reconciled: `Ready` and `QuotaReady` carry the
+/// problem; the other components keep what was last recorded (nothing was applied).
+pub fn invalid(tenant: &Tenant, problem: &InvalidSpec, now: &str) -> TenantStatus {
+    let prev = tenant.status.clone().unwrap_or_default();
+    let (reason, message) = (problem.reason(), problem.to_string());
+    let recorded = |type_: &str| {
+        recorded_outcome(&prev, type_).unwrap_or_else(|| {
+            ComponentOutcome::fail(reason, "not reconciled: the spec is invalid")
+        })
+    };
+    let outcomes = ComponentOutcomes {
+        signing_key: recorded(condition::SIGNING_KEY_READY),
+        quota: ComponentOutcome::fail(reason, message.clone()),
+        vector_store: recorded(condition::VECTOR_STORE_READY),
+        api: recorded(condition::API_READY),
+    };
+    let mut conditions =
+        all_conditions(&prev.conditions, &outcomes, tenant.metadata.generation, now);
+    // Ready carries the spec problem itself.
+    if let Some(r) = conditions.iter_mut().find(|c| c.type_ == condition::READY) {
+        r.reason = reason.to_string();
+        r.message = message;
+    }
+    TenantStatus {
+        observed_generation: tenant.metadata.generation,
+        conditions,
+        ..prev
+    }
+}
+
+/// The status of a Tenant whose objects were applied.
+pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> TenantStatus {
+    let Resources {
+        names,
+        signing_key,
+        deployment,
+        effective_quota,
+        stage,
+        ..
+    } = resources;
+    let kid = &signing_key.plan.ring.current;
+    let outcomes = ComponentOutcomes {
+        signing_key: ComponentOutcome::ok("KeyReady", format!("current key {kid}")),
+        quota: ComponentOutcome::ok("Resolved", format!("tier {}", tenant.spec.tier)),
+        vector_store: match &stage.vector_error {
+            None => ComponentOutcome::ok("CollectionsReady", "vector collections exist"),
+            Some(e) => ComponentOutcome::fail("VectorStoreUnavailable", e.to_string()),
+        },
+        api: api_outcome(tenant.spec.suspend, deployment),
+    };
+    let prev = tenant.status.clone().unwrap_or_default();
+    TenantStatus {
+        observed_generation: tenant.metadata.generation,
+        conditions: all_conditions(&prev.conditions, &outcomes, tenant.metadata.generation, now),
+        namespace: Some(names.namespace.clone()),
+        signing_secret: Some(names.secret.clone()),
+        current_key_id: Some(kid.clone()),
+        collections: stage.collections.clone(),
+        endpoint: Some(names.endpoint()),
+        effective_quota: Some(effective_quota.clone()),
+    }
+}
+
+/// `ApiReady`: suspended, available (the applied Deployment reports an available replica), or
+/// still progressing.
+fn api_outcome(
+    suspended: bool,
+    deployment: &k8s_openapi::api::apps::v1::Deployment,
+) -> ComponentOutcome {
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    if suspended {
+        ComponentOutcome::fail(
+            reason::SUSPENDED,
+            "the tenant is suspended: its API is scaled to zero",
+        )
+    } else if available > 0 {
+        ComponentOutcome::ok("Available", format!("{available} API replica(s) available"))
+    } else {
+        ComponentOutcome::fail(
+            "Progressing",
+            "waiting for the chat API to become available",
+        )
+    }
+}
+
+/// Whether `new` differs from the recorded status, ignoring condition transition times.
+pub fn changed(recorded: Option<&TenantStatus>, new: &TenantStatus) -> bool {
+    let Some(old) = recorded else {
+        return true;
+    };
+    let untimed = |s: &TenantStatus| {
+        let mut s = s.clone();
+        for c in &mut s.conditions {
+            c.last_transition_time = None;
+        }
+        s
+    };
+    untimed(old) != untimed(new)
+}
+
+/// Writes `status` (server-side apply of the status subresource) unless it is unchanged.
+pub async fn patch(ctx: &Context, tenant: &Tenant, status: TenantStatus) -> Result<(), Error> {
+    if !changed(tenant.status.as_ref(), &status) {
+        return Ok(()); // unchanged: no write, no watch event, no loop
+    }
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "Tenant",
+        "status": status,
+    });
+    api.patch_status(
+        &tenant.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err("patch status"))?;
+    Ok(())
+}
+
+/// The current time as a condition's `lastTransitionTime`.
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn outcomes(api_ok: bool) -> Outcomes {
-        Outcomes {
-            signing_key: Outcome::ok("KeyReady", "k"),
-            quota: Outcome::ok("Resolved", "q"),
-            vector_store: Outcome::ok("CollectionsReady", "v"),
+    fn outcomes(api_ok: bool) -> ComponentOutcomes {
+        ComponentOutcomes {
+            signing_key: ComponentOutcome::ok("KeyReady", "k"),
+            quota: ComponentOutcome::ok("Resolved", "q"),
+            vector_store: ComponentOutcome::ok("CollectionsReady", "v"),
             api: if api_ok {
-                Outcome::ok("Available", "a")
+                ComponentOutcome::ok("Available", "a")
             } else {
-                Outcome::fail("Progressing", "waiting")
+                ComponentOutcome::fail("Progressing", "waiting")
             },
         }
     }
@@ -158,5 +311,27 @@ mod tests {
             .find(|c| c.type_ == "SigningKeyReady")
             .expect("key");
         assert_eq!(key.last_transition_time.as_deref(), Some("t1"));
+    }
+
+    #[test]
+    fn only_a_real_change_needs_a_patch() {
+        let first = TenantStatus {
+            conditions: all_conditions(&[], &outcomes(false), Some(1), "t1"),
+            ..Default::default()
+        };
+        let mut retimed = first.clone();
+        for c in &mut retimed.conditions {
+            c.last_transition_time = Some("t2".to_string());
+        }
+        assert!(
+            !changed(Some(&first), &retimed),
+            "times alone are no change"
+        );
+        let progressed = TenantStatus {
+            conditions: all_conditions(&first.conditions, &outcomes(true), Some(1), "t3"),
+            ..Default::default()
+        };
+        assert!(changed(Some(&first), &progressed));
+        assert!(changed(None, &first));
     }
 }

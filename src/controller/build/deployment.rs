@@ -1,0 +1,390 @@
+//! The chat API Deployment (pure), assembled by concern: the pod's security, the container's
+//! environment, volumes and their mounts, probes, resources and the container itself.
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    API_PORT, BuildConfig, KEYRING_KEY, KEYS_MOUNT, METRICS_PORT, Names, Scope, TENANTS_MOUNT,
+    api_labels, api_selector, meta,
+};
+use crate::crd::Tenant;
+
+/// Unprivileged user and group the chat API runs as.
+const RUN_AS: i64 = 65532;
+
+/// The chat API Deployment. `spec.replicas` is set only while suspended (0); otherwise the
+/// HorizontalPodAutoscaler owns it, so the operator never fights the autoscaler.
+pub fn deployment(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Deployment {
+    Deployment {
+        metadata: meta(tenant, names, &names.api, Scope::Api),
+        spec: DeploymentSpec {
+            replicas: tenant.spec.suspend.then_some(0),
+            selector: LabelSelector {
+                match_labels: Some(api_selector(names)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(api_labels(names)),
+                    ..Default::default()
+                }),
+                spec: Some(pod(tenant, names, cfg)),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn pod(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> PodSpec {
+    PodSpec {
+        // The API needs no Kubernetes API access: its config and keys are mounted.
+        automount_service_account_token: Some(false),
+        security_context: Some(pod_security()),
+        containers: vec![container(tenant, names, cfg)],
+        volumes: Some(volumes(names)),
+        ..Default::default()
+    }
+}
+
+fn container(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Container {
+    Container {
+        name: "api".to_string(),
+        image: Some(cfg.image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        args: Some(serve_args()),
+        env: Some(env(names, cfg)),
+        ports: Some(vec![port("http", API_PORT), port("metrics", METRICS_PORT)]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: Some(resources(tenant)),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![
+            mount("tenant-config", TENANTS_MOUNT),
+            mount("signing-key", KEYS_MOUNT),
+            mount("data", "/data"),
+            mount("tmp", "/tmp"),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// `tenantry serve` reading its tenant and keyring from the mounted ConfigMap and Secret.
+fn serve_args() -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        "0.0.0.0:8000",
+        "--metrics-listen",
+        "0.0.0.0:9090",
+        "--tenants",
+        TENANTS_MOUNT,
+        "--keys-dir",
+        KEYS_MOUNT,
+        "--data-dir",
+        "/data",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+fn port(name: &str, container_port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port,
+        ..Default::default()
+    }
+}
+
+/// The container's environment: the default log filter, the Qdrant server, the operator's
+/// `--api-env` and the copied credentials; one entry per name (server-side apply refuses
+/// duplicates), a later one winning, so `--api-env RUST_LOG=debug` replaces the default.
+fn env(names: &Names, cfg: &BuildConfig) -> Vec<EnvVar> {
+    let mut env = vec![value_env("RUST_LOG", "info")];
+    if let Some(url) = &cfg.qdrant_url {
+        env.push(value_env("TENANTRY_QDRANT_URL", url));
+        if let Some((name, key)) = &cfg.qdrant_api_key_secret {
+            env.push(secret_env("TENANTRY_QDRANT_API_KEY", name, key));
+        }
+    }
+    env.extend(cfg.api_env.iter().map(|(k, v)| value_env(k, v)));
+    env.extend(
+        cfg.api_secret_env
+            .iter()
+            .map(|(k, _, _)| secret_env(k, &names.credentials, k)),
+    );
+    let mut seen = HashSet::new();
+    env.reverse();
+    env.retain(|e| seen.insert(e.name.clone()));
+    env.reverse();
+    env
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        ..Default::default()
+    }
+}
+
+/// A variable read from key `key` of Secret `secret` (never inlined into the pod spec).
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The tenant's `spec.api.resources`, else 250m CPU / 512Mi requested and a 2Gi memory limit.
+fn resources(tenant: &Tenant) -> ResourceRequirements {
+    let res = tenant.spec.api.resources.clone().unwrap_or_default();
+    ResourceRequirements {
+        requests: quantities(&res.requests).or_else(|| {
+            Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("250m".to_string())),
+                ("memory".to_string(), Quantity("512Mi".to_string())),
+            ]))
+        }),
+        limits: quantities(&res.limits).or_else(|| {
+            Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("2Gi".to_string()),
+            )]))
+        }),
+        ..Default::default()
+    }
+}
+
+fn quantities(m: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>> {
+    (!m.is_empty()).then(|| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect()
+    })
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("http".to_string()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The mounted config and keyring (only the keyring, as `<tenant>.json`, owner-read-only),
+/// and scratch space for the data folder and `/tmp` (the root filesystem is read-only).
+fn volumes(names: &Names) -> Vec<Volume> {
+    let empty = |name: &str| Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
+    vec![
+        Volume {
+            name: "tenant-config".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "signing-key".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.secret.clone()),
+                default_mode: Some(0o400),
+                items: Some(vec![KeyToPath {
+                    key: KEYRING_KEY.to_string(),
+                    path: format!("{}.json", names.tenant),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        empty("data"),
+        empty("tmp"),
+    ]
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(!matches!(name, "data" | "tmp")),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::TenantId;
+
+    #[test]
+    fn secret_env_comes_from_the_tenant_copy_and_env_names_are_unique() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let mut c = BuildConfig::test();
+        c.api_env.push(("RUST_LOG".into(), "debug".into()));
+        c.api_secret_env
+            .push(("OPENAI_API_KEY".into(), "llm".into(), "key".into()));
+        let d = deployment(&Tenant::test(), &n, &c);
+        let env = d.spec.template.spec.expect("pod").containers[0]
+            .env
+            .clone()
+            .expect("env");
+        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(names.len(), unique.len(), "{names:?}");
+        let log = env.iter().find(|e| e.name == "RUST_LOG").expect("RUST_LOG");
+        assert_eq!(log.value.as_deref(), Some("debug"));
+        let key = env
+            .iter()
+            .find(|e| e.name == "OPENAI_API_KEY")
+            .expect("key");
+        assert!(key.value.is_none(), "never a plain value");
+        let r = key
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("ref");
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("acme-api-credentials", "OPENAI_API_KEY")
+        );
+    }
+
+    #[test]
+    fn pods_get_the_qdrant_url_and_the_api_key_from_a_secret() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let env_of = |cfg: &BuildConfig| {
+            let d = deployment(&Tenant::test(), &n, cfg);
+            d.spec.template.spec.expect("pod").containers[0]
+                .env
+                .clone()
+                .expect("env")
+        };
+        let plain = env_of(&BuildConfig::test());
+        assert!(plain.iter().all(|e| !e.name.starts_with("TENANTRY_QDRANT")));
+
+        let mut c = BuildConfig::test();
+        c.qdrant_url = Some("https://qdrant.db:6334".into());
+        c.qdrant_api_key_secret = Some(("qdrant".into(), "api-key".into()));
+        let env = env_of(&c);
+        let url = env
+            .iter()
+            .find(|e| e.name == "TENANTRY_QDRANT_URL")
+            .expect("url");
+        assert_eq!(url.value.as_deref(), Some("https://qdrant.db:6334"));
+        let key = env
+            .iter()
+            .find(|e| e.name == "TENANTRY_QDRANT_API_KEY")
+            .expect("key");
+        assert_eq!(key.value, None, "the key is never inlined");
+        let sel = key
+            .value_from
+            .clone()
+            .and_then(|v| v.secret_key_ref)
+            .expect("secretKeyRef");
+        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("qdrant", "api-key"));
+
+        c.qdrant_api_key_secret = None;
+        let env = env_of(&c);
+        assert!(env.iter().any(|e| e.name == "TENANTRY_QDRANT_URL"));
+        assert!(env.iter().all(|e| e.name != "TENANTRY_QDRANT_API_KEY"));
+    }
+
+    #[test]
+    fn replicas_are_left_to_the_hpa_unless_suspended() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let mut t = Tenant::test();
+        assert_eq!(deployment(&t, &n, &BuildConfig::test()).spec.replicas, None);
+        t.spec.suspend = true;
+        assert_eq!(
+            deployment(&t, &n, &BuildConfig::test()).spec.replicas,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn pods_run_locked_down_with_mounted_config() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let d = deployment(&Tenant::test(), &n, &BuildConfig::test());
+        let pod = d.spec.template.spec.expect("pod");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        let sc = c.security_context.clone().expect("sc");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let args = c.args.clone().expect("args").join(" ");
+        assert!(
+            args.starts_with("serve ") && args.contains("--keys-dir /etc/tenantry/keys"),
+            "{args}"
+        );
+        let secret_vol = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find_map(|v| v.secret)
+            .expect("secret volume");
+        assert_eq!(secret_vol.items.expect("items")[0].path, "acme.json");
+    }
+}

@@ -1,0 +1,593 @@
+//! The build step of a reconcile (pure, no I/O): a validated Tenant becomes its desired
+//! objects as one [`Resources<Prepared>`] value: namespace, signing-key Secret, the rendered
+//! tenant config, and the chat API's Deployment (see [`deployment`]), Service, HPA, PDB and
+//! NetworkPolicy. Every object is labelled and owned by the Tenant.
+pub mod deployment;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use super::keys::{self, KeyInputs, KeyPlan, StoredKeyring};
+use super::validate::ValidTenant;
+use crate::auth::keys::Keyring;
+use crate::crd::{
+    EffectiveQuota, QuotaTierSpec, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant, TenantId,
+};
+pub use deployment::deployment;
+
+/// Why the desired objects could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The keyring could not be serialised into the signing-key Secret.
+    #[error("cannot serialise the keyring: {0}")]
+    Keyring(#[source] serde_json::Error),
+    /// The tenant manifest for the API pods could not be rendered.
+    #[error("cannot render the tenant manifest: {0}")]
+    Manifest(#[source] serde_saphyr::SerializeError),
+}
+
+/// Marks [`Resources`] that are built but not yet applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared;
+
+/// Every object a Tenant becomes, plus what its status reports about them. `S` is the stage:
+/// [`Prepared`] from [`resources`], `Applied` (see the apply step) once the API server holds
+/// them, so the status can only be computed from what was applied.
+#[derive(Debug, Clone)]
+pub struct Resources<S> {
+    /// Names of the tenant's objects.
+    pub names: Names,
+    /// The tenant namespace (cluster-scoped).
+    pub namespace: Namespace,
+    /// The signing-key Secret and the keyring decision it stores.
+    pub signing_key: SigningKey,
+    /// The ConfigMap with the tenant manifest the API pods load.
+    pub config: ConfigMap,
+    /// The chat API; once applied, as the API server returned it (with its status).
+    pub deployment: Deployment,
+    /// The chat API's Service.
+    pub service: Service,
+    /// The chat API's HorizontalPodAutoscaler.
+    pub autoscaler: HorizontalPodAutoscaler,
+    /// The chat API's PodDisruptionBudget.
+    pub disruption_budget: PodDisruptionBudget,
+    /// The chat API's NetworkPolicy.
+    pub network_policy: NetworkPolicy,
+    /// The limits in force (tier plus overrides), reported in the status.
+    pub effective_quota: EffectiveQuota,
+    /// What the stage adds.
+    pub stage: S,
+}
+
+/// The signing-key Secret with the keyring decision behind it.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    /// The Secret to apply.
+    pub secret: Secret,
+    /// The keyring it holds and why it changed.
+    pub plan: KeyPlan,
+    /// Whether the stored Secret held no valid keyring (so a new key replaced it).
+    pub replaced_invalid: bool,
+}
+
+/// What the signing-key Secret held when the reconcile read it.
+#[derive(Debug, Clone)]
+pub enum StoredKey {
+    /// No Secret, or no keyring in it.
+    Missing,
+    /// A keyring that does not parse or has no current key.
+    Invalid,
+    /// A usable keyring.
+    Valid(StoredKeyring),
+}
+
+/// Builds every desired object of `valid`; `stored` is what its signing-key Secret holds,
+/// `now` the Unix time the keyring decision is made at.
+pub fn resources(
+    valid: &ValidTenant<'_>,
+    cfg: &BuildConfig,
+    stored: StoredKey,
+    now: i64,
+) -> Result<Resources<Prepared>, BuildError> {
+    let tenant = valid.tenant;
+    let names = Names::new(&valid.id, &cfg.namespace_prefix);
+    let (stored, replaced_invalid) = match stored {
+        StoredKey::Missing => (None, false),
+        StoredKey::Invalid => (None, true),
+        StoredKey::Valid(k) => (Some(k), false),
+    };
+    let requested = tenant.annotations().get(ROTATE_ANNOTATION).cloned();
+    let plan = keys::plan(KeyInputs {
+        stored,
+        algorithm: tenant.spec.auth.algorithm,
+        rotate_every: valid.rotate_every,
+        requested: requested.as_deref(),
+        now,
+    });
+    let manifest = tenant_manifest(tenant, &tenant.spec.tier, &valid.tier)?;
+    Ok(Resources {
+        namespace: namespace(tenant, &names),
+        signing_key: SigningKey {
+            secret: secret(tenant, &names, &plan.ring, plan.rotated_for.as_deref())?,
+            plan,
+            replaced_invalid,
+        },
+        config: config_map(tenant, &names, manifest),
+        deployment: deployment(tenant, &names, cfg),
+        service: service(tenant, &names),
+        autoscaler: hpa(tenant, &names, replicas(tenant, &valid.tier)),
+        disruption_budget: pdb(tenant, &names),
+        network_policy: network_policy(tenant, &names),
+        effective_quota: effective_quota(tenant, &valid.tier),
+        names,
+        stage: Prepared,
+    })
+}
+
+/// Settings of the operator that shape what it builds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildConfig {
+    /// Prefix of tenant namespaces (`tenant-` gives `tenant-acme`).
+    pub namespace_prefix: String,
+    /// Image of the chat API (this same binary).
+    pub image: String,
+    /// Pull policy of that image.
+    pub image_pull_policy: String,
+    /// Extra environment for the chat API containers (e.g. `OPENAI_BASE_URL`); a `RUST_LOG`
+    /// here replaces the default `info`.
+    pub api_env: Vec<(String, String)>,
+    /// Secret environment for the chat API containers: `(ENV, Secret, key)` in the operator's
+    /// namespace, copied into each tenant's `<tenant>-api-credentials` Secret.
+    pub api_secret_env: Vec<(String, String, String)>,
+    /// The operator's own namespace (where `api_secret_env` Secrets live).
+    pub operator_namespace: String,
+    /// Qdrant server of the chat API pods (`TENANTRY_QDRANT_URL`); `None`: embedded store.
+    pub qdrant_url: Option<String>,
+    /// `(Secret name, key)` of the Qdrant API key, read by the pods through
+    /// `valueFrom.secretKeyRef` into `TENANTRY_QDRANT_API_KEY` (the Secret must exist in the
+    /// tenant namespace).
+    pub qdrant_api_key_secret: Option<(String, String)>,
+}
+
+/// Port the chat API listens on inside the pod.
+pub const API_PORT: i32 = 8000;
+/// Port of the chat API's metrics endpoint.
+pub const METRICS_PORT: i32 = 9090;
+/// Key of the keyring in the signing-key Secret.
+pub const KEYRING_KEY: &str = "keyring.json";
+/// Key of the rendered Tenant manifest in the config ConfigMap.
+pub const TENANT_MANIFEST_KEY: &str = "tenant.yaml";
+/// Where the chat API reads its tenant manifest.
+pub const TENANTS_MOUNT: &str = "/etc/tenantry/tenants";
+/// Where the chat API reads its keyring.
+pub const KEYS_MOUNT: &str = "/etc/tenantry/keys";
+
+/// Names of a tenant's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// Tenant id.
+    pub tenant: TenantId,
+    /// Namespace.
+    pub namespace: String,
+    /// Signing-key Secret.
+    pub secret: String,
+    /// Rendered-config ConfigMap.
+    pub config: String,
+    /// Deployment, Service, HPA, PDB and NetworkPolicy.
+    pub api: String,
+    /// Secret with the API pods' copied credentials.
+    pub credentials: String,
+}
+
+impl Names {
+    /// Names for `tenant` with a namespace prefix.
+    pub fn new(tenant: &TenantId, prefix: &str) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            namespace: format!("{prefix}{tenant}"),
+            secret: format!("{tenant}-signing-key"),
+            config: format!("{tenant}-api-config"),
+            api: format!("{tenant}-api"),
+            credentials: format!("{tenant}-api-credentials"),
+        }
+    }
+
+    /// In-cluster URL of the chat API.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}.{}.svc:80", self.api, self.namespace)
+    }
+}
+
+/// Labels on every object of a tenant.
+pub fn labels(names: &Names) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "tenantry".to_string(),
+        ),
+        (TENANT_LABEL.to_string(), names.tenant.to_string()),
+    ])
+}
+
+/// Labels selecting the tenant's chat API pods.
+pub fn api_selector(names: &Names) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "tenantry-api".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), names.api.clone()),
+    ])
+}
+
+fn api_labels(names: &Names) -> BTreeMap<String, String> {
+    let mut l = labels(names);
+    l.extend(api_selector(names));
+    l
+}
+
+/// Where an object lives and which labels it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Cluster-scoped (the namespace itself).
+    Cluster,
+    /// In the tenant namespace.
+    Tenant,
+    /// In the tenant namespace, part of the chat API (also carries the pod selector labels).
+    Api,
+}
+
+fn meta(tenant: &Tenant, names: &Names, name: &str, scope: Scope) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: (scope != Scope::Cluster).then(|| names.namespace.clone()),
+        labels: Some(if scope == Scope::Api {
+            api_labels(names)
+        } else {
+            labels(names)
+        }),
+        owner_references: tenant.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The tenant namespace.
+pub fn namespace(tenant: &Tenant, names: &Names) -> Namespace {
+    Namespace {
+        metadata: meta(tenant, names, &names.namespace, Scope::Cluster),
+        ..Default::default()
+    }
+}
+
+/// The signing-key Secret: the whole keyring (read by the tenant's API pods) and, for
+/// convenience, the current `kid` and public key.
+pub fn secret(
+    tenant: &Tenant,
+    names: &Names,
+    ring: &Keyring,
+    rotated_for: Option<&str>,
+) -> Result<Secret, BuildError> {
+    let mut data = BTreeMap::from([
+        (
+            KEYRING_KEY.to_string(),
+            ByteString(serde_json::to_vec_pretty(ring).map_err(BuildError::Keyring)?),
+        ),
+        (
+            "kid".to_string(),
+            ByteString(ring.current.clone().into_bytes()),
+        ),
+    ]);
+    if let Some(public) = ring.current_key().and_then(|k| k.public_key.clone()) {
+        data.insert("public.pem".to_string(), ByteString(public.into_bytes()));
+    }
+    let mut metadata = meta(tenant, names, &names.secret, Scope::Tenant);
+    if let Some(v) = rotated_for {
+        metadata.annotations = Some(BTreeMap::from([(
+            keys::ROTATED_FOR_ANNOTATION.to_string(),
+            v.to_string(),
+        )]));
+    }
+    Ok(Secret {
+        metadata,
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Default::default()
+    })
+}
+
+/// The tenant's copy of the platform credentials its API pods need (keys named by the
+/// environment variable they fill).
+pub fn credentials_secret(
+    tenant: &Tenant,
+    names: &Names,
+    data: BTreeMap<String, ByteString>,
+) -> Secret {
+    Secret {
+        metadata: meta(tenant, names, &names.credentials, Scope::Tenant),
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The tenant manifest the API pods load: the Tenant's spec and its tier, so the pods
+/// resolve the same effective quota as the operator without any API access.
+pub fn tenant_manifest(
+    tenant: &Tenant,
+    tier_name: &str,
+    tier: &QuotaTierSpec,
+) -> Result<String, BuildError> {
+    let doc = serde_json::json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": tenant.metadata.name},
+        "spec": tenant.spec,
+    });
+    let tier_doc = serde_json::json!({
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "QuotaTier",
+        "metadata": {"name": tier_name},
+        "spec": tier,
+    });
+    let yaml = |v: &serde_json::Value| serde_saphyr::to_string(v).map_err(BuildError::Manifest);
+    Ok(format!(
+        "# Rendered by the tenantry operator from Tenant/{name}; do not edit.\n{}---\n{}",
+        yaml(&doc)?,
+        yaml(&tier_doc)?,
+        name = tenant.metadata.name.as_deref().unwrap_or_default(),
+    ))
+}
+
+/// The ConfigMap holding the rendered tenant manifest.
+pub fn config_map(tenant: &Tenant, names: &Names, manifest: String) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(tenant, names, &names.config, Scope::Tenant),
+        data: Some(BTreeMap::from([(
+            TENANT_MANIFEST_KEY.to_string(),
+            manifest,
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Replica bounds: the tenant's, else the tier's, else 1..3.
+pub fn replicas(tenant: &Tenant, tier: &QuotaTierSpec) -> Replicas {
+    tenant
+        .spec
+        .api
+        .replicas
+        .or(tier.replicas)
+        .unwrap_or(Replicas { min: 1, max: 3 })
+}
+
+/// The chat API Service (port 80 → 8000, and metrics).
+pub fn service(tenant: &Tenant, names: &Names) -> Service {
+    Service {
+        metadata: meta(tenant, names, &names.api, Scope::Api),
+        spec: Some(ServiceSpec {
+            selector: Some(api_selector(names)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("http".to_string()),
+                    port: 80,
+                    target_port: Some(IntOrString::String("http".to_string())),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("metrics".to_string()),
+                    port: METRICS_PORT,
+                    target_port: Some(IntOrString::String("metrics".to_string())),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The HorizontalPodAutoscaler (autoscaling/v2, CPU utilisation).
+pub fn hpa(tenant: &Tenant, names: &Names, bounds: Replicas) -> HorizontalPodAutoscaler {
+    HorizontalPodAutoscaler {
+        metadata: meta(tenant, names, &names.api, Scope::Api),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".to_string()),
+                kind: "Deployment".to_string(),
+                name: names.api.clone(),
+            },
+            min_replicas: Some(bounds.min),
+            max_replicas: bounds.max,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".to_string(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".to_string(),
+                    target: MetricTarget {
+                        type_: "Utilization".to_string(),
+                        average_utilization: Some(
+                            tenant.spec.api.target_cpu_utilization_percentage,
+                        ),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The PodDisruptionBudget: at most one API pod down at a time for voluntary disruptions.
+pub fn pdb(tenant: &Tenant, names: &Names) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(tenant, names, &names.api, Scope::Api),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(api_selector(names)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The NetworkPolicy: the API pods accept traffic only on the API and metrics ports.
+pub fn network_policy(tenant: &Tenant, names: &Names) -> NetworkPolicy {
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".to_string()),
+        ..Default::default()
+    };
+    NetworkPolicy {
+        metadata: meta(tenant, names, &names.api, Scope::Api),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(api_selector(names)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![port(API_PORT), port(METRICS_PORT)]),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The effective quota of a tenant under a tier.
+pub fn effective_quota(tenant: &Tenant, tier: &QuotaTierSpec) -> EffectiveQuota {
+    EffectiveQuota::resolve(tier, tenant.spec.quota.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::TenantSpec;
+
+    #[test]
+    fn names_follow_the_design() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        assert_eq!(
+            (n.namespace.as_str(), n.secret.as_str(), n.api.as_str()),
+            ("tenant-acme", "acme-signing-key", "acme-api")
+        );
+        assert_eq!(n.endpoint(), "http://acme-api.tenant-acme.svc:80");
+    }
+
+    #[test]
+    fn objects_are_labelled_and_owned() {
+        let t = Tenant::test();
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let d = deployment(&t, &n, &BuildConfig::test());
+        let owner = d.metadata.owner_references.clone().expect("owner");
+        assert_eq!(owner[0].uid, "uid-1");
+        assert_eq!(owner[0].controller, Some(true));
+        assert_eq!(
+            d.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(TENANT_LABEL))
+                .map(String::as_str),
+            Some("acme")
+        );
+        let ns = namespace(&t, &n);
+        assert_eq!(ns.metadata.namespace, None, "namespaces are cluster-scoped");
+    }
+
+    #[test]
+    fn hpa_bounds_come_from_tenant_then_tier() {
+        let tier = crate::crd::builtin_tier("pro").expect("pro");
+        let t = Tenant::test();
+        assert_eq!(replicas(&t, &tier), tier.replicas.expect("tier replicas"));
+        let t2 = Tenant::from_yaml(
+            "metadata: {name: b}\nspec: {tier: pro, api: {replicas: {min: 4, max: 9}, targetCPUUtilizationPercentage: 55}}\n",
+        );
+        let n = Names::new(&TenantId::parse("b").expect("id"), "tenant-");
+        let h = hpa(&t2, &n, replicas(&t2, &tier));
+        assert_eq!((h.spec.min_replicas, h.spec.max_replicas), (Some(4), 9));
+        let target = &h.spec.metrics.expect("metrics")[0];
+        assert_eq!(
+            target
+                .resource
+                .as_ref()
+                .and_then(|r| r.target.average_utilization),
+            Some(55)
+        );
+    }
+
+    #[test]
+    fn rendered_manifest_loads_in_serve_with_the_same_quota() {
+        let mut t = Tenant::test();
+        t.spec = TenantSpec {
+            quota: Some(crate::crd::QuotaOverrides {
+                daily_tokens: Some(42),
+                ..Default::default()
+            }),
+            ..t.spec
+        };
+        let tier = crate::crd::builtin_tier("pro").expect("pro");
+        let text = tenant_manifest(&t, "pro", &tier).expect("rendered");
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(dir.path().join("t")).expect("mkdir");
+        std::fs::write(dir.path().join("t/tenant.yaml"), text).expect("write");
+        let reg = crate::tenants::Registry::new(
+            dir.path().join("t"),
+            crate::tenants::KeySource {
+                dir: dir.path().join("k"),
+                create_missing: true,
+            },
+            "m".into(),
+        );
+        reg.reload();
+        assert!(reg.problems().is_empty(), "{:?}", reg.problems());
+        let cfg = reg
+            .get(&TenantId::parse("acme").expect("id"))
+            .expect("loaded");
+        assert_eq!(cfg.quota, effective_quota(&t, &tier));
+        assert_eq!(cfg.quota.daily_tokens, 42);
+    }
+
+    #[test]
+    fn one_value_holds_every_object_in_the_tenant_namespace() {
+        let t = Tenant::test();
+        let id = crate::controller::validate::spec(&t).expect("valid");
+        let tier = crate::crd::builtin_tier("pro");
+        let valid = crate::controller::validate::with_tier(&t, id, tier).expect("valid");
+        let r = resources(&valid, &BuildConfig::test(), StoredKey::Invalid, 1_000).expect("built");
+        assert!(r.signing_key.replaced_invalid);
+        assert_eq!(r.signing_key.plan.change, Some(keys::Change::Created));
+        assert_eq!(r.namespace.metadata.name.as_deref(), Some("tenant-acme"));
+        for namespace in [
+            &r.signing_key.secret.metadata.namespace,
+            &r.config.metadata.namespace,
+            &r.deployment.metadata.namespace,
+            &r.service.metadata.namespace,
+            &r.autoscaler.metadata.namespace,
+            &r.disruption_budget.metadata.namespace,
+            &r.network_policy.metadata.namespace,
+        ] {
+            assert_eq!(namespace.as_deref(), Some("tenant-acme"));
+        }
+        assert_eq!(r.effective_quota, effective_quota(&t, &valid.tier));
+        let manifest = &r.config.data.as_ref().expect("data")[TENANT_MANIFEST_KEY];
+        assert!(manifest.contains("kind: QuotaTier"), "{manifest}");
+    }
+}

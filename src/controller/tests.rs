@@ -1,0 +1,308 @@
+//! Reconciler tests without a cluster: each scenario runs `reconcile` against a scripted API
+//! server that checks every request in order.
+use super::*;
+
+#[test]
+fn owned_namespaced_objects_map_to_the_cluster_scoped_tenant() {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "acme-signing-key", "namespace": "tenant-acme",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "1"},
+                {"apiVersion": "tenantry.dev/v1alpha1", "kind": "Tenant", "name": "acme", "uid": "2", "controller": true},
+            ]},
+    }))
+    .expect("secret");
+    let owner = tenant_owner(&secret).expect("owner");
+    assert_eq!(owner, ObjectRef::<Tenant>::new("acme"));
+    assert_eq!(
+        owner.namespace, None,
+        "one key per Tenant, whatever the child's namespace"
+    );
+    let orphan: Secret =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "x", "namespace": "y"}}))
+            .expect("secret");
+    assert!(tenant_owner(&orphan).is_none());
+}
+
+mod scenarios {
+    use axum::http::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::controller::fixtures::{ApiServerVerifier, Reply, Seen, test_context};
+    use crate::crd::TenantStatus;
+
+    const TIERS: &str = "/apis/tenantry.dev/v1alpha1/quotatiers";
+    const CORE: &str = "/api/v1/namespaces/tenant-acme";
+    const APPS: &str = "/apis/apps/v1/namespaces/tenant-acme";
+
+    /// Runs one reconcile of `tenant` against the script; returns its result and the requests.
+    async fn reconcile_with(
+        tenant: Tenant,
+        ctx: Arc<Context>,
+        verifier: ApiServerVerifier,
+    ) -> (Result<Action, Error>, Vec<Seen>) {
+        let server = verifier.run();
+        let result =
+            tokio::time::timeout(Duration::from_secs(20), reconcile(Arc::new(tenant), ctx))
+                .await
+                .expect("reconcile finished");
+        let seen = server.await.expect("the expected requests, in order");
+        (result, seen)
+    }
+
+    fn with_an_available_replica(mut deployment: Value) -> Value {
+        deployment["status"] = json!({"availableReplicas": 1});
+        deployment
+    }
+
+    /// Every owned object's apply after the signing key (in the order they are applied).
+    fn then_api_objects(v: ApiServerVerifier) -> ApiServerVerifier {
+        v.then_apply(&format!("{CORE}/configmaps/acme-api-config"))
+            .then(
+                Method::PATCH,
+                &format!("{APPS}/deployments/acme-api"),
+                Reply::EchoWith(with_an_available_replica),
+            )
+            .then_apply(&format!("{CORE}/services/acme-api"))
+            .then_apply(
+                "/apis/autoscaling/v2/namespaces/tenant-acme/horizontalpodautoscalers/acme-api",
+            )
+            .then_apply("/apis/policy/v1/namespaces/tenant-acme/poddisruptionbudgets/acme-api")
+            .then_apply(
+                "/apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/acme-api",
+            )
+    }
+
+    /// The whole first reconcile of a new `tenant` of the built-in tier `pro`: no QuotaTier
+    /// object, no Secret yet, every object applied, status patched, then Ready.
+    fn then_first_reconcile(v: ApiServerVerifier, tenant: &Tenant) -> ApiServerVerifier {
+        let v = v
+            .then(
+                Method::GET,
+                &format!("{TIERS}/pro"),
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
+            .then(
+                Method::GET,
+                &format!("{CORE}/secrets/acme-signing-key"),
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
+            .then_apply(CORE)
+            .then_apply(&format!("{CORE}/secrets/acme-signing-key"))
+            .then_event();
+        then_api_objects(v).then_status_patch(tenant).then_event()
+    }
+
+    fn patched_status(seen: &Seen) -> TenantStatus {
+        serde_json::from_value(seen.body["status"].clone()).expect("a TenantStatus")
+    }
+
+    fn condition<'a>(status: &'a TenantStatus, type_: &str) -> &'a crate::crd::Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"))
+    }
+
+    #[tokio::test]
+    async fn a_new_tenant_gets_every_object_and_becomes_ready() {
+        let (_dir, ctx, verifier) = test_context();
+        let tenant = Tenant::test().finalized();
+        let verifier = then_first_reconcile(verifier, &tenant);
+        let (result, seen) = reconcile_with(tenant, ctx.clone(), verifier).await;
+        assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+
+        let applies: Vec<_> = seen.iter().filter(|s| s.method == Method::PATCH).collect();
+        for s in &applies {
+            assert!(
+                s.query.contains("fieldManager=tenantry") && s.query.contains("force=true"),
+                "server-side apply under one field manager: {}?{}",
+                s.path,
+                s.query
+            );
+        }
+        let kinds: Vec<_> = applies.iter().map(|s| s.body["kind"].clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "Secret",
+                "ConfigMap",
+                "Deployment",
+                "Service",
+                "HorizontalPodAutoscaler",
+                "PodDisruptionBudget",
+                "NetworkPolicy",
+                "Tenant",
+            ]
+            .map(|k| json!(k))
+        );
+        for s in &applies[..applies.len() - 1] {
+            assert_eq!(s.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        }
+        assert_eq!(seen[4].body["reason"], "SigningKeyUpdated");
+
+        let status = patched_status(applies.last().expect("status patch"));
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Reconciled")
+        );
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(status.namespace.as_deref(), Some("tenant-acme"));
+        assert_eq!(
+            status.endpoint.as_deref(),
+            Some("http://acme-api.tenant-acme.svc:80")
+        );
+        assert_eq!(
+            status.collections,
+            ["tenant_acme_docs", "tenant_acme_cache"]
+        );
+        let stored_kid = seen[3].body["data"]["kid"].as_str().expect("kid");
+        let kid =
+            String::from_utf8(base64_decode(stored_kid).expect("base64 kid")).expect("utf-8 kid");
+        assert_eq!(status.current_key_id.as_deref(), Some(kid.as_str()));
+        assert_eq!(seen.last().expect("event").body["reason"], "Reconciled");
+        assert!(
+            ctx.metrics
+                .encode()
+                .contains(r#"tenantry_tenants{phase="Ready"} 1"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_steady_tenant_is_applied_but_its_status_is_not_patched() {
+        let (_dir, ctx, verifier) = test_context();
+        let first = Tenant::test().finalized();
+        let verifier = then_first_reconcile(verifier, &first);
+        let (result, seen) = reconcile_with(first.clone(), ctx.clone(), verifier).await;
+        result.expect("first reconcile");
+        let secret = seen[3].body.clone();
+        let mut steady = first;
+        steady.status = Some(patched_status(&seen[seen.len() - 2]));
+
+        let (_dir2, ctx, verifier) = test_context();
+        let verifier = verifier
+            .then(
+                Method::GET,
+                &format!("{TIERS}/pro"),
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
+            .then(
+                Method::GET,
+                &format!("{CORE}/secrets/acme-signing-key"),
+                Reply::Json(secret),
+            )
+            .then_apply(CORE)
+            .then_apply(&format!("{CORE}/secrets/acme-signing-key"));
+        // No key Event, no status patch and no Reconciled Event: nothing changed.
+        let (result, _) = reconcile_with(steady, ctx, then_api_objects(verifier)).await;
+        assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
+        let (_dir, ctx, verifier) = test_context();
+        let tenant = Tenant::test().finalized().with_quota(-1);
+        let verifier = verifier.then_event().then_status_patch(&tenant);
+        let (result, seen) = reconcile_with(tenant, ctx.clone(), verifier).await;
+        assert_eq!(result.expect("handled"), Action::await_change());
+        assert_eq!(seen[0].body["reason"], "InvalidSpec");
+        let status = patched_status(&seen[1]);
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(
+            ready.message.contains("spec.quota.dailyTokens"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(condition(&status, "QuotaReady").status, "False");
+        assert_eq!(
+            condition(&status, "ApiReady").message,
+            "not reconciled: the spec is invalid"
+        );
+        assert_eq!(status.namespace, None, "nothing was applied");
+        assert!(
+            ctx.metrics
+                .encode()
+                .contains(r#"tenantry_tenants{phase="Invalid"} 1"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_tier_is_reported_and_nothing_is_applied() {
+        let (_dir, ctx, verifier) = test_context();
+        let tenant = Tenant::test().finalized().with_tier("gold");
+        let verifier = verifier
+            .then(
+                Method::GET,
+                &format!("{TIERS}/gold"),
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
+            .then_event()
+            .then_status_patch(&tenant);
+        let (result, seen) = reconcile_with(tenant, ctx, verifier).await;
+        assert_eq!(result.expect("handled"), Action::await_change());
+        assert_eq!(seen[1].body["reason"], "TierNotFound");
+        let status = patched_status(&seen[2]);
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            (
+                "False",
+                "TierNotFound",
+                r#"QuotaTier "gold" does not exist"#
+            )
+        );
+        assert_eq!(condition(&status, "QuotaReady").reason, "TierNotFound");
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_retried_at_once() {
+        let (_dir, ctx, verifier) = test_context();
+        let tier = json!({
+            "apiVersion": "tenantry.dev/v1alpha1", "kind": "QuotaTier", "metadata": {"name": "pro"},
+            "spec": {"dailyTokens": 10, "requestsPerMinute": 1, "tokensPerMinute": 10,
+                "maxConcurrentRequests": 1},
+        });
+        let verifier = verifier
+            .then(Method::GET, &format!("{TIERS}/pro"), Reply::Json(tier))
+            .then(
+                Method::GET,
+                &format!("{CORE}/secrets/acme-signing-key"),
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
+            .then(Method::PATCH, CORE, Reply::Error(StatusCode::CONFLICT));
+        let tenant = Tenant::test().finalized();
+        let (result, _) = reconcile_with(tenant.clone(), ctx.clone(), verifier).await;
+        let error = result.expect_err("the apply conflicted");
+        assert_eq!(error.metric_label(), "Conflict");
+        assert!(
+            error.to_string().starts_with("apply Namespace: "),
+            "{error}"
+        );
+        assert_eq!(
+            error_policy(Arc::new(tenant), &error, ctx.clone()),
+            Action::requeue(Duration::from_secs(1))
+        );
+        assert!(
+            ctx.metrics
+                .encode()
+                .contains(r#"tenantry_reconcile_total{result="Conflict"} 1"#)
+        );
+    }
+
+    fn base64_decode(s: &str) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode(s).ok()
+    }
+}

@@ -1,0 +1,113 @@
+//! The first step of a reconcile (pure): a Tenant and the QuotaTier it names become a
+//! [`ValidTenant`], or an [`InvalidSpec`] that the reconciler reports in the status and waits
+//! on (nothing is applied for an invalid Tenant).
+use std::time::Duration;
+
+use crate::crd::{QuotaTierSpec, Tenant, TenantId, parse_duration, reason};
+
+/// Why a Tenant cannot be reconciled until it (or its tier) changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSpec {
+    /// The spec breaks a rule the CRD schema cannot express; every problem, `; `-joined.
+    #[error("{0}")]
+    Spec(String),
+    /// `spec.tier` names neither a QuotaTier object nor a built-in tier.
+    #[error("QuotaTier {0:?} does not exist")]
+    TierNotFound(String),
+}
+
+impl InvalidSpec {
+    /// The `Ready` condition's reason (and the Warning Event's) for this problem.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidSpec::Spec(_) => reason::INVALID_SPEC,
+            InvalidSpec::TierNotFound(_) => reason::TIER_NOT_FOUND,
+        }
+    }
+}
+
+/// A Tenant whose spec passed validation, with what the later steps derive from it.
+#[derive(Debug, Clone)]
+pub struct ValidTenant<'a> {
+    /// The Tenant as read.
+    pub tenant: &'a Tenant,
+    /// Its id (the object's name, checked).
+    pub id: TenantId,
+    /// The tier its quota and replica defaults come from.
+    pub tier: QuotaTierSpec,
+    /// `spec.auth.rotateEvery`, parsed (`None`: no scheduled rotation).
+    pub rotate_every: Option<Duration>,
+}
+
+/// Checks the spec on its own (before its tier is looked up); returns the tenant id.
+pub fn spec(tenant: &Tenant) -> Result<TenantId, InvalidSpec> {
+    tenant.validate().map_err(|errs| {
+        InvalidSpec::Spec(
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    tenant
+        .tenant_id()
+        .map_err(|e| InvalidSpec::Spec(format!("metadata.name: {e}")))
+}
+
+/// Completes validation with the tier `spec.tier` resolved to (`None`: it does not exist).
+pub fn with_tier(
+    tenant: &Tenant,
+    id: TenantId,
+    tier: Option<QuotaTierSpec>,
+) -> Result<ValidTenant<'_>, InvalidSpec> {
+    let tier = tier.ok_or_else(|| InvalidSpec::TierNotFound(tenant.spec.tier.clone()))?;
+    Ok(ValidTenant {
+        tenant,
+        id,
+        tier,
+        rotate_every: tenant
+            .spec
+            .auth
+            .rotate_every
+            .as_deref()
+            .and_then(parse_duration),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::builtin_tier;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let t = Tenant::test().with_quota(-1).with_top_k(0);
+        let err = spec(&t).expect_err("invalid");
+        assert_eq!(err.reason(), reason::INVALID_SPEC);
+        let message = err.to_string();
+        assert!(
+            message.contains("spec.quota.dailyTokens: must be >= 0"),
+            "{message}"
+        );
+        assert!(message.contains("; spec.retrieval.topK"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_tier_is_its_own_reason() {
+        let t = Tenant::test().with_tier("gold");
+        let id = spec(&t).expect("valid spec");
+        let err = with_tier(&t, id, builtin_tier("gold")).expect_err("no such tier");
+        assert_eq!(err.reason(), reason::TIER_NOT_FOUND);
+        assert_eq!(err.to_string(), r#"QuotaTier "gold" does not exist"#);
+    }
+
+    #[test]
+    fn a_valid_tenant_carries_its_tier_and_rotation() {
+        let t = Tenant::test().with_rotation("720h");
+        let id = spec(&t).expect("valid");
+        let v = with_tier(&t, id, builtin_tier("pro")).expect("valid");
+        assert_eq!(v.id.as_str(), "acme");
+        assert_eq!(v.tier, builtin_tier("pro").expect("pro"));
+        assert_eq!(v.rotate_every, Some(Duration::from_secs(720 * 3600)));
+    }
+}
