@@ -266,7 +266,7 @@ mod tests {
 
     /// A tenant's handle on an embedded store in a temporary folder (dimension 4).
     fn store_for(
-        isolation: crate::crd::Isolation,
+        isolation: crate::domain::Isolation,
     ) -> (tempfile::TempDir, TenantVectors, TenantVectors) {
         let dir = tempfile::tempdir().expect("tmp");
         let backend: std::sync::Arc<dyn crate::vector::VectorBackend> =
@@ -274,7 +274,7 @@ mod tests {
         let handle = |t: &str| {
             TenantVectors::new(
                 backend.clone(),
-                crate::crd::TenantId::parse(t).expect("id"),
+                crate::domain::TenantId::parse(t).expect("id"),
                 isolation,
                 4,
             )
@@ -309,8 +309,8 @@ mod tests {
     #[tokio::test]
     async fn expired_and_outdated_entries_are_deleted() {
         for isolation in [
-            crate::crd::Isolation::Collection,
-            crate::crd::Isolation::Partition,
+            crate::domain::Isolation::Collection,
+            crate::domain::Isolation::Partition,
         ] {
             let (_dir, acme, globex) = store_for(isolation);
             for v in [&acme, &globex] {

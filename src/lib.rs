@@ -8,7 +8,7 @@
 //! - [`domain`]: the shared vocabulary (tenant ids, isolation, algorithms, quotas, durations).
 //! - [`crd`]: the `Tenant` and `QuotaTier` custom resources (group `tenantry.dev`).
 //! - [`config`]: the `serve` configuration file and its defaults.
-//! - [`tenants`]: the tenant registry `serve` reads from manifests on disk, reloaded on change.
+//! - [`tenants`]: the tenant catalog `serve` reads from manifests on disk, reloaded on change.
 //! - [`auth`]: per-tenant signing keys and JWT verification (token -> verified tenant).
 //! - [`vector`]: the vector-store trait, the tenant-scoped handle, the embedded backend and the
 //!   Qdrant-server backend.

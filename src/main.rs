@@ -3,7 +3,7 @@ use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
 use tenantry::cli::{Cli, Command, TokenArgs};
 use tenantry::domain::TenantId;
-use tenantry::tenants::{KeySource, Registry};
+use tenantry::tenants::{Catalog, KeySource};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -68,7 +68,7 @@ async fn ingest(args: tenantry::cli::IngestArgs) -> anyhow::Result<()> {
 /// Mints a token with the tenant's current key (creating the key like `serve` would).
 fn token(args: &TokenArgs) -> anyhow::Result<String> {
     let tenant = TenantId::parse(&args.tenant)?;
-    let registry = Registry::new(
+    let catalog = Catalog::new(
         args.tenants.clone(),
         KeySource {
             dir: args.data_dir.join("keys"),
@@ -76,8 +76,8 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
         },
         String::new(),
     );
-    registry.reload();
-    let config = registry.get(&tenant).with_context(|| {
+    catalog.reload();
+    let config = catalog.get(&tenant).with_context(|| {
         format!(
             "tenant {tenant} is not defined (or invalid) in {}",
             args.tenants.display()

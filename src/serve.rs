@@ -21,7 +21,7 @@ use crate::quota::memory::MemoryStore;
 use crate::quota::redis::{RedisOptions, RedisStore};
 use crate::quota::{Quota, QuotaError, QuotaStore};
 use crate::runtime::{self, shutdown_signal};
-use crate::tenants::{KeySource, Registry};
+use crate::tenants::{Catalog, KeySource};
 use crate::vector::edge::EdgeBackend;
 use crate::vector::qdrant::{QdrantBackend, QdrantConfig};
 use crate::vector::{VectorBackend, VectorError};
@@ -75,14 +75,14 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
 
     let embedder = build_embedder(args, &config).await?;
     let llm = build_chat_model(&config)?;
-    let registry = Arc::new(build_registry(args, &config));
-    let r = registry.clone();
+    let tenants = Arc::new(build_catalog(args, &config));
+    let r = tenants.clone();
     let _ = tokio::task::spawn_blocking(move || r.reload()).await;
     let quota = build_quota(args, &config)?;
     let _ = tokio::task::spawn_blocking(crate::quota::tokens::warm_up).await;
 
     Ok(AppState {
-        registry,
+        tenants,
         vectors,
         embedder,
         llm,
@@ -162,9 +162,9 @@ fn build_chat_model(config: &ServeConfig) -> Result<Arc<dyn ChatModel>, ServeErr
     Ok(Arc::new(ResilientChat::new(upstreams, config.llm.policy())))
 }
 
-/// The tenant registry (not loaded yet): manifests from `--tenants`, keys from `--keys-dir`
+/// The tenant catalog (not loaded yet): manifests from `--tenants`, keys from `--keys-dir`
 /// (mounted, never created) or `<data-dir>/keys` (created for tenants that have none).
-fn build_registry(args: &ServeArgs, config: &ServeConfig) -> Registry {
+fn build_catalog(args: &ServeArgs, config: &ServeConfig) -> Catalog {
     let keys = match &args.keys_dir {
         Some(dir) => KeySource {
             dir: dir.clone(),
@@ -175,7 +175,7 @@ fn build_registry(args: &ServeArgs, config: &ServeConfig) -> Registry {
             create_missing: true,
         },
     };
-    Registry::new(args.tenants.clone(), keys, config.llm.model.clone())
+    Catalog::new(args.tenants.clone(), keys, config.llm.model.clone())
 }
 
 /// Every `every`, deletes each tenant's semantic-cache entries older than its TTL, so the cache
@@ -186,8 +186,8 @@ async fn sweep_caches(state: AppState, every: Duration) {
     tick.tick().await; // the first tick is immediate: nothing has expired yet
     loop {
         tick.tick().await;
-        for id in state.registry.ids() {
-            let Some(tenant) = state.registry.get(&id) else {
+        for id in state.tenants.ids() {
+            let Some(tenant) = state.tenants.get(&id) else {
                 continue;
             };
             let vectors = crate::vector::TenantVectors::new(
@@ -281,7 +281,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     if args.dev {
         tracing::warn!("development mode: GET /dev/token mints tokens for any tenant");
     }
-    let watcher = tokio::spawn(state.registry.clone().watch(crate::runtime::POLL_EVERY));
+    let watcher = tokio::spawn(state.tenants.clone().watch(crate::runtime::POLL_EVERY));
     let sweep_every = Duration::from_secs(state.config.vector.cache_sweep_seconds);
     let sweeper = tokio::spawn(sweep_caches(state.clone(), sweep_every));
 
@@ -294,7 +294,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(io("local address"))?;
     let metrics_addr = metrics_listener.local_addr().map_err(io("local address"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, %metrics_addr, scheme, tenants = state.registry.ids().len(), "listening");
+    tracing::info!(%addr, %metrics_addr, scheme, tenants = state.tenants.ids().len(), "listening");
 
     let encoder = state.metrics.clone();
     let metrics_router = runtime::admin_router(move || encoder.encode(), None);

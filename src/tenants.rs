@@ -73,7 +73,7 @@ struct State {
 }
 
 /// The live set of tenants. Cheap to read from every request.
-pub struct Registry {
+pub struct Catalog {
     dir: PathBuf,
     keys: KeySource,
     default_chat_model: String,
@@ -86,8 +86,8 @@ enum Doc {
     Tier(String, QuotaTierSpec),
 }
 
-impl Registry {
-    /// A registry reading manifests from `dir`; call [`Registry::reload`] to load.
+impl Catalog {
+    /// A catalog reading manifests from `dir`; call [`Catalog::reload`] to load.
     pub fn new(dir: PathBuf, keys: KeySource, default_chat_model: String) -> Self {
         Self {
             dir,
@@ -298,7 +298,7 @@ impl Registry {
     }
 }
 
-impl KeyLookup for Registry {
+impl KeyLookup for Catalog {
     fn tenant_keys(&self, tenant: &TenantId) -> Option<Arc<TenantKeys>> {
         self.read().tenants.get(tenant).map(|t| t.keys.clone())
     }
@@ -374,8 +374,8 @@ fn parse_manifests(file: &Path) -> Result<Vec<Doc>, String> {
 mod tests {
     use super::*;
 
-    fn registry(dir: &Path) -> Registry {
-        Registry::new(
+    fn registry(dir: &Path) -> Catalog {
+        Catalog::new(
             dir.join("tenants"),
             KeySource {
                 dir: dir.join("keys"),

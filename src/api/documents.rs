@@ -16,7 +16,7 @@ use axum::extract::State;
 use super::{ApiError, ApiJson, AppState, Caller};
 use crate::auth::keys::unix_now;
 use crate::chunk::chunk;
-use crate::crd::TenantId;
+use crate::domain::TenantId;
 use crate::vector::{Filter, Kind, Point, Record, payload_str};
 
 /// Body of `POST /v1/documents`.

@@ -18,7 +18,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// Readiness: tenants are loaded, the vector store is usable, and the quota store answers (a
 /// Redis outage is reported but keeps the replica ready with `failOpen`).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let tenants = state.registry.loaded();
+    let tenants = state.tenants.loaded();
     let store = state.vectors.ready().await;
     let quota = state.quota.store().ping().await;
     let quota_ok = quota.is_ok() || state.quota.fail_mode() == FailMode::FailOpen;
@@ -67,7 +67,7 @@ pub async fn dev_token(
         .ok_or_else(|| ApiError::Invalid("ttl must be a duration like 1h".to_string()))?;
     let tenant = TenantId::parse(&q.tenant_id)
         .ok()
-        .and_then(|id| state.registry.get(&id))
+        .and_then(|id| state.tenants.get(&id))
         .ok_or_else(|| ApiError::NotFound("unknown tenant".to_string()))?;
     let token = tenant
         .keyring

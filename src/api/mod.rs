@@ -25,7 +25,7 @@ use crate::embed::Embedder;
 use crate::llm::ChatModel;
 use crate::metrics::Metrics;
 use crate::quota::Quota;
-use crate::tenants::{Registry, TenantConfig};
+use crate::tenants::{Catalog, TenantConfig};
 use crate::vector::{TenantVectors, VectorBackend};
 pub use error::{ApiError, ApiJson};
 
@@ -34,7 +34,7 @@ pub use error::{ApiError, ApiJson};
 #[derive(Clone)]
 pub struct AppState {
     /// Known tenants and their keys.
-    pub registry: Arc<Registry>,
+    pub tenants: Arc<Catalog>,
     /// Vector store (tenant-agnostic; handlers reach it only through [`Caller::vectors`]).
     pub vectors: Arc<dyn VectorBackend>,
     /// Embeds questions and documents.
@@ -97,9 +97,9 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let token = auth::bearer(header)?;
-    let principal = auth::verify_any(token, state.registry.as_ref(), &state.jwks).await?;
+    let principal = auth::verify_any(token, state.tenants.as_ref(), &state.jwks).await?;
     let tenant = state
-        .registry
+        .tenants
         .get(&principal.tenant)
         .ok_or(ApiError::Unauthorized(auth::AuthError::UnknownKey))?;
     if tenant.spec.suspend {

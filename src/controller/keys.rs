@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::auth::keys::Keyring;
-use crate::crd::Algorithm;
+use crate::domain::Algorithm;
 
 /// Annotation on the Secret recording the last `tenantry.dev/rotate-key` value acted upon.
 pub const ROTATED_FOR_ANNOTATION: &str = "tenantry.dev/rotated-for";

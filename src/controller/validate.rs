@@ -3,7 +3,8 @@
 //! on (nothing is applied for an invalid Tenant).
 use std::time::Duration;
 
-use crate::crd::{QuotaTierSpec, Tenant, TenantId, parse_duration, reason};
+use crate::crd::{QuotaTierSpec, Tenant, reason};
+use crate::domain::{TenantId, parse_duration};
 
 /// Why a Tenant cannot be reconciled until it (or its tier) changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

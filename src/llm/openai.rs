@@ -38,7 +38,6 @@ impl OpenAiChat {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, LlmError> {
-        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(connect_timeout.min(timeout))

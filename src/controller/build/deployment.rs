@@ -278,7 +278,7 @@ fn mount(name: &str, path: &str) -> VolumeMount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::TenantId;
+    use crate::domain::TenantId;
 
     #[test]
     fn secret_env_comes_from_the_tenant_copy_and_env_names_are_unique() {

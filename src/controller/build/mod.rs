@@ -24,9 +24,8 @@ use kube::{Resource, ResourceExt};
 use super::keys::{self, KeyInputs, KeyPlan, StoredKeyring};
 use super::validate::ValidTenant;
 use crate::auth::keys::Keyring;
-use crate::crd::{
-    EffectiveQuota, QuotaTierSpec, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant, TenantId,
-};
+use crate::crd::{QuotaTierSpec, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant};
+use crate::domain::{EffectiveQuota, TenantId};
 pub use deployment::deployment;
 
 /// Why the desired objects could not be built.
@@ -548,7 +547,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::create_dir_all(dir.path().join("t")).expect("mkdir");
         std::fs::write(dir.path().join("t/tenant.yaml"), text).expect("write");
-        let reg = crate::tenants::Registry::new(
+        let reg = crate::tenants::Catalog::new(
             dir.path().join("t"),
             crate::tenants::KeySource {
                 dir: dir.path().join("k"),
