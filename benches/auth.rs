@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tenantry::auth::keys::{Keyring, unix_now};
 use tenantry::auth::oidc::JwksCache;
 use tenantry::auth::{KeyLookup, TenantKeys, verify_any};
-use tenantry::crd::{Algorithm, Issuer, TenantId};
+use tenantry::domain::{Algorithm, Issuer, TenantId};
 
 struct Tenants {
     keys: HashMap<TenantId, Arc<TenantKeys>>,

@@ -17,7 +17,7 @@ mod common;
 mod support;
 
 use support::percentile;
-use tenantry::crd::TenantId;
+use tenantry::domain::TenantId;
 use tenantry::quota::memory::MemoryStore;
 use tenantry::quota::redis::{RedisOptions, RedisStore};
 use tenantry::quota::{Decision, Limits, Outcome, QuotaStore, ReserveRequest, now_ms};

@@ -1,33 +1,43 @@
 //! tenantry: a Kubernetes operator and a tenant-aware RAG chat API in one binary.
 //!
-//! Module map:
-//! - [`cli`]: command-line interface (`serve`, `token`, `crd`).
-//! - [`controller`]: the operator's reconciler, a pipeline validate → build → apply → status
-//!   (plus cleanup, signing keys, leader election, its metrics).
-//! - [`operator`]: wiring of `tenantry operator` and its lifecycle.
-//! - [`domain`]: the shared vocabulary (tenant ids, isolation, algorithms, quotas, durations).
-//! - [`crd`]: the `Tenant` and `QuotaTier` custom resources (group `tenantry.dev`).
-//! - [`config`]: the `serve` configuration file and its defaults.
-//! - [`tenants`]: the tenant catalog `serve` reads from manifests on disk, reloaded on change.
+//! Module map, by layer (a change belongs in the lowest layer that can hold it):
+//!
+//! Vocabulary
+//! - [`domain`]: what every part shares, free of Kubernetes and HTTP: tenant ids, isolation
+//!   modes, signing algorithms, external issuers, effective quotas, durations, limits.
+//! - [`crd`]: the `Tenant` and `QuotaTier` custom resources (group `tenantry.dev`) built from
+//!   those types, their defaults and validation, condition types and reasons.
+//!
+//! Capabilities (import [`domain`], never axum or kube)
 //! - [`auth`]: per-tenant signing keys and JWT verification (token -> verified tenant).
+//! - [`quota`]: per-tenant quotas and rate limits (Redis or in-process), token estimates.
 //! - [`vector`]: the vector-store trait, the tenant-scoped handle, the embedded backend and the
 //!   Qdrant-server backend.
 //! - [`embed`]: the embedding trait, the in-process model and the OpenAI-compatible client.
-//! - [`llm`]: the chat-model trait, the OpenAI-compatible client and the offline responder.
-//! - [`ingest`]: the `tenantry ingest` client (files and folders to a tenant's API).
-//! - [`chunk`]: splitting documents into overlapping chunks.
-//! - [`rag`]: one chat request from question to answer (cache, retrieval, quota, model call,
-//!   settlement), whichever endpoint asked it; no HTTP.
-//! - [`api`]: the HTTP API (axum router, handlers, errors); [`api::openai`] is the
-//!   OpenAI-compatible surface.
+//! - [`llm`]: the chat-model trait, the OpenAI-compatible client, retries/fallbacks/breakers and
+//!   the offline responder.
 //! - [`cache`]: the tenant-scoped semantic cache of chat answers.
-//! - [`quota`]: per-tenant quotas and rate limits (Redis or in-process), token estimates.
-//! - [`runtime`]: what both long-running modes need: shutdown signal, admin router, file watching.
-//! - [`serve`]: wiring of `tenantry serve` and its lifecycle.
+//! - [`chunk`]: splitting documents into overlapping chunks.
+//! - [`tenants`]: the tenant catalog `serve` reads from manifests on disk, reloaded on change.
+//! - [`rag`]: one chat request from question to answer (cache, retrieval, quota, model call,
+//!   settlement, cache store), whichever endpoint asked it; no HTTP.
+//!
+//! Adapters
+//! - [`api`]: the HTTP API: `AppState`, `router`, extractors, errors, one file per group of
+//!   endpoints; [`api::openai`] is the OpenAI-compatible surface (a folder: routes, wire types,
+//!   parameter checks, completions, streaming, embeddings, models).
+//! - [`controller`]: the operator's reconciler, a pipeline validate → build → apply → status
+//!   (plus cleanup, signing keys, leader election, its metrics).
+//!
+//! Processes
+//! - [`cli`]: the command line (`serve`, `operator`, `token`, `ingest`, `crd`, `healthcheck`),
+//!   with typed flag values.
+//! - [`serve`], [`operator`]: wiring of the two long-running modes.
+//! - [`runtime`]: what both need: shutdown signal, admin router (metrics, health), file watching.
+//! - [`config`]: the `serve` configuration file and its defaults.
 //! - [`tls`]: HTTPS for `serve`: certificate loading and reload on change.
-//! - [`healthcheck`]: `tenantry healthcheck`, the probe of the image's HEALTHCHECK.
-//! - [`metrics`]: Prometheus metric families.
-//! - [`telemetry`]: logging setup.
+//! - [`metrics`], [`telemetry`]: Prometheus metric families; logging and tracing setup.
+//! - [`ingest`], [`healthcheck`]: the `tenantry ingest` client and the image's HEALTHCHECK probe.
 pub mod api;
 pub mod auth;
 pub mod cache;

@@ -12,7 +12,7 @@ use common::llm::ScriptedLlm;
 use common::server::{Dirs, Server, Start};
 use serde_json::{Value, json};
 use tenantry::auth::keys::{Keyring, unix_now};
-use tenantry::crd::Algorithm;
+use tenantry::domain::Algorithm;
 
 const ACME_REFUND: &str = "Acme customers may return any product within 30 days of delivery for a full refund. Refunds go back to the original payment method within 5 business days.";
 const ACME_SHIPPING: &str =
@@ -385,11 +385,11 @@ async fn bad_tokens_are_refused() {
 }
 
 trait ParseId {
-    fn parse_id(&self) -> tenantry::crd::TenantId;
+    fn parse_id(&self) -> tenantry::domain::TenantId;
 }
 impl ParseId for str {
-    fn parse_id(&self) -> tenantry::crd::TenantId {
-        tenantry::crd::TenantId::parse(self).expect("id")
+    fn parse_id(&self) -> tenantry::domain::TenantId {
+        tenantry::domain::TenantId::parse(self).expect("id")
     }
 }
 

@@ -20,7 +20,8 @@ use k8s_openapi::api::core::v1::{EnvVar, Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tenantry::crd::{Tenant, TenantId};
+use tenantry::crd::Tenant;
+use tenantry::domain::TenantId;
 
 /// Release names of this suite start with this (leftovers of a crashed run are removed).
 const RELEASE_PREFIX: &str = "tenantry-ct";

@@ -498,7 +498,7 @@ async fn key_rotation_and_serve_with_rendered_config() {
     let old_ring: Keyring =
         serde_json::from_slice(&std::fs::read(keys.join(format!("{name}.json"))).expect("read"))
             .expect("ring");
-    let id = tenantry::crd::TenantId::parse(&name).expect("id");
+    let id = tenantry::domain::TenantId::parse(&name).expect("id");
     let old_token = old_ring.mint(&id, "alice", 3600).expect("mint");
     let server = Server::start(
         &dirs,

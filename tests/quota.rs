@@ -12,7 +12,7 @@ use common::llm::ScriptedLlm;
 use common::redis::RedisServer;
 use common::server::{Dirs, Server, Start};
 use serde_json::{Value, json};
-use tenantry::crd::TenantId;
+use tenantry::domain::TenantId;
 use tenantry::quota::memory::MemoryStore;
 use tenantry::quota::redis::{Keys, RedisOptions, RedisStore};
 use tenantry::quota::{

@@ -142,16 +142,21 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// Two tenants, three points each (`n` = 0..3), in a fresh collection `name`.
 async fn seeded(b: &Arc<dyn VectorBackend>, name: &str) -> Vec<Point> {
     b.ensure_collection(name, &spec(true)).await.unwrap();
-    let points = vec![
+    let points = six_points();
+    b.upsert(name, points.clone()).await.unwrap();
+    points
+}
+
+/// Two tenants, three points each (`n` = 0..3): acme's near the first axes, globex's spread.
+pub(super) fn six_points() -> Vec<Point> {
+    vec![
         point([1.0, 0.0, 0.0, 0.0], "acme", 0),
         point([0.9, 0.1, 0.0, 0.0], "acme", 1),
         point([0.0, 1.0, 0.0, 0.0], "acme", 2),
         point([1.0, 0.0, 0.0, 0.0], "globex", 0),
         point([0.0, 0.0, 1.0, 0.0], "globex", 1),
         point([0.0, 0.0, 0.0, 1.0], "globex", 2),
-    ];
-    b.upsert(name, points.clone()).await.unwrap();
-    points
+    ]
 }
 
 const VECTORS: [[f32; DIM]; 3] = [

@@ -636,7 +636,7 @@ mod tests {
     use super::*;
     use crate::vector::VectorBackend;
 
-    use crate::vector::conformance::{DIM, point, spec};
+    use crate::vector::conformance::{DIM, point, six_points, spec};
 
     async fn backend() -> (tempfile::TempDir, EdgeBackend) {
         let dir = tempfile::tempdir().unwrap();
@@ -648,14 +648,7 @@ mod tests {
     async fn seeded(name: &str) -> (tempfile::TempDir, EdgeBackend, Vec<Point>) {
         let (dir, b) = backend().await;
         b.ensure_collection(name, &spec(true)).await.unwrap();
-        let points = vec![
-            point([1.0, 0.0, 0.0, 0.0], "acme", 0),
-            point([0.9, 0.1, 0.0, 0.0], "acme", 1),
-            point([0.0, 1.0, 0.0, 0.0], "acme", 2),
-            point([1.0, 0.0, 0.0, 0.0], "globex", 0),
-            point([0.0, 0.0, 1.0, 0.0], "globex", 1),
-            point([0.0, 0.0, 0.0, 1.0], "globex", 2),
-        ];
+        let points = six_points();
         b.upsert(name, points.clone()).await.unwrap();
         (dir, b, points)
     }

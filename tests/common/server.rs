@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tenantry::auth::keys::{Keyring, keyring_path};
-use tenantry::crd::TenantId;
+use tenantry::domain::TenantId;
 
 use super::llm::ScriptedLlm;
 
