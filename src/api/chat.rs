@@ -15,23 +15,27 @@ use crate::quota::LimitStatus;
 use crate::rag::Turn;
 
 /// Body of `POST /v1/chat`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ChatRequest")]
 pub struct ChatBody {
     /// The question.
+    #[schemars(length(min = 1), pattern(r"\S"))]
     pub question: String,
     /// Chat model; the tenant's default when absent. Must be in the tenant's allow-list.
     #[serde(default)]
     pub model: Option<String>,
     /// Passages to retrieve (1..=50); the tenant's `retrieval.topK` when absent.
     #[serde(default, deserialize_with = "super::opt_int")]
+    #[schemars(range(min = 1, max = 50))]
     pub top_k: Option<i32>,
 }
 
 pub use crate::rag::Source;
 
 /// Response of `POST /v1/chat`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(rename = "ChatResponse")]
 pub struct ChatAnswer {
     /// The answer.
     pub answer: String,

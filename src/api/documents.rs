@@ -20,20 +20,24 @@ use crate::domain::TenantId;
 use crate::vector::{Filter, Kind, Point, Record, payload_str};
 
 /// Body of `POST /v1/documents`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestRequest {
     /// Document text.
+    #[schemars(length(min = 1), pattern(r"\S"))]
     pub text: String,
     /// Optional title.
     #[serde(default)]
+    #[schemars(length(max = 512))]
     pub title: Option<String>,
     /// Free-form metadata (a JSON object; null is none), returned with the document and its
     /// sources.
     #[serde(default, deserialize_with = "null_as_empty")]
+    #[schemars(with = "Option<Map<String, Value>>")]
     pub metadata: Map<String, Value>,
     /// Optional id (UUID): ingesting again under the same id replaces the document.
     #[serde(default)]
+    #[schemars(with = "Option<String>", extend("format" = "uuid"))]
     pub id: Option<Uuid>,
 }
 
@@ -42,9 +46,10 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, V
 }
 
 /// Response of `POST /v1/documents`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IngestResponse {
     /// Document id.
+    #[schemars(with = "String", extend("format" = "uuid"))]
     pub id: Uuid,
     /// Tenant the document belongs to.
     pub tenant_id: String,
@@ -53,9 +58,11 @@ pub struct IngestResponse {
 }
 
 /// One document in listings.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(rename = "Document")]
 pub struct DocumentInfo {
     /// Document id.
+    #[schemars(with = "String", extend("format" = "uuid"))]
     pub id: Uuid,
     /// Title, if given.
     pub title: Option<String>,

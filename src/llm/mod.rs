@@ -88,7 +88,10 @@ pub struct ChatRequest {
 }
 
 /// Token usage of one completion.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[schemars(rename = "TokenUsage")]
 pub struct Usage {
     /// Tokens of the prompt (the whole conversation sent).
     pub prompt_tokens: u64,

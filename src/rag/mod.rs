@@ -125,9 +125,10 @@ impl Services {
 }
 
 /// A passage an answer was built from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Source {
     /// Id of the document the passage is from.
+    #[schemars(extend("format" = "uuid"))]
     pub document_id: String,
     /// Index of the chunk within the document.
     pub chunk: u64,

@@ -14,7 +14,7 @@ use crate::llm::Usage;
 use crate::rag::Source;
 
 /// `tenantry` extension of a completion request.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Extension {
     /// Add the passages retrieved for the last user message (default: the tenant's
@@ -23,29 +23,36 @@ pub struct Extension {
     pub rag: Option<bool>,
     /// Passages to retrieve (1..=50; default: the tenant's `retrieval.topK`).
     #[serde(default, deserialize_with = "opt_int")]
+    #[schemars(range(min = 1, max = 50))]
     pub top_k: Option<i32>,
 }
 
 /// One message of a completion request's conversation, as sent. Fields are optional here so
-/// that validation can name the one at fault.
-#[derive(Debug, Deserialize)]
+/// that validation can name the one at fault; the document describes the message clients must
+/// send (role and content required, no other fields), which is all validation lets through
+/// (other fields pass only when null).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields, extend("required" = ["role", "content"]))]
 pub struct RequestMessage {
     /// `system`, `developer`, `user` or `assistant` (others are refused).
     #[serde(default)]
+    #[schemars(with = "String", extend("enum" = ["system", "developer", "user", "assistant"]))]
     pub role: Option<String>,
     /// The text, as a string or as text parts.
     #[serde(default)]
+    #[schemars(with = "MessageContent")]
     pub content: Option<MessageContent>,
     /// The author's name (accepted, not used).
     #[serde(default)]
     pub name: Option<String>,
     /// Every other field: refused unless null (e.g. `tool_calls`).
     #[serde(flatten)]
+    #[schemars(skip)]
     pub other: BTreeMap<String, Value>,
 }
 
 /// The `content` of a request message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(
     untagged,
     expecting = "content must be a string or an array of text parts"
@@ -57,24 +64,39 @@ pub enum MessageContent {
     Parts(Vec<ContentPart>),
 }
 
-/// One part of a request message's `content`.
-#[derive(Debug, Deserialize)]
+/// One part of a request message's `content` (documented as the `text` part validation
+/// requires; the fields are optional here so that validation can name the one at fault).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(extend("required" = ["type", "text"]))]
 pub struct ContentPart {
     /// The part's kind: `text` (others, such as `image_url`, are refused).
     #[serde(rename = "type", default)]
+    #[schemars(with = "String", extend("const" = "text"))]
     pub kind: Option<String>,
     /// The text of a `text` part.
     #[serde(default)]
+    #[schemars(with = "String")]
     pub text: Option<String>,
 }
 
-/// Body of `POST /v1/chat/completions` (OpenAI's parameters that apply to text chat).
-#[derive(Debug, Deserialize)]
+/// Body of `POST /v1/chat/completions` (OpenAI's parameters that apply to text chat). Loosely
+/// typed fields (`Value`) are validated by hand so that errors name the parameter; the document
+/// carries the shapes that validation accepts, and `stream_options` only with `stream: true`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(
+    rename = "CompletionRequest",
+    deny_unknown_fields,
+    extend(
+        "if" = {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+        "then" = {"required": ["stream"], "properties": {"stream": {"const": true}}}
+    )
+)]
 pub struct CompletionBody {
     /// Chat model; the tenant's default when absent.
     #[serde(default)]
     pub model: Option<String>,
     /// The conversation.
+    #[schemars(length(min = 1))]
     pub messages: Vec<RequestMessage>,
     /// Answer with server-sent events.
     #[serde(default)]
@@ -82,44 +104,57 @@ pub struct CompletionBody {
     /// Streaming options (`include_usage`: send a last chunk with the usage of the whole
     /// request; other options are ignored).
     #[serde(default)]
+    #[schemars(with = "Option<crate::api::openapi::StreamOptions>")]
     pub stream_options: Option<Value>,
-    /// Most completion tokens (legacy name).
+    /// Most completion tokens (legacy name); lowered to the server's `llm.maxTokens` when
+    /// above it.
     #[serde(default, deserialize_with = "opt_int")]
+    #[schemars(range(min = 1, max = i64::MAX))]
     pub max_tokens: Option<u64>,
     /// Most completion tokens.
     #[serde(default, deserialize_with = "opt_int")]
+    #[schemars(range(min = 1, max = i64::MAX))]
     pub max_completion_tokens: Option<u64>,
     /// Sampling temperature, 0..=2.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 2))]
     pub temperature: Option<f64>,
     /// Nucleus sampling, 0..=1.
     #[serde(default)]
+    #[schemars(range(min = 0, max = 1))]
     pub top_p: Option<f64>,
     /// Choices to generate; only 1 is supported.
     #[serde(default, deserialize_with = "opt_int")]
+    #[schemars(extend("enum" = [1, null]))]
     pub n: Option<u32>,
     /// Stop sequence(s): a string or up to 4 strings.
     #[serde(default)]
+    #[schemars(with = "Option<crate::api::openapi::Stop>")]
     pub stop: Option<Value>,
     /// Sampling seed.
     #[serde(default, deserialize_with = "opt_int")]
+    #[schemars(range(min = i64::MIN, max = i64::MAX))]
     pub seed: Option<i64>,
     /// Presence penalty, -2..=2.
     #[serde(default)]
+    #[schemars(range(min = -2, max = 2))]
     pub presence_penalty: Option<f64>,
     /// Frequency penalty, -2..=2.
     #[serde(default)]
+    #[schemars(range(min = -2, max = 2))]
     pub frequency_penalty: Option<f64>,
     /// tenantry's own options (an [`Extension`]).
     #[serde(default)]
+    #[schemars(with = "Option<Extension>")]
     pub tenantry: Option<Value>,
-    /// Everything else: refused unless null or harmless.
+    /// Everything else: refused unless null or harmless (the harmless ones are documented).
     #[serde(flatten)]
+    #[schemars(with = "crate::api::openapi::IgnoredParams")]
     pub other: BTreeMap<String, Value>,
 }
 
 /// Token usage as OpenAI reports it.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, schemars::JsonSchema)]
 pub struct WireUsage {
     /// Tokens of the prompt.
     pub prompt_tokens: u64,
@@ -140,7 +175,7 @@ impl From<Usage> for WireUsage {
 }
 
 /// The answer's message in a [`ChatCompletion`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: &'static str,
@@ -151,7 +186,7 @@ pub struct AssistantMessage {
 }
 
 /// The one choice of a [`ChatCompletion`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Choice {
     /// Always 0 (only `n = 1` is supported).
     pub index: u32,
@@ -165,7 +200,7 @@ pub struct Choice {
 
 /// tenantry's additions to a completion: whether it came from the semantic cache, and the
 /// passages retrieved for it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CompletionExtras {
     /// Whether the answer came from the semantic cache.
     pub cached: bool,
@@ -174,7 +209,7 @@ pub struct CompletionExtras {
 }
 
 /// A `chat.completion` object.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ChatCompletion {
     /// `chatcmpl-<uuid>`.
     pub id: String,
@@ -236,7 +271,7 @@ pub struct CompletionChunk {
 }
 
 /// One model of `GET /v1/models`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Model {
     /// The model's name.
     pub id: String,
@@ -249,7 +284,8 @@ pub struct Model {
 }
 
 /// An OpenAI list object (`GET /v1/models`, `POST /v1/embeddings`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "List_of_{T}")]
 pub struct List<T> {
     /// Always `list`.
     pub object: &'static str,
@@ -263,17 +299,21 @@ pub struct List<T> {
     pub usage: Option<EmbeddingUsage>,
 }
 
-/// Body of `POST /v1/embeddings`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /v1/embeddings`. The document lists the one model and dimension the server
+/// accepts, filled in when the document is built.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "EmbeddingsRequest")]
 pub struct EmbeddingsBody {
     /// A string or an array of strings.
+    #[schemars(with = "crate::api::openapi::EmbeddingInput")]
     pub input: Value,
     /// The embedding model; `serve`'s when absent.
     #[serde(default)]
     pub model: Option<String>,
     /// `float` (default) or `base64` (little-endian f32).
     #[serde(default)]
+    #[schemars(extend("enum" = ["float", "base64", null]))]
     pub encoding_format: Option<String>,
     /// Must equal the model's dimension when given.
     #[serde(default, deserialize_with = "opt_int")]
@@ -284,7 +324,7 @@ pub struct EmbeddingsBody {
 }
 
 /// One vector of a `POST /v1/embeddings` answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Embedding {
     /// Always `embedding`.
     pub object: &'static str,
@@ -295,7 +335,7 @@ pub struct Embedding {
 }
 
 /// A vector as floats, or base64 of its little-endian f32s.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     /// `encoding_format: float`: each f32 written as the f64 it widens to, so that it equals
@@ -306,7 +346,7 @@ pub enum EmbeddingVector {
 }
 
 /// Tokens used by `POST /v1/embeddings`.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, schemars::JsonSchema)]
 pub struct EmbeddingUsage {
     /// Tokens of the inputs.
     pub prompt_tokens: u64,
