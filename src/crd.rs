@@ -10,11 +10,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::domain::{
-    Algorithm, EffectiveQuota, InvalidTenantId, Isolation, Issuer, MAX_TENANT_ID_LEN, TenantId,
-    jwks_uri_ok, parse_duration,
+use crate::domain::{
+    Algorithm, EffectiveQuota, InvalidTenantId, Isolation, Issuer, MAX_TOP_K, TENANT_ID_RULE,
+    TenantId, jwks_uri_ok, parse_duration, top_k_ok,
 };
-use crate::domain::{MAX_TOP_K, TENANT_ID_RULE};
 
 /// API group of the custom resources.
 pub const GROUP: &str = "tenantry.dev";
@@ -510,7 +509,7 @@ fn check_tier_and_models(s: &TenantSpec, found: &mut Problems) {
             "models.chat must be one of models.allowed",
         );
     }
-    if !(1..=MAX_TOP_K).contains(&s.retrieval.top_k) {
+    if !top_k_ok(s.retrieval.top_k) {
         found.add(
             "spec.retrieval.topK",
             format!("must be between 1 and {MAX_TOP_K}"),

@@ -17,6 +17,13 @@ pub const MAX_TENANT_ID_LEN: usize = 40;
 pub const TENANT_ID_RULE: &str = "metadata.name is the tenant id: a DNS-1123 label (lowercase letters, digits, '-'; starts and ends alphanumeric) of at most 40 characters";
 /// Most passages one question may retrieve (`top_k`, `retrieval.topK`).
 pub const MAX_TOP_K: i32 = 50;
+/// Why a `top_k` was refused.
+pub const TOP_K_RULE: &str = "top_k must be between 1 and 50";
+
+/// Whether `k` passages may be retrieved for one question.
+pub fn top_k_ok(k: i32) -> bool {
+    (1..=MAX_TOP_K).contains(&k)
+}
 
 /// A validated tenant id: a DNS-1123 label of at most [`MAX_TENANT_ID_LEN`] characters.
 ///
@@ -191,6 +198,13 @@ mod tests {
         ] {
             assert!(!jwks_uri_ok(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn top_k_bounds_and_their_message_agree() {
+        assert!(top_k_ok(1) && top_k_ok(MAX_TOP_K));
+        assert!(!top_k_ok(0) && !top_k_ok(MAX_TOP_K + 1) && !top_k_ok(-1));
+        assert!(TOP_K_RULE.ends_with(&format!("between 1 and {MAX_TOP_K}")));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, AppState, Caller};
+use crate::domain::{MAX_TOP_K, TOP_K_RULE, top_k_ok};
 use crate::llm::{ChatRequest, Message, Usage};
 use crate::quota::LimitStatus;
 use crate::rag::Turn;
@@ -27,7 +28,7 @@ pub struct ChatBody {
     pub model: Option<String>,
     /// Passages to retrieve (1..=50); the tenant's `retrieval.topK` when absent.
     #[serde(default, deserialize_with = "super::opt_int")]
-    #[schemars(range(min = 1, max = 50))]
+    #[schemars(range(min = 1, max = MAX_TOP_K))]
     pub top_k: Option<i32>,
 }
 
@@ -190,10 +191,8 @@ fn validate(state: &AppState, turn: &Turn, body: ChatBody) -> Result<Question, A
         return Err(ApiError::ModelNotAllowed(model));
     }
     let top_k = body.top_k.unwrap_or(tenant.spec.retrieval.top_k);
-    if !(1..=50).contains(&top_k) {
-        return Err(ApiError::Invalid(
-            "top_k must be between 1 and 50".to_string(),
-        ));
+    if !top_k_ok(top_k) {
+        return Err(ApiError::Invalid(TOP_K_RULE.to_string()));
     }
     Ok(Question {
         text: question.to_string(),

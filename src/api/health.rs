@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, ApiJson, AppState};
-use crate::crd::{TenantId, parse_duration};
+use crate::domain::{TenantId, parse_duration};
 use crate::quota::FailMode;
 
 /// Liveness: the process answers.

@@ -4,6 +4,7 @@ use serde_json::Value;
 
 use super::types::{CompletionBody, ContentPart, Extension, MessageContent, RequestMessage};
 use crate::api::{ApiError, AppState};
+use crate::domain::{TOP_K_RULE, top_k_ok};
 use crate::llm::Message;
 use crate::tenants::TenantConfig;
 
@@ -258,11 +259,8 @@ pub(super) fn validate(
     let stream = body.stream.unwrap_or(false);
     let ext = extension(body.tenantry)?;
     let top_k = ext.top_k.unwrap_or(tenant.spec.retrieval.top_k);
-    if !(1..=50).contains(&top_k) {
-        return Err(invalid_param(
-            "tenantry.top_k",
-            "top_k must be between 1 and 50",
-        ));
+    if !top_k_ok(top_k) {
+        return Err(invalid_param("tenantry.top_k", TOP_K_RULE));
     }
     let include_usage = include_usage(stream, body.stream_options.as_ref())?;
     Ok(CompletionParams {

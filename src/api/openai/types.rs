@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::api::opt_int;
+use crate::domain::MAX_TOP_K;
 use crate::llm::Usage;
 use crate::rag::Source;
 
@@ -23,7 +24,7 @@ pub struct Extension {
     pub rag: Option<bool>,
     /// Passages to retrieve (1..=50; default: the tenant's `retrieval.topK`).
     #[serde(default, deserialize_with = "opt_int")]
-    #[schemars(range(min = 1, max = 50))]
+    #[schemars(range(min = 1, max = MAX_TOP_K))]
     pub top_k: Option<i32>,
 }
 
