@@ -231,10 +231,9 @@ fn retry_after(r: &RateLimited) -> u64 {
 /// `Retry-After`, `X-RateLimit-Limit/Remaining/Reset` of the limit hit, and the same three per
 /// limit (`X-RateLimit-Limit-Requests`, `-Tokens`, `-Tokens-Day`, `-Concurrent`).
 fn rate_limit_headers(r: &RateLimited) -> HeaderMap {
-    let mut h = statuses_headers(&statuses(&r.limits, &r.used, r.now_ms));
-    let hit = statuses(&r.limits, &r.used, r.now_ms)
-        .into_iter()
-        .find(|s| s.limit == r.limit);
+    let all = statuses(&r.limits, &r.used, r.now_ms);
+    let mut h = statuses_headers(&all);
+    let hit = all.into_iter().find(|s| s.limit == r.limit);
     if let Some(s) = hit {
         h.insert("x-ratelimit-limit", HeaderValue::from(s.max));
         h.insert("x-ratelimit-remaining", HeaderValue::from(s.remaining));

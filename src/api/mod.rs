@@ -234,6 +234,9 @@ async fn access_log(req: Request, next: Next) -> Response {
 }
 
 #[cfg(test)]
+mod router_tests;
+
+#[cfg(test)]
 mod tests {
     use serde::Deserialize;
 
