@@ -393,7 +393,7 @@ pub struct QuotaTierSpec {
     pub replicas: Option<Replicas>,
 }
 
-/// The tiers known without any QuotaTier object (the seed's budgets).
+/// The tiers known without any QuotaTier object: `free`, `pro` and `enterprise`.
 pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
     let (daily, rpm, tpm, conc, min, max) = match name {
         "free" => (50_000, 20, 10_000, 2, 1, 2),

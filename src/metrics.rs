@@ -1,5 +1,6 @@
-//! Prometheus metrics of the chat API, with the seed's names: `llm_requests_total`,
-//! `llm_request_latency_seconds`, `llm_tokens_total`, served on the metrics port.
+//! Prometheus metrics of the chat API, served on the metrics port, under the names dashboards of
+//! the Python LangChain pattern already use: `llm_requests_total`, `llm_request_latency_seconds`,
+//! `llm_tokens_total`.
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

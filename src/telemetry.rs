@@ -1,8 +1,9 @@
 //! Logs and traces.
 //!
 //! Logs: one JSON object per line on stdout, filtered by `RUST_LOG` (default `info`), with the
-//! seed's fields `timestamp, level, logger, message, trace_id, tenant_id, model, latency_ms,
-//! tokens` (the last five where known) plus the event's own fields. `trace_id`, `tenant_id`
+//! fields log pipelines of the Python LangChain pattern already parse: `timestamp, level,
+//! logger, message, trace_id, tenant_id, model, latency_ms, tokens` (the last five where known)
+//! plus the event's own fields. `trace_id`, `tenant_id`
 //! and `model` are inherited from the enclosing spans, so every line of a request carries the
 //! request's `trace_id` (see [`request_span`]).
 //!
@@ -276,7 +277,7 @@ impl Fields<'_> {
 
 impl Visit for Fields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // Milliseconds to 0.01 ms, like the seed.
+        // Milliseconds rounded to 0.01 ms.
         let value = if field.name().ends_with("_ms") {
             (value * 100.0).round() / 100.0
         } else {

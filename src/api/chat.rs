@@ -52,7 +52,8 @@ pub struct ChatAnswer {
     pub usage: Usage,
 }
 
-/// The system prompt (the seed's, plus what to do without an answer).
+/// The system prompt: answer only from the tenant's passages, and say so when they do not
+/// hold the answer.
 pub fn system_prompt(tenant: &str) -> String {
     format!(
         "Answer using only the provided context. Tenant: {tenant}. If the context does not \

@@ -201,8 +201,8 @@ impl Kind {
 
 /// Name of the collection holding `tenant`'s points of `kind` under `isolation`.
 ///
-/// `Collection`: `tenant_<id>_docs` / `tenant_<id>_cache` (dashes become underscores, as in the
-/// seed's `tenant_{tenant_id}`). `Partition`: one shared `shared_<kind>_<dimension>` collection
+/// `Collection`: `tenant_<id>_docs` / `tenant_<id>_cache` (dashes become underscores, the
+/// `tenant_{tenant_id}` naming of the Python pattern tenantry replaces). `Partition`: one shared `shared_<kind>_<dimension>` collection
 /// per embedding dimension.
 pub fn collection_name(tenant: &TenantId, isolation: Isolation, kind: Kind, dim: usize) -> String {
     match isolation {
