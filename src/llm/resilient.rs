@@ -5,10 +5,11 @@
 //! answered with an error status that says "try again" (429, 5xx) or the connection failed
 //! before any response ([`ChatModel::attempt`] classifies this). Timeouts are not retried on the
 //! same endpoint (the upstream may still be working on it) but do move on to the next fallback.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::{Mutex, MutexGuard};
 use rand::Rng as _;
 use tokio::time::Instant;
 
@@ -100,10 +101,8 @@ struct BreakerState {
 struct Breaker(Mutex<BreakerState>);
 
 impl Breaker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, BreakerState> {
+        self.0.lock()
     }
 
     /// Whether a call may go through now (closed, or the one half-open trial). Granting the
