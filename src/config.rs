@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn checked_in_local_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.yaml");
+        let path = crate::manifest_dir().join("config/local.yaml");
         let c = ServeConfig::load(&path, true).expect("config/local.yaml is valid");
         assert!(matches!(c.embedding, EmbeddingConfig::Local { .. }));
     }

@@ -69,3 +69,11 @@ pub mod vector;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// The crate's folder for tests: cargo's `CARGO_MANIFEST_DIR` at run time (the compile-time
+/// value names whichever checkout built the binary last, when checkouts share a target dir).
+#[cfg(test)]
+pub(crate) fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}

@@ -5,7 +5,6 @@
 //! The checks themselves are in `tests/sdk/openai_sdk_check.py`.
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::llm::ScriptedLlm;
@@ -40,7 +39,7 @@ async fn the_official_openai_sdk_works_unmodified() {
             "Acme customers may return any product within 30 days of delivery for a full refund.",
         )
         .await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_sdk_check.py");
+    let script = common::root().join("tests/sdk/openai_sdk_check.py");
     let out = tokio::task::spawn_blocking({
         let base = server.url("/v1");
         let (acme, globex, initech) = (token("acme"), token("globex"), token("initech"));

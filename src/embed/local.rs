@@ -229,7 +229,7 @@ mod tests {
     fn model_dir() -> PathBuf {
         match std::env::var_os("TENANTRY_MODEL_DIR") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-            _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2"),
+            _ => crate::manifest_dir().join("models/all-MiniLM-L6-v2"),
         }
     }
 

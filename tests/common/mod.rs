@@ -16,9 +16,14 @@ pub mod server;
 use std::path::Path;
 use std::process::{Child, Command};
 
-/// The repository root.
+/// The repository root: cargo's `CARGO_MANIFEST_DIR` at run time (the compile-time value
+/// names whichever checkout built the binary last, when checkouts share a target dir).
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    static ROOT: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+    });
+    &ROOT
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
