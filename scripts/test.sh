@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need (the local embedding model, a real
-# kube-apiserver + etcd built once from the Go module proxy and cached), then `cargo test`. Extra arguments go to cargo test (e.g. `scripts/test.sh --test api`).
+# kube-apiserver + etcd built once from the Go module proxy and cached, a real Qdrant server), then `cargo test`. Extra arguments go to cargo test (e.g. `scripts/test.sh --test api`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One shared build folder outside the checkout, so fresh clones build incrementally.
@@ -14,4 +14,7 @@ scripts/python-env.sh schemathesis >/dev/null
 scripts/python-env.sh llama >/dev/null
 # The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build).
 eval "$(scripts/kube-test-env.sh start)"
+# The vector-store conformance suite also runs against a real Qdrant server on 127.0.0.1 (the
+# prebuilt binary of $QDRANT_SRC, default ../shared/qdrant, or $QDRANT_BIN); exports QDRANT_URL.
+eval "$(scripts/qdrant-test-env.sh start)"
 cargo test --locked "$@"

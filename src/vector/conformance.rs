@@ -4,8 +4,10 @@
 //! - `edge::*` — the embedded [`EdgeBackend`], always.
 //! - `qdrant_server::*` — a real Qdrant server, when `QDRANT_URL` (gRPC, e.g.
 //!   `http://127.0.0.1:6334`) and optionally `QDRANT_API_KEY` are set:
-//!   `QDRANT_URL=http://host:6334 scripts/test.sh --lib vector::conformance`. Without
-//!   `QDRANT_URL` those tests print that they did not run and pass.
+//!   `QDRANT_URL=http://host:6334 scripts/test.sh --lib vector::conformance`
+//!   (`scripts/test.sh` starts one with `scripts/qdrant-test-env.sh` and sets both). Without
+//!   `QDRANT_URL` those tests print that they did not run and pass, except under CI, where
+//!   they fail.
 //!
 //! Every case uses tenant ids and collection names unique to the run (`t<10 hex>`), so a shared
 //! server is safe, and removes what it created when it passes. Partition-mode cases share the
@@ -71,8 +73,15 @@ struct QdrantHarness {
 
 impl QdrantHarness {
     /// From `QDRANT_URL` / `QDRANT_API_KEY`; `None` (after saying so on stderr) when unset.
+    /// Under CI (`CI` set and not `false`/`0`) an unset `QDRANT_URL` fails the case instead:
+    /// CI starts a server (`scripts/qdrant-test-env.sh`), so a missing one is a defect.
     fn from_env(case: &str) -> Option<Self> {
         let Some(url) = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty()) else {
+            assert!(
+                !in_ci(),
+                "vector::conformance::qdrant_server::{case}: QDRANT_URL is not set under CI \
+                 (scripts/test.sh sets it with scripts/qdrant-test-env.sh start)"
+            );
             // Written to the real stderr (not the test's captured output), so a run shows it.
             let _ = writeln!(
                 std::io::stderr(),
@@ -90,6 +99,11 @@ impl QdrantHarness {
             run: run_id(),
         })
     }
+}
+
+/// Whether this run is CI's (`CI` set to anything but empty, `false` or `0`).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 impl Harness for QdrantHarness {
