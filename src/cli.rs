@@ -138,6 +138,14 @@ pub struct OperatorArgs {
     /// Quantization of new collections: `none` or `scalar` (int8, kept in RAM).
     #[arg(long, env = "TENANTRY_QDRANT_QUANTIZATION", default_value = "none")]
     pub qdrant_quantization: crate::vector::qdrant::Quantization,
+    /// Copies of each shard of new collections (Qdrant distributed mode). Unset: the server's
+    /// default (1).
+    #[arg(long, env = "TENANTRY_QDRANT_REPLICATION_FACTOR")]
+    pub qdrant_replication_factor: Option<u32>,
+    /// Replicas that must apply a write before Qdrant acknowledges it (at most the replication
+    /// factor). Unset: the server's default (1).
+    #[arg(long, env = "TENANTRY_QDRANT_WRITE_CONSISTENCY_FACTOR")]
+    pub qdrant_write_consistency_factor: Option<u32>,
     /// Secret holding the Qdrant API key of the chat API pods (read through
     /// `valueFrom.secretKeyRef`, so it must exist in every tenant namespace). Unset: no key.
     #[arg(long, env = "TENANTRY_QDRANT_API_KEY_SECRET")]

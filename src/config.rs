@@ -73,6 +73,14 @@ pub struct VectorConfig {
     /// Quantization of collections this process creates: `none` or `scalar` (int8).
     #[serde(default)]
     pub quantization: crate::vector::qdrant::Quantization,
+    /// Copies of each shard of collections this process creates (Qdrant distributed mode);
+    /// unset: the server's default (1).
+    #[serde(default)]
+    pub replication_factor: Option<u32>,
+    /// Replicas that must apply a write before Qdrant acknowledges it (at most
+    /// `replicationFactor`); unset: the server's default (1).
+    #[serde(default)]
+    pub write_consistency_factor: Option<u32>,
     /// How often semantic-cache entries older than their tenant's TTL are deleted, in seconds.
     #[serde(default = "default_cache_sweep")]
     pub cache_sweep_seconds: u64,
@@ -87,6 +95,8 @@ impl Default for VectorConfig {
             connect_timeout_ms: default_qdrant_connect_timeout(),
             on_disk: false,
             quantization: crate::vector::qdrant::Quantization::None,
+            replication_factor: None,
+            write_consistency_factor: None,
             cache_sweep_seconds: default_cache_sweep(),
         }
     }
@@ -443,6 +453,11 @@ impl ServeConfig {
         if self.vector.cache_sweep_seconds == 0 {
             return Err("vector.cacheSweepSeconds must be positive".to_string());
         }
+        crate::vector::qdrant::check_replication(
+            self.vector.replication_factor,
+            self.vector.write_consistency_factor,
+        )
+        .map_err(|e| format!("vector: {e}"))?;
         Ok(())
     }
 
@@ -511,6 +526,20 @@ mod tests {
         assert!(ServeConfig::load(&p, true).is_err());
         std::fs::write(&p, "vector:\n  quantization: pq\n").expect("write");
         assert!(ServeConfig::load(&p, true).is_err());
+        assert_eq!(c.vector.replication_factor, None);
+        std::fs::write(
+            &p,
+            "vector:\n  replicationFactor: 2\n  writeConsistencyFactor: 2\n",
+        )
+        .expect("write");
+        let c = ServeConfig::load(&p, true).expect("valid");
+        assert_eq!(c.vector.replication_factor, Some(2));
+        assert_eq!(c.vector.write_consistency_factor, Some(2));
+        for bad in ["replicationFactor: 0", "writeConsistencyFactor: 2"] {
+            std::fs::write(&p, format!("vector:\n  {bad}\n")).expect("write");
+            let err = ServeConfig::load(&p, true).unwrap_err().to_string();
+            assert!(err.contains("writeConsistencyFactor"), "{bad}: {err}");
+        }
     }
 
     #[test]

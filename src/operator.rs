@@ -131,6 +131,8 @@ fn open_vectors(args: &OperatorArgs) -> Result<Arc<dyn VectorBackend>, OperatorE
         connect_timeout: Duration::from_millis(args.qdrant_connect_timeout_ms),
         on_disk: args.qdrant_on_disk,
         quantization: args.qdrant_quantization,
+        replication_factor: args.qdrant_replication_factor,
+        write_consistency_factor: args.qdrant_write_consistency_factor,
     })?;
     tracing::info!(qdrant = %backend.url(), "provisioning collections on a Qdrant server");
     Ok(Arc::new(backend))

@@ -225,6 +225,8 @@ async fn build_vectors(
         connect_timeout: Duration::from_millis(v.connect_timeout_ms),
         on_disk: v.on_disk,
         quantization: v.quantization,
+        replication_factor: v.replication_factor,
+        write_consistency_factor: v.write_consistency_factor,
     })?;
     // Not fatal: the client reconnects by itself, and /readyz reports the outage meanwhile.
     match backend.ready().await {

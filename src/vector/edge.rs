@@ -669,6 +669,7 @@ mod tests {
             dimension: 8,
             multi_tenant: false,
             keyword_indexes: &[],
+            integer_indexes: &[],
         };
         assert!(matches!(
             b.ensure_collection("docs", &other_dim).await,

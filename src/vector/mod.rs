@@ -126,6 +126,10 @@ pub struct CollectionSpec {
     /// Payload keys matched exactly by lookups: each gets a keyword index, so a filtered read
     /// does not scan every point's payload (indexes are added to existing collections too).
     pub keyword_indexes: &'static [&'static str],
+    /// Integer payload keys filtered on (exact or below a bound): a Qdrant server gets an
+    /// integer index for each, so a collection in strict mode (unindexed filtering refused)
+    /// still answers every read and delete tenantry makes. The embedded store needs none.
+    pub integer_indexes: &'static [&'static str],
 }
 
 /// A vector database: collections of points with cosine distance.
@@ -188,6 +192,15 @@ impl Kind {
         match self {
             Kind::Docs => &["document_id"],
             Kind::Cache => &["cache_type", "cache_key", "docs_version", "question_hash"],
+        }
+    }
+
+    /// Integer payload keys lookups filter on in this kind's collections (chunks by index;
+    /// cache entries by creation time, for the TTL sweep).
+    pub fn integer_indexes(self) -> &'static [&'static str] {
+        match self {
+            Kind::Docs => &["chunk_index"],
+            Kind::Cache => &["created_at"],
         }
     }
 
@@ -274,6 +287,7 @@ impl TenantVectors {
                 dimension: self.dimension,
                 multi_tenant: self.isolation == Isolation::Partition,
                 keyword_indexes: kind.keyword_indexes(),
+                integer_indexes: kind.integer_indexes(),
             };
             self.backend
                 .ensure_collection(&self.collection(kind), &spec)

@@ -35,6 +35,9 @@ use super::{
     VectorBackend, VectorError, check_vector, validate_collection_name,
 };
 
+/// Collection whose existence [`VectorBackend::ready`] asks about (never created).
+const READY_PROBE: &str = "tenantry_ready_probe";
+
 /// Vector quantization of new collections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -76,6 +79,12 @@ pub struct QdrantConfig {
     pub on_disk: bool,
     /// Quantization of new collections.
     pub quantization: Quantization,
+    /// Copies of each shard of new collections (Qdrant distributed mode); `None`: the
+    /// server's default (1 unless its config says otherwise).
+    pub replication_factor: Option<u32>,
+    /// Replicas that must apply a write before it is acknowledged; `None`: the server's
+    /// default (1). At most `replication_factor`.
+    pub write_consistency_factor: Option<u32>,
 }
 
 impl QdrantConfig {
@@ -89,7 +98,44 @@ impl QdrantConfig {
             connect_timeout: Duration::from_secs(2),
             on_disk: false,
             quantization: Quantization::None,
+            replication_factor: None,
+            write_consistency_factor: None,
         }
+    }
+
+    /// Refuses a configuration that cannot work (before anything is contacted).
+    fn validate(&self) -> Result<(), VectorError> {
+        let scheme_ok = self.url.starts_with("http://") || self.url.starts_with("https://");
+        if !scheme_ok {
+            return Err(VectorError::Invalid(format!(
+                "Qdrant URL {:?} must start with http:// or https:// (the gRPC port, usually 6334)",
+                self.url
+            )));
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(VectorError::Invalid(
+                "Qdrant timeouts must be positive".to_string(),
+            ));
+        }
+        check_replication(self.replication_factor, self.write_consistency_factor)
+            .map_err(VectorError::Invalid)
+    }
+}
+
+/// Checks a replication factor and write consistency factor (`None`: the server's default, 1):
+/// both positive, and no more replicas asked to acknowledge than there are.
+pub fn check_replication(replication: Option<u32>, consistency: Option<u32>) -> Result<(), String> {
+    if replication == Some(0) || consistency == Some(0) {
+        return Err(
+            "Qdrant replicationFactor and writeConsistencyFactor must be positive".to_string(),
+        );
+    }
+    match consistency {
+        Some(w) if w > replication.unwrap_or(1) => Err(format!(
+            "Qdrant writeConsistencyFactor {w} exceeds replicationFactor {}",
+            replication.unwrap_or(1)
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -102,6 +148,8 @@ impl std::fmt::Debug for QdrantConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("on_disk", &self.on_disk)
             .field("quantization", &self.quantization)
+            .field("replication_factor", &self.replication_factor)
+            .field("write_consistency_factor", &self.write_consistency_factor)
             .finish()
     }
 }
@@ -131,18 +179,7 @@ impl QdrantBackend {
     /// Builds a client for `config.url`. Does not contact the server (connections are made
     /// lazily and re-made after failures); use [`VectorBackend::ready`] to check it.
     pub fn connect(config: QdrantConfig) -> Result<Self, VectorError> {
-        let scheme_ok = config.url.starts_with("http://") || config.url.starts_with("https://");
-        if !scheme_ok {
-            return Err(VectorError::Invalid(format!(
-                "Qdrant URL {:?} must start with http:// or https:// (the gRPC port, usually 6334)",
-                config.url
-            )));
-        }
-        if config.timeout.is_zero() || config.connect_timeout.is_zero() {
-            return Err(VectorError::Invalid(
-                "Qdrant timeouts must be positive".to_string(),
-            ));
-        }
+        config.validate()?;
         let client = Qdrant::from_url(&config.url)
             .api_key(config.api_key.clone())
             .timeout(config.timeout)
@@ -260,6 +297,93 @@ impl QdrantBackend {
     }
 }
 
+impl QdrantBackend {
+    /// Creates collection `name` for `spec` with this backend's storage and replication
+    /// settings and returns its info. Another replica creating it meanwhile is success.
+    async fn create(
+        &self,
+        name: &str,
+        spec: &CollectionSpec,
+    ) -> Result<pb::CollectionInfo, VectorError> {
+        let cfg = &self.inner.config;
+        let mut create = CreateCollectionBuilder::new(name)
+            .vectors_config(
+                VectorParamsBuilder::new(spec.dimension as u64, Distance::Cosine)
+                    .on_disk(cfg.on_disk),
+            )
+            .on_disk_payload(cfg.on_disk);
+        if cfg.quantization == Quantization::Scalar {
+            create =
+                create.quantization_config(ScalarQuantizationBuilder::default().always_ram(true));
+        }
+        if let Some(r) = cfg.replication_factor {
+            create = create.replication_factor(r);
+        }
+        if let Some(w) = cfg.write_consistency_factor {
+            create = create.write_consistency_factor(w);
+        }
+        let created = self.inner.client.create_collection(create).await;
+        let refused = match created {
+            Ok(_) => None,
+            Err(e) => match self.map_err(&format!("create collection {name}"), e) {
+                // "already exists" is Invalid: it may have been created meanwhile.
+                err @ VectorError::Invalid(_) => Some(err),
+                err => return Err(err),
+            },
+        };
+        match (self.info(name).await?, refused) {
+            (Some(info), _) => Ok(info),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(VectorError::Unavailable(format!(
+                "collection {name} was created but is not visible"
+            ))),
+        }
+    }
+
+    /// Adds the payload indexes `spec` asks for that `info` lacks: the tenant key (a tenant
+    /// index in shared collections, a plain keyword index otherwise: every read filters on
+    /// it), the keyword and the integer keys.
+    async fn ensure_indexes(
+        &self,
+        name: &str,
+        spec: &CollectionSpec,
+        info: &pb::CollectionInfo,
+    ) -> Result<(), VectorError> {
+        let missing = |key: &str| !info.payload_schema.contains_key(key);
+        if missing(TENANT_KEY) {
+            let index =
+                CreateFieldIndexCollectionBuilder::new(name, TENANT_KEY, FieldType::Keyword)
+                    .field_index_params(
+                        KeywordIndexParamsBuilder::default().is_tenant(spec.multi_tenant),
+                    );
+            self.create_index(name, TENANT_KEY, index).await?;
+        }
+        for key in spec.keyword_indexes.iter().filter(|k| missing(k)) {
+            let index = CreateFieldIndexCollectionBuilder::new(name, *key, FieldType::Keyword);
+            self.create_index(name, key, index).await?;
+        }
+        for key in spec.integer_indexes.iter().filter(|k| missing(k)) {
+            let index = CreateFieldIndexCollectionBuilder::new(name, *key, FieldType::Integer);
+            self.create_index(name, key, index).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_index(
+        &self,
+        name: &str,
+        key: &str,
+        index: CreateFieldIndexCollectionBuilder,
+    ) -> Result<(), VectorError> {
+        self.inner
+            .client
+            .create_field_index(index.wait(true))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.map_err(&format!("create index {key} on {name}"), e))
+    }
+}
+
 fn is_not_found(e: &QdrantError) -> bool {
     matches!(e, QdrantError::ResponseError { status } if status.code() == Code::NotFound)
 }
@@ -343,39 +467,7 @@ impl VectorBackend for QdrantBackend {
         }
         let info = match self.info(name).await? {
             Some(info) => info,
-            None => {
-                let cfg = &self.inner.config;
-                let mut create = CreateCollectionBuilder::new(name)
-                    .vectors_config(
-                        VectorParamsBuilder::new(spec.dimension as u64, Distance::Cosine)
-                            .on_disk(cfg.on_disk),
-                    )
-                    .on_disk_payload(cfg.on_disk);
-                if cfg.quantization == Quantization::Scalar {
-                    create = create
-                        .quantization_config(ScalarQuantizationBuilder::default().always_ram(true));
-                }
-                if let Err(e) = self.inner.client.create_collection(create).await {
-                    // Another replica may have created it meanwhile: that is success.
-                    let err = self.map_err(&format!("create collection {name}"), e);
-                    if !matches!(err, VectorError::Invalid(_)) {
-                        return Err(err);
-                    }
-                    match self.info(name).await? {
-                        Some(info) => info,
-                        None => return Err(err),
-                    }
-                } else {
-                    match self.info(name).await? {
-                        Some(info) => info,
-                        None => {
-                            return Err(VectorError::Unavailable(format!(
-                                "collection {name} was created but is not visible"
-                            )));
-                        }
-                    }
-                }
-            }
+            None => self.create(name, spec).await?,
         };
         let dim = dimension_of(name, &info)?;
         self.set_dim(name, Some(dim));
@@ -385,30 +477,7 @@ impl VectorBackend for QdrantBackend {
                 spec.dimension
             )));
         }
-        if spec.multi_tenant && !info.payload_schema.contains_key(TENANT_KEY) {
-            let index =
-                CreateFieldIndexCollectionBuilder::new(name, TENANT_KEY, FieldType::Keyword)
-                    .field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true))
-                    .wait(true);
-            self.inner
-                .client
-                .create_field_index(index)
-                .await
-                .map_err(|e| self.map_err(&format!("create tenant index on {name}"), e))?;
-        }
-        for key in spec.keyword_indexes {
-            if info.payload_schema.contains_key(*key) {
-                continue;
-            }
-            let index =
-                CreateFieldIndexCollectionBuilder::new(name, *key, FieldType::Keyword).wait(true);
-            self.inner
-                .client
-                .create_field_index(index)
-                .await
-                .map_err(|e| self.map_err(&format!("create index {key} on {name}"), e))?;
-        }
-        Ok(())
+        self.ensure_indexes(name, spec, &info).await
     }
 
     async fn drop_collection(&self, name: &str) -> Result<(), VectorError> {
@@ -569,13 +638,19 @@ impl VectorBackend for QdrantBackend {
         }
     }
 
+    /// Qdrant answers its health check without looking at the API key, so readiness also
+    /// makes one cheap authenticated call: a refused key is reported as not ready.
     async fn ready(&self) -> Result<(), VectorError> {
-        self.inner
-            .client
+        let client = &self.inner.client;
+        client
             .health_check()
             .await
+            .map_err(|e| self.map_err("health check", e))?;
+        client
+            .collection_exists(READY_PROBE)
+            .await
             .map(|_| ())
-            .map_err(|e| self.map_err("health check", e))
+            .map_err(|e| self.map_err("authenticated request", e))
     }
 }
 
@@ -651,6 +726,7 @@ mod tests {
                     dimension: 4,
                     multi_tenant: true,
                     keyword_indexes: &[],
+                    integer_indexes: &[],
                 },
             )
             .await
