@@ -14,7 +14,8 @@ scripts/python-env.sh schemathesis >/dev/null
 scripts/python-env.sh llama >/dev/null
 # The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build).
 eval "$(scripts/kube-test-env.sh start)"
-# The vector-store conformance suite also runs against a real Qdrant server on 127.0.0.1 (the
-# prebuilt binary of $QDRANT_SRC, default ../shared/qdrant, or $QDRANT_BIN); exports QDRANT_URL.
-eval "$(scripts/qdrant-test-env.sh start)"
+# Real Qdrant servers on 127.0.0.1 for the vector-store conformance suite (one node and a
+# three-node cluster; the binary is $QDRANT_BIN or the one $QDRANT_SRC/build.sh installs, default
+# ../shared/qdrant). A QDRANT_URL given by the caller is used instead.
+[[ -n ${QDRANT_URL:-} ]] || eval "$(scripts/qdrant-test-env.sh start)"
 cargo test --locked "$@"

@@ -3,11 +3,14 @@
 //!
 //! - `edge::*` — the embedded [`EdgeBackend`], always.
 //! - `qdrant_server::*` — a real Qdrant server, when `QDRANT_URL` (gRPC, e.g.
-//!   `http://127.0.0.1:6334`) and optionally `QDRANT_API_KEY` are set:
-//!   `QDRANT_URL=http://host:6334 scripts/test.sh --lib vector::conformance`
-//!   (`scripts/test.sh` starts one with `scripts/qdrant-test-env.sh` and sets both). Without
-//!   `QDRANT_URL` those tests print that they did not run and pass, except under CI, where
-//!   they fail.
+//!   `http://127.0.0.1:6334`) and optionally `QDRANT_API_KEY` are set.
+//! - `qdrant_cluster::*` — a Qdrant cluster in distributed mode, when `QDRANT_CLUSTER_URL` is
+//!   set; collections are created with two replicas per shard.
+//!
+//! `scripts/test.sh` starts both servers with `scripts/qdrant-test-env.sh` and sets the
+//! variables (`scripts/test.sh --lib vector::conformance`). Without a URL, its cases print that
+//! they did not run and pass, except under CI, where they fail. Cases for what only a server
+//! has (API keys, strict mode, payload index inspection) run on the two server kinds only.
 //!
 //! Every case uses tenant ids and collection names unique to the run (`t<10 hex>`), so a shared
 //! server is safe, and removes what it created when it passes. Partition-mode cases share the
@@ -66,26 +69,52 @@ impl Harness for EdgeHarness {
     }
 }
 
+/// Which Qdrant server a case runs against.
+#[derive(Clone, Copy)]
+enum Server {
+    /// One node: `QDRANT_URL`.
+    Single,
+    /// A cluster in distributed mode: `QDRANT_CLUSTER_URL`, collections with two replicas.
+    Cluster,
+}
+
+impl Server {
+    fn url_var(self) -> &'static str {
+        match self {
+            Server::Single => "QDRANT_URL",
+            Server::Cluster => "QDRANT_CLUSTER_URL",
+        }
+    }
+    fn module(self) -> &'static str {
+        match self {
+            Server::Single => "qdrant_server",
+            Server::Cluster => "qdrant_cluster",
+        }
+    }
+}
+
 struct QdrantHarness {
     config: QdrantConfig,
     run: String,
 }
 
 impl QdrantHarness {
-    /// From `QDRANT_URL` / `QDRANT_API_KEY`; `None` (after saying so on stderr) when unset.
-    /// Under CI (`CI` set and not `false`/`0`) an unset `QDRANT_URL` fails the case instead:
-    /// CI starts a server (`scripts/qdrant-test-env.sh`), so a missing one is a defect.
-    fn from_env(case: &str) -> Option<Self> {
-        let Some(url) = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty()) else {
+    /// From the server's URL variable and `QDRANT_API_KEY`; `None` (after saying so on stderr)
+    /// when the URL is unset. Under CI (`CI` set and not `false`/`0`) an unset URL fails the
+    /// case instead: CI starts the servers (`scripts/qdrant-test-env.sh`), so a missing one is
+    /// a defect.
+    fn from_env(server: Server, case: &str) -> Option<Self> {
+        let (var, module) = (server.url_var(), server.module());
+        let Some(url) = std::env::var(var).ok().filter(|u| !u.is_empty()) else {
             assert!(
                 !in_ci(),
-                "vector::conformance::qdrant_server::{case}: QDRANT_URL is not set under CI \
+                "vector::conformance::{module}::{case}: {var} is not set under CI \
                  (scripts/test.sh sets it with scripts/qdrant-test-env.sh start)"
             );
             // Written to the real stderr (not the test's captured output), so a run shows it.
             let _ = writeln!(
                 std::io::stderr(),
-                "NOT RUN: vector::conformance::qdrant_server::{case} (set QDRANT_URL=http://host:6334 to run it against a Qdrant server)"
+                "NOT RUN: vector::conformance::{module}::{case} (set {var}=http://host:6334 to run it against a Qdrant server)"
             );
             return None;
         };
@@ -94,10 +123,23 @@ impl QdrantHarness {
             .ok()
             .filter(|k| !k.is_empty());
         config.timeout = std::time::Duration::from_secs(30);
+        if let Server::Cluster = server {
+            config.replication_factor = Some(2);
+        }
         Some(Self {
             config,
             run: run_id(),
         })
+    }
+
+    /// A plain client of the same server, for what tenantry never does itself (creating a
+    /// collection without its indexes, enabling strict mode).
+    fn raw_client(&self) -> qdrant_client::Qdrant {
+        qdrant_client::Qdrant::from_url(&self.config.url)
+            .api_key(self.config.api_key.clone())
+            .skip_compatibility_check()
+            .build()
+            .unwrap()
     }
 }
 
@@ -120,6 +162,7 @@ pub(super) fn spec(multi_tenant: bool) -> CollectionSpec {
         dimension: DIM,
         multi_tenant,
         keyword_indexes: &[],
+        integer_indexes: &[],
     }
 }
 
@@ -575,6 +618,7 @@ async fn collection_lifecycle(h: &dyn Harness) {
         dimension: DIM * 2,
         multi_tenant: false,
         keyword_indexes: &[],
+        integer_indexes: &[],
     };
     assert!(matches!(
         b.ensure_collection(&name, &other_dim).await,
@@ -630,11 +674,265 @@ async fn wrong_dimension(h: &dyn Harness) {
                 dimension: 0,
                 multi_tenant: false,
                 keyword_indexes: &[],
+                integer_indexes: &[],
             }
         )
         .await,
         Err(VectorError::Invalid(_))
     ));
+    b.drop_collection(&name).await.unwrap();
+}
+
+/// Thousands of points paged through with small and large pages, filtered and not: each point
+/// exactly once, in id order.
+async fn large_scroll(h: &dyn Harness) {
+    let b = h.open();
+    let name = format!("ct_{}_large", h.run());
+    b.ensure_collection(&name, &spec(true)).await.unwrap();
+    let points: Vec<Point> = (0..3_000)
+        .map(|i| {
+            point(
+                [1.0, (i % 97) as f32, 0.5, 0.0],
+                ["acme", "globex"][i % 2],
+                i as i64,
+            )
+        })
+        .collect();
+    for batch in points.chunks(500) {
+        b.upsert(&name, batch.to_vec()).await.unwrap();
+    }
+    let mut all: Vec<_> = points.iter().map(|p| p.id).collect();
+    all.sort();
+    for page in [128, 1_000, 5_000] {
+        assert_eq!(scroll_all(&b, &name, &Filter::default(), page).await, all);
+    }
+    let acme = Filter::default().keyword(TENANT_KEY, "acme");
+    let mut expected: Vec<_> = points
+        .iter()
+        .filter(|p| p.payload[TENANT_KEY] == "acme")
+        .map(|p| p.id)
+        .collect();
+    expected.sort();
+    assert_eq!(scroll_all(&b, &name, &acme, 99).await, expected);
+    assert_eq!(b.count(&name, &acme).await.unwrap(), 1_500);
+    b.drop_collection(&name).await.unwrap();
+}
+
+/// Every id matching `filter`, in the order scroll returns them with pages of `page`; fails on
+/// an oversized page or a scroll that does not end.
+async fn scroll_all(
+    b: &Arc<dyn VectorBackend>,
+    name: &str,
+    filter: &Filter,
+    page: usize,
+) -> Vec<uuid::Uuid> {
+    let (mut seen, mut offset) = (Vec::new(), None);
+    for _ in 0..10_000 {
+        let (records, next) = b.scroll(name, filter, page, offset).await.unwrap();
+        assert!(records.len() <= page);
+        seen.extend(records.into_iter().map(|r| r.id));
+        match next {
+            Some(n) => offset = Some(n),
+            None => return seen,
+        }
+    }
+    panic!("scroll of {name} does not end");
+}
+
+/// A wrong key and no key: every operation is `Unavailable`, says the credentials were
+/// refused, and never contains the key sent.
+async fn api_key_refusal(h: &QdrantHarness) {
+    assert!(
+        h.config.api_key.is_some() || !in_ci(),
+        "the CI test server requires an API key (QDRANT_API_KEY)"
+    );
+    let wrong = format!("wrong-key-{}", h.run());
+    for key in [Some(wrong.clone()), None] {
+        if key.is_none() && h.config.api_key.is_none() {
+            continue; // an open server accepts requests without a key
+        }
+        let mut config = h.config.clone();
+        config.api_key = key;
+        let b = QdrantBackend::connect(config).unwrap();
+        let name = format!("ct_{}_refused", h.run());
+        for err in [
+            b.ready().await.unwrap_err(),
+            b.ensure_collection(&name, &spec(true)).await.unwrap_err(),
+            b.count(&name, &Filter::default()).await.unwrap_err(),
+            b.scroll(&name, &Filter::default(), 5, None)
+                .await
+                .unwrap_err(),
+            b.delete(&name, &Filter::default()).await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, VectorError::Unavailable(m) if m.contains("credentials") && !m.contains(&wrong)),
+                "{err}"
+            );
+        }
+    }
+    // The right key still works, and nothing was created by the refused calls.
+    let b = h.open();
+    b.ready().await.unwrap();
+    let name = format!("ct_{}_refused", h.run());
+    assert_eq!(b.count(&name, &Filter::default()).await.unwrap(), 0);
+}
+
+/// Strict mode (unindexed filtering refused) on collections created without tenantry's
+/// payload indexes: tenantry's filtered reads and deletes are refused with a clear
+/// [`VectorError::Invalid`] until `ensure` adds the indexes to the existing collections, then
+/// every one of them passes; a filter on a key tenantry does not index stays refused.
+async fn strict_mode_and_indexes_on_existing_collections(h: &QdrantHarness) {
+    use qdrant_client::qdrant::{
+        CreateCollectionBuilder, Distance, StrictModeConfigBuilder, UpdateCollectionBuilder,
+        VectorParamsBuilder,
+    };
+    let raw = h.raw_client();
+    let tenant = TenantId::parse(&format!("{}-s", h.run())).unwrap();
+    let v = TenantVectors::new(h.open(), tenant.clone(), Isolation::Collection, DIM);
+    for kind in [Kind::Docs, Kind::Cache] {
+        let name = v.collection(kind);
+        let create = CreateCollectionBuilder::new(&name)
+            .vectors_config(VectorParamsBuilder::new(DIM as u64, Distance::Cosine));
+        raw.create_collection(create).await.unwrap();
+        let strict = StrictModeConfigBuilder::default()
+            .enabled(true)
+            .unindexed_filtering_retrieve(false)
+            .unindexed_filtering_update(false);
+        raw.update_collection(UpdateCollectionBuilder::new(&name).strict_mode_config(strict))
+            .await
+            .unwrap();
+    }
+    let doc = uuid::Uuid::new_v4();
+    let by_doc = || Filter::default().keyword("document_id", doc.to_string());
+    let err = v.count(Kind::Docs, by_doc()).await.unwrap_err();
+    assert!(
+        matches!(&err, VectorError::Invalid(m) if m.contains("Index required")),
+        "{err}"
+    );
+
+    v.ensure().await.unwrap();
+    let info = raw
+        .collection_info(v.collection(Kind::Cache))
+        .await
+        .unwrap();
+    let schema = info.result.unwrap().payload_schema;
+    for key in [TENANT_KEY, "cache_key", "question_hash", "created_at"] {
+        assert!(schema.contains_key(key), "no index on {key}");
+    }
+    let mut chunks: Vec<Point> = VECTORS
+        .iter()
+        .enumerate()
+        .map(|(i, vector)| chunk(&tenant, doc, i, *vector))
+        .collect();
+    for (i, c) in chunks.iter_mut().enumerate() {
+        c.payload.insert("chunk_index".into(), json!(i));
+    }
+    v.upsert(Kind::Docs, chunks).await.unwrap();
+    assert_eq!(v.count(Kind::Docs, by_doc()).await.unwrap(), 3);
+    let first = by_doc().integer("chunk_index", 0);
+    let (page, _) = v.scroll(Kind::Docs, first.clone(), 10, None).await.unwrap();
+    assert_eq!(page.len(), 1);
+    v.delete(Kind::Docs, first).await.unwrap();
+    assert_eq!(v.count(Kind::Docs, by_doc()).await.unwrap(), 2);
+    let mut entry = point([0.5; DIM], tenant.as_str(), 0);
+    entry.payload.insert("created_at".into(), json!(1_000));
+    v.upsert(Kind::Cache, vec![entry]).await.unwrap();
+    v.delete(Kind::Cache, Filter::default().below("created_at", 2_000))
+        .await
+        .unwrap();
+    assert_eq!(v.count(Kind::Cache, Filter::default()).await.unwrap(), 0);
+
+    let unindexed = Filter::default().keyword("text", "chunk 1");
+    let err = v.count(Kind::Docs, unindexed).await.unwrap_err();
+    assert!(
+        matches!(&err, VectorError::Invalid(m) if m.contains("\"text\"")),
+        "{err}"
+    );
+    v.purge().await.unwrap();
+}
+
+/// A TCP relay on 127.0.0.1 in front of a server, whose open connections can be cut (as a
+/// restarting load balancer or a network blip does) while it keeps accepting new ones.
+struct Relay {
+    url: String,
+    conns: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: &str) -> Self {
+        let target = reqwest::Url::parse(upstream).unwrap();
+        let target = format!(
+            "{}:{}",
+            target.host_str().unwrap(),
+            target.port_or_known_default().unwrap()
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let conns: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let tracked = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                tracked.lock().push(tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                }));
+            }
+        });
+        Self { url, conns, accept }
+    }
+
+    /// Closes every open connection (both sides); returns how many there were.
+    fn cut(&self) -> usize {
+        let open: Vec<_> = self.conns.lock().drain(..).collect();
+        let n = open.iter().filter(|h| !h.is_finished()).count();
+        open.into_iter().for_each(|h| h.abort());
+        n
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// The backend keeps working after its connections to the server are dropped: the next calls
+/// reconnect by themselves (the same backend, nothing rebuilt) and see all data.
+async fn reconnects(h: &QdrantHarness) {
+    let relay = Relay::start(&h.config.url).await;
+    let mut config = h.config.clone();
+    config.url = relay.url.clone();
+    let b: Arc<dyn VectorBackend> = Arc::new(QdrantBackend::connect(config).unwrap());
+    let name = format!("ct_{}_reconnect", h.run());
+    let points = seeded(&b, &name).await;
+    for round in 0..3u64 {
+        assert!(relay.cut() > 0, "round {round}: no connection was open");
+        let mut count = None;
+        for _ in 0..2 {
+            // One refused call right after the cut is tolerated; a second is not recovery.
+            if let Ok(n) = b.count(&name, &Filter::default()).await {
+                count = Some(n);
+                break;
+            }
+        }
+        assert_eq!(count, Some(6 + round), "round {round}: no reconnect");
+        b.upsert(
+            &name,
+            vec![point([0.0, 1.0, 1.0, 0.0], "acme", 10 + round as i64)],
+        )
+        .await
+        .unwrap();
+    }
+    let hits = b
+        .search(&name, points[4].vector.clone(), &Filter::default(), 1)
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, points[4].id);
+    b.ready().await.unwrap();
     b.drop_collection(&name).await.unwrap();
 }
 
@@ -651,9 +949,10 @@ async fn deletion_policy_partition(h: &dyn Harness) {
     deletion_policy(h, Isolation::Partition).await;
 }
 
-/// One test per case and backend.
+/// One test per case and backend: `both` cases on the embedded store, a Qdrant server and a
+/// Qdrant cluster; `server` cases (features only a server has) on the server and the cluster.
 macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
+    (both: [$($case:ident),* $(,)?], server: [$($server_case:ident),* $(,)?] $(,)?) => {
         /// The embedded store: always run.
         mod edge {
             $(
@@ -663,13 +962,26 @@ macro_rules! conformance {
                 }
             )*
         }
-        /// A Qdrant server: run when `QDRANT_URL` is set.
-        mod qdrant_server {
+        conformance!(@server qdrant_server, Single, [$($case),*], [$($server_case),*]);
+        conformance!(@server qdrant_cluster, Cluster, [$($case),*], [$($server_case),*]);
+    };
+    (@server $module:ident, $kind:ident, [$($case:ident),*], [$($server_case:ident),*]) => {
+        /// A Qdrant server kind: run when its URL variable is set (always under CI).
+        mod $module {
+            use super::{QdrantHarness, Server};
             $(
                 #[tokio::test]
                 async fn $case() {
-                    if let Some(h) = super::QdrantHarness::from_env(stringify!($case)) {
+                    if let Some(h) = QdrantHarness::from_env(Server::$kind, stringify!($case)) {
                         super::$case(&h).await;
+                    }
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $server_case() {
+                    if let Some(h) = QdrantHarness::from_env(Server::$kind, stringify!($server_case)) {
+                        super::$server_case(&h).await;
                     }
                 }
             )*
@@ -678,15 +990,23 @@ macro_rules! conformance {
 }
 
 conformance!(
-    isolation_collection,
-    isolation_partition,
-    deletion_policy_collection,
-    deletion_policy_partition,
-    durability,
-    filters,
-    search_order_and_scores,
-    scroll_paging,
-    delete_by_filter,
-    collection_lifecycle,
-    wrong_dimension,
+    both: [
+        isolation_collection,
+        isolation_partition,
+        deletion_policy_collection,
+        deletion_policy_partition,
+        durability,
+        filters,
+        search_order_and_scores,
+        scroll_paging,
+        large_scroll,
+        delete_by_filter,
+        collection_lifecycle,
+        wrong_dimension,
+    ],
+    server: [
+        api_key_refusal,
+        strict_mode_and_indexes_on_existing_collections,
+        reconnects,
+    ],
 );
