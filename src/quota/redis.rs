@@ -22,15 +22,13 @@
 //! new primary after a failover, a restart), as `EVAL`, which also caches them there. Both
 //! scripts are safe to run twice (the cluster client resends a command whose connection dropped):
 //! reserving an id already in flight changes nothing, finishing it applies once.
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, RedisResult, Script, Value};
+use redis::{Client, Cmd, RedisFuture, RedisResult, Script, Value};
 
 use super::{
     Counters, Decision, Limit, Outcome, QuotaError, QuotaStore, ReserveRequest, Ticket, day_of,
@@ -196,10 +194,8 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
-type Reply<'a, T> = Pin<Box<dyn Future<Output = RedisResult<T>> + Send + 'a>>;
-
 impl redis::aio::ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> Reply<'a, Value> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
@@ -211,7 +207,7 @@ impl redis::aio::ConnectionLike for Conn {
         pipeline: &'a redis::Pipeline,
         offset: usize,
         count: usize,
-    ) -> Reply<'a, Vec<Value>> {
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
