@@ -148,6 +148,7 @@ fn main() {
         let redis: Arc<dyn QuotaStore> = Arc::new(
             RedisStore::new(&RedisOptions {
                 url: redis_server.url(),
+                cluster: false,
                 command_timeout: Duration::from_secs(2),
                 connect_timeout: Duration::from_secs(2),
             })

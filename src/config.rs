@@ -121,9 +121,13 @@ fn default_qdrant_connect_timeout() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QuotaConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS; with `redisCluster`,
+    /// one or more seed nodes: `redis://[user:password@]host:port[,host:port...]`.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// The Redis URL names nodes of a Redis Cluster (the others are discovered from them).
+    #[serde(default)]
+    pub redis_cluster: bool,
     /// What to do when Redis is unreachable: `failClosed` (503) or `failOpen` (serve unmetered).
     #[serde(default)]
     pub fail_mode: crate::quota::FailMode,
@@ -139,6 +143,7 @@ impl Default for QuotaConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_cluster: false,
             fail_mode: crate::quota::FailMode::default(),
             command_timeout_ms: default_command_timeout(),
             connect_timeout_ms: default_connect_timeout(),
@@ -494,6 +499,18 @@ mod tests {
         assert_eq!(c.quota.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(c.quota.fail_mode, crate::quota::FailMode::FailOpen);
         assert_eq!(c.quota.command_timeout_ms, 50);
+        assert!(!c.quota.redis_cluster);
+        std::fs::write(
+            &p,
+            "quota:\n  redisUrl: redis://a:7000,b:7001\n  redisCluster: true\n",
+        )
+        .expect("write");
+        assert!(
+            ServeConfig::load(&p, true)
+                .expect("valid")
+                .quota
+                .redis_cluster
+        );
         assert_eq!(
             ServeConfig::default().quota.fail_mode,
             crate::quota::FailMode::FailClosed

@@ -257,11 +257,20 @@ fn build_quota(args: &ServeArgs, config: &ServeConfig) -> Result<Quota, ServeErr
         Some(url) => {
             let store = RedisStore::new(&RedisOptions {
                 url,
+                cluster: q.redis_cluster,
                 command_timeout: Duration::from_millis(q.command_timeout_ms),
                 connect_timeout: Duration::from_millis(q.connect_timeout_ms),
             })?;
-            tracing::info!(redis = %store.url(), fail_mode = ?q.fail_mode, "quotas in Redis");
+            tracing::info!(redis = %store.url(), cluster = q.redis_cluster, fail_mode = ?q.fail_mode, "quotas in Redis");
             Arc::new(store)
+        }
+        None if q.redis_cluster => {
+            return Err(QuotaError::InvalidUrl {
+                url: String::new(),
+                reason: "quota.redisCluster is set but no Redis URL names the cluster's nodes"
+                    .to_string(),
+            }
+            .into());
         }
         None => {
             tracing::info!("quotas in-process (single replica; set --redis-url to share them)");

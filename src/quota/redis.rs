@@ -15,11 +15,20 @@
 //! The reserve script first drops expired in-flight entries (a replica that crashed mid-request
 //! leaks nothing past its lease). Windows come from the caller's clock (`now` is an argument), so
 //! replicas must keep their clocks in sync (NTP).
+//!
+//! On Redis Cluster ([`RedisOptions::cluster`]) every script runs on the primary of its tenant's
+//! slot; the client follows `MOVED`/`ASK` redirections and refreshes the slot map after a
+//! failover. Scripts are sent as `EVALSHA` and, where a node does not have them cached yet (a
+//! new primary after a failover, a restart), as `EVAL`, which also caches them there. Both
+//! scripts are safe to run twice (the cluster client resends a command whose connection dropped):
+//! reserving an id already in flight changes nothing, finishing it applies once.
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Cmd, RedisFuture, RedisResult, Script, Value};
 
 use super::{
     Counters, Decision, Limit, Outcome, QuotaError, QuotaStore, ReserveRequest, Ticket, day_of,
@@ -36,8 +45,9 @@ const MINUTE_TTL_SECONDS: u64 = 120;
 /// ARGV: estimate, daily limit, rpm, tpm, max concurrent, now ms, lease expiry ms, id,
 /// day ttl s, minute ttl s.
 /// Returns {admitted 1/0, index of the limit hit (-1), day tokens, minute requests,
-/// minute tokens, in flight} — usage after the reservation when admitted.
-const RESERVE: &str = r"
+/// minute tokens, in flight} — usage after the reservation when admitted. An id already in
+/// flight (the same call run twice) is answered as admitted without reserving again.
+pub const RESERVE: &str = r"
 local est = tonumber(ARGV[1])
 local now = tonumber(ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
@@ -45,6 +55,7 @@ local day = tonumber(redis.call('GET', KEYS[1]) or '0')
 local req = tonumber(redis.call('GET', KEYS[2]) or '0')
 local tok = tonumber(redis.call('GET', KEYS[3]) or '0')
 local inflight = redis.call('ZCARD', KEYS[4])
+if redis.call('ZSCORE', KEYS[4], ARGV[8]) then return {1, -1, day, req, tok, inflight} end
 local hit = -1
 if day + est > tonumber(ARGV[2]) then hit = 0
 elseif req + 1 > tonumber(ARGV[3]) then hit = 1
@@ -68,7 +79,7 @@ return {1, -1, day, req, tok, inflight + 1}
 /// ARGV: id, tokens to refund (the estimate), tokens to charge (actual), refund the request 1/0.
 /// Applies only if the id was still in flight (exactly once); counters of windows that already
 /// expired are not re-created.
-const FINISH: &str = r"
+pub const FINISH: &str = r"
 if redis.call('ZREM', KEYS[4], ARGV[1]) == 0 then return 0 end
 local delta = tonumber(ARGV[3]) - tonumber(ARGV[2])
 if delta ~= 0 then
@@ -80,7 +91,7 @@ return 1
 ";
 
 /// KEYS: day tokens, minute requests, minute tokens, in-flight set. ARGV: now ms.
-const USAGE: &str = r"
+pub const USAGE: &str = r"
 local day = tonumber(redis.call('GET', KEYS[1]) or '0')
 local req = tonumber(redis.call('GET', KEYS[2]) or '0')
 local tok = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -91,8 +102,12 @@ return {day, req, tok, inflight}
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS).
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS). For a cluster, one or
+    /// more seed nodes sharing scheme and credentials:
+    /// `redis://[user:password@]host:port[,host:port...]`.
     pub url: String,
+    /// The URL names seed nodes of a Redis Cluster (the client discovers the others).
+    pub cluster: bool,
     /// Bound on one command (reserve, settle, usage, ping).
     pub command_timeout: Duration,
     /// Bound on establishing a connection.
@@ -124,7 +139,8 @@ impl Keys {
         }
     }
 
-    fn all(&self) -> [&str; 4] {
+    /// All four, in the order the scripts take them.
+    pub fn all(&self) -> [&str; 4] {
         [
             &self.day_tokens,
             &self.minute_requests,
@@ -134,42 +150,115 @@ impl Keys {
     }
 }
 
-/// Quotas in Redis. Connects lazily and reconnects by itself (redis `ConnectionManager`).
+/// A script: its source (for `EVAL`) and its hash (for `EVALSHA`).
+#[derive(Clone)]
+struct Lua {
+    source: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            hash: Script::new(source).get_hash().to_string(),
+        }
+    }
+
+    /// `EVALSHA`, or `EVAL` when the node answers `NOSCRIPT`; routed by the first key.
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        keys: &Keys,
+        args: &[String],
+    ) -> RedisResult<T> {
+        let call = |name: &str, body: &str| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(body).arg(4).arg(&keys.all()[..]).arg(args);
+            cmd
+        };
+        match call("EVALSHA", &self.hash).query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                call("EVAL", self.source).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// A single node (`ConnectionManager`) or a cluster (`ClusterConnection`); both reconnect by
+/// themselves and are cheap to clone.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Retries of a command (reconnects, redirections) within its time bound.
+const RETRIES: u32 = 2;
+/// Bounds of the wait between retries, in milliseconds.
+const MIN_RETRY_WAIT_MS: u64 = 50;
+const MAX_RETRY_WAIT_MS: u64 = 1_000;
+
+/// Quotas in Redis or Redis Cluster. Connects lazily and reconnects by itself.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
     url: String,
-    reserve: Script,
-    finish: Script,
-    usage: Script,
+    reserve: Lua,
+    finish: Lua,
+    usage: Lua,
 }
 
 impl RedisStore {
-    /// A store for `options.url`; does not connect yet (the first command does).
+    /// A store for `options.url`; does not connect yet (the first command does). A cluster
+    /// store must be created inside a Tokio runtime.
     pub fn new(options: &RedisOptions) -> Result<Self, QuotaError> {
         let redacted = redact_url(&options.url);
         let invalid = |reason: String| QuotaError::InvalidUrl {
             url: redacted.clone(),
             reason,
         };
-        // The redis crate's error text can quote the URL; never pass it on.
-        let client =
-            Client::open(options.url.as_str()).map_err(|e| invalid(format!("{:?}", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.command_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| invalid(e.to_string()))?;
+        let conn = if options.cluster {
+            cluster_connection(options).map_err(invalid)?
+        } else {
+            single_connection(options).map_err(invalid)?
+        };
         Ok(Self {
             conn,
             timeout: options.command_timeout + options.connect_timeout,
             url: redacted,
-            reserve: Script::new(RESERVE),
-            finish: Script::new(FINISH),
-            usage: Script::new(USAGE),
+            reserve: Lua::new(RESERVE),
+            finish: Lua::new(FINISH),
+            usage: Lua::new(USAGE),
         })
     }
 
@@ -180,19 +269,12 @@ impl RedisStore {
 
     async fn run<T: redis::FromRedisValue>(
         &self,
-        script: &Script,
+        lua: &Lua,
         keys: &Keys,
         args: &[String],
     ) -> Result<T, QuotaError> {
-        let mut inv = script.prepare_invoke();
-        for k in keys.all() {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+        match tokio::time::timeout(self.timeout, lua.eval(&mut conn, keys, args)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(QuotaError::Unavailable(describe(&e))),
             Err(_) => Err(QuotaError::Unavailable(format!(
@@ -201,6 +283,85 @@ impl RedisStore {
             ))),
         }
     }
+}
+
+// The redis crate's error text can quote the URL; only its kind is passed on.
+fn url_error(e: &redis::RedisError) -> String {
+    format!("{:?}", e.kind())
+}
+
+fn single_connection(options: &RedisOptions) -> Result<Conn, String> {
+    if let Ok(seeds) = seed_urls(&options.url)
+        && seeds.len() > 1
+    {
+        return Err(format!(
+            "{} hosts given; a list of cluster nodes needs quota.redisCluster: true",
+            seeds.len()
+        ));
+    }
+    let client = Client::open(options.url.as_str()).map_err(|e| url_error(&e))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(options.connect_timeout))
+        .set_response_timeout(Some(options.command_timeout))
+        .set_number_of_retries(RETRIES as usize)
+        .set_min_delay(Duration::from_millis(MIN_RETRY_WAIT_MS))
+        .set_max_delay(Duration::from_millis(MAX_RETRY_WAIT_MS));
+    let conn =
+        ConnectionManager::new_lazy_with_config(client, config).map_err(|e| url_error(&e))?;
+    Ok(Conn::Single(conn))
+}
+
+fn cluster_connection(options: &RedisOptions) -> Result<Conn, String> {
+    let seeds = seed_urls(&options.url)?;
+    let mut infos = Vec::with_capacity(seeds.len());
+    for url in &seeds {
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .map_err(|e| url_error(&e))?;
+        if info.redis_settings().db() != 0 {
+            return Err("Redis Cluster has only database 0".to_string());
+        }
+        infos.push(info);
+    }
+    let client = ClusterClient::builder(infos)
+        .connection_timeout(options.connect_timeout)
+        .response_timeout(options.command_timeout)
+        .overall_response_timeout(Some(options.command_timeout + options.connect_timeout))
+        .retries(RETRIES)
+        .min_retry_wait(MIN_RETRY_WAIT_MS)
+        .max_retry_wait(MAX_RETRY_WAIT_MS)
+        .build()
+        .map_err(|e| format!("{:?}: {}", e.kind(), e.detail().unwrap_or_default()))?;
+    let config = redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(options.connect_timeout)
+        .set_response_timeout(options.command_timeout);
+    Ok(Conn::Cluster(
+        client.get_pending_async_connection_with_config(config),
+    ))
+}
+
+/// The node URLs of `scheme://[userinfo@]host:port[,host:port...][/db][?query]`, each with the
+/// shared scheme, credentials, database and query.
+fn seed_urls(url: &str) -> Result<Vec<String>, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "not a URL (redis://host:port or rediss://host:port)".to_string())?;
+    if scheme != "redis" && scheme != "rediss" {
+        return Err(format!("scheme {scheme}:// (use redis:// or rediss://)"));
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    if hosts.iter().any(|h| h.is_empty()) {
+        return Err("empty host in the list of nodes".to_string());
+    }
+    Ok(hosts
+        .iter()
+        .map(|h| format!("{scheme}://{userinfo}{h}{tail}"))
+        .collect())
 }
 
 /// An error's description without anything that could echo the URL.
@@ -261,21 +422,18 @@ impl QuotaStore for RedisStore {
             Err(e) => {
                 // The script may have run although its answer was lost: release the id in the
                 // background (a no-op if it never got in), so a timeout reserves nothing.
-                let (ticket, keys, conn, finish) = (
-                    ticket.clone(),
-                    keys.clone(),
-                    self.conn.clone(),
-                    self.finish.clone(),
-                );
+                let (keys, mut conn, finish) =
+                    (keys.clone(), self.conn.clone(), self.finish.clone());
+                let args = [
+                    ticket.id.clone(),
+                    ticket.estimate.to_string(),
+                    "0".to_string(),
+                    "1".to_string(),
+                ];
                 let timeout = self.timeout;
                 tokio::spawn(async move {
-                    let mut inv = finish.prepare_invoke();
-                    for k in keys.all() {
-                        inv.key(k);
-                    }
-                    inv.arg(&ticket.id).arg(ticket.estimate).arg(0).arg(1);
-                    let mut conn = conn;
-                    let _ = tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut conn)).await;
+                    let release = finish.eval::<i64>(&mut conn, &keys, &args);
+                    let _ = tokio::time::timeout(timeout, release).await;
                 });
                 return Err(e);
             }
@@ -350,6 +508,7 @@ mod tests {
     fn invalid_urls_are_reported_without_the_password() {
         let err = RedisStore::new(&RedisOptions {
             url: "http://user:hunter2@host/".to_string(),
+            cluster: false,
             command_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_millis(100),
         })
@@ -357,5 +516,49 @@ mod tests {
         .expect("http:// refused");
         let text = err.to_string();
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn seed_lists_share_scheme_credentials_and_database() {
+        assert_eq!(
+            seed_urls("rediss://u:p%2Cw@a:7000, b:7001,[::1]:7002/0?protocol=resp3")
+                .expect("valid"),
+            [
+                "rediss://u:p%2Cw@a:7000/0?protocol=resp3",
+                "rediss://u:p%2Cw@b:7001/0?protocol=resp3",
+                "rediss://u:p%2Cw@[::1]:7002/0?protocol=resp3",
+            ]
+        );
+        assert_eq!(
+            seed_urls("redis://h:6379").expect("valid"),
+            ["redis://h:6379"]
+        );
+        for bad in ["h:6379", "http://h", "redis://a,,b", "redis://"] {
+            assert!(seed_urls(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_cluster_and_seed_list_urls_are_refused_without_the_password() {
+        let options = |url: &str, cluster| RedisOptions {
+            url: url.to_string(),
+            cluster,
+            command_timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(100),
+        };
+        for (url, cluster, why) in [
+            ("redis://:hunter2@a:1,b:2", false, "redisCluster"),
+            ("redis://:hunter2@a:1,b:2/3", true, "database 0"),
+            ("redis://:hunter2@a:1,,b:2", true, "empty host"),
+            ("redis+unix://:hunter2@/tmp/redis.sock", true, "scheme"),
+        ] {
+            let err = RedisStore::new(&options(url, cluster))
+                .err()
+                .unwrap_or_else(|| panic!("{url} refused"));
+            let text = err.to_string();
+            assert!(text.contains(why) && !text.contains("hunter2"), "{text}");
+        }
+        let store = RedisStore::new(&options("rediss://:hunter2@a:1,b:2", true)).expect("lazy");
+        assert_eq!(store.url(), "rediss://***@a:1,b:2");
     }
 }
