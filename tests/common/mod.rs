@@ -1,7 +1,7 @@
 //! The test harness, one file per thing it provides: the `tenantry serve` process
 //! ([`server`]), a scripted OpenAI-compatible model ([`llm`]), Redis ([`redis`]), test
-//! certificates ([`certs`]), Python peers ([`python`]) and the cluster fixture with the
-//! operator ([`cluster`]). Fixtures that start processes stop them on drop. The benchmarks
+//! certificates ([`certs`]), Python peers ([`python`]), a Qdrant server ([`qdrant`]) and the
+//! cluster fixture with the operator ([`cluster`]). Fixtures that start processes stop them on drop. The benchmarks
 //! include this module too.
 // Every test binary compiles the whole harness and uses only part of it.
 #![allow(dead_code)]
@@ -10,6 +10,7 @@ pub mod certs;
 pub mod cluster;
 pub mod llm;
 pub mod python;
+pub mod qdrant;
 pub mod redis;
 pub mod server;
 
