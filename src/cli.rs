@@ -157,6 +157,17 @@ pub struct OperatorArgs {
         default_value = "api-key"
     )]
     pub qdrant_api_key_secret_key: String,
+    /// Serve configuration of the chat API pods (the keys of config/local.yaml), checked at
+    /// start and rendered per tenant (with its overrides, e.g. quota.maxTokens) into
+    /// `<tenant>-api-config`. It may hold no secrets: keys come from Secrets, named by
+    /// `apiKeyEnv`. Unset: the defaults.
+    #[arg(long, env = "TENANTRY_API_CONFIG")]
+    pub api_config: Option<PathBuf>,
+    /// Platform defaults of the chat API pods (YAML: imagePullSecrets, nodeSelector,
+    /// tolerations, affinity, topologySpreadConstraints, podLabels, podAnnotations,
+    /// priorityClassName, resources), checked at start and applied to every tenant Deployment.
+    #[arg(long, env = "TENANTRY_API_POD_DEFAULTS")]
+    pub api_pod_defaults: Option<PathBuf>,
 }
 
 /// Options of `tenantry serve`.

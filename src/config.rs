@@ -466,6 +466,41 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// Refuses secret values: a URL with credentials (`user:password@`, or a query parameter
+    /// such as `api_key=`). The operator renders this file into ConfigMaps, where anyone who
+    /// may read the tenant namespace sees it; secrets reach the pods as environment variables
+    /// from Secrets, named here by `apiKeyEnv`.
+    pub fn check_no_secrets(&self) -> Result<(), String> {
+        let mut urls = vec![
+            ("llm.baseUrl", self.llm.base_url.as_deref(), "llm.apiKeyEnv"),
+            (
+                "quota.redisUrl",
+                self.quota.redis_url.as_deref(),
+                "TENANTRY_REDIS_URL from a Secret (--api-env-from-secret; in the chart, redis.urlSecret)",
+            ),
+            (
+                "vector.qdrantUrl",
+                self.vector.qdrant_url.as_deref(),
+                "vector.apiKeyEnv",
+            ),
+        ];
+        for f in &self.llm.fallbacks {
+            urls.push(("llm.fallbacks[].baseUrl", Some(&f.base_url), "apiKeyEnv"));
+        }
+        if let EmbeddingConfig::OpenAi { base_url, .. } = &self.embedding {
+            urls.push(("embedding.baseUrl", Some(base_url), "embedding.apiKeyEnv"));
+        }
+        match urls
+            .into_iter()
+            .find(|(_, url, _)| url.is_some_and(url_has_credentials))
+        {
+            Some((field, _, instead)) => Err(format!(
+                "{field} carries credentials; this file is rendered into ConfigMaps, so keep them in a Secret and use {instead}"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The chat endpoint's base URL: `OPENAI_BASE_URL` wins over the file.
     pub fn llm_base_url(&self) -> Option<String> {
         std::env::var("OPENAI_BASE_URL")
@@ -475,9 +510,57 @@ impl ServeConfig {
     }
 }
 
+/// Whether `url` holds credentials: user info before the host, or a query parameter whose
+/// name says key, token, secret or password.
+fn url_has_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let secret_param = query.split('&').any(|pair| {
+        let name = pair
+            .split('=')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        ["key", "token", "secret", "password"]
+            .iter()
+            .any(|w| name.contains(w))
+    });
+    authority.contains('@') || secret_param
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_refused_by_field() {
+        let mut c = ServeConfig::default();
+        c.quota.redis_url = Some("redis://redis:6379/0".into());
+        c.llm.base_url = Some("https://llm.example/v1?api-version=2024".into());
+        assert_eq!(c.check_no_secrets(), Ok(()));
+        c.quota.redis_url = Some("rediss://:hunter2@redis:6380".into());
+        let err = c.check_no_secrets().expect_err("password in the Redis URL");
+        assert!(
+            err.starts_with("quota.redisUrl carries credentials")
+                && err.contains("redis.urlSecret"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("hunter2"),
+            "the secret is never repeated: {err}"
+        );
+        c.quota.redis_url = None;
+        c.llm.base_url = Some("https://llm.example/v1?api_key=sk-1".into());
+        let err = c.check_no_secrets().expect_err("key in the query");
+        assert!(
+            err.starts_with("llm.baseUrl") && err.contains("llm.apiKeyEnv"),
+            "{err}"
+        );
+        c.llm.base_url = None;
+        c.vector.qdrant_url = Some("https://user:pw@qdrant:6334".into());
+        assert!(c.check_no_secrets().is_err());
+    }
 
     #[test]
     fn checked_in_local_config_parses() {
@@ -554,7 +637,7 @@ mod tests {
         assert_eq!(c.vector.write_consistency_factor, Some(2));
         for bad in ["replicationFactor: 0", "writeConsistencyFactor: 2"] {
             std::fs::write(&p, format!("vector:\n  {bad}\n")).expect("write");
-            let err = ServeConfig::load(&p, true).unwrap_err().to_string();
+            let err = ServeConfig::load(&p, true).expect_err("refused").to_string();
             assert!(err.contains("writeConsistencyFactor"), "{bad}: {err}");
         }
     }

@@ -11,8 +11,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Algorithm, EffectiveQuota, InvalidTenantId, Isolation, Issuer, MAX_TOP_K, TENANT_ID_RULE,
-    TenantId, jwks_uri_ok, parse_duration, top_k_ok,
+    Algorithm, EffectiveQuota, InvalidTenantId, Isolation, Issuer, MAX_MAX_TOKENS, MAX_TOP_K,
+    TENANT_ID_RULE, TenantId, jwks_uri_ok, parse_duration, top_k_ok,
 };
 
 /// API group of the custom resources.
@@ -49,6 +49,8 @@ pub mod reason {
     pub const RECONCILED: &str = "Reconciled";
     /// The tenant is suspended.
     pub const SUSPENDED: &str = "Suspended";
+    /// The tenant's API runs one replica: a store its replicas would need is not shared.
+    pub const PINNED: &str = "PinnedToOneReplica";
 }
 
 const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40";
@@ -69,6 +71,7 @@ const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
     validation = Rule::new(NAME_RULE).message(TENANT_ID_RULE),
     printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", description = "QuotaTier of the tenant"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Ready condition"),
+    printcolumn(name = "Replicas", type_ = "string", json_path = ".status.replicas", description = "API replica bounds; (pinned): one replica, as a store is not shared"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "In-cluster URL of the tenant's chat API"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -124,6 +127,10 @@ pub struct QuotaOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_concurrent_requests: Option<i64>,
+    /// Completion tokens per answer (the `llm.maxTokens` of this tenant's API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_MAX_TOKENS))]
+    pub max_tokens: Option<i64>,
 }
 
 /// Models a tenant uses and may request.
@@ -323,6 +330,10 @@ pub struct TenantStatus {
     /// Limits in force: the tier's, with the tenant's overrides applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_quota: Option<EffectiveQuota>,
+    /// API replica bounds: `2-5`, `1 (pinned)` (one replica: a store the replicas would need
+    /// is not shared; `ApiReady` says which), `0 (suspended)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<String>,
 }
 
 /// A standard Kubernetes condition.
@@ -385,6 +396,10 @@ pub struct QuotaTierSpec {
     /// Requests in flight at once.
     #[schemars(range(min = 0))]
     pub max_concurrent_requests: i64,
+    /// Completion tokens per answer (unset: `llm.maxTokens` of the operator's `--api-config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_MAX_TOKENS))]
+    pub max_tokens: Option<i64>,
     /// Models tenants of this tier may request (when the tenant lists none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_models: Vec<String>,
@@ -406,6 +421,7 @@ pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
         requests_per_minute: rpm,
         tokens_per_minute: tpm,
         max_concurrent_requests: conc,
+        max_tokens: None,
         allowed_models: Vec::new(),
         replicas: Some(Replicas { min, max }),
     })
@@ -422,6 +438,7 @@ impl EffectiveQuota {
             max_concurrent_requests: o
                 .max_concurrent_requests
                 .unwrap_or(tier.max_concurrent_requests),
+            max_tokens: o.max_tokens.or(tier.max_tokens),
         }
     }
 }
@@ -497,6 +514,14 @@ fn check_tier_and_models(s: &TenantSpec, found: &mut Problems) {
             if v.is_some_and(|v| v < 0) {
                 found.add(&format!("spec.quota.{name}"), "must be >= 0");
             }
+        }
+        if q.max_tokens
+            .is_some_and(|v| !(1..=MAX_MAX_TOKENS).contains(&v))
+        {
+            found.add(
+                "spec.quota.maxTokens",
+                format!("must be between 1 and {MAX_MAX_TOKENS}"),
+            );
         }
     }
     if let Some(m) = &s.models

@@ -19,6 +19,8 @@ pub const TENANT_ID_RULE: &str = "metadata.name is the tenant id: a DNS-1123 lab
 pub const MAX_TOP_K: i32 = 50;
 /// Why a `top_k` was refused.
 pub const TOP_K_RULE: &str = "top_k must be between 1 and 50";
+/// Most completion tokens a tier or tenant may set as its per-answer limit (`maxTokens`).
+pub const MAX_MAX_TOKENS: i64 = 1_000_000;
 
 /// Whether `k` passages may be retrieved for one question.
 pub fn top_k_ok(k: i32) -> bool {
@@ -169,6 +171,20 @@ pub struct EffectiveQuota {
     pub tokens_per_minute: i64,
     /// Requests in flight at once.
     pub max_concurrent_requests: i64,
+    /// Completion tokens per answer (unset: `llm.maxTokens` of the serve configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+}
+
+impl EffectiveQuota {
+    /// The per-answer completion-token limit: the tenant's, else `default` (the serve
+    /// configuration's `llm.maxTokens`).
+    pub fn max_tokens_or(&self, default: u32) -> u32 {
+        self.max_tokens
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(default)
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use kube::Client;
 use tokio::sync::watch;
 
 use crate::cli::OperatorArgs;
+use crate::config::ServeConfig;
 use crate::controller::build::BuildConfig;
+use crate::controller::build::pod::PodDefaults;
 use crate::controller::leader::Elector;
 use crate::controller::{self, Context, ContextParts, ReconcileMetrics, lease_api};
 use crate::runtime::{admin_router, shutdown_signal};
@@ -38,6 +40,12 @@ pub enum OperatorError {
         #[source]
         source: std::io::Error,
     },
+    /// `--api-config` cannot be read, is invalid or holds a secret.
+    #[error("--api-config: {0}")]
+    ApiConfig(String),
+    /// `--api-pod-defaults` cannot be read or is invalid.
+    #[error("--api-pod-defaults: {0}")]
+    PodDefaults(String),
     /// Another replica took the Lease.
     #[error("lost leadership; exiting so that only one replica writes")]
     LostLeadership,
@@ -45,7 +53,7 @@ pub enum OperatorError {
 
 /// Runs the operator until a shutdown signal (Ok) or loss of leadership (Err).
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    let build = build_config(&args);
+    let build = build_config(&args)?;
     let identity = identity(&args);
     let client = Client::try_default().await?;
     let vectors = open_vectors(&args)?;
@@ -83,9 +91,16 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     result
 }
 
-/// What the reconciler builds, from the flags.
-fn build_config(args: &OperatorArgs) -> BuildConfig {
-    BuildConfig {
+/// What the reconciler builds, from the flags and the files they name (checked here, before
+/// anything connects, so a bad file stops the operator with its reason).
+fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
+    let qdrant_url = args.qdrant_url.clone().filter(|u| !u.is_empty());
+    let serve = api_config(args, qdrant_url.as_deref())?;
+    let pod_defaults = match &args.api_pod_defaults {
+        Some(path) => PodDefaults::load(path).map_err(OperatorError::PodDefaults)?,
+        None => PodDefaults::default(),
+    };
+    Ok(BuildConfig {
         namespace_prefix: args.namespace_prefix.clone(),
         image: args.image.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
@@ -100,13 +115,35 @@ fn build_config(args: &OperatorArgs) -> BuildConfig {
             .map(|r| (r.env.clone(), r.secret.clone(), r.key.clone()))
             .collect(),
         operator_namespace: args.lease_namespace.clone(),
-        qdrant_url: args.qdrant_url.clone().filter(|u| !u.is_empty()),
+        qdrant_url,
         qdrant_api_key_secret: args
             .qdrant_api_key_secret
             .clone()
             .filter(|s| !s.is_empty())
             .map(|name| (name, args.qdrant_api_key_secret_key.clone())),
+        serve,
+        pod_defaults,
+    })
+}
+
+/// The API pods' serve configuration: `--api-config`, checked (valid, no secrets, the vector
+/// store the operator provisions in), else the defaults.
+fn api_config(args: &OperatorArgs, qdrant_url: Option<&str>) -> Result<ServeConfig, OperatorError> {
+    let Some(path) = &args.api_config else {
+        return Ok(ServeConfig::default());
+    };
+    let config =
+        ServeConfig::load(path, true).map_err(|e| OperatorError::ApiConfig(e.to_string()))?;
+    let refuse = |reason: String| OperatorError::ApiConfig(format!("{}: {reason}", path.display()));
+    config.check_no_secrets().map_err(refuse)?;
+    if let Some(url) = config.vector.qdrant_url.as_deref()
+        && Some(url) != qdrant_url
+    {
+        return Err(refuse(
+            "vector.qdrantUrl differs from --qdrant-url: the operator provisions the collections in the store of --qdrant-url and gives the pods that URL; set --qdrant-url instead".to_string(),
+        ));
     }
+    Ok(config)
 }
 
 /// This replica's name in the Lease: `--identity`, else the pod's hostname, else one made up.

@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::cluster::{Cluster, SYSTEM_NAMESPACE, condition, eventually, tenant, unique};
+use common::cluster::{Cluster, Operator, SYSTEM_NAMESPACE, condition, eventually, tenant, unique};
+use common::qdrant::QdrantServer;
 use common::server::{Dirs, Server, Start};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -117,11 +118,29 @@ async fn api_server_refuses_invalid_tenants_with_clear_messages() {
         .expect("delete");
 }
 
+/// The operator arguments of pods that share their stores: the Qdrant server `qdrant` and a
+/// Redis URL (which the operator only passes on).
+fn shared_stores(qdrant: &QdrantServer) -> Vec<String> {
+    [
+        "--qdrant-url",
+        &qdrant.grpc_url(),
+        "--api-env",
+        "TENANTRY_REDIS_URL=redis://redis.example:6379",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 #[tokio::test]
 async fn tenant_becomes_its_objects_and_follows_its_tier() {
     let cluster = Cluster::new().await;
     let client = cluster.client.clone();
-    let op = cluster.operator("op-main", &[]);
+    let qdrant = QdrantServer::start(None);
+    let op = cluster.operator("op-main", &strs(&shared_stores(&qdrant)));
 
     let tier_name = unique("gold");
     let tiers = cluster
@@ -256,13 +275,11 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
         .await
         .expect("networkpolicy");
     check_meta(&np.metadata, "NetworkPolicy");
-    // Vector collections were provisioned.
-    assert!(
-        op.vector_dir()
-            .join(format!("tenant_{}_docs", name.replace('-', "_")))
-            .exists()
-    );
+    // Vector collections were provisioned, in the Qdrant server the pods share.
+    let docs = format!("tenant_{}_docs", name.replace('-', "_"));
+    assert!(qdrant.has_collection(&docs));
     assert_eq!(status.collections.len(), 2);
+    assert_eq!(cluster.replicas_column(&name), "2-4");
 
     // ApiReady follows the Deployment.
     cluster.mark_available(&ns, &format!("{name}-api")).await;
@@ -307,6 +324,10 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
     eventually(30, "hpa follows tier", || async {
         let h = hpas.get(&format!("{name}-api")).await.ok()?;
         (h.spec.min_replicas == Some(3) && h.spec.max_replicas == 6).then_some(())
+    })
+    .await;
+    eventually(30, "printer column follows tier", || async {
+        (cluster.replicas_column(&name) == "3-6").then_some(())
     })
     .await;
 
@@ -360,12 +381,7 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
 
     // Delete with Retain: the finalizer runs, data stays.
     cluster.delete_and_wait_gone(&name).await;
-    assert!(
-        op.vector_dir()
-            .join(format!("tenant_{}_docs", name.replace('-', "_")))
-            .exists(),
-        "Retain keeps data"
-    );
+    assert!(qdrant.has_collection(&docs), "Retain keeps data");
     tiers
         .delete(&tier_name, &DeleteParams::default())
         .await
@@ -740,4 +756,354 @@ async fn api_credentials_are_copied_into_tenant_namespaces() {
         .await
         .expect("delete source");
     op.stop();
+}
+
+/// The Events about Tenant `name` with `reason`.
+async fn events_of(client: &kube::Client, name: &str, reason: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::all(client.clone());
+    let all = events.list(&ListParams::default()).await.expect("events");
+    all.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+/// The `ApiReady` message of Tenant `name` once it satisfies `want`.
+async fn api_ready_message(cluster: &Cluster, name: &str, want: impl Fn(&str) -> bool) -> String {
+    eventually(30, "ApiReady message", || async {
+        let t = cluster.tenants.get(name).await.ok()?;
+        let status = t.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "ApiReady")?;
+        want(&c.message).then(|| c.message.clone())
+    })
+    .await
+}
+
+/// Without a shared vector store or shared quotas, a tenant's API runs one replica: the
+/// autoscaler and the Deployment say 1, `ApiReady` says which store is unshared and how to fix
+/// it, one Warning Event marks the start and `kubectl get tn` shows it. With both shared, the
+/// tier's bounds come back.
+#[tokio::test]
+async fn replicas_are_pinned_to_one_without_shared_stores() {
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let op = cluster.operator("op-pin", &[]);
+    let tier = unique("scaled");
+    cluster
+        .create_tier(
+            &tier,
+            json!({"dailyTokens": 1000, "requestsPerMinute": 10, "tokensPerMinute": 500, "maxConcurrentRequests": 2, "replicas": {"min": 2, "max": 5}}),
+        )
+        .await;
+    let name = unique("pin");
+    let ns = format!("tenant-{name}");
+    cluster.create_tenant(&name, json!({"tier": tier})).await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
+    assert_eq!(
+        t.status.and_then(|s| s.replicas).as_deref(),
+        Some("1 (pinned)")
+    );
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    let hpa = hpas.get(&format!("{name}-api")).await.expect("hpa");
+    assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (Some(1), 1));
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let dep = deps.get(&format!("{name}-api")).await.expect("deployment");
+    assert_eq!(dep.spec.replicas, Some(1));
+    assert_eq!(cluster.replicas_column(&name), "1 (pinned)");
+    let message = api_ready_message(&cluster, &name, |m| m.contains("pinned")).await;
+    for needle in [
+        "pinned to 1 replica instead of 2-5",
+        "vector store is not shared",
+        "--qdrant-url",
+        "quotas are not shared",
+        "TENANTRY_REDIS_URL",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+    let pinned = eventually(20, "pin event", || async {
+        let evs = events_of(&client, &name, "PinnedToOneReplica").await;
+        (!evs.is_empty()).then_some(evs)
+    })
+    .await;
+    assert_eq!(pinned[0].type_.as_deref(), Some("Warning"));
+
+    // More reconciles (available, then a spec change) keep the pin without a second Event.
+    cluster.mark_available(&ns, &format!("{name}-api")).await;
+    cluster.wait_condition(&name, "Ready", "True").await;
+    cluster
+        .tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"retrieval": {"topK": 3}}})),
+        )
+        .await
+        .expect("touch");
+    eventually(30, "reconciled generation", || async {
+        let t = cluster.tenants.get(&name).await.ok()?;
+        (t.status?.observed_generation == t.metadata.generation).then_some(())
+    })
+    .await;
+    op.stop();
+
+    // A shared vector store alone: still pinned, now only for the quotas.
+    let qdrant = QdrantServer::start(None);
+    let op = cluster.operator("op-pin-vectors", &["--qdrant-url", &qdrant.grpc_url()]);
+    let message = api_ready_message(&cluster, &name, |m| {
+        m.contains("quotas are not shared") && !m.contains("vector store")
+    })
+    .await;
+    assert!(message.contains("--api-config"), "{message}");
+    op.stop();
+    let pinned = events_of(&client, &name, "PinnedToOneReplica").await;
+    assert_eq!(pinned.len(), 1, "the pin started once: {pinned:?}");
+    assert!(pinned[0].series.is_none(), "not repeated: {:?}", pinned[0]);
+
+    // Both shared: the tier's bounds.
+    let op = cluster.operator("op-pin-shared", &strs(&shared_stores(&qdrant)));
+    eventually(30, "hpa gets the tier's bounds", || async {
+        let h = hpas.get(&format!("{name}-api")).await.ok()?;
+        (h.spec.min_replicas == Some(2) && h.spec.max_replicas == 5).then_some(())
+    })
+    .await;
+    eventually(30, "printer column", || async {
+        (cluster.replicas_column(&name) == "2-5").then_some(())
+    })
+    .await;
+    api_ready_message(&cluster, &name, |m| !m.contains("pinned")).await;
+    cluster.delete_and_wait_gone(&name).await;
+    op.stop();
+}
+
+/// The tenant's rendered `serve.yaml` and the hash that rolls its pods.
+async fn rendered_serve_config(
+    cms: &Api<ConfigMap>,
+    deps: &Api<Deployment>,
+    name: &str,
+) -> (String, String) {
+    let cm = cms.get(&format!("{name}-api-config")).await.expect("cm");
+    let text = cm.data.expect("data")["serve.yaml"].clone();
+    let dep = deps.get(&format!("{name}-api")).await.expect("deployment");
+    let hash = dep
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("tenantry.dev/config-hash").cloned())
+        .expect("config hash");
+    (text, hash)
+}
+
+/// `serve.yaml` as `serve` loads it.
+fn load_serve_config(text: &str) -> tenantry::config::ServeConfig {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("serve.yaml");
+    std::fs::write(&path, text).expect("write");
+    tenantry::config::ServeConfig::load(&path, true).expect("serve loads it")
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// `--api-config` reaches each tenant's ConfigMap with the tier's and the tenant's maxTokens
+/// (and the pods through `--config` and a hash that changes with it); `--api-pod-defaults`
+/// reaches every Deployment.
+#[tokio::test]
+async fn api_config_and_pod_defaults_reach_the_tenant_pods() {
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let files = tempfile::tempdir().expect("tmp");
+    let config = files.path().join("serve.yaml");
+    let base = "llm:\n  model: tiny\n  maxTokens: 300\nquota:\n  redisUrl: redis://redis.example:6379\n  failMode: failOpen\n";
+    std::fs::write(
+        &config,
+        format!("{base}limits:\n  maxQuestionChars: 1000\n"),
+    )
+    .expect("write");
+    let pod = files.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "imagePullSecrets: [{name: regcred}]\nnodeSelector: {pool: tenants}\ntolerations: [{key: dedicated, operator: Equal, value: tenants, effect: NoSchedule}]\ntopologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}]\npodLabels: {team: platform}\npodAnnotations: {example.com/scrape: \"true\"}\npriorityClassName: tenant-api\nresources: {requests: {cpu: 100m, memory: 256Mi}}\n",
+    )
+    .expect("write");
+    let (config_arg, pod_arg) = (config.display().to_string(), pod.display().to_string());
+    let flags = ["--api-config", &config_arg, "--api-pod-defaults", &pod_arg];
+    let op = cluster.operator("op-config", &flags);
+    let tier = unique("tokens");
+    cluster
+        .create_tier(
+            &tier,
+            json!({"dailyTokens": 1000, "requestsPerMinute": 10, "tokensPerMinute": 500, "maxConcurrentRequests": 2, "maxTokens": 700}),
+        )
+        .await;
+    let name = unique("cfg");
+    let ns = format!("tenant-{name}");
+    cluster.create_tenant(&name, json!({"tier": tier})).await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
+    let quota = t.status.and_then(|s| s.effective_quota).expect("quota");
+    assert_eq!(quota.max_tokens, Some(700), "the tier's");
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let (text, first_hash) = rendered_serve_config(&cms, &deps, &name).await;
+    let serve = load_serve_config(&text);
+    assert_eq!(
+        (
+            serve.llm.model.as_str(),
+            serve.llm.max_tokens,
+            serve.limits.max_question_chars
+        ),
+        ("tiny", 700, 1000)
+    );
+    assert_eq!(serve.quota.fail_mode, tenantry::quota::FailMode::FailOpen);
+    assert_eq!(first_hash, sha256_hex(&text));
+
+    // The pods read it, and the platform's defaults shape them.
+    let dep = deps.get(&format!("{name}-api")).await.expect("deployment");
+    let template = dep.spec.template;
+    let meta = template.metadata.expect("meta");
+    let labels = meta.labels.expect("labels");
+    assert_eq!(labels["team"], "platform");
+    assert_eq!(labels["app.kubernetes.io/instance"], format!("{name}-api"));
+    assert_eq!(
+        meta.annotations.expect("annotations")["example.com/scrape"],
+        "true"
+    );
+    let spec = template.spec.expect("pod");
+    let args = spec.containers[0].args.clone().expect("args").join(" ");
+    assert!(
+        args.contains("--config /etc/tenantry/config/serve.yaml"),
+        "{args}"
+    );
+    assert_eq!(
+        spec.image_pull_secrets.expect("pull secrets")[0].name,
+        "regcred"
+    );
+    assert_eq!(spec.node_selector.expect("nodes")["pool"], "tenants");
+    assert_eq!(
+        spec.tolerations.expect("tolerations")[0].value.as_deref(),
+        Some("tenants")
+    );
+    assert_eq!(spec.priority_class_name.as_deref(), Some("tenant-api"));
+    let spread = &spec.topology_spread_constraints.expect("spread")[0];
+    assert_eq!(
+        spread
+            .label_selector
+            .clone()
+            .and_then(|s| s.match_labels)
+            .expect("selector")["app.kubernetes.io/instance"],
+        format!("{name}-api")
+    );
+    let resources = spec.containers[0].resources.clone().expect("resources");
+    assert_eq!(resources.requests.expect("requests")["memory"].0, "256Mi");
+    // Quotas are shared through quota.redisUrl: only the vector store pins the replicas.
+    let message = api_ready_message(&cluster, &name, |m| m.contains("pinned")).await;
+    assert!(!message.contains("quotas are not shared"), "{message}");
+
+    // The tenant's own maxTokens wins over the tier's and rolls the pods.
+    cluster
+        .tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"quota": {"maxTokens": 1200}}})),
+        )
+        .await
+        .expect("override");
+    let (text, second_hash) = eventually(30, "override rendered", || async {
+        let (text, hash) = rendered_serve_config(&cms, &deps, &name).await;
+        (load_serve_config(&text).llm.max_tokens == 1200).then_some((text, hash))
+    })
+    .await;
+    assert_ne!(second_hash, first_hash);
+    assert_eq!(second_hash, sha256_hex(&text));
+    let t = cluster.tenants.get(&name).await.expect("tenant");
+    assert_eq!(
+        t.status
+            .and_then(|s| s.effective_quota)
+            .and_then(|q| q.max_tokens),
+        Some(1200)
+    );
+
+    // A changed --api-config, once the operator restarts with it, rolls the pods too.
+    op.stop();
+    std::fs::write(
+        &config,
+        format!("{base}limits:\n  maxQuestionChars: 2000\n"),
+    )
+    .expect("write");
+    let op = cluster.operator("op-config-2", &flags);
+    let third_hash = eventually(30, "new config rendered", || async {
+        let (text, hash) = rendered_serve_config(&cms, &deps, &name).await;
+        let serve = load_serve_config(&text);
+        (serve.limits.max_question_chars == 2000 && serve.llm.max_tokens == 1200).then_some(hash)
+    })
+    .await;
+    assert_ne!(third_hash, second_hash);
+    cluster.delete_and_wait_gone(&name).await;
+    op.stop();
+}
+
+/// A bad `--api-config` or `--api-pod-defaults` stops the operator at start with the reason;
+/// a secret in the config is refused without being repeated.
+#[tokio::test]
+async fn bad_api_config_or_pod_defaults_are_refused_at_start() {
+    let cluster = Cluster::new().await;
+    let files = tempfile::tempdir().expect("tmp");
+    let cases = [
+        (
+            "--api-config",
+            "quota:\n  redisUrl: rediss://:hunter2@redis:6380\n",
+            "quota.redisUrl carries credentials",
+        ),
+        (
+            "--api-config",
+            "llm:\n  baseUrl: https://llm.example/v1?api_key=hunter2\n",
+            "llm.baseUrl carries credentials",
+        ),
+        ("--api-config", "llm:\n  modle: x\n", "modle"),
+        (
+            "--api-config",
+            "chunking:\n  size: 10\n",
+            "chunking.size must be at least 50",
+        ),
+        (
+            "--api-config",
+            "vector:\n  qdrantUrl: http://qdrant:6334\n",
+            "vector.qdrantUrl differs from --qdrant-url",
+        ),
+        (
+            "--api-pod-defaults",
+            "nodeSelectors: {pool: a}\n",
+            "nodeSelectors",
+        ),
+        (
+            "--api-pod-defaults",
+            "podLabels: {app.kubernetes.io/name: x}\n",
+            "podLabels may not set",
+        ),
+    ];
+    for (i, (flag, content, needle)) in cases.into_iter().enumerate() {
+        let path = files.path().join(format!("{i}.yaml"));
+        std::fs::write(&path, content).expect("write");
+        let stderr = Operator::refused(cluster.env, &[flag, &path.display().to_string()]);
+        assert!(
+            stderr.contains(flag) && stderr.contains(needle),
+            "{flag} {content:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("hunter2"),
+            "the secret was repeated: {stderr}"
+        );
+    }
+    let missing = files.path().join("missing.yaml").display().to_string();
+    let stderr = Operator::refused(cluster.env, &["--api-config", &missing]);
+    assert!(stderr.contains("cannot read config"), "{stderr}");
 }

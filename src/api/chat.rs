@@ -209,7 +209,10 @@ async fn answer(
 ) -> Result<(HeaderMap, ApiJson<ChatAnswer>), ApiError> {
     let Question { text, model, top_k } = validate(state, turn, body)?;
     let tenant_id = turn.tenant().id.as_str().to_string();
-    let max_tokens = state.config.llm.max_tokens;
+    let max_tokens = turn
+        .tenant()
+        .quota
+        .max_tokens_or(state.config.llm.max_tokens);
     // Semantic cache: scoped to the tenant, its answer parameters and its document set.
     let key = crate::cache::cache_key(&model, &system_prompt(&tenant_id), max_tokens, top_k);
     if let Some(hit) = turn.lookup(&text, key).await? {

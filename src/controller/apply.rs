@@ -76,6 +76,7 @@ pub async fn apply(
         disruption_budget,
         network_policy,
         effective_quota,
+        scaling,
         stage: Prepared,
     } = resources;
     let client = &ctx.client;
@@ -111,6 +112,7 @@ pub async fn apply(
         disruption_budget,
         network_policy,
         effective_quota,
+        scaling,
         stage: Applied {
             credentials,
             collections,

@@ -79,6 +79,18 @@ impl BuildConfig {
             operator_namespace: "tenantry-system".into(),
             qdrant_url: None,
             qdrant_api_key_secret: None,
+            serve: crate::config::ServeConfig::default(),
+            pod_defaults: Default::default(),
+        }
+    }
+}
+
+impl super::build::deployment::PodInputs {
+    /// No replica count (the autoscaler's), a made-up config hash.
+    pub fn test() -> Self {
+        Self {
+            config_hash: "0".repeat(64),
+            replicas: None,
         }
     }
 }
@@ -87,12 +99,19 @@ impl BuildConfig {
 /// the embedded one in a temporary folder. The folder comes first so that, bound in this
 /// order, it is removed after the context (the store flushes into it when dropped).
 pub fn test_context() -> (tempfile::TempDir, Arc<Context>, ApiServerVerifier) {
+    test_context_with(BuildConfig::test())
+}
+
+/// A test [`Context`] (see [`test_context`]) that builds with `build`.
+pub fn test_context_with(
+    build: BuildConfig,
+) -> (tempfile::TempDir, Arc<Context>, ApiServerVerifier) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let dir = tempfile::tempdir().expect("tmp");
     let vectors = Arc::new(EdgeBackend::open(dir.path()).expect("vector store"));
     let parts = ContextParts {
-        build: BuildConfig::test(),
+        build,
         vectors,
         dimension: 4,
         identity: "test".to_string(),

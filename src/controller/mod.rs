@@ -43,7 +43,7 @@ use parking_lot::Mutex;
 use crate::auth::keys::unix_now;
 use crate::crd::{FINALIZER, QuotaTier, QuotaTierSpec, Tenant, builtin_tier, reason};
 use crate::vector::VectorBackend;
-use build::{BuildConfig, BuildError, Names};
+use build::{BuildConfig, BuildError, Names, scaling};
 pub use metrics::{Phase, ReconcileMetrics};
 use validate::{InvalidSpec, ValidTenant};
 
@@ -246,7 +246,14 @@ async fn apply_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, 
     let new_status = status::applied(&tenant, &applied, &status::now_rfc3339());
     let ready = status::is_ready(Some(&new_status));
     let became_ready = ready && !status::is_ready(tenant.status.as_ref());
+    let recorded_replicas = tenant.status.as_ref().and_then(|s| s.replicas.as_deref());
+    let pin_started = !scaling::was_pinned(recorded_replicas)
+        && scaling::was_pinned(new_status.replicas.as_deref());
     status::patch(&ctx, &tenant, new_status).await?;
+    if let Some(why) = applied.scaling.pin_message().filter(|_| pin_started) {
+        ctx.event(&tenant, EventType::Warning, reason::PINNED, why)
+            .await;
+    }
     if became_ready {
         let note = "tenant is ready".to_string();
         ctx.event(&tenant, EventType::Normal, reason::RECONCILED, note)

@@ -173,9 +173,11 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
         signing_key,
         deployment,
         effective_quota,
+        scaling,
         stage,
         ..
     } = resources;
+    let suspended = tenant.spec.suspend;
     let kid = &signing_key.plan.ring.current;
     let outcomes = ComponentOutcomes {
         signing_key: ComponentOutcome::ok("KeyReady", format!("current key {kid}")),
@@ -184,7 +186,7 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
             None => ComponentOutcome::ok("CollectionsReady", "vector collections exist"),
             Some(e) => ComponentOutcome::fail("VectorStoreUnavailable", e.to_string()),
         },
-        api: api_outcome(tenant.spec.suspend, deployment),
+        api: api_outcome(suspended, deployment, scaling.pin_message()),
     };
     let prev = tenant.status.clone().unwrap_or_default();
     TenantStatus {
@@ -196,12 +198,25 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
         collections: stage.collections.clone(),
         endpoint: Some(names.endpoint()),
         effective_quota: Some(effective_quota.clone()),
+        replicas: Some(scaling.summary(suspended)),
     }
 }
 
 /// `ApiReady`: suspended, available (the applied Deployment reports an available replica), or
-/// still progressing.
+/// still progressing; the message ends with why the API is pinned to one replica, if it is.
 fn api_outcome(
+    suspended: bool,
+    deployment: &k8s_openapi::api::apps::v1::Deployment,
+    pinned: Option<String>,
+) -> ComponentOutcome {
+    let mut outcome = api_availability(suspended, deployment);
+    if let Some(why) = pinned.filter(|_| !suspended) {
+        outcome.message = format!("{}; {why}", outcome.message);
+    }
+    outcome
+}
+
+fn api_availability(
     suspended: bool,
     deployment: &k8s_openapi::api::apps::v1::Deployment,
 ) -> ComponentOutcome {

@@ -29,7 +29,9 @@ mod scenarios {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::controller::fixtures::{ApiServerVerifier, Reply, Seen, test_context};
+    use crate::controller::fixtures::{
+        ApiServerVerifier, Reply, Seen, test_context, test_context_with,
+    };
     use crate::crd::TenantStatus;
 
     const TIERS: &str = "/apis/tenantry.dev/v1alpha1/quotatiers";
@@ -74,9 +76,25 @@ mod scenarios {
             )
     }
 
-    /// The whole first reconcile of a new `tenant` of the built-in tier `pro`: no QuotaTier
-    /// object, no Secret yet, every object applied, status patched, then Ready.
+    /// The first reconcile of a new `tenant` of the built-in tier `pro` (see
+    /// [`then_first_reconcile`]) by an operator whose pods share no store: its API is pinned
+    /// to one replica, which a Warning Event reports after the status patch.
+    fn then_first_pinned_reconcile(v: ApiServerVerifier, tenant: &Tenant) -> ApiServerVerifier {
+        then_first_objects(v)
+            .then_status_patch(tenant)
+            .then_event()
+            .then_event()
+    }
+
+    /// The whole first reconcile of a new `tenant` of the built-in tier `pro` by an operator
+    /// whose pods share their stores: no QuotaTier object, no Secret yet, every object
+    /// applied, status patched, then Ready.
     fn then_first_reconcile(v: ApiServerVerifier, tenant: &Tenant) -> ApiServerVerifier {
+        then_first_objects(v).then_status_patch(tenant).then_event()
+    }
+
+    /// Up to the status patch: tier and Secret looked up, every object applied.
+    fn then_first_objects(v: ApiServerVerifier) -> ApiServerVerifier {
         let v = v
             .then(
                 Method::GET,
@@ -91,7 +109,15 @@ mod scenarios {
             .then_apply(CORE)
             .then_apply(&format!("{CORE}/secrets/acme-signing-key"))
             .then_event();
-        then_api_objects(v).then_status_patch(tenant).then_event()
+        then_api_objects(v)
+    }
+
+    /// An operator whose pods share the vector store and the quotas.
+    fn shared_stores() -> BuildConfig {
+        let mut build = BuildConfig::test();
+        build.qdrant_url = Some("http://qdrant:6334".into());
+        build.serve.quota.redis_url = Some("redis://redis:6379".into());
+        build
     }
 
     fn patched_status(seen: &Seen) -> TenantStatus {
@@ -108,7 +134,7 @@ mod scenarios {
 
     #[tokio::test]
     async fn a_new_tenant_gets_every_object_and_becomes_ready() {
-        let (_dir, ctx, verifier) = test_context();
+        let (_dir, ctx, verifier) = test_context_with(shared_stores());
         let tenant = Tenant::test().finalized();
         let verifier = then_first_reconcile(verifier, &tenant);
         let (result, seen) = reconcile_with(tenant, ctx.clone(), verifier).await;
@@ -174,14 +200,15 @@ mod scenarios {
 
     #[tokio::test]
     async fn a_steady_tenant_is_applied_but_its_status_is_not_patched() {
+        // Pinned: the pin's Event comes once, when it starts.
         let (_dir, ctx, verifier) = test_context();
         let first = Tenant::test().finalized();
-        let verifier = then_first_reconcile(verifier, &first);
+        let verifier = then_first_pinned_reconcile(verifier, &first);
         let (result, seen) = reconcile_with(first.clone(), ctx.clone(), verifier).await;
         result.expect("first reconcile");
         let secret = seen[3].body.clone();
         let mut steady = first;
-        steady.status = Some(patched_status(&seen[seen.len() - 2]));
+        steady.status = Some(patched_status(&seen[seen.len() - 3]));
 
         let (_dir2, ctx, verifier) = test_context();
         let verifier = verifier
@@ -200,6 +227,103 @@ mod scenarios {
         // No key Event, no status patch and no Reconciled Event: nothing changed.
         let (result, _) = reconcile_with(steady, ctx, then_api_objects(verifier)).await;
         assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    }
+
+    fn applied<'a>(seen: &'a [Seen], kind: &str) -> &'a Value {
+        let s = seen
+            .iter()
+            .find(|s| s.method == Method::PATCH && s.body["kind"] == kind);
+        &s.unwrap_or_else(|| panic!("no {kind} applied")).body
+    }
+
+    #[tokio::test]
+    async fn without_shared_stores_the_api_is_pinned_to_one_replica_and_says_why() {
+        let (_dir, ctx, verifier) = test_context();
+        let tenant = Tenant::test().finalized();
+        let verifier = then_first_pinned_reconcile(verifier, &tenant);
+        let (result, seen) = reconcile_with(tenant, ctx, verifier).await;
+        result.expect("reconciled");
+        let hpa = &applied(&seen, "HorizontalPodAutoscaler")["spec"];
+        assert_eq!(
+            (&hpa["minReplicas"], &hpa["maxReplicas"]),
+            (&json!(1), &json!(1))
+        );
+        assert_eq!(applied(&seen, "Deployment")["spec"]["replicas"], 1);
+        let status = patched_status(&seen[seen.len() - 3]);
+        assert_eq!(status.replicas.as_deref(), Some("1 (pinned)"));
+        let api = condition(&status, "ApiReady");
+        assert_eq!(
+            (api.status.as_str(), api.reason.as_str()),
+            ("True", "Available")
+        );
+        assert!(
+            api.message.contains("pinned to 1 replica instead of 2-5")
+                && api.message.contains("--qdrant-url")
+                && api.message.contains("TENANTRY_REDIS_URL"),
+            "{}",
+            api.message
+        );
+        let event = &seen[seen.len() - 2].body;
+        assert_eq!(
+            (&event["type"], &event["reason"]),
+            (&json!("Warning"), &json!("PinnedToOneReplica"))
+        );
+        assert!(
+            event["note"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("pinned to 1 replica")),
+            "{event}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_shared_stores_the_autoscaler_gets_the_tiers_bounds() {
+        let (_dir, ctx, verifier) = test_context_with(shared_stores());
+        let tenant = Tenant::test().finalized();
+        let verifier = then_first_reconcile(verifier, &tenant);
+        let (result, seen) = reconcile_with(tenant, ctx, verifier).await;
+        result.expect("reconciled");
+        let hpa = &applied(&seen, "HorizontalPodAutoscaler")["spec"];
+        assert_eq!(
+            (&hpa["minReplicas"], &hpa["maxReplicas"]),
+            (&json!(2), &json!(5))
+        );
+        assert_eq!(
+            applied(&seen, "Deployment")["spec"].get("replicas"),
+            None,
+            "left to the autoscaler"
+        );
+        let status = patched_status(&seen[seen.len() - 2]);
+        assert_eq!(status.replicas.as_deref(), Some("2-5"));
+        assert!(!condition(&status, "ApiReady").message.contains("pinned"));
+    }
+
+    #[tokio::test]
+    async fn the_config_map_carries_the_tenants_serve_configuration() {
+        let mut build = shared_stores();
+        build.serve.llm.max_tokens = 300;
+        let (_dir, ctx, verifier) = test_context_with(build);
+        let mut tenant = Tenant::test().finalized();
+        tenant.spec.quota = Some(crate::crd::QuotaOverrides {
+            max_tokens: Some(1500),
+            ..Default::default()
+        });
+        let verifier = then_first_reconcile(verifier, &tenant);
+        let (result, seen) = reconcile_with(tenant, ctx, verifier).await;
+        result.expect("reconciled");
+        let text = applied(&seen, "ConfigMap")["data"]["serve.yaml"]
+            .as_str()
+            .expect("serve.yaml");
+        let serve: crate::config::ServeConfig = serde_saphyr::from_str(text).expect("parses");
+        assert_eq!(serve.llm.max_tokens, 1500);
+        assert_eq!(serve.quota.redis_url.as_deref(), Some("redis://redis:6379"));
+        let hash = &applied(&seen, "Deployment")["spec"]["template"]["metadata"]["annotations"]["tenantry.dev/config-hash"];
+        assert_eq!(hash, &json!(build::serve_config::hash(text)));
+        let status = patched_status(&seen[seen.len() - 2]);
+        assert_eq!(
+            status.effective_quota.and_then(|q| q.max_tokens),
+            Some(1500)
+        );
     }
 
     #[tokio::test]

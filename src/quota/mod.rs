@@ -635,6 +635,7 @@ mod tests {
             requests_per_minute: -1,
             tokens_per_minute: 7,
             max_concurrent_requests: 2,
+            max_tokens: None,
         };
         let l = Limits::from(&q);
         assert_eq!(l.requests_per_minute, 0);

@@ -189,6 +189,26 @@ impl Operator {
     /// vector folder of its own and `extra` arguments; waits until it serves its metrics port.
     pub fn start(env: &KubeEnv, identity: &str, extra: &[&str]) -> Self {
         let vectors = tempfile::tempdir().expect("tmp");
+        let mut cmd = Self::command(env, identity, vectors.path(), extra);
+        let mut operator = Self::spawn(&mut cmd);
+        operator.vectors = Some(vectors);
+        operator
+    }
+
+    /// Runs an operator with `extra` arguments that must refuse to start; returns what it
+    /// printed on stderr.
+    pub fn refused(env: &KubeEnv, extra: &[&str]) -> String {
+        let vectors = tempfile::tempdir().expect("tmp");
+        let out = Self::command(env, "op-refused", vectors.path(), extra)
+            .output()
+            .expect("run the operator");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "started with {extra:?}: {stderr}");
+        stderr
+    }
+
+    /// The `tenantry operator` command line of [`Operator::start`].
+    fn command(env: &KubeEnv, identity: &str, vectors: &Path, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
         cmd.args([
             "operator",
@@ -201,14 +221,12 @@ impl Operator {
         ])
         .args(["--identity", identity, "--lease-duration", "3s"])
         .arg("--vector-data-dir")
-        .arg(vectors.path())
+        .arg(vectors)
         .args(["--api-env", "OPENAI_BASE_URL=http://llm.example/v1"])
         .args(extra)
         .env("KUBECONFIG", &env.operator_kubeconfig)
         .env("RUST_LOG", "info,kube=warn");
-        let mut operator = Self::spawn(&mut cmd);
-        operator.vectors = Some(vectors);
-        operator
+        cmd
     }
 
     /// Spawns `cmd` (a `tenantry operator` command line) and waits until it serves its
@@ -327,6 +345,24 @@ impl Cluster {
     /// Starts an operator (see [`Operator::start`]).
     pub fn operator(&self, identity: &str, extra: &[&str]) -> Operator {
         Operator::start(self.env, identity, extra)
+    }
+
+    /// The `Replicas` column of `kubectl get tenant <name>` (the API server's table output).
+    pub fn replicas_column(&self, name: &str) -> String {
+        let table = self.env.kubectl(&["get", "tenant", name], None);
+        let mut lines = table.lines();
+        let header = lines.next().unwrap_or_default();
+        let row = lines.next().unwrap_or_default();
+        let start = header
+            .find("REPLICAS")
+            .unwrap_or_else(|| panic!("no REPLICAS column in:\n{table}"));
+        let end = header[start..]
+            .find("ENDPOINT")
+            .map_or(header.len(), |i| start + i);
+        row.get(start..end.min(row.len()))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 
     /// Removes `kind/name` (in `namespace`, if namespaced) when the test ends.

@@ -196,6 +196,14 @@ impl QdrantServer {
             other => panic!("GET {path}: {other:?}"),
         }
     }
+
+    /// Whether collection `name` exists.
+    pub fn has_collection(&self, name: &str) -> bool {
+        let body = self.get_json(&format!("/collections/{name}/exists"));
+        body["result"]["exists"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("unexpected answer {body}"))
+    }
 }
 
 fn cluster_env(cmd: &mut Command, p2p_port: u16) -> &mut Command {

@@ -135,9 +135,13 @@ fn in_range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiErro
     }
 }
 
-/// The most completion tokens: the request's, lowered to the server's limit (it bounds the
-/// reservation too).
-fn max_tokens(state: &AppState, body: &CompletionBody) -> Result<u32, ApiError> {
+/// The most completion tokens: the request's, lowered to the tenant's limit (its
+/// `quota.maxTokens`, else the server's `llm.maxTokens`; it bounds the reservation too).
+fn max_tokens(
+    state: &AppState,
+    tenant: &TenantConfig,
+    body: &CompletionBody,
+) -> Result<u32, ApiError> {
     for (param, v) in [
         ("max_tokens", body.max_tokens),
         ("max_completion_tokens", body.max_completion_tokens),
@@ -146,7 +150,7 @@ fn max_tokens(state: &AppState, body: &CompletionBody) -> Result<u32, ApiError> 
             return Err(invalid_param(param, format!("{param} must be at least 1")));
         }
     }
-    let limit = state.config.llm.max_tokens;
+    let limit = tenant.quota.max_tokens_or(state.config.llm.max_tokens);
     Ok(body
         .max_completion_tokens
         .or(body.max_tokens)
@@ -254,7 +258,7 @@ pub(super) fn validate(
     if body.n.is_some_and(|n| n != 1) {
         return Err(invalid_param("n", "only n = 1 is supported"));
     }
-    let max_tokens = max_tokens(state, &body)?;
+    let max_tokens = max_tokens(state, tenant, &body)?;
     let params = sampling(&body)?;
     let stream = body.stream.unwrap_or(false);
     let ext = extension(body.tenantry)?;

@@ -1,5 +1,6 @@
-//! The chat API Deployment (pure), assembled by concern: the pod's security, the container's
-//! environment, volumes and their mounts, probes, resources and the container itself.
+//! The chat API Deployment (pure), assembled by concern: the pod's security and the platform's
+//! scheduling defaults, the container's environment, volumes and their mounts, probes,
+//! resources and the container itself.
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::apps::v1::{
@@ -15,22 +16,37 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::serve_config::{CONFIG_HASH_ANNOTATION, CONFIG_MOUNT, SERVE_CONFIG_KEY};
 use super::{
-    API_PORT, BuildConfig, KEYRING_KEY, KEYS_MOUNT, METRICS_PORT, Names, Scope, TENANTS_MOUNT,
-    api_labels, api_selector, meta,
+    API_PORT, BuildConfig, KEYRING_KEY, KEYS_MOUNT, METRICS_PORT, Names, Scope,
+    TENANT_MANIFEST_KEY, TENANTS_MOUNT, api_labels, api_selector, meta,
 };
 use crate::crd::Tenant;
 
 /// Unprivileged user and group the chat API runs as.
 const RUN_AS: i64 = 65532;
 
-/// The chat API Deployment. `spec.replicas` is set only while suspended (0); otherwise the
-/// HorizontalPodAutoscaler owns it, so the operator never fights the autoscaler.
-pub fn deployment(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Deployment {
+/// What the Deployment takes from the rest of the build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInputs {
+    /// sha256 of the rendered serve configuration (a change rolls the pods).
+    pub config_hash: String,
+    /// `spec.replicas`: set only while suspended (0) or pinned (1); otherwise the
+    /// HorizontalPodAutoscaler owns it, so the operator never fights the autoscaler.
+    pub replicas: Option<i32>,
+}
+
+/// The chat API Deployment.
+pub fn deployment(
+    tenant: &Tenant,
+    names: &Names,
+    cfg: &BuildConfig,
+    inputs: &PodInputs,
+) -> Deployment {
     Deployment {
         metadata: meta(tenant, names, &names.api, Scope::Api),
         spec: DeploymentSpec {
-            replicas: tenant.spec.suspend.then_some(0),
+            replicas: inputs.replicas,
             selector: LabelSelector {
                 match_labels: Some(api_selector(names)),
                 ..Default::default()
@@ -43,10 +59,7 @@ pub fn deployment(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Deployme
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(api_labels(names)),
-                    ..Default::default()
-                }),
+                metadata: Some(pod_meta(names, cfg, inputs)),
                 spec: Some(pod(tenant, names, cfg)),
             },
             ..Default::default()
@@ -55,13 +68,42 @@ pub fn deployment(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Deployme
     }
 }
 
+/// The pod template's labels and annotations: the platform's, then the operator's own (which
+/// the platform's cannot replace: the selector and the config hash).
+fn pod_meta(names: &Names, cfg: &BuildConfig, inputs: &PodInputs) -> ObjectMeta {
+    let defaults = &cfg.pod_defaults;
+    let mut labels = defaults.pod_labels.clone();
+    labels.extend(api_labels(names));
+    let mut annotations = defaults.pod_annotations.clone();
+    annotations.insert(
+        CONFIG_HASH_ANNOTATION.to_string(),
+        inputs.config_hash.clone(),
+    );
+    ObjectMeta {
+        labels: Some(labels),
+        annotations: Some(annotations),
+        ..Default::default()
+    }
+}
+
 fn pod(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> PodSpec {
+    let d = &cfg.pod_defaults;
+    // Unset stays absent: an empty list or map would be a field the operator claims.
+    fn set<T: Clone + Default + PartialEq>(v: &T) -> Option<T> {
+        (*v != T::default()).then(|| v.clone())
+    }
     PodSpec {
         // The API needs no Kubernetes API access: its config and keys are mounted.
         automount_service_account_token: Some(false),
         security_context: Some(pod_security()),
         containers: vec![container(tenant, names, cfg)],
         volumes: Some(volumes(names)),
+        image_pull_secrets: set(&d.image_pull_secrets),
+        node_selector: set(&d.node_selector),
+        tolerations: set(&d.tolerations),
+        affinity: set(&d.affinity),
+        topology_spread_constraints: set(&d.spread(&api_selector(names))),
+        priority_class_name: set(&d.priority_class_name),
         ..Default::default()
     }
 }
@@ -76,10 +118,11 @@ fn container(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Container {
         ports: Some(vec![port("http", API_PORT), port("metrics", METRICS_PORT)]),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
-        resources: Some(resources(tenant)),
+        resources: Some(resources(tenant, cfg)),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![
             mount("tenant-config", TENANTS_MOUNT),
+            mount("serve-config", CONFIG_MOUNT),
             mount("signing-key", KEYS_MOUNT),
             mount("data", "/data"),
             mount("tmp", "/tmp"),
@@ -88,10 +131,14 @@ fn container(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Container {
     }
 }
 
-/// `tenantry serve` reading its tenant and keyring from the mounted ConfigMap and Secret.
+/// `tenantry serve` reading its configuration, tenant and keyring from the mounted ConfigMap
+/// and Secret.
 fn serve_args() -> Vec<String> {
+    let config = format!("{CONFIG_MOUNT}/{SERVE_CONFIG_KEY}");
     [
         "serve",
+        "--config",
+        config.as_str(),
         "--listen",
         "0.0.0.0:8000",
         "--metrics-listen",
@@ -163,8 +210,14 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// The tenant's `spec.api.resources`, else 250m CPU / 512Mi requested and a 2Gi memory limit.
-fn resources(tenant: &Tenant) -> ResourceRequirements {
+/// The tenant's `spec.api.resources`, else the platform's default resources, else 250m CPU /
+/// 512Mi requested and a 2Gi memory limit.
+fn resources(tenant: &Tenant, cfg: &BuildConfig) -> ResourceRequirements {
+    if tenant.spec.api.resources.is_none()
+        && let Some(defaults) = cfg.pod_defaults.default_resources()
+    {
+        return defaults.clone();
+    }
     let res = tenant.spec.api.resources.clone().unwrap_or_default();
     ResourceRequirements {
         requests: quantities(&res.requests).or_else(|| {
@@ -230,23 +283,31 @@ fn container_security() -> SecurityContext {
     }
 }
 
-/// The mounted config and keyring (only the keyring, as `<tenant>.json`, owner-read-only),
-/// and scratch space for the data folder and `/tmp` (the root filesystem is read-only).
+/// The mounted ConfigMap, one key per folder (the tenant manifest folder holds manifests
+/// only), the keyring (only the keyring, as `<tenant>.json`, owner-read-only), and scratch
+/// space for the data folder and `/tmp` (the root filesystem is read-only).
 fn volumes(names: &Names) -> Vec<Volume> {
     let empty = |name: &str| Volume {
         name: name.to_string(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     };
-    vec![
-        Volume {
-            name: "tenant-config".to_string(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: names.config.clone(),
+    let config_key = |name: &str, key: &str| Volume {
+        name: name.to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names.config.clone(),
+            items: Some(vec![KeyToPath {
+                key: key.to_string(),
+                path: key.to_string(),
                 ..Default::default()
-            }),
+            }]),
             ..Default::default()
-        },
+        }),
+        ..Default::default()
+    };
+    vec![
+        config_key("tenant-config", TENANT_MANIFEST_KEY),
+        config_key("serve-config", SERVE_CONFIG_KEY),
         Volume {
             name: "signing-key".to_string(),
             secret: Some(SecretVolumeSource {
@@ -287,7 +348,7 @@ mod tests {
         c.api_env.push(("RUST_LOG".into(), "debug".into()));
         c.api_secret_env
             .push(("OPENAI_API_KEY".into(), "llm".into(), "key".into()));
-        let d = deployment(&Tenant::test(), &n, &c);
+        let d = deployment(&Tenant::test(), &n, &c, &PodInputs::test());
         let env = d.spec.template.spec.expect("pod").containers[0]
             .env
             .clone()
@@ -317,7 +378,7 @@ mod tests {
     fn pods_get_the_qdrant_url_and_the_api_key_from_a_secret() {
         let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
         let env_of = |cfg: &BuildConfig| {
-            let d = deployment(&Tenant::test(), &n, cfg);
+            let d = deployment(&Tenant::test(), &n, cfg, &PodInputs::test());
             d.spec.template.spec.expect("pod").containers[0]
                 .env
                 .clone()
@@ -354,21 +415,100 @@ mod tests {
     }
 
     #[test]
-    fn replicas_are_left_to_the_hpa_unless_suspended() {
+    fn replicas_and_the_config_hash_come_from_the_inputs() {
         let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let mut t = Tenant::test();
-        assert_eq!(deployment(&t, &n, &BuildConfig::test()).spec.replicas, None);
-        t.spec.suspend = true;
+        let t = Tenant::test();
+        let cfg = BuildConfig::test();
+        let d = deployment(&t, &n, &cfg, &PodInputs::test());
+        assert_eq!(d.spec.replicas, None, "left to the autoscaler");
+        let inputs = PodInputs {
+            config_hash: "abc".into(),
+            replicas: Some(1),
+        };
+        let d = deployment(&t, &n, &cfg, &inputs);
+        assert_eq!(d.spec.replicas, Some(1));
+        let meta = d.spec.template.metadata.expect("meta");
         assert_eq!(
-            deployment(&t, &n, &BuildConfig::test()).spec.replicas,
-            Some(0)
+            meta.annotations.expect("annotations")[CONFIG_HASH_ANNOTATION],
+            "abc"
+        );
+    }
+
+    #[test]
+    fn pod_defaults_reach_the_pod_but_never_replace_the_selector() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let mut cfg = BuildConfig::test();
+        cfg.pod_defaults = super::super::pod::PodDefaults::parse(
+            "imagePullSecrets: [{name: regcred}]\nnodeSelector: {pool: api}\ntolerations: [{key: k, operator: Exists}]\naffinity: {podAntiAffinity: {}}\ntopologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule}]\npodLabels: {team: ai}\npodAnnotations: {a: b}\npriorityClassName: high\nresources: {requests: {cpu: 50m}}\n",
+        )
+        .expect("defaults");
+        let d = deployment(&Tenant::test(), &n, &cfg, &PodInputs::test());
+        let meta = d.spec.template.metadata.clone().expect("meta");
+        let labels = meta.labels.expect("labels");
+        assert_eq!(labels["team"], "ai");
+        assert_eq!(labels["app.kubernetes.io/instance"], "acme-api");
+        let annotations = meta.annotations.expect("annotations");
+        assert_eq!(annotations["a"], "b");
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        let pod = d.spec.template.spec.expect("pod");
+        assert_eq!(pod.image_pull_secrets.expect("pull")[0].name, "regcred");
+        assert_eq!(pod.node_selector.expect("nodes")["pool"], "api");
+        assert_eq!(pod.tolerations.expect("tolerations").len(), 1);
+        assert!(pod.affinity.expect("affinity").pod_anti_affinity.is_some());
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+        let spread = &pod.topology_spread_constraints.expect("spread")[0];
+        assert_eq!(
+            spread.label_selector.clone().and_then(|s| s.match_labels),
+            Some(api_selector(&n))
+        );
+        let res = pod.containers[0].resources.clone().expect("resources");
+        assert_eq!(res.requests.expect("requests")["cpu"].0, "50m");
+        assert_eq!(
+            res.limits, None,
+            "the platform's resources replace the built-in ones"
+        );
+
+        let own = Tenant::from_yaml(
+            "metadata: {name: acme}\nspec: {tier: pro, api: {resources: {requests: {cpu: 1}}}}\n",
+        );
+        let d = deployment(&own, &n, &cfg, &PodInputs::test());
+        let res = d.spec.template.spec.expect("pod").containers[0]
+            .resources
+            .clone()
+            .expect("resources");
+        assert_eq!(
+            res.requests.expect("requests")["cpu"].0,
+            "1",
+            "the tenant's win"
+        );
+
+        let plain = deployment(
+            &Tenant::test(),
+            &n,
+            &BuildConfig::test(),
+            &PodInputs::test(),
+        );
+        let pod = plain.spec.template.spec.expect("pod");
+        assert_eq!(
+            (
+                pod.node_selector,
+                pod.tolerations,
+                pod.affinity,
+                pod.priority_class_name
+            ),
+            (None, None, None, None)
         );
     }
 
     #[test]
     fn pods_run_locked_down_with_mounted_config() {
         let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let d = deployment(&Tenant::test(), &n, &BuildConfig::test());
+        let d = deployment(
+            &Tenant::test(),
+            &n,
+            &BuildConfig::test(),
+            &PodInputs::test(),
+        );
         let pod = d.spec.template.spec.expect("pod");
         assert_eq!(pod.automount_service_account_token, Some(false));
         let c = &pod.containers[0];
@@ -376,15 +516,32 @@ mod tests {
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         let args = c.args.clone().expect("args").join(" ");
         assert!(
-            args.starts_with("serve ") && args.contains("--keys-dir /etc/tenantry/keys"),
+            args.starts_with("serve --config /etc/tenantry/config/serve.yaml ")
+                && args.contains("--keys-dir /etc/tenantry/keys"),
             "{args}"
         );
-        let secret_vol = pod
-            .volumes
-            .expect("volumes")
-            .into_iter()
-            .find_map(|v| v.secret)
+        let volumes = pod.volumes.expect("volumes");
+        let secret_vol = volumes
+            .iter()
+            .find_map(|v| v.secret.clone())
             .expect("secret volume");
         assert_eq!(secret_vol.items.expect("items")[0].path, "acme.json");
+        // One key per folder: the manifest folder never sees serve.yaml.
+        let keys_of = |name: &str| {
+            let v = volumes.iter().find(|v| v.name == name).expect(name);
+            let items = v.config_map.clone().and_then(|c| c.items).expect("items");
+            items.into_iter().map(|i| i.key).collect::<Vec<_>>()
+        };
+        assert_eq!(keys_of("tenant-config"), ["tenant.yaml"]);
+        assert_eq!(keys_of("serve-config"), ["serve.yaml"]);
+        let mounts = c.volume_mounts.clone().expect("mounts");
+        let at = |name: &str| {
+            mounts
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.mount_path.clone())
+        };
+        assert_eq!(at("serve-config").as_deref(), Some(CONFIG_MOUNT));
+        assert_eq!(at("tenant-config").as_deref(), Some(TENANTS_MOUNT));
     }
 }

@@ -1,8 +1,12 @@
 //! The build step of a reconcile (pure, no I/O): a validated Tenant becomes its desired
 //! objects as one [`Resources<Prepared>`] value: namespace, signing-key Secret, the rendered
-//! tenant config, and the chat API's Deployment (see [`deployment`]), Service, HPA, PDB and
-//! NetworkPolicy. Every object is labelled and owned by the Tenant.
+//! tenant manifest and serve configuration ([`serve_config`]), and the chat API's Deployment
+//! (see [`deployment`], with the platform's [`pod`] defaults), Service, HPA (bounded by
+//! [`scaling`]), PDB and NetworkPolicy. Every object is labelled and owned by the Tenant.
 pub mod deployment;
+pub mod pod;
+pub mod scaling;
+pub mod serve_config;
 
 use std::collections::BTreeMap;
 
@@ -24,9 +28,12 @@ use kube::{Resource, ResourceExt};
 use super::keys::{self, KeyInputs, KeyPlan, StoredKeyring};
 use super::validate::ValidTenant;
 use crate::auth::keys::Keyring;
+use crate::config::ServeConfig;
 use crate::crd::{QuotaTierSpec, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant};
 use crate::domain::{EffectiveQuota, TenantId};
 pub use deployment::deployment;
+use pod::PodDefaults;
+use scaling::Scaling;
 
 /// Why the desired objects could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +44,9 @@ pub enum BuildError {
     /// The tenant manifest for the API pods could not be rendered.
     #[error("cannot render the tenant manifest: {0}")]
     Manifest(#[source] serde_saphyr::SerializeError),
+    /// The serve configuration for the API pods could not be rendered.
+    #[error("cannot render the serve configuration: {0}")]
+    ServeConfig(#[source] serde_saphyr::SerializeError),
 }
 
 /// Marks [`Resources`] that are built but not yet applied.
@@ -54,7 +64,7 @@ pub struct Resources<S> {
     pub namespace: Namespace,
     /// The signing-key Secret and the keyring decision it stores.
     pub signing_key: SigningKey,
-    /// The ConfigMap with the tenant manifest the API pods load.
+    /// The ConfigMap with the tenant manifest and the serve configuration the API pods load.
     pub config: ConfigMap,
     /// The chat API; once applied, as the API server returned it (with its status).
     pub deployment: Deployment,
@@ -68,6 +78,8 @@ pub struct Resources<S> {
     pub network_policy: NetworkPolicy,
     /// The limits in force (tier plus overrides), reported in the status.
     pub effective_quota: EffectiveQuota,
+    /// The replica bounds, and why they are pinned to one if they are.
+    pub scaling: Scaling,
     /// What the stage adds.
     pub stage: S,
 }
@@ -118,6 +130,14 @@ pub fn resources(
         now,
     });
     let manifest = tenant_manifest(tenant, &tenant.spec.tier, &valid.tier)?;
+    let effective_quota = effective_quota(tenant, &valid.tier, &cfg.serve);
+    let serve = serve_config::for_tenant(&cfg.serve, &effective_quota);
+    let serve = serve_config::render(&serve, valid.id.as_str())?;
+    let scaling = Scaling::decide(replicas(tenant, &valid.tier), scaling::unshared(cfg));
+    let pod = deployment::PodInputs {
+        config_hash: serve_config::hash(&serve),
+        replicas: scaling.deployment_replicas(tenant.spec.suspend),
+    };
     Ok(Resources {
         namespace: namespace(tenant, &names),
         signing_key: SigningKey {
@@ -125,13 +145,14 @@ pub fn resources(
             plan,
             replaced_invalid,
         },
-        config: config_map(tenant, &names, manifest),
-        deployment: deployment(tenant, &names, cfg),
+        config: config_map(tenant, &names, manifest, serve),
+        deployment: deployment(tenant, &names, cfg, &pod),
         service: service(tenant, &names),
-        autoscaler: hpa(tenant, &names, replicas(tenant, &valid.tier)),
+        autoscaler: hpa(tenant, &names, scaling.bounds()),
         disruption_budget: pdb(tenant, &names),
         network_policy: network_policy(tenant, &names),
-        effective_quota: effective_quota(tenant, &valid.tier),
+        effective_quota,
+        scaling,
         names,
         stage: Prepared,
     })
@@ -160,6 +181,11 @@ pub struct BuildConfig {
     /// `valueFrom.secretKeyRef` into `TENANTRY_QDRANT_API_KEY` (the Secret must exist in the
     /// tenant namespace).
     pub qdrant_api_key_secret: Option<(String, String)>,
+    /// The API pods' serve configuration (`--api-config`, else the defaults), before the
+    /// tenant's overrides.
+    pub serve: ServeConfig,
+    /// Platform defaults of the API pods (`--api-pod-defaults`).
+    pub pod_defaults: PodDefaults,
 }
 
 /// Port the chat API listens on inside the pod.
@@ -351,14 +377,14 @@ pub fn tenant_manifest(
     ))
 }
 
-/// The ConfigMap holding the rendered tenant manifest.
-pub fn config_map(tenant: &Tenant, names: &Names, manifest: String) -> ConfigMap {
+/// The ConfigMap holding the rendered tenant manifest and serve configuration.
+pub fn config_map(tenant: &Tenant, names: &Names, manifest: String, serve: String) -> ConfigMap {
     ConfigMap {
         metadata: meta(tenant, names, &names.config, Scope::Tenant),
-        data: Some(BTreeMap::from([(
-            TENANT_MANIFEST_KEY.to_string(),
-            manifest,
-        )])),
+        data: Some(BTreeMap::from([
+            (TENANT_MANIFEST_KEY.to_string(), manifest),
+            (serve_config::SERVE_CONFIG_KEY.to_string(), serve),
+        ])),
         ..Default::default()
     }
 }
@@ -471,9 +497,16 @@ pub fn network_policy(tenant: &Tenant, names: &Names) -> NetworkPolicy {
     }
 }
 
-/// The effective quota of a tenant under a tier.
-pub fn effective_quota(tenant: &Tenant, tier: &QuotaTierSpec) -> EffectiveQuota {
-    EffectiveQuota::resolve(tier, tenant.spec.quota.as_ref())
+/// The effective quota of a tenant under a tier; its `maxTokens`, when neither sets one, is
+/// the serve configuration's (so the status shows the limit in force).
+pub fn effective_quota(
+    tenant: &Tenant,
+    tier: &QuotaTierSpec,
+    serve: &ServeConfig,
+) -> EffectiveQuota {
+    let mut quota = EffectiveQuota::resolve(tier, tenant.spec.quota.as_ref());
+    quota.max_tokens = Some(i64::from(quota.max_tokens_or(serve.llm.max_tokens)));
+    quota
 }
 
 #[cfg(test)]
@@ -495,7 +528,7 @@ mod tests {
     fn objects_are_labelled_and_owned() {
         let t = Tenant::test();
         let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let d = deployment(&t, &n, &BuildConfig::test());
+        let d = deployment(&t, &n, &BuildConfig::test(), &deployment::PodInputs::test());
         let owner = d.metadata.owner_references.clone().expect("owner");
         assert_eq!(owner[0].uid, "uid-1");
         assert_eq!(owner[0].controller, Some(true));
@@ -560,7 +593,19 @@ mod tests {
         let cfg = reg
             .get(&TenantId::parse("acme").expect("id"))
             .expect("loaded");
-        assert_eq!(cfg.quota, effective_quota(&t, &tier));
+        let serve = ServeConfig::default();
+        let operator = effective_quota(&t, &tier, &serve);
+        assert_eq!(
+            cfg.quota.max_tokens_or(serve.llm.max_tokens),
+            operator.max_tokens_or(0)
+        );
+        assert_eq!(
+            EffectiveQuota {
+                max_tokens: operator.max_tokens,
+                ..cfg.quota.clone()
+            },
+            operator
+        );
         assert_eq!(cfg.quota.daily_tokens, 42);
     }
 
@@ -585,8 +630,24 @@ mod tests {
         ] {
             assert_eq!(namespace.as_deref(), Some("tenant-acme"));
         }
-        assert_eq!(r.effective_quota, effective_quota(&t, &valid.tier));
-        let manifest = &r.config.data.as_ref().expect("data")[TENANT_MANIFEST_KEY];
+        assert_eq!(
+            r.effective_quota,
+            effective_quota(&t, &valid.tier, &ServeConfig::default())
+        );
+        let data = r.config.data.as_ref().expect("data");
+        let manifest = &data[TENANT_MANIFEST_KEY];
         assert!(manifest.contains("kind: QuotaTier"), "{manifest}");
+        let serve = &data[serve_config::SERVE_CONFIG_KEY];
+        let annotations = r
+            .deployment
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone());
+        assert_eq!(
+            annotations.expect("annotations")[serve_config::CONFIG_HASH_ANNOTATION],
+            serve_config::hash(serve)
+        );
     }
 }
