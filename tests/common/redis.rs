@@ -285,10 +285,16 @@ impl RedisCluster {
     /// sees them (`CLUSTER NODES`: `CLUSTER SLOTS` leaves out replicas that have not
     /// replicated anything yet).
     pub fn shard_of(&self, slot: i64) -> (u16, Vec<u16>) {
+        self.try_shard_of(slot)
+            .expect("a live node knows the slot's shard")
+    }
+
+    /// [`Self::shard_of`], or None while no live node knows a primary for the slot (its
+    /// primary was flagged failed and no replica has taken over yet).
+    fn try_shard_of(&self, slot: i64) -> Option<(u16, Vec<u16>)> {
         self.nodes
             .iter()
             .find_map(|n| shard_from(&n.query(&["CLUSTER", "NODES"])?, slot))
-            .expect("a live node knows the slot's shard")
     }
 
     /// The node listening on `port`.
@@ -321,8 +327,9 @@ impl RedisCluster {
         let (primary, replicas) = self.shard_of(slot);
         self.node(primary).kill();
         self.wait_until("a replica took over the slot", |c| {
-            let (now, _) = c.shard_of(slot);
-            now != primary && replicas.contains(&now) && c.routed_to(slot, now)
+            c.try_shard_of(slot).is_some_and(|(now, _)| {
+                now != primary && replicas.contains(&now) && c.routed_to(slot, now)
+            })
         });
         let (now, _) = self.shard_of(slot);
         self.wait_until("the cluster is ok again", |c| {
