@@ -49,6 +49,8 @@ pub mod reason {
     pub const RECONCILED: &str = "Reconciled";
     /// The tenant is suspended.
     pub const SUSPENDED: &str = "Suspended";
+    /// The operator exposes tenants through HTTPRoutes but the API server serves no Gateway API.
+    pub const GATEWAY_API_MISSING: &str = "GatewayApiMissing";
 }
 
 const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40";
@@ -246,6 +248,10 @@ pub struct ApiSpec {
     /// Compute resources of the API container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Reachable from outside the cluster when the operator exposes tenants (`--expose`);
+    /// `false` keeps this tenant in-cluster only. Unset: exposed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<bool>,
 }
 
 impl Default for ApiSpec {
@@ -254,6 +260,7 @@ impl Default for ApiSpec {
             replicas: None,
             target_cpu_utilization_percentage: default_cpu(),
             resources: None,
+            expose: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::cli::OperatorArgs;
 use crate::controller::build::BuildConfig;
+use crate::controller::build::expose::{Expose, ExposeConfigError};
 use crate::controller::leader::Elector;
 use crate::controller::{self, Context, ContextParts, ReconcileMetrics, lease_api};
 use crate::runtime::{admin_router, shutdown_signal};
@@ -38,6 +39,9 @@ pub enum OperatorError {
         #[source]
         source: std::io::Error,
     },
+    /// The `--expose*` flags are missing, malformed or inapplicable.
+    #[error("invalid exposure flags: {0}")]
+    Expose(#[from] ExposeConfigError),
     /// Another replica took the Lease.
     #[error("lost leadership; exiting so that only one replica writes")]
     LostLeadership,
@@ -45,7 +49,7 @@ pub enum OperatorError {
 
 /// Runs the operator until a shutdown signal (Ok) or loss of leadership (Err).
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    let build = build_config(&args);
+    let build = build_config(&args)?;
     let identity = identity(&args);
     let client = Client::try_default().await?;
     let vectors = open_vectors(&args)?;
@@ -83,9 +87,9 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     result
 }
 
-/// What the reconciler builds, from the flags.
-fn build_config(args: &OperatorArgs) -> BuildConfig {
-    BuildConfig {
+/// What the reconciler builds, from the flags (refused when they do not fit together).
+fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
+    Ok(BuildConfig {
         namespace_prefix: args.namespace_prefix.clone(),
         image: args.image.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
@@ -106,7 +110,8 @@ fn build_config(args: &OperatorArgs) -> BuildConfig {
             .clone()
             .filter(|s| !s.is_empty())
             .map(|name| (name, args.qdrant_api_key_secret_key.clone())),
-    }
+        expose: Expose::from_args(&args.expose)?,
+    })
 }
 
 /// This replica's name in the Lease: `--identity`, else the pod's hostname, else one made up.

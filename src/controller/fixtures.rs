@@ -79,6 +79,7 @@ impl BuildConfig {
             operator_namespace: "tenantry-system".into(),
             qdrant_url: None,
             qdrant_api_key_secret: None,
+            expose: super::build::expose::Expose::None,
         }
     }
 }

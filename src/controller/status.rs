@@ -172,6 +172,7 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
         names,
         signing_key,
         deployment,
+        exposure,
         effective_quota,
         stage,
         ..
@@ -184,7 +185,11 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
             None => ComponentOutcome::ok("CollectionsReady", "vector collections exist"),
             Some(e) => ComponentOutcome::fail("VectorStoreUnavailable", e.to_string()),
         },
-        api: api_outcome(tenant.spec.suspend, deployment),
+        api: if stage.gateway_api_missing {
+            ComponentOutcome::fail(reason::GATEWAY_API_MISSING, GATEWAY_API_MISSING)
+        } else {
+            api_outcome(tenant.spec.suspend, deployment)
+        },
     };
     let prev = tenant.status.clone().unwrap_or_default();
     TenantStatus {
@@ -194,10 +199,18 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
         signing_secret: Some(names.secret.clone()),
         current_key_id: Some(kid.clone()),
         collections: stage.collections.clone(),
-        endpoint: Some(names.endpoint()),
+        endpoint: Some(match &exposure.exposed {
+            Some((_, url)) => url.clone(),
+            None => names.endpoint(),
+        }),
         effective_quota: Some(effective_quota.clone()),
     }
 }
+
+/// The `ApiReady` message when HTTPRoutes cannot be applied.
+pub const GATEWAY_API_MISSING: &str = "the API server serves no Gateway API \
+    (gateway.networking.k8s.io/v1 HTTPRoute): install the Gateway API CRDs, or run the \
+    operator with --expose ingress or --expose none; the API is reachable in-cluster only";
 
 /// `ApiReady`: suspended, available (the applied Deployment reports an available replica), or
 /// still progressing.

@@ -1,8 +1,10 @@
 //! The build step of a reconcile (pure, no I/O): a validated Tenant becomes its desired
 //! objects as one [`Resources<Prepared>`] value: namespace, signing-key Secret, the rendered
 //! tenant config, and the chat API's Deployment (see [`deployment`]), Service, HPA, PDB and
-//! NetworkPolicy. Every object is labelled and owned by the Tenant.
+//! NetworkPolicy, and what exposes it outside the cluster (see [`expose`]). Every object is
+//! labelled and owned by the Tenant.
 pub mod deployment;
+pub mod expose;
 
 use std::collections::BTreeMap;
 
@@ -27,6 +29,7 @@ use crate::auth::keys::Keyring;
 use crate::crd::{QuotaTierSpec, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant};
 use crate::domain::{EffectiveQuota, TenantId};
 pub use deployment::deployment;
+use expose::{Expose, Exposure};
 
 /// Why the desired objects could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,8 @@ pub struct Resources<S> {
     pub disruption_budget: PodDisruptionBudget,
     /// The chat API's NetworkPolicy.
     pub network_policy: NetworkPolicy,
+    /// The HTTPRoute or Ingress exposing the chat API, and the kinds to remove.
+    pub exposure: Exposure,
     /// The limits in force (tier plus overrides), reported in the status.
     pub effective_quota: EffectiveQuota,
     /// What the stage adds.
@@ -131,6 +136,7 @@ pub fn resources(
         autoscaler: hpa(tenant, &names, replicas(tenant, &valid.tier)),
         disruption_budget: pdb(tenant, &names),
         network_policy: network_policy(tenant, &names),
+        exposure: expose::exposure(tenant, &names, &cfg.expose),
         effective_quota: effective_quota(tenant, &valid.tier),
         names,
         stage: Prepared,
@@ -160,6 +166,8 @@ pub struct BuildConfig {
     /// `valueFrom.secretKeyRef` into `TENANTRY_QDRANT_API_KEY` (the Secret must exist in the
     /// tenant namespace).
     pub qdrant_api_key_secret: Option<(String, String)>,
+    /// How the chat APIs are exposed outside the cluster (`--expose`).
+    pub expose: Expose,
 }
 
 /// Port the chat API listens on inside the pod.
@@ -447,7 +455,8 @@ pub fn pdb(tenant: &Tenant, names: &Names) -> PodDisruptionBudget {
     }
 }
 
-/// The NetworkPolicy: the API pods accept traffic only on the API and metrics ports.
+/// The NetworkPolicy: the API pods accept traffic only on the API and metrics ports, from any
+/// source (no `from`), so a gateway or ingress controller in any namespace reaches them.
 pub fn network_policy(tenant: &Tenant, names: &Names) -> NetworkPolicy {
     let port = |p: i32| NetworkPolicyPort {
         port: Some(IntOrString::Int(p)),
@@ -562,6 +571,23 @@ mod tests {
             .expect("loaded");
         assert_eq!(cfg.quota, effective_quota(&t, &tier));
         assert_eq!(cfg.quota.daily_tokens, 42);
+    }
+
+    #[test]
+    fn the_network_policy_admits_a_gateway_from_any_namespace_on_the_api_port() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let spec = network_policy(&Tenant::test(), &n).spec.expect("spec");
+        let rules = spec.ingress.expect("ingress rules");
+        let api = rules
+            .iter()
+            .find(|r| {
+                r.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.port == Some(IntOrString::Int(API_PORT)))
+            })
+            .expect("a rule for the API port");
+        assert_eq!(api.from, None, "no source restriction: {api:?}");
     }
 
     #[test]
