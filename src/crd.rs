@@ -51,6 +51,8 @@ pub mod reason {
     pub const SUSPENDED: &str = "Suspended";
     /// The operator exposes tenants through HTTPRoutes but the API server serves no Gateway API.
     pub const GATEWAY_API_MISSING: &str = "GatewayApiMissing";
+    /// The parent Gateway refuses the tenant's HTTPRoute (its status says `Accepted=False`).
+    pub const ROUTE_NOT_ACCEPTED: &str = "RouteNotAccepted";
 }
 
 const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40";

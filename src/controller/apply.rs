@@ -186,10 +186,7 @@ async fn apply_exposure(
         Some((ExposeObject::HttpRoute(r), url)) => {
             match ssa(&routes(client, ns), &*r, "apply HTTPRoute").await {
                 Ok(r) => Some((ExposeObject::HttpRoute(Box::new(r)), url)),
-                Err(Error::Kube {
-                    source: kube::Error::Api(s),
-                    ..
-                }) if s.is_not_found() => {
+                Err(Error::Kube { source, .. }) if is_404(&source) => {
                     return Ok((
                         Exposure {
                             exposed: None,
@@ -227,8 +224,10 @@ async fn remove_owned<K>(
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let Some(obj) = api.get_opt(name).await.map_err(kube_err(get))? else {
-        return Ok(());
+    let obj = match api.get(name).await {
+        Ok(obj) => obj,
+        Err(e) if is_404(&e) => return Ok(()),
+        Err(e) => return Err(kube_err(get)(e)),
     };
     let owner = tenant.meta().uid.as_deref();
     let owned = obj
@@ -252,9 +251,15 @@ where
             tracing::info!(namespace = ?obj.meta().namespace, name, "exposure removed");
             Ok(())
         }
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) if is_404(&e) => Ok(()),
         Err(e) => Err(kube_err(delete)(e)),
     }
+}
+
+/// A 404: no such object, or no such resource type (for a kind whose CRD is not installed the
+/// API server answers a plain-text "404 page not found", not a `NotFound` Status).
+fn is_404(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
 /// Applies the signing-key Secret, then reports what happened to the keyring as Events.

@@ -7,6 +7,7 @@ use kube::api::{Api, Patch, PatchParams};
 
 use super::apply::Applied;
 use super::build::Resources;
+use super::build::expose::{self, ExposeObject, Exposure};
 use super::validate::InvalidSpec;
 use super::{Context, Error, kube_err};
 use crate::crd::{Condition, FIELD_MANAGER, Tenant, TenantStatus, condition, reason};
@@ -185,10 +186,9 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
             None => ComponentOutcome::ok("CollectionsReady", "vector collections exist"),
             Some(e) => ComponentOutcome::fail("VectorStoreUnavailable", e.to_string()),
         },
-        api: if stage.gateway_api_missing {
-            ComponentOutcome::fail(reason::GATEWAY_API_MISSING, GATEWAY_API_MISSING)
-        } else {
-            api_outcome(tenant.spec.suspend, deployment)
+        api: match exposure_outcome(stage.gateway_api_missing, exposure) {
+            Some(o) if !tenant.spec.suspend => o,
+            _ => api_outcome(tenant.spec.suspend, deployment),
         },
     };
     let prev = tenant.status.clone().unwrap_or_default();
@@ -211,6 +211,23 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
 pub const GATEWAY_API_MISSING: &str = "the API server serves no Gateway API \
     (gateway.networking.k8s.io/v1 HTTPRoute): install the Gateway API CRDs, or run the \
     operator with --expose ingress or --expose none; the API is reachable in-cluster only";
+
+/// `ApiReady` when the exposure keeps the API from its external URL: no Gateway API, or a
+/// Gateway that refuses the route.
+fn exposure_outcome(gateway_api_missing: bool, exposure: &Exposure) -> Option<ComponentOutcome> {
+    if gateway_api_missing {
+        return Some(ComponentOutcome::fail(
+            reason::GATEWAY_API_MISSING,
+            GATEWAY_API_MISSING,
+        ));
+    }
+    let Some((ExposeObject::HttpRoute(route), _)) = &exposure.exposed else {
+        return None;
+    };
+    let why = expose::route_refusal(route)?;
+    let message = format!("the parent Gateway does not accept the HTTPRoute: {why}");
+    Some(ComponentOutcome::fail(reason::ROUTE_NOT_ACCEPTED, message))
+}
 
 /// `ApiReady`: suspended, available (the applied Deployment reports an available replica), or
 /// still progressing.

@@ -379,6 +379,18 @@ pub fn exposure(tenant: &Tenant, names: &Names, cfg: &Expose) -> Exposure {
     }
 }
 
+/// Why the parent Gateway refuses `route`, as its controller reports in the route's status
+/// (a parent with `Accepted=False`): `None` while accepted or not yet looked at.
+pub fn route_refusal(route: &DynamicObject) -> Option<String> {
+    let parents = route.data.get("status")?.get("parents")?.as_array()?;
+    let refused = parents
+        .iter()
+        .flat_map(|p| p["conditions"].as_array().into_iter().flatten())
+        .find(|c| c["type"] == "Accepted" && c["status"] == "False")?;
+    let field = |k: &str| refused[k].as_str().unwrap_or_default().to_string();
+    Some(format!("{}: {}", field("reason"), field("message")))
+}
+
 fn url(https: bool, host: &str) -> String {
     format!("{}://{host}", if https { "https" } else { "http" })
 }
@@ -653,6 +665,33 @@ mod tests {
             ("acme-api", "Prefix")
         );
         assert_eq!(svc.port.as_ref().and_then(|p| p.number), Some(80));
+    }
+
+    #[test]
+    fn a_route_the_gateway_refuses_says_why() {
+        let (ExposeObject::HttpRoute(mut route), _) = http_route(
+            &Tenant::test(),
+            &names(),
+            &match gateway() {
+                Expose::Gateway(g) => g,
+                other => panic!("{other:?}"),
+            },
+        ) else {
+            panic!("not a route");
+        };
+        assert_eq!(route_refusal(&route), None, "no status yet");
+        let parent = |status: &str| {
+            json!({"parents": [{"controllerName": "example.com/gw", "parentRef": {"name": "public"},
+                "conditions": [{"type": "Accepted", "status": status, "reason": "NotAllowedByListeners",
+                                "message": "no listener admits this namespace"}]}]})
+        };
+        route.data["status"] = parent("True");
+        assert_eq!(route_refusal(&route), None);
+        route.data["status"] = parent("False");
+        assert_eq!(
+            route_refusal(&route).as_deref(),
+            Some("NotAllowedByListeners: no listener admits this namespace")
+        );
     }
 
     #[test]
