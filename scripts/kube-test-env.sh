@@ -14,8 +14,11 @@
 # for the chart tests, from helm.sh/helm/v3 in tests/kube-env/helm, with
 # argocd-health, the Argo CD health-check runner of those tests), and
 # cached in $TENANTRY_CACHE/kube/<k8s-version>/bin, so only the first run pays
-# for the build.  Only `export ...` lines go to stdout; everything else goes
-# to stderr.
+# for the build.  `start` also installs the Gateway API CRDs (standard
+# channel, version $GATEWAY_API_VERSION below), taken from the Go module zip of
+# sigs.k8s.io/gateway-api and cached in $TENANTRY_CACHE/gateway-api/<version>;
+# it re-applies them when they are missing or of another version.  Only
+# `export ...` lines go to stdout; everything else goes to stderr.
 #
 # Environment:
 #   TENANTRY_CACHE      cache root (default ~/.cache/tenantry)
@@ -37,6 +40,9 @@ ETCD_VERSION=$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print 
 HELM_VERSION=$(awk '$1 == "require" && $2 == "helm.sh/helm/v3" {print $3}' "$MODDIR/helm/go.mod")
 
 BIN=$CACHE/kube/$K8S_VERSION/bin
+# The Gateway API release whose CRDs the tests create HTTPRoutes against.
+GATEWAY_API_VERSION=v1.6.3
+GATEWAY_CRDS=$CACHE/gateway-api/$GATEWAY_API_VERSION
 RUN=$CACHE/kube-run
 LOCK=$CACHE/kube.lock
 START_TIMEOUT=${TENANTRY_KUBE_START_TIMEOUT:-60}
@@ -287,6 +293,39 @@ EOF
   )
 }
 
+# --- Gateway API CRDs -------------------------------------------------------
+
+# The standard-channel CRDs of the Go module sigs.k8s.io/gateway-api (from the
+# Go module proxy), cached; only the CRDs (the module's ValidatingAdmission-
+# Policy guards CRD upgrades on real clusters and is left out).
+fetch_gateway_crds() {
+  [[ -f $GATEWAY_CRDS/.done ]] && return 0
+  command -v go >/dev/null || die "go is not installed (needed once to fetch the Gateway API CRDs)"
+  local dir
+  dir=$(cd /tmp && GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -json \
+    "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -d $dir/config/crd/standard ]] || die "no config/crd/standard in sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION"
+  rm -rf "$GATEWAY_CRDS"
+  mkdir -p "$GATEWAY_CRDS"
+  cp "$dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$GATEWAY_CRDS/"
+  rm -f "$GATEWAY_CRDS"/*_vap_*.yaml
+  touch "$GATEWAY_CRDS/.done"
+  log "Gateway API $GATEWAY_API_VERSION CRDs cached in $GATEWAY_CRDS"
+}
+
+# Applies them unless the HTTPRoute CRD of this version is already served.
+install_gateway_crds() {
+  local kubectl=("$BIN/kubectl" --kubeconfig "$RUN/kubeconfig") have
+  have=$("${kubectl[@]}" get crd httproutes.gateway.networking.k8s.io --ignore-not-found \
+    -o jsonpath='{.metadata.annotations.gateway\.networking\.k8s\.io/bundle-version}' 2>/dev/null || true)
+  [[ $have == "$GATEWAY_API_VERSION" ]] && return 0
+  fetch_gateway_crds
+  log "installing the Gateway API $GATEWAY_API_VERSION CRDs"
+  "${kubectl[@]}" apply --server-side --force-conflicts -f "$GATEWAY_CRDS" >&2
+  "${kubectl[@]}" wait --for=condition=Established --timeout=60s \
+    crd/httproutes.gateway.networking.k8s.io crd/gateways.gateway.networking.k8s.io >&2
+}
+
 # --- start / stop ----------------------------------------------------------
 
 fail_start() {
@@ -305,6 +344,7 @@ fail_start() {
 do_start() {
   if running; then
     log "already running on https://127.0.0.1:$(state apiserver.port)"
+    install_gateway_crds
     print_env
     return 0
   fi
@@ -388,6 +428,7 @@ do_start() {
     sleep 0.25
   done
   write_kubeconfig "$api_port"
+  install_gateway_crds
   log "ready in $(( $(date +%s) - t0 ))s (state and logs in $RUN)"
   print_env
 }

@@ -18,6 +18,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start: boxing the operator's larger args would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the tenant-aware chat API.
@@ -168,6 +170,59 @@ pub struct OperatorArgs {
     /// priorityClassName, resources), checked at start and applied to every tenant Deployment.
     #[arg(long, env = "TENANTRY_API_POD_DEFAULTS")]
     pub api_pod_defaults: Option<PathBuf>,
+    /// How tenants' chat APIs are reached from outside the cluster.
+    #[command(flatten)]
+    pub expose: ExposeArgs,
+}
+
+/// How tenants' chat APIs are reachable from outside the cluster (`tenantry operator`);
+/// checked together by `controller::build::expose::Expose::from_args`.
+#[derive(Debug, Clone, Args)]
+pub struct ExposeArgs {
+    /// Exposure of each tenant's chat API: `none` (in-cluster only), `gateway` (a Gateway API
+    /// HTTPRoute per tenant) or `ingress` (an Ingress per tenant). A Tenant with
+    /// `spec.api.expose: false` stays in-cluster.
+    #[arg(long = "expose", env = "TENANTRY_EXPOSE", default_value = "none")]
+    pub mode: ExposeMode,
+    /// Hostname of each tenant's API, a template containing {tenant}, e.g.
+    /// {tenant}.chat.example.com (required with --expose gateway|ingress).
+    #[arg(long = "expose-hostname", env = "TENANTRY_EXPOSE_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// The Gateway the HTTPRoutes attach to, as NAMESPACE/NAME[/SECTION] (SECTION: a
+    /// listener name); required with --expose gateway.
+    #[arg(long, env = "TENANTRY_GATEWAY_PARENT")]
+    pub gateway_parent: Option<String>,
+    /// The Gateway's listener terminates TLS, so the tenants' URLs are https://.
+    #[arg(long, env = "TENANTRY_GATEWAY_HTTPS", default_value_t = false)]
+    pub gateway_https: bool,
+    /// IngressClass of the Ingresses (unset: the cluster's default class).
+    #[arg(long, env = "TENANTRY_INGRESS_CLASS")]
+    pub ingress_class: Option<String>,
+    /// Name of the TLS Secret of each tenant's Ingress, in the tenant namespace; may contain
+    /// {tenant}, e.g. {tenant}-tls (unset: no TLS, http:// URLs).
+    #[arg(long, env = "TENANTRY_INGRESS_TLS_SECRET")]
+    pub ingress_tls_secret: Option<String>,
+    /// Annotation of every Ingress, as KEY=VALUE (repeatable; one per line in the environment
+    /// variable), e.g. cert-manager.io/cluster-issuer=letsencrypt.
+    #[arg(
+        long,
+        env = "TENANTRY_INGRESS_ANNOTATIONS",
+        value_delimiter = '\n',
+        value_parser = KeyValue::parse
+    )]
+    pub ingress_annotation: Vec<KeyValue>,
+}
+
+/// The kinds of exposure of `--expose`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExposeMode {
+    /// In-cluster only.
+    #[default]
+    None,
+    /// A Gateway API HTTPRoute per tenant.
+    Gateway,
+    /// An Ingress per tenant.
+    Ingress,
 }
 
 /// Options of `tenantry serve`.

@@ -637,7 +637,9 @@ mod tests {
         assert_eq!(c.vector.write_consistency_factor, Some(2));
         for bad in ["replicationFactor: 0", "writeConsistencyFactor: 2"] {
             std::fs::write(&p, format!("vector:\n  {bad}\n")).expect("write");
-            let err = ServeConfig::load(&p, true).expect_err("refused").to_string();
+            let err = ServeConfig::load(&p, true)
+                .expect_err("refused")
+                .to_string();
             assert!(err.contains("writeConsistencyFactor"), "{bad}: {err}");
         }
     }

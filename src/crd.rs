@@ -51,6 +51,10 @@ pub mod reason {
     pub const SUSPENDED: &str = "Suspended";
     /// The tenant's API runs one replica: a store its replicas would need is not shared.
     pub const PINNED: &str = "PinnedToOneReplica";
+    /// The operator exposes tenants through HTTPRoutes but the API server serves no Gateway API.
+    pub const GATEWAY_API_MISSING: &str = "GatewayApiMissing";
+    /// The parent Gateway refuses the tenant's HTTPRoute (its status says `Accepted=False`).
+    pub const ROUTE_NOT_ACCEPTED: &str = "RouteNotAccepted";
 }
 
 const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40";
@@ -253,6 +257,10 @@ pub struct ApiSpec {
     /// Compute resources of the API container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Reachable from outside the cluster when the operator exposes tenants (`--expose`);
+    /// `false` keeps this tenant in-cluster only. Unset: exposed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<bool>,
 }
 
 impl Default for ApiSpec {
@@ -261,6 +269,7 @@ impl Default for ApiSpec {
             replicas: None,
             target_cpu_utilization_percentage: default_cpu(),
             resources: None,
+            expose: None,
         }
     }
 }

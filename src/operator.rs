@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::cli::OperatorArgs;
 use crate::config::ServeConfig;
 use crate::controller::build::BuildConfig;
+use crate::controller::build::expose::{Expose, ExposeConfigError};
 use crate::controller::build::pod::PodDefaults;
 use crate::controller::leader::Elector;
 use crate::controller::{self, Context, ContextParts, ReconcileMetrics, lease_api};
@@ -46,6 +47,9 @@ pub enum OperatorError {
     /// `--api-pod-defaults` cannot be read or is invalid.
     #[error("--api-pod-defaults: {0}")]
     PodDefaults(String),
+    /// The `--expose*` flags are missing, malformed or inapplicable.
+    #[error("invalid exposure flags: {0}")]
+    Expose(#[from] ExposeConfigError),
     /// Another replica took the Lease.
     #[error("lost leadership; exiting so that only one replica writes")]
     LostLeadership,
@@ -123,6 +127,7 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
             .map(|name| (name, args.qdrant_api_key_secret_key.clone())),
         serve,
         pod_defaults,
+        expose: Expose::from_args(&args.expose)?,
     })
 }
 

@@ -1159,3 +1159,96 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     })
     .await;
 }
+
+/// The operator args of a rendered chart, from `values` (YAML).
+fn operator_args_with(env: &KubeEnv, values: &str) -> Result<Vec<String>, String> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).expect("write values");
+    let chart = chart();
+    let out = helm(
+        env,
+        &[
+            "template",
+            "tenantry",
+            chart.to_str().expect("utf-8 path"),
+            "-f",
+            file.to_str().expect("utf-8 path"),
+        ],
+    );
+    if !out.status.success() {
+        return Err(text(&out));
+    }
+    let docs = yaml_docs(&String::from_utf8_lossy(&out.stdout));
+    let deployment = of_kind(&docs, "Deployment")[0];
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    Ok(serde_json::from_value(args.clone()).expect("args"))
+}
+
+#[test]
+fn chart_expose_values_become_operator_flags_the_operator_accepts() {
+    let env = KubeEnv::get();
+    let cases = [
+        (
+            "expose: {mode: gateway, hostname: '{tenant}.chat.example.com', gateway: {parent: infra/public/https}}",
+            vec![
+                "--expose=gateway",
+                "--expose-hostname={tenant}.chat.example.com",
+                "--gateway-parent=infra/public/https",
+                "--gateway-https",
+            ],
+        ),
+        (
+            "expose: {mode: ingress, hostname: 'chat-{tenant}.example.com', ingress: {className: nginx, tlsSecret: '{tenant}-tls', annotations: {cert-manager.io/cluster-issuer: letsencrypt}}}",
+            vec![
+                "--expose=ingress",
+                "--expose-hostname=chat-{tenant}.example.com",
+                "--ingress-class=nginx",
+                "--ingress-tls-secret={tenant}-tls",
+                "--ingress-annotation=cert-manager.io/cluster-issuer=letsencrypt",
+            ],
+        ),
+        ("expose: {mode: none}", vec![]),
+    ];
+    for (values, want) in cases {
+        let args = operator_args_with(env, values).expect("renders");
+        let exposure: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .filter(|a| {
+                ["--expose", "--gateway", "--ingress"]
+                    .iter()
+                    .any(|p| a.starts_with(p))
+            })
+            .collect();
+        assert_eq!(exposure, want, "{values}");
+        // The operator checks these flags before it connects: getting as far as connecting
+        // means it accepted them.
+        let out = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+            .args(&args)
+            .env("KUBECONFIG", "/nonexistent")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("run the operator");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("cannot connect to the Kubernetes API"),
+            "{values}: {stderr}"
+        );
+    }
+    for (values, says) in [
+        (
+            "expose: {mode: gateway, hostname: '{tenant}.x.test'}",
+            "expose.gateway.parent is required",
+        ),
+        ("expose: {mode: ingress}", "expose.hostname is required"),
+        (
+            "expose: {mode: ingress, hostname: chat.x.test}",
+            "/expose/hostname",
+        ),
+        ("expose: {mode: route}", "/expose/mode"),
+    ] {
+        let err = operator_args_with(env, values).expect_err(values);
+        assert!(err.contains(says), "{values}: {err}");
+    }
+}

@@ -1,16 +1,19 @@
 //! The apply step of a reconcile: reads what the build needs from the cluster (the stored
 //! keyring), then server-side applies each built object under one field manager, copies the
-//! platform credentials into the tenant namespace and ensures the vector collections. Returns
-//! the applied form, which the status step reads.
+//! platform credentials into the tenant namespace, applies the tenant's HTTPRoute or Ingress
+//! (removing one of the other kind it made) and ensures the vector collections. Returns the
+//! applied form, which the status step reads.
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::build::expose::{self, ExposeKind, ExposeObject, Exposure};
 use super::build::{self, Names, Prepared, Resources, SigningKey, StoredKey};
 use super::keys::{self, StoredKeyring};
 use super::validate::ValidTenant;
@@ -30,6 +33,9 @@ pub struct Applied {
     /// Why the collections could not be ensured, if they could not; the status reports it
     /// and the reconcile then fails, so it is retried.
     pub vector_error: Option<VectorError>,
+    /// The HTTPRoute could not be applied because the API server serves no Gateway API; the
+    /// status reports it and the reconcile then fails, so it is retried with backoff.
+    pub gateway_api_missing: bool,
 }
 
 /// What the tenant's signing-key Secret holds now.
@@ -75,6 +81,7 @@ pub async fn apply(
         autoscaler,
         disruption_budget,
         network_policy,
+        exposure,
         effective_quota,
         scaling,
         stage: Prepared,
@@ -100,6 +107,8 @@ pub async fn apply(
     )
     .await?;
     let network_policy = ssa(&in_ns(client, ns), &network_policy, "apply NetworkPolicy").await?;
+    let (exposure, gateway_api_missing) =
+        apply_exposure(ctx, valid.tenant, &names, exposure).await?;
     let (collections, vector_error) = ensure_collections(ctx, valid).await;
     Ok(Resources {
         names,
@@ -111,12 +120,14 @@ pub async fn apply(
         autoscaler,
         disruption_budget,
         network_policy,
+        exposure,
         effective_quota,
         scaling,
         stage: Applied {
             credentials,
             collections,
             vector_error,
+            gateway_api_missing,
         },
     })
 }
@@ -143,6 +154,114 @@ where
     )
     .await
     .map_err(kube_err(step))
+}
+
+/// Removes the operator's object of each stale exposure kind, then applies the tenant's
+/// HTTPRoute or Ingress. A 404 on the HTTPRoute means the Gateway API is not served: reported
+/// (`true`) with nothing exposed, rather than failing the other steps.
+async fn apply_exposure(
+    ctx: &Context,
+    tenant: &Tenant,
+    names: &Names,
+    exposure: Exposure,
+) -> Result<(Exposure, bool), Error> {
+    let Exposure { exposed, stale } = exposure;
+    let (client, ns) = (&ctx.client, names.namespace.as_str());
+    for kind in &stale {
+        match kind {
+            ExposeKind::HttpRoute => {
+                let steps = ("get HTTPRoute", "delete HTTPRoute");
+                remove_owned(&routes(client, ns), tenant, &names.api, steps).await?;
+            }
+            ExposeKind::Ingress => {
+                let steps = ("get Ingress", "delete Ingress");
+                remove_owned(&in_ns::<Ingress>(client, ns), tenant, &names.api, steps).await?;
+            }
+        }
+    }
+    let applied = match exposed {
+        None => None,
+        Some((ExposeObject::Ingress(i), url)) => {
+            let i = ssa(&in_ns(client, ns), &*i, "apply Ingress").await?;
+            Some((ExposeObject::Ingress(Box::new(i)), url))
+        }
+        Some((ExposeObject::HttpRoute(r), url)) => {
+            match ssa(&routes(client, ns), &*r, "apply HTTPRoute").await {
+                Ok(r) => Some((ExposeObject::HttpRoute(Box::new(r)), url)),
+                Err(Error::Kube { source, .. }) if is_404(&source) => {
+                    return Ok((
+                        Exposure {
+                            exposed: None,
+                            stale,
+                        },
+                        true,
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    Ok((
+        Exposure {
+            exposed: applied,
+            stale,
+        },
+        false,
+    ))
+}
+
+/// The HTTPRoutes of `namespace`.
+fn routes(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &expose::http_route_resource())
+}
+
+/// Deletes `name` if it exists and `tenant` owns it (an object someone else made under that
+/// name is left alone); a missing object, or a kind the API server does not serve, is fine.
+async fn remove_owned<K>(
+    api: &Api<K>,
+    tenant: &Tenant,
+    name: &str,
+    (get, delete): (&'static str, &'static str),
+) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let obj = match api.get(name).await {
+        Ok(obj) => obj,
+        Err(e) if is_404(&e) => return Ok(()),
+        Err(e) => return Err(kube_err(get)(e)),
+    };
+    let owner = tenant.meta().uid.as_deref();
+    let owned = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == owner);
+    if !owned {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {
+            tracing::info!(namespace = ?obj.meta().namespace, name, "exposure removed");
+            Ok(())
+        }
+        Err(e) if is_404(&e) => Ok(()),
+        Err(e) => Err(kube_err(delete)(e)),
+    }
+}
+
+/// A 404: no such object, or no such resource type (for a kind whose CRD is not installed the
+/// API server answers a plain-text "404 page not found", not a `NotFound` Status).
+fn is_404(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
 /// Applies the signing-key Secret, then reports what happened to the keyring as Events.

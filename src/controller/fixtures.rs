@@ -81,6 +81,7 @@ impl BuildConfig {
             qdrant_api_key_secret: None,
             serve: crate::config::ServeConfig::default(),
             pod_defaults: Default::default(),
+            expose: super::build::expose::Expose::None,
         }
     }
 }

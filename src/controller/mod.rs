@@ -29,9 +29,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::Api;
+use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -43,6 +43,7 @@ use parking_lot::Mutex;
 use crate::auth::keys::unix_now;
 use crate::crd::{FINALIZER, QuotaTier, QuotaTierSpec, Tenant, builtin_tier, reason};
 use crate::vector::VectorBackend;
+use build::expose::Expose;
 use build::{BuildConfig, BuildError, Names, scaling};
 pub use metrics::{Phase, ReconcileMetrics};
 use validate::{InvalidSpec, ValidTenant};
@@ -79,6 +80,9 @@ pub enum Error {
     /// A credentials Secret named by `--api-env-from-secret` is missing or lacks the key.
     #[error("{0}")]
     Credentials(String),
+    /// `--expose gateway`, but the API server serves no Gateway API HTTPRoute.
+    #[error("{}", status::GATEWAY_API_MISSING)]
+    GatewayApiMissing,
 }
 
 impl Error {
@@ -95,6 +99,7 @@ impl Error {
             Error::Finalizer(_) => "FinalizerError",
             Error::NoName => "InvalidObject",
             Error::Credentials(_) => "CredentialsMissing",
+            Error::GatewayApiMissing => reason::GATEWAY_API_MISSING,
         }
     }
 }
@@ -268,6 +273,9 @@ async fn apply_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, 
     if let Some(e) = applied.stage.vector_error {
         return Err(e.into());
     }
+    if applied.stage.gateway_api_missing {
+        return Err(Error::GatewayApiMissing);
+    }
     let requeue = applied
         .signing_key
         .plan
@@ -333,6 +341,7 @@ pub async fn run(
     let owned = || watcher::Config::default().labels(MANAGED_BY);
     let controller = Controller::new(tenants, watcher::Config::default());
     let store = controller.store();
+    let controller = watch_exposure(controller, &client, &ctx.build.expose);
     // Owned objects map to their Tenant by owner reference. Not `.owns()`: it keys a
     // namespaced child's owner in the child's namespace, which for our cluster-scoped Tenant is
     // a second key for the same object, and the runner would then reconcile (apply and
@@ -387,6 +396,28 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Adds the watch of the kind exposing the tenants, so a changed or deleted HTTPRoute or
+/// Ingress is repaired. Without the Gateway API the HTTPRoute watch retries with backoff.
+fn watch_exposure(
+    controller: Controller<Tenant>,
+    client: &Client,
+    expose: &Expose,
+) -> Controller<Tenant> {
+    let owned = watcher::Config::default().labels(MANAGED_BY);
+    match expose {
+        Expose::None => controller,
+        Expose::Gateway(_) => {
+            let ar = build::expose::http_route_resource();
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            controller.watches_with(api, ar, owned, |o| tenant_owner(&o))
+        }
+        Expose::Ingress(_) => {
+            let api = Api::<Ingress>::all(client.clone());
+            controller.watches(api, owned, |o| tenant_owner(&o))
+        }
+    }
 }
 
 /// The Tenant owning an object (cluster-scoped: no namespace in the reference).

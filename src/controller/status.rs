@@ -7,6 +7,7 @@ use kube::api::{Api, Patch, PatchParams};
 
 use super::apply::Applied;
 use super::build::Resources;
+use super::build::expose::{self, ExposeObject, Exposure};
 use super::validate::InvalidSpec;
 use super::{Context, Error, kube_err};
 use crate::crd::{Condition, FIELD_MANAGER, Tenant, TenantStatus, condition, reason};
@@ -172,6 +173,7 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
         names,
         signing_key,
         deployment,
+        exposure,
         effective_quota,
         scaling,
         stage,
@@ -186,7 +188,10 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
             None => ComponentOutcome::ok("CollectionsReady", "vector collections exist"),
             Some(e) => ComponentOutcome::fail("VectorStoreUnavailable", e.to_string()),
         },
-        api: api_outcome(suspended, deployment, scaling.pin_message()),
+        api: match exposure_outcome(stage.gateway_api_missing, exposure) {
+            Some(o) if !suspended => o,
+            _ => api_outcome(suspended, deployment, scaling.pin_message()),
+        },
     };
     let prev = tenant.status.clone().unwrap_or_default();
     TenantStatus {
@@ -196,10 +201,35 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
         signing_secret: Some(names.secret.clone()),
         current_key_id: Some(kid.clone()),
         collections: stage.collections.clone(),
-        endpoint: Some(names.endpoint()),
+        endpoint: Some(match &exposure.exposed {
+            Some((_, url)) => url.clone(),
+            None => names.endpoint(),
+        }),
         effective_quota: Some(effective_quota.clone()),
         replicas: Some(scaling.summary(suspended)),
     }
+}
+
+/// The `ApiReady` message when HTTPRoutes cannot be applied.
+pub const GATEWAY_API_MISSING: &str = "the API server serves no Gateway API \
+    (gateway.networking.k8s.io/v1 HTTPRoute): install the Gateway API CRDs, or run the \
+    operator with --expose ingress or --expose none; the API is reachable in-cluster only";
+
+/// `ApiReady` when the exposure keeps the API from its external URL: no Gateway API, or a
+/// Gateway that refuses the route.
+fn exposure_outcome(gateway_api_missing: bool, exposure: &Exposure) -> Option<ComponentOutcome> {
+    if gateway_api_missing {
+        return Some(ComponentOutcome::fail(
+            reason::GATEWAY_API_MISSING,
+            GATEWAY_API_MISSING,
+        ));
+    }
+    let Some((ExposeObject::HttpRoute(route), _)) = &exposure.exposed else {
+        return None;
+    };
+    let why = expose::route_refusal(route)?;
+    let message = format!("the parent Gateway does not accept the HTTPRoute: {why}");
+    Some(ComponentOutcome::fail(reason::ROUTE_NOT_ACCEPTED, message))
 }
 
 /// `ApiReady`: suspended, available (the applied Deployment reports an available replica), or

@@ -74,6 +74,17 @@ mod scenarios {
             .then_apply(
                 "/apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/acme-api",
             )
+            // Not exposed: the operator looks for a route or ingress of its own to remove.
+            .then(
+                Method::GET,
+                "/apis/gateway.networking.k8s.io/v1/namespaces/tenant-acme/httproutes/acme-api",
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
+            .then(
+                Method::GET,
+                "/apis/networking.k8s.io/v1/namespaces/tenant-acme/ingresses/acme-api",
+                Reply::Error(StatusCode::NOT_FOUND),
+            )
     }
 
     /// The first reconcile of a new `tenant` of the built-in tier `pro` (see

@@ -2,8 +2,10 @@
 //! objects as one [`Resources<Prepared>`] value: namespace, signing-key Secret, the rendered
 //! tenant manifest and serve configuration ([`serve_config`]), and the chat API's Deployment
 //! (see [`deployment`], with the platform's [`pod`] defaults), Service, HPA (bounded by
-//! [`scaling`]), PDB and NetworkPolicy. Every object is labelled and owned by the Tenant.
+//! [`scaling`]), PDB and NetworkPolicy, and what exposes it outside the cluster (see
+//! [`expose`]). Every object is labelled and owned by the Tenant.
 pub mod deployment;
+pub mod expose;
 pub mod pod;
 pub mod scaling;
 pub mod serve_config;
@@ -32,6 +34,7 @@ use crate::config::ServeConfig;
 use crate::crd::{QuotaTierSpec, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant};
 use crate::domain::{EffectiveQuota, TenantId};
 pub use deployment::deployment;
+use expose::{Expose, Exposure};
 use pod::PodDefaults;
 use scaling::Scaling;
 
@@ -76,6 +79,8 @@ pub struct Resources<S> {
     pub disruption_budget: PodDisruptionBudget,
     /// The chat API's NetworkPolicy.
     pub network_policy: NetworkPolicy,
+    /// The HTTPRoute or Ingress exposing the chat API, and the kinds to remove.
+    pub exposure: Exposure,
     /// The limits in force (tier plus overrides), reported in the status.
     pub effective_quota: EffectiveQuota,
     /// The replica bounds, and why they are pinned to one if they are.
@@ -151,6 +156,7 @@ pub fn resources(
         autoscaler: hpa(tenant, &names, scaling.bounds()),
         disruption_budget: pdb(tenant, &names),
         network_policy: network_policy(tenant, &names),
+        exposure: expose::exposure(tenant, &names, &cfg.expose),
         effective_quota,
         scaling,
         names,
@@ -186,6 +192,8 @@ pub struct BuildConfig {
     pub serve: ServeConfig,
     /// Platform defaults of the API pods (`--api-pod-defaults`).
     pub pod_defaults: PodDefaults,
+    /// How the chat APIs are exposed outside the cluster (`--expose`).
+    pub expose: Expose,
 }
 
 /// Port the chat API listens on inside the pod.
@@ -473,7 +481,8 @@ pub fn pdb(tenant: &Tenant, names: &Names) -> PodDisruptionBudget {
     }
 }
 
-/// The NetworkPolicy: the API pods accept traffic only on the API and metrics ports.
+/// The NetworkPolicy: the API pods accept traffic only on the API and metrics ports, from any
+/// source (no `from`), so a gateway or ingress controller in any namespace reaches them.
 pub fn network_policy(tenant: &Tenant, names: &Names) -> NetworkPolicy {
     let port = |p: i32| NetworkPolicyPort {
         port: Some(IntOrString::Int(p)),
@@ -607,6 +616,23 @@ mod tests {
             operator
         );
         assert_eq!(cfg.quota.daily_tokens, 42);
+    }
+
+    #[test]
+    fn the_network_policy_admits_a_gateway_from_any_namespace_on_the_api_port() {
+        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+        let spec = network_policy(&Tenant::test(), &n).spec.expect("spec");
+        let rules = spec.ingress.expect("ingress rules");
+        let api = rules
+            .iter()
+            .find(|r| {
+                r.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.port == Some(IntOrString::Int(API_PORT)))
+            })
+            .expect("a rule for the API port");
+        assert_eq!(api.from, None, "no source restriction: {api:?}");
     }
 
     #[test]
