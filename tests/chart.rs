@@ -805,10 +805,21 @@ fn argocd_health_check_of_the_docs_classifies_tenants() {
     );
 }
 
+/// Decoded data of Secrets, by name.
+type Secrets = BTreeMap<String, BTreeMap<String, String>>;
+
 /// The value of the env var of a container, resolving what a kubelet would resolve.
-fn resolve_env(e: &EnvVar, pod_name: &str) -> String {
+fn resolve_env(e: &EnvVar, pod_name: &str, secrets: &Secrets) -> String {
     if let Some(v) = &e.value {
         return v.clone();
+    }
+    if let Some(r) = e
+        .value_from
+        .as_ref()
+        .and_then(|f| f.secret_key_ref.as_ref())
+    {
+        let value = secrets.get(&r.name).and_then(|s| s.get(&r.key));
+        return value.expect("a key of a fetched Secret").clone();
     }
     let field = e
         .value_from
@@ -902,10 +913,8 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         "apiImage.repository=registry.example/tenantry-api".to_string(),
         "apiImage.tag=chart-test".to_string(),
         "llm.baseUrl=http://llm.example/v1".to_string(),
-        // External stores (an embedded vector store, an unreachable Redis: no pod runs here).
-        "qdrant.deploy=false".to_string(),
-        "redis.deploy=false".to_string(),
-        "redis.url=redis://redis.example:6379".to_string(),
+        // The chart's own Qdrant and Redis (the defaults). No kubelet runs their pods: the
+        // operator is pointed at a real Qdrant run as the chart's StatefulSet runs it.
         // Through ConfigMap <release>-api into every tenant's serve.yaml and Deployment.
         "api.config.llm.model=chart-model".to_string(),
         "api.nodeSelector.pool=tenant-apis".to_string(),
@@ -1008,8 +1017,15 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     // mounted ConfigMap's files replaced), its env (downward API resolved), its
     // ServiceAccount's token.
     let work = tempfile::tempdir().expect("tmp");
-    let vectors = work.path().join("vectors");
     let api_files = mounted_configmap(&client, &ns, &pod, &c, work.path()).await;
+    let qdrant_name = format!("{release}-qdrant");
+    let (_, qdrant_c) = statefulset(&client, &ns, &qdrant_name).await;
+    let mut release_secrets = Secrets::new();
+    for store in ["qdrant", "redis"] {
+        let name = format!("{release}-{store}");
+        release_secrets.insert(name.clone(), secret_strings(&client, &ns, &name).await);
+    }
+    let qdrant = ChartQdrant::run(&qdrant_c, &release_secrets[&qdrant_name], work.path()).await;
     let mut run_args = Vec::new();
     let mut replaced = BTreeSet::new();
     let mut it = args.iter().peekable();
@@ -1020,7 +1036,7 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         };
         let replacement = match flag {
             "--listen" => Some("127.0.0.1:0".to_string()),
-            "--vector-data-dir" => Some(vectors.display().to_string()),
+            "--qdrant-url" => Some(qdrant.grpc_url()),
             "--api-config" | "--api-pod-defaults" => {
                 let path = inline.and_then(|p| api_files.get(p));
                 Some(path.expect("a file of a mounted ConfigMap").clone())
@@ -1044,26 +1060,10 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
             "--api-config",
             "--api-pod-defaults",
             "--listen",
-            "--vector-data-dir"
+            "--qdrant-url"
         ],
-        "the chart sets them all (the root filesystem is read-only)"
+        "the chart sets them all"
     );
-    let mount = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| {
-            args.iter()
-                .any(|a| a.starts_with(&format!("--vector-data-dir={}", m.mount_path)))
-        })
-        .expect("the vector folder is on a mounted volume");
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .expect("volume");
-    assert!(volume.empty_dir.is_some(), "an emptyDir");
 
     let pod_name = format!("{release}-7d9f8-x2k4q");
     let token = env.kubectl_output(&["create", "token", &sa, "-n", &ns, "--duration=1h"]);
@@ -1081,7 +1081,7 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         }
     }
     for e in c.env.iter().flatten() {
-        cmd.env(&e.name, resolve_env(e, &pod_name));
+        cmd.env(&e.name, resolve_env(e, &pod_name, &release_secrets));
     }
     let op = Operator::spawn(cmd.env("KUBECONFIG", &kubeconfig));
     assert_eq!(op.identity, pod_name, "the identity from the downward API");
@@ -1184,36 +1184,33 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         api_env.get("OPENAI_BASE_URL").map(String::as_str),
         Some("http://llm.example/v1")
     );
-    assert_eq!(
-        api_env.get("TENANTRY_REDIS_URL").map(String::as_str),
-        Some("redis://redis.example:6379")
-    );
     assert_eq!(api_env.get("RUST_LOG").map(String::as_str), Some("debug"));
-    let key_env = api_c
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "OPENAI_API_KEY")
-        .expect("OPENAI_API_KEY env");
-    assert!(key_env.value.is_none(), "the key is never a plain value");
-    let key_ref = key_env
-        .value_from
-        .as_ref()
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .expect("secretKeyRef");
-    assert_eq!(key_ref.name, format!("{name}-api-credentials"));
-    let copied = Api::<Secret>::namespaced(client.clone(), &tns)
-        .get(&key_ref.name)
-        .await
-        .expect("credentials copied into the tenant namespace");
-    assert_eq!(
-        copied
-            .data
-            .expect("data")
-            .get("OPENAI_API_KEY")
-            .map(|v| v.0.clone()),
-        Some(b"sk-chart-test".to_vec())
-    );
+    // Secrets of the release namespace, copied into the tenant's and read by secretKeyRef.
+    let credentials = format!("{name}-api-credentials");
+    let copied = eventually(60, "the copied credentials", || async {
+        let secrets = Api::<Secret>::namespaced(client.clone(), &tns);
+        secrets.get_opt(&credentials).await.ok()?.map(decoded)
+    })
+    .await;
+    for (var, from_release) in [
+        ("OPENAI_API_KEY", "sk-chart-test"),
+        (
+            "TENANTRY_QDRANT_API_KEY",
+            &release_secrets[&qdrant_name]["api-key"],
+        ),
+        (
+            "TENANTRY_REDIS_URL",
+            &release_secrets[&format!("{release}-redis")]["url"],
+        ),
+    ] {
+        let want = Some((credentials.clone(), var.to_string()));
+        assert_eq!(secret_ref(&api_c, var), want, "{var}");
+        assert_eq!(
+            copied.get(var).map(String::as_str),
+            Some(from_release),
+            "{var}"
+        );
+    }
 
     let hpa = eventually(60, "the HPA", || async { hpas.get_opt(&api).await.ok()? }).await;
     assert_eq!(
@@ -1249,6 +1246,18 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         text(&out),
         op.logs()
     );
+    // Its collections are on the chart's Qdrant, provisioned with the generated key.
+    let ready = tenants.get(&name).await.expect("tenant");
+    let collections = ready.status.clone().expect("status").collections;
+    assert!(!collections.is_empty(), "collections in the status");
+    for coll in &collections {
+        let url = format!("{}/collections/{coll}", qdrant.http);
+        assert_eq!(
+            http_status(&url, Some(&qdrant.key)).await,
+            Some(200),
+            "{coll}"
+        );
+    }
 
     // The Argo CD health check of docs/gitops.md on the real objects: this Ready Tenant, and
     // one whose tier does not exist.
@@ -1375,6 +1384,11 @@ async fn secret_strings(client: &Client, ns: &str, name: &str) -> BTreeMap<Strin
         .get(name)
         .await
         .unwrap_or_else(|e| panic!("Secret {ns}/{name}: {e}"));
+    decoded(secret)
+}
+
+/// The string values of a Secret.
+fn decoded(secret: Secret) -> BTreeMap<String, String> {
     secret
         .data
         .unwrap_or_default()
@@ -1961,32 +1975,63 @@ impl Drop for Killed {
     }
 }
 
+/// A real Qdrant run as the chart's StatefulSet runs it: its container's env (the API key from
+/// the Secret, the mounted folders under a temp dir), on free ports of 127.0.0.1.
+struct ChartQdrant {
+    _child: Killed,
+    /// `http://127.0.0.1:<port>`: its REST port.
+    http: String,
+    grpc: u16,
+    /// Its API key.
+    key: String,
+}
+
+impl ChartQdrant {
+    /// Starts it and waits until its readiness probe passes.
+    async fn run(c: &Container, secret: &BTreeMap<String, String>, dir: &Path) -> Self {
+        let (http, grpc) = (common::free_port(), common::free_port());
+        let mut cmd = Command::new(qdrant_bin());
+        cmd.envs(store_env(c, secret, dir))
+            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__HTTP_PORT", http.to_string())
+            .env("QDRANT__SERVICE__GRPC_PORT", grpc.to_string())
+            .current_dir(dir)
+            .stdout(Stdio::null());
+        let child = Killed(cmd.spawn().expect("spawn qdrant"));
+        let http = format!("http://127.0.0.1:{http}");
+        let ready = http_probe_path(&c.readiness_probe).expect("readiness path");
+        eventually(60, "Qdrant ready on its readiness probe", || async {
+            (http_status(&format!("{http}{ready}"), None).await? == 200).then_some(())
+        })
+        .await;
+        let key = secret.get("api-key").expect("api-key").clone();
+        Self {
+            _child: child,
+            http,
+            grpc,
+            key,
+        }
+    }
+
+    /// Its gRPC URL (what `--qdrant-url` names).
+    fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+}
+
 #[tokio::test]
 async fn the_chart_qdrant_runs_as_rendered_with_its_generated_key() {
     let env = KubeEnv::get();
     let docs = yaml_docs(&template(env, "stores", &[]));
     let (c, secret) = rendered_store(&docs, "tenantry-qdrant");
     let dir = tempfile::tempdir().expect("tmp");
-    let (http, grpc) = (common::free_port(), common::free_port());
-    let mut cmd = Command::new(qdrant_bin());
-    cmd.envs(store_env(&c, &secret, dir.path()))
-        .env("QDRANT__SERVICE__HOST", "127.0.0.1")
-        .env("QDRANT__SERVICE__HTTP_PORT", http.to_string())
-        .env("QDRANT__SERVICE__GRPC_PORT", grpc.to_string())
-        .current_dir(dir.path())
-        .stdout(Stdio::null());
-    let _qdrant = Killed(cmd.spawn().expect("spawn qdrant"));
-    let base = format!("http://127.0.0.1:{http}");
-    let ready = http_probe_path(&c.readiness_probe).expect("readiness path");
-    eventually(60, "Qdrant ready on its readiness probe", || async {
-        (http_status(&format!("{base}{ready}"), None).await? == 200).then_some(())
-    })
-    .await;
+    let qdrant = ChartQdrant::run(&c, &secret, dir.path()).await;
+    let base = &qdrant.http;
     let live = http_probe_path(&c.liveness_probe).expect("liveness path");
     assert_eq!(http_status(&format!("{base}{live}"), None).await, Some(200));
     let collections = format!("{base}/collections");
     assert_eq!(http_status(&collections, None).await, Some(401), "no key");
-    let key = secret.get("api-key").map(String::as_str);
+    let key = Some(qdrant.key.as_str());
     assert_eq!(
         http_status(&collections, key).await,
         Some(200),
