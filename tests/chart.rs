@@ -7,16 +7,20 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine as _;
 use common::cluster::{Cluster, KubeEnv, Operator, eventually, unique};
 use common::root;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{EnvVar, Namespace, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, Namespace, PodSpec, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -144,6 +148,41 @@ async fn chart_lints_and_its_schema_refuses_bad_values() {
             "leaderElection.leaseDuration=soon",
             "leaseDuration",
         ),
+        (
+            "a non-boolean deploy",
+            "qdrant.deploy=yes",
+            "/qdrant/deploy",
+        ),
+        (
+            "an empty store image tag",
+            "redis.image.tag=",
+            "/redis/image/tag",
+        ),
+        (
+            "a volume size that is no quantity",
+            "qdrant.persistence.size=lots",
+            "/qdrant/persistence/size",
+        ),
+        (
+            "a typo in the API pods' serve config",
+            "api.config.llm.modell=gpt-4o",
+            "additional properties 'modell'",
+        ),
+        (
+            "a bad quota fail mode",
+            "api.config.quota.failMode=sometimes",
+            "/api/config/quota/failMode",
+        ),
+        (
+            "credentials in the LLM URL of the serve config",
+            "api.config.llm.baseUrl=https://user:pw@llm.example/v1",
+            "/api/config/llm/baseUrl",
+        ),
+        (
+            "a wrong type of API pod value",
+            "api.priorityClassName[0]=high",
+            "/api/priorityClassName",
+        ),
     ];
     for (what, set, needle) in cases {
         let out = helm(env, &["lint", chart, "--set", set]);
@@ -161,6 +200,83 @@ async fn chart_lints_and_its_schema_refuses_bad_values() {
         let out = helm(env, &["template", "x", chart, "--set", set]);
         assert!(!out.status.success(), "{what}: helm template accepted it");
     }
+}
+
+#[test]
+fn chart_refuses_contradictory_store_values_saying_what_to_change() {
+    let env = KubeEnv::get();
+    let cases: [(&str, &[&str], &str); 7] = [
+        (
+            "the chart's Qdrant and an external URL",
+            &["qdrant.url=http://qdrant.example:6334"],
+            "qdrant.url is set while qdrant.deploy is true",
+        ),
+        (
+            "the chart's Qdrant and an external key",
+            &["qdrant.apiKeySecret.name=qdrant"],
+            "the chart generates the key of its own Qdrant",
+        ),
+        (
+            "an external key without an external Qdrant",
+            &["qdrant.deploy=false", "qdrant.apiKeySecret.name=qdrant"],
+            "qdrant.apiKeySecret is set without qdrant.url",
+        ),
+        (
+            "the chart's Redis and an external URL Secret",
+            &["redis.urlSecret.name=redis"],
+            "redis.url / redis.urlSecret is set while redis.deploy is true",
+        ),
+        (
+            "two external Redis URLs",
+            &[
+                "redis.deploy=false",
+                "redis.url=redis://redis.example:6379",
+                "redis.urlSecret.name=redis",
+            ],
+            "redis.url and redis.urlSecret are both set",
+        ),
+        (
+            "a Qdrant URL in the serve config",
+            &["api.config.vector.qdrantUrl=http://qdrant.example:6334"],
+            "api.config.vector.qdrantUrl is not used by the chart",
+        ),
+        (
+            "a second Redis in the serve config",
+            &["api.config.quota.redisUrl=redis://redis.example:6379"],
+            "api.config.quota.redisUrl contradicts redis.deploy",
+        ),
+    ];
+    let chart = chart();
+    let chart = chart.to_str().expect("utf-8 path");
+    for (what, sets, needle) in cases {
+        let mut args = vec!["template", "x", chart];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = helm(env, &args);
+        assert!(!out.status.success(), "{what} ({sets:?}) rendered");
+        assert!(text(&out).contains(needle), "{what}: {}", text(&out));
+    }
+    // Each value alone, with the other store's setting that makes it consistent, renders.
+    template(
+        env,
+        "ns",
+        &[
+            "qdrant.deploy=false",
+            "qdrant.url=http://qdrant.example:6334",
+            "qdrant.apiKeySecret.name=qdrant",
+            "redis.deploy=false",
+            "redis.urlSecret.name=redis",
+        ],
+    );
+    template(
+        env,
+        "ns",
+        &[
+            "redis.deploy=false",
+            "api.config.quota.redisUrl=redis://redis.example:6379",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -393,7 +509,10 @@ fn dashboard_is_valid_json_and_queries_only_metrics_of_the_code() {
         "monitoring",
         &["grafanaDashboard.enabled=true"],
     ));
-    let cm = of_kind(&docs, "ConfigMap")[0];
+    let cm = of_kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["data"]["tenantry.json"].is_string())
+        .expect("the dashboard ConfigMap");
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
     let shipped: Value =
         serde_json::from_str(cm["data"]["tenantry.json"].as_str().expect("data")).expect("json");
@@ -409,6 +528,8 @@ async fn rendered_chart_passes_the_api_servers_validation() {
     assert!(out.status.success(), "{}", text(&out));
     let dir = tempfile::tempdir().expect("tmp");
     let everything = [
+        "qdrant.deploy=false",
+        "redis.deploy=false",
         "qdrant.url=https://qdrant.example:6334",
         "qdrant.apiKeySecret.name=qdrant",
         "qdrant.onDisk=true",
@@ -427,13 +548,30 @@ async fn rendered_chart_passes_the_api_servers_validation() {
         "replicaCount=3",
         "apiImage.repository=registry.example/tenantry-api",
         "apiImage.tag=1.2.3",
+        "api.config.llm.model=gpt-4o",
+        "api.imagePullSecrets[0].name=registry",
+        "api.nodeSelector.pool=api",
+        "api.tolerations[0].operator=Exists",
+        "api.priorityClassName=tenant-api",
+        "api.resources.requests.cpu=250m",
+        "api.podLabels.team=rag",
     ];
-    let variants: [(&str, &[&str]); 3] = [
-        ("defaults", &[]),
+    let variants: [(&str, &[&str]); 4] = [
+        ("defaults (the chart's Qdrant and Redis)", &[]),
+        (
+            "the chart's stores on a StorageClass, no NetworkPolicies",
+            &[
+                "qdrant.persistence.storageClass=fast",
+                "redis.persistence.storageClass=fast",
+                "networkPolicy.enabled=false",
+            ],
+        ),
         ("everything", &everything),
         (
-            "one replica, nothing optional",
+            "one replica, nothing optional, embedded stores",
             &[
+                "qdrant.deploy=false",
+                "redis.deploy=false",
                 "replicaCount=1",
                 "networkPolicy.enabled=false",
                 "quotaTiers.create=false",
@@ -667,10 +805,21 @@ fn argocd_health_check_of_the_docs_classifies_tenants() {
     );
 }
 
+/// Decoded data of Secrets, by name.
+type Secrets = BTreeMap<String, BTreeMap<String, String>>;
+
 /// The value of the env var of a container, resolving what a kubelet would resolve.
-fn resolve_env(e: &EnvVar, pod_name: &str) -> String {
+fn resolve_env(e: &EnvVar, pod_name: &str, secrets: &Secrets) -> String {
     if let Some(v) = &e.value {
         return v.clone();
+    }
+    if let Some(r) = e
+        .value_from
+        .as_ref()
+        .and_then(|f| f.secret_key_ref.as_ref())
+    {
+        let value = secrets.get(&r.name).and_then(|s| s.get(&r.key));
+        return value.expect("a key of a fetched Secret").clone();
     }
     let field = e
         .value_from
@@ -681,6 +830,40 @@ fn resolve_env(e: &EnvVar, pod_name: &str) -> String {
         Some("metadata.name") => pod_name.to_string(),
         other => panic!("env {} from {other:?}: not resolved by this test", e.name),
     }
+}
+
+/// The files of the ConfigMap volumes mounted into container `c` of `pod`, written under `dir`
+/// (what a kubelet would do): mounted path -> local path.
+async fn mounted_configmap(
+    client: &Client,
+    ns: &str,
+    pod: &PodSpec,
+    c: &Container,
+    dir: &Path,
+) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == m.name);
+        let Some(cm) = volume.and_then(|v| v.config_map.as_ref()) else {
+            continue;
+        };
+        let data = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(&cm.name)
+            .await
+            .expect("the mounted ConfigMap")
+            .data
+            .unwrap_or_default();
+        let local = dir.join(&m.name);
+        std::fs::create_dir_all(&local).expect("mkdir");
+        for (key, value) in data {
+            std::fs::write(local.join(&key), value).expect("write");
+            files.insert(
+                format!("{}/{key}", m.mount_path),
+                local.join(&key).display().to_string(),
+            );
+        }
+    }
+    files
 }
 
 /// Removes leftovers of crashed runs: this suite's releases and Tenants.
@@ -730,7 +913,11 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         "apiImage.repository=registry.example/tenantry-api".to_string(),
         "apiImage.tag=chart-test".to_string(),
         "llm.baseUrl=http://llm.example/v1".to_string(),
-        "redis.url=redis://redis.example:6379".to_string(),
+        // The chart's own Qdrant and Redis (the defaults). No kubelet runs their pods: the
+        // operator is pointed at a real Qdrant run as the chart's StatefulSet runs it.
+        // Through ConfigMap <release>-api into every tenant's serve.yaml and Deployment.
+        "api.config.llm.model=chart-model".to_string(),
+        "api.nodeSelector.pool=tenant-apis".to_string(),
         // The API key goes by Secret reference, copied by the operator into tenant namespaces.
         "llm.apiKeySecret.name=llm-credentials".to_string(),
         "apiLogLevel=debug".to_string(),
@@ -826,10 +1013,19 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         .map(|f| f.field_path);
     assert_eq!(identity.as_deref(), Some("metadata.name"));
 
-    // Run the binary as that pod would: its args (only --listen and the vector folder
-    // replaced), its env (downward API resolved), its ServiceAccount's token.
+    // Run the binary as that pod would: its args (only --listen, the vector folder and the
+    // mounted ConfigMap's files replaced), its env (downward API resolved), its
+    // ServiceAccount's token.
     let work = tempfile::tempdir().expect("tmp");
-    let vectors = work.path().join("vectors");
+    let api_files = mounted_configmap(&client, &ns, &pod, &c, work.path()).await;
+    let qdrant_name = format!("{release}-qdrant");
+    let (_, qdrant_c) = statefulset(&client, &ns, &qdrant_name).await;
+    let mut release_secrets = Secrets::new();
+    for store in ["qdrant", "redis"] {
+        let name = format!("{release}-{store}");
+        release_secrets.insert(name.clone(), secret_strings(&client, &ns, &name).await);
+    }
+    let qdrant = ChartQdrant::run(&qdrant_c, &release_secrets[&qdrant_name], work.path()).await;
     let mut run_args = Vec::new();
     let mut replaced = BTreeSet::new();
     let mut it = args.iter().peekable();
@@ -840,7 +1036,11 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         };
         let replacement = match flag {
             "--listen" => Some("127.0.0.1:0".to_string()),
-            "--vector-data-dir" => Some(vectors.display().to_string()),
+            "--qdrant-url" => Some(qdrant.grpc_url()),
+            "--api-config" | "--api-pod-defaults" => {
+                let path = inline.and_then(|p| api_files.get(p));
+                Some(path.expect("a file of a mounted ConfigMap").clone())
+            }
             _ => None,
         };
         match replacement {
@@ -856,25 +1056,14 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     }
     assert_eq!(
         replaced.into_iter().collect::<Vec<_>>(),
-        ["--listen", "--vector-data-dir"],
-        "the chart sets both (the root filesystem is read-only)"
+        [
+            "--api-config",
+            "--api-pod-defaults",
+            "--listen",
+            "--qdrant-url"
+        ],
+        "the chart sets them all"
     );
-    let mount = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| {
-            args.iter()
-                .any(|a| a.starts_with(&format!("--vector-data-dir={}", m.mount_path)))
-        })
-        .expect("the vector folder is on a mounted volume");
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .expect("volume");
-    assert!(volume.empty_dir.is_some(), "an emptyDir");
 
     let pod_name = format!("{release}-7d9f8-x2k4q");
     let token = env.kubectl_output(&["create", "token", &sa, "-n", &ns, "--duration=1h"]);
@@ -892,7 +1081,7 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         }
     }
     for e in c.env.iter().flatten() {
-        cmd.env(&e.name, resolve_env(e, &pod_name));
+        cmd.env(&e.name, resolve_env(e, &pod_name, &release_secrets));
     }
     let op = Operator::spawn(cmd.env("KUBECONFIG", &kubeconfig));
     assert_eq!(op.identity, pod_name, "the identity from the downward API");
@@ -965,6 +1154,26 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         "the chart's apiImage"
     );
     assert_eq!(api_c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    let api_pod = api_dep.spec.clone().template.spec.expect("pod");
+    assert_eq!(
+        api_pod.node_selector.and_then(|n| n.get("pool").cloned()),
+        Some("tenant-apis".to_string()),
+        "api.nodeSelector, through --api-pod-defaults"
+    );
+    let api_config = Api::<ConfigMap>::namespaced(client.clone(), &tns)
+        .get(&format!("{name}-api-config"))
+        .await
+        .expect("the tenant's API ConfigMap");
+    let serve_yaml = api_config
+        .data
+        .and_then(|d| d.get("serve.yaml").cloned())
+        .expect("serve.yaml");
+    let serve: tenantry::config::ServeConfig =
+        serde_saphyr::from_str(&serve_yaml).expect("a serve config");
+    assert_eq!(
+        serve.llm.model, "chart-model",
+        "api.config, through --api-config"
+    );
     let api_env: BTreeMap<String, String> = api_c
         .env
         .iter()
@@ -975,36 +1184,33 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         api_env.get("OPENAI_BASE_URL").map(String::as_str),
         Some("http://llm.example/v1")
     );
-    assert_eq!(
-        api_env.get("TENANTRY_REDIS_URL").map(String::as_str),
-        Some("redis://redis.example:6379")
-    );
     assert_eq!(api_env.get("RUST_LOG").map(String::as_str), Some("debug"));
-    let key_env = api_c
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "OPENAI_API_KEY")
-        .expect("OPENAI_API_KEY env");
-    assert!(key_env.value.is_none(), "the key is never a plain value");
-    let key_ref = key_env
-        .value_from
-        .as_ref()
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .expect("secretKeyRef");
-    assert_eq!(key_ref.name, format!("{name}-api-credentials"));
-    let copied = Api::<Secret>::namespaced(client.clone(), &tns)
-        .get(&key_ref.name)
-        .await
-        .expect("credentials copied into the tenant namespace");
-    assert_eq!(
-        copied
-            .data
-            .expect("data")
-            .get("OPENAI_API_KEY")
-            .map(|v| v.0.clone()),
-        Some(b"sk-chart-test".to_vec())
-    );
+    // Secrets of the release namespace, copied into the tenant's and read by secretKeyRef.
+    let credentials = format!("{name}-api-credentials");
+    let copied = eventually(60, "the copied credentials", || async {
+        let secrets = Api::<Secret>::namespaced(client.clone(), &tns);
+        secrets.get_opt(&credentials).await.ok()?.map(decoded)
+    })
+    .await;
+    for (var, from_release) in [
+        ("OPENAI_API_KEY", "sk-chart-test"),
+        (
+            "TENANTRY_QDRANT_API_KEY",
+            &release_secrets[&qdrant_name]["api-key"],
+        ),
+        (
+            "TENANTRY_REDIS_URL",
+            &release_secrets[&format!("{release}-redis")]["url"],
+        ),
+    ] {
+        let want = Some((credentials.clone(), var.to_string()));
+        assert_eq!(secret_ref(&api_c, var), want, "{var}");
+        assert_eq!(
+            copied.get(var).map(String::as_str),
+            Some(from_release),
+            "{var}"
+        );
+    }
 
     let hpa = eventually(60, "the HPA", || async { hpas.get_opt(&api).await.ok()? }).await;
     assert_eq!(
@@ -1040,6 +1246,18 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
         text(&out),
         op.logs()
     );
+    // Its collections are on the chart's Qdrant, provisioned with the generated key.
+    let ready = tenants.get(&name).await.expect("tenant");
+    let collections = ready.status.clone().expect("status").collections;
+    assert!(!collections.is_empty(), "collections in the status");
+    for coll in &collections {
+        let url = format!("{}/collections/{coll}", qdrant.http);
+        assert_eq!(
+            http_status(&url, Some(&qdrant.key)).await,
+            Some(200),
+            "{coll}"
+        );
+    }
 
     // The Argo CD health check of docs/gitops.md on the real objects: this Ready Tenant, and
     // one whose tier does not exist.
@@ -1251,4 +1469,750 @@ fn chart_expose_values_become_operator_flags_the_operator_accepts() {
         let err = operator_args_with(env, values).expect_err(values);
         assert!(err.contains(says), "{values}: {err}");
     }
+}
+
+/// The string values of Secret `ns/name`.
+async fn secret_strings(client: &Client, ns: &str, name: &str) -> BTreeMap<String, String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("Secret {ns}/{name}: {e}"));
+    decoded(secret)
+}
+
+/// The string values of a Secret.
+fn decoded(secret: Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).expect("utf-8")))
+        .collect()
+}
+
+/// The `(Secret, key)` an env var of a container reads.
+fn secret_ref(c: &Container, env: &str) -> Option<(String, String)> {
+    let e = c.env.iter().flatten().find(|e| e.name == env)?;
+    assert!(e.value.is_none(), "{env}: never a plain value");
+    let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+    Some((r.name.clone(), r.key.clone()))
+}
+
+/// The only container of StatefulSet `ns/name`, with its pod spec and claim templates.
+async fn statefulset(client: &Client, ns: &str, name: &str) -> (StatefulSetSpec, Container) {
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("StatefulSet {name}: {e}"));
+    let spec = sts.spec;
+    let pod = spec.template.spec.clone().expect("pod spec");
+    assert_eq!(pod.containers.len(), 1, "{name}: one container");
+    assert_eq!(pod.automount_service_account_token, Some(false), "{name}");
+    (spec, pod.containers[0].clone())
+}
+
+/// Non-root as `uid`, read-only root filesystem, and every mount a volume of the pod or a
+/// claim template; returns the claim templates' `(name, size, storageClass)`.
+fn assert_locked_down(
+    what: &str,
+    spec: &StatefulSetSpec,
+    c: &Container,
+    uid: i64,
+) -> Vec<(String, String, Option<String>)> {
+    let pod = spec.template.spec.clone().expect("pod spec");
+    let psc = pod.security_context.expect("pod securityContext");
+    assert_eq!(
+        (psc.run_as_non_root, psc.run_as_user),
+        (Some(true), Some(uid)),
+        "{what}"
+    );
+    let sc = c.security_context.clone().expect("securityContext");
+    assert_eq!(
+        (sc.read_only_root_filesystem, sc.allow_privilege_escalation),
+        (Some(true), Some(false)),
+        "{what}"
+    );
+    let claims: Vec<_> = spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .map(|t| {
+            let s = t.spec.clone().expect("claim spec");
+            let size = s
+                .resources
+                .and_then(|r| r.requests?.get("storage").cloned());
+            (
+                t.metadata.name.clone().expect("claim name"),
+                size.expect("a size").0,
+                s.storage_class_name,
+            )
+        })
+        .collect();
+    for m in c.volume_mounts.iter().flatten() {
+        let in_pod = pod.volumes.iter().flatten().any(|v| v.name == m.name);
+        let claimed = claims.iter().any(|(n, _, _)| *n == m.name);
+        assert!(in_pod || claimed, "{what}: mount {} has no volume", m.name);
+    }
+    claims
+}
+
+fn http_probe_path(p: &Option<k8s_openapi::api::core::v1::Probe>) -> Option<String> {
+    p.as_ref()?.http_get.as_ref()?.path.clone()
+}
+
+/// The chart's Qdrant: image, key from the generated Secret, probes, writable mounts, volume.
+async fn assert_chart_qdrant(client: &Client, ns: &str, name: &str) {
+    let (spec, c) = statefulset(client, ns, name).await;
+    assert_eq!(
+        spec.service_name.as_deref(),
+        Some(&*format!("{name}-headless"))
+    );
+    assert_eq!(c.image.as_deref(), Some("qdrant/qdrant:v1.18.3"));
+    assert_eq!(
+        secret_ref(&c, "QDRANT__SERVICE__API_KEY"),
+        Some((name.to_string(), "api-key".to_string()))
+    );
+    let env: BTreeMap<_, _> = c
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+        .collect();
+    assert_eq!(env.get("QDRANT__TELEMETRY_DISABLED"), Some(&"true"));
+    assert_eq!(
+        http_probe_path(&c.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        http_probe_path(&c.liveness_probe).as_deref(),
+        Some("/livez")
+    );
+    let claims = assert_locked_down("qdrant", &spec, &c, 1000);
+    assert_eq!(claims, [("storage".to_string(), "10Gi".to_string(), None)]);
+    // Every folder Qdrant writes to (storage, snapshots, temp, init marker) is mounted.
+    let mounts: BTreeSet<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    for var in [
+        "QDRANT__STORAGE__STORAGE_PATH",
+        "QDRANT__STORAGE__SNAPSHOTS_PATH",
+        "QDRANT__STORAGE__TEMP_PATH",
+    ] {
+        assert!(mounts.contains(env[var]), "{var} is not on a volume");
+    }
+    let init = env["QDRANT_INIT_FILE_PATH"]
+        .rsplit_once('/')
+        .expect("a path")
+        .0;
+    assert!(mounts.contains(init), "the init marker is not on a volume");
+}
+
+/// The chart's Redis: AOF on the volume, password only from the Secret (no command line holds
+/// it), probes through redis-cli with REDISCLI_AUTH.
+async fn assert_chart_redis(client: &Client, ns: &str, name: &str, password: &str) {
+    let (spec, c) = statefulset(client, ns, name).await;
+    assert_eq!(c.image.as_deref(), Some("redis:7.4-alpine"));
+    let args = c.args.clone().unwrap_or_default();
+    let aof = args.windows(2).any(|w| w == ["--appendonly", "yes"]);
+    assert!(aof, "AOF on: {args:?}");
+    assert_eq!(
+        secret_ref(&c, "REDISCLI_AUTH"),
+        Some((name.to_string(), "password".to_string()))
+    );
+    for probe in [&c.readiness_probe, &c.liveness_probe] {
+        let cmd = probe.as_ref().and_then(|p| p.exec.clone()?.command);
+        let cmd = cmd.expect("an exec probe").join(" ");
+        assert!(cmd.contains("redis-cli") && cmd.contains("ping"), "{cmd}");
+    }
+    let pod_json = serde_json::to_string(&spec).expect("json");
+    assert!(
+        !pod_json.contains(password),
+        "the password is in the pod spec"
+    );
+    let claims = assert_locked_down("redis", &spec, &c, 999);
+    assert_eq!(claims, [("data".to_string(), "2Gi".to_string(), None)]);
+    let data = c.volume_mounts.iter().flatten().find(|m| m.name == "data");
+    let dir = args
+        .windows(2)
+        .find(|w| w[0] == "--dir")
+        .map(|w| w[1].clone());
+    assert_eq!(data.map(|m| m.mount_path.clone()), dir, "AOF on the volume");
+}
+
+/// The operator Deployment gives itself and every tenant's pods the chart's stores.
+async fn assert_operator_wiring(client: &Client, ns: &str, release: &str) -> String {
+    let dep = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(release)
+        .await
+        .expect("operator Deployment");
+    let template = dep.spec.template;
+    let c = template.spec.expect("pod").containers[0].clone();
+    let args = c.args.clone().expect("args");
+    for want in [
+        format!("--qdrant-url=http://{release}-qdrant.{ns}.svc:6334"),
+        format!("--api-env-from-secret=TENANTRY_QDRANT_API_KEY={release}-qdrant:api-key"),
+        format!("--api-env-from-secret=TENANTRY_REDIS_URL={release}-redis:url"),
+        "--api-config=/etc/tenantry/api/serve.yaml".to_string(),
+        "--api-pod-defaults=/etc/tenantry/api/pod.yaml".to_string(),
+    ] {
+        assert!(args.contains(&want), "{want} in {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--vector-data-dir")
+            || a.starts_with("--qdrant-api-key-secret")),
+        "{args:?}"
+    );
+    assert_eq!(
+        secret_ref(&c, "TENANTRY_QDRANT_API_KEY"),
+        Some((format!("{release}-qdrant"), "api-key".to_string()))
+    );
+    // The URL names the client Service's gRPC port.
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .get(&format!("{release}-qdrant"))
+        .await
+        .expect("Qdrant Service");
+    let ports = svc.spec.and_then(|s| s.ports).unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.port == 6334 && p.name.as_deref() == Some("grpc"))
+    );
+    let annotations = template.metadata.and_then(|m| m.annotations);
+    annotations
+        .and_then(|a| a.get("checksum/api").cloned())
+        .expect("checksum/api on the operator pods")
+}
+
+/// Only the operator's pods and the tenants' API pods (as the operator labels them) may
+/// connect to each store, on its port only.
+async fn assert_store_network_policies(client: &Client, ns: &str, release: &str) {
+    let dep = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(release)
+        .await
+        .expect("operator Deployment");
+    let operator = dep.spec.selector.match_labels;
+    let names =
+        tenantry::controller::build::Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
+    let api_pods = tenantry::controller::build::api_selector(&names);
+    for (store, port) in [("qdrant", 6334), ("redis", 6379)] {
+        let name = format!("{release}-{store}");
+        let np = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("NetworkPolicy {name}: {e}"));
+        let spec = np.spec.expect("spec");
+        let (sts, _) = statefulset(client, ns, &name).await;
+        let selected = spec.pod_selector.and_then(|s| s.match_labels);
+        assert_eq!(selected, sts.selector.match_labels);
+        let rules = spec.ingress.expect("ingress rules");
+        assert_eq!(rules.len(), 1, "{store}");
+        let ports: Vec<_> = rules[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port.clone())
+            .collect();
+        assert_eq!(ports, [Some(IntOrString::Int(port))], "{store}");
+        let from = rules[0].from.clone().expect("peers");
+        assert_eq!(from.len(), 2, "{store}: {from:?}");
+        assert_eq!(
+            from[0].pod_selector.clone().and_then(|s| s.match_labels),
+            operator
+        );
+        assert!(
+            from[0].namespace_selector.is_none(),
+            "the release namespace only"
+        );
+        let any_ns = from[1]
+            .namespace_selector
+            .clone()
+            .expect("namespaceSelector");
+        assert!(any_ns.match_labels.is_none() && any_ns.match_expressions.is_none());
+        let peer = from[1].pod_selector.clone().and_then(|s| s.match_labels);
+        let peer = peer.expect("API pod labels");
+        assert!(
+            peer.iter().all(|(k, v)| api_pods.get(k) == Some(v)),
+            "{store}: {peer:?} does not select the API pods {api_pods:?}"
+        );
+    }
+}
+
+/// The generated secrets of the chart's stores: the Qdrant key, the Redis password (checked
+/// against the Secret's url and redis.conf).
+async fn store_secrets(client: &Client, ns: &str, release: &str) -> (String, String) {
+    let random = |s: &str| s.len() == 32 && s.chars().all(|c| c.is_ascii_alphanumeric());
+    let qdrant = secret_strings(client, ns, &format!("{release}-qdrant")).await;
+    let key = qdrant.get("api-key").expect("api-key").clone();
+    assert!(random(&key), "a generated key");
+    let redis = secret_strings(client, ns, &format!("{release}-redis")).await;
+    let password = redis.get("password").expect("password").clone();
+    assert!(random(&password) && password != key, "a generated password");
+    assert_eq!(
+        redis.get("url"),
+        Some(&format!(
+            "redis://:{password}@{release}-redis.{ns}.svc:6379"
+        ))
+    );
+    assert_eq!(
+        redis.get("redis.conf"),
+        Some(&format!("requirepass {password}\n"))
+    );
+    for store in ["qdrant", "redis"] {
+        let s = Api::<Secret>::namespaced(client.clone(), ns)
+            .get(&format!("{release}-{store}"))
+            .await
+            .expect("secret");
+        let keep = s.annotations().get("helm.sh/resource-policy").cloned();
+        assert_eq!(keep.as_deref(), Some("keep"), "{store}");
+    }
+    (key, password)
+}
+
+#[tokio::test]
+async fn installed_chart_deploys_its_stores_and_keeps_their_secrets_across_upgrades() {
+    let cluster = Cluster::new().await;
+    let (env, client) = (cluster.env, cluster.client.clone());
+    remove_leftovers(env, &client).await;
+    let release = unique(RELEASE_PREFIX);
+    let ns = release.clone();
+    for store in ["qdrant", "redis"] {
+        cluster.remove_on_drop("secret", Some(&ns), &format!("{release}-{store}"));
+    }
+    let chart = chart();
+    let chart = chart.to_str().expect("utf-8");
+    let lease = format!("leaderElection.leaseName={}", unique("chart-lease"));
+    let install = |extra: &'static str| {
+        let mut args = vec!["upgrade", "--install", &release, chart, "-n", &ns];
+        args.extend(["--create-namespace", "--set", "quotaTiers.create=false"]);
+        args.extend(["--set", &lease, "--set", extra]);
+        helm_ok(env, &args)
+    };
+    install("api.config.llm.model=first");
+    let secrets = store_secrets(&client, &ns, &release).await;
+    assert_chart_qdrant(&client, &ns, &format!("{release}-qdrant")).await;
+    assert_chart_redis(&client, &ns, &format!("{release}-redis"), &secrets.1).await;
+    let checksum = assert_operator_wiring(&client, &ns, &release).await;
+    assert_store_network_policies(&client, &ns, &release).await;
+
+    // An upgrade that changes the API pods' config: same secrets, the operator rolls.
+    install("api.config.llm.model=second");
+    assert_eq!(store_secrets(&client, &ns, &release).await, secrets);
+    let rolled = assert_operator_wiring(&client, &ns, &release).await;
+    assert_ne!(rolled, checksum, "checksum/api follows the API config");
+
+    // Uninstalled, the secrets stay (the volumes keep data written with them); installed
+    // again, the release takes them back unchanged.
+    helm_ok(env, &["uninstall", &release, "-n", &ns]);
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    assert!(
+        sts.get_opt(&format!("{release}-qdrant"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert_eq!(store_secrets(&client, &ns, &release).await, secrets);
+    install("api.config.llm.model=third");
+    assert_eq!(store_secrets(&client, &ns, &release).await, secrets);
+    helm_ok(env, &["uninstall", &release, "-n", &ns]);
+}
+
+/// `value` (a serialized config) has exactly the keys `schema` declares, at every level.
+fn assert_schema_has_keys(path: &str, value: &Value, schema: &Value) {
+    let Some(obj) = value.as_object() else {
+        return;
+    };
+    let props = schema["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: no properties in the schema"));
+    let declared: BTreeSet<&String> = props.keys().collect();
+    let real: BTreeSet<&String> = obj.keys().collect();
+    assert_eq!(declared, real, "{path}: values.schema.json vs ServeConfig");
+    assert_eq!(schema["additionalProperties"], false, "{path}");
+    for (k, v) in obj {
+        assert_schema_has_keys(&format!("{path}.{k}"), v, &props[k]);
+    }
+}
+
+#[test]
+fn schema_of_api_config_has_the_keys_of_the_serve_config() {
+    use tenantry::config::{EmbeddingConfig, LlmFallback, ServeConfig};
+    let text = std::fs::read_to_string(chart().join("values.schema.json")).expect("schema");
+    let schema: Value = serde_json::from_str(&text).expect("json");
+    let config = &schema["properties"]["api"]["properties"]["config"];
+    let mut defaults = serde_json::to_value(ServeConfig::default()).expect("json");
+    // Each embedding provider is one variant of the schema (the default is `local`).
+    let local = defaults["embedding"].take();
+    let embedding = &config["properties"]["embedding"]["oneOf"];
+    assert_schema_has_keys("embedding(local)", &local, &embedding[0]);
+    let openai = EmbeddingConfig::OpenAi {
+        base_url: "https://e.example/v1".into(),
+        api_key_env: "KEY".into(),
+        model: "m".into(),
+        dimension: 3,
+    };
+    let openai = serde_json::to_value(openai).expect("json");
+    assert_schema_has_keys("embedding(openai)", &openai, &embedding[1]);
+    let fallback = LlmFallback {
+        base_url: "https://f.example/v1".into(),
+        api_key_env: Some("KEY".into()),
+        model: Some("m".into()),
+    };
+    let items = &config["properties"]["llm"]["properties"]["fallbacks"]["items"];
+    let fallback = serde_json::to_value(fallback).expect("json");
+    assert_schema_has_keys("llm.fallbacks[]", &fallback, items);
+    // The rest (embedding is now null: checked above).
+    assert_schema_has_keys("api.config", &defaults, config);
+}
+
+/// ConfigMap `<fullname>-api` of a rendering.
+fn api_configmap(docs: &[Value]) -> (String, String) {
+    let cm = of_kind(docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "tenantry-api")
+        .expect("ConfigMap tenantry-api");
+    let file = |k: &str| cm["data"][k].as_str().expect(k).to_string();
+    (file("serve.yaml"), file("pod.yaml"))
+}
+
+#[test]
+fn api_configmap_holds_a_serve_config_and_pod_defaults_of_the_right_types() {
+    use tenantry::config::ServeConfig;
+    let env = KubeEnv::get();
+    let (serve, pod) = api_configmap(&yaml_docs(&template(env, "ns", &[])));
+    let serve: ServeConfig = serde_saphyr::from_str(&serve).expect("serve.yaml");
+    assert_eq!(
+        serve,
+        ServeConfig::default(),
+        "empty api.config: the defaults"
+    );
+    assert_eq!(pod.trim(), "{}", "no pod defaults set");
+
+    let sets = [
+        "api.config.llm.model=gpt-4o",
+        "api.config.llm.maxTokens=256",
+        "api.config.quota.failMode=failOpen",
+        "api.config.limits.maxQuestionChars=2000",
+        "api.imagePullSecrets[0].name=registry",
+        "api.nodeSelector.pool=api",
+        "api.tolerations[0].key=dedicated",
+        "api.tolerations[0].operator=Exists",
+        "api.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
+        "api.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+        "api.topologySpreadConstraints[0].maxSkew=1",
+        "api.topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+        "api.topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "api.podLabels.team=rag",
+        "api.podAnnotations.owner=platform",
+        "api.priorityClassName=tenant-api",
+        "api.resources.requests.cpu=250m",
+        "api.resources.limits.memory=1Gi",
+    ];
+    let (serve, pod) = api_configmap(&yaml_docs(&template(env, "ns", &sets)));
+    let serve: ServeConfig = serde_saphyr::from_str(&serve).expect("serve.yaml");
+    serve.check().expect("a valid serve config");
+    assert_eq!(
+        (serve.llm.model.as_str(), serve.llm.max_tokens),
+        ("gpt-4o", 256)
+    );
+    assert_eq!(serve.quota.fail_mode, tenantry::quota::FailMode::FailOpen);
+    assert_eq!(serve.limits.max_question_chars, 2000);
+
+    // pod.yaml: the scheduling keys are those of a PodSpec, resources a ResourceRequirements.
+    let mut pod: Value = serde_saphyr::from_str(&pod).expect("pod.yaml");
+    let keys: BTreeSet<&str> = pod
+        .as_object()
+        .expect("map")
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    let interface = [
+        "affinity",
+        "imagePullSecrets",
+        "nodeSelector",
+        "podAnnotations",
+        "podLabels",
+        "priorityClassName",
+        "resources",
+        "tolerations",
+        "topologySpreadConstraints",
+    ];
+    assert_eq!(
+        keys,
+        BTreeSet::from(interface),
+        "the keys of --api-pod-defaults"
+    );
+    let obj = pod.as_object_mut().expect("map");
+    let resources = obj.remove("resources").expect("resources");
+    let r: k8s_openapi::api::core::v1::ResourceRequirements =
+        serde_json::from_value(resources).expect("resources");
+    assert_eq!(r.requests.expect("requests")["cpu"].0, "250m");
+    for (k, want) in [("podLabels", "team"), ("podAnnotations", "owner")] {
+        let m: BTreeMap<String, String> = serde_json::from_value(obj.remove(k).expect(k)).expect(k);
+        assert!(m.contains_key(want), "{k}: {m:?}");
+    }
+    obj.insert("containers".into(), json!([]));
+    let spec: PodSpec = serde_json::from_value(pod).expect("PodSpec fields");
+    assert_eq!(spec.priority_class_name.as_deref(), Some("tenant-api"));
+    assert_eq!(
+        spec.tolerations.expect("tolerations")[0].key.as_deref(),
+        Some("dedicated")
+    );
+    assert!(spec.affinity.and_then(|a| a.node_affinity).is_some());
+    assert_eq!(
+        spec.topology_spread_constraints.expect("spread")[0].max_skew,
+        1
+    );
+    assert_eq!(
+        spec.image_pull_secrets.expect("secrets")[0].name,
+        "registry"
+    );
+}
+
+/// The Qdrant server binary: `QDRANT_BIN`, else the last line printed by
+/// `$QDRANT_SRC/build.sh` (default `../shared/qdrant`, next to the checkout).
+fn qdrant_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("QDRANT_BIN") {
+        return PathBuf::from(bin);
+    }
+    let src = std::env::var_os("QDRANT_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/qdrant"));
+    let out = Command::new(src.join("build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{}/build.sh (set QDRANT_BIN): {e}", src.display()));
+    assert!(out.status.success(), "build.sh failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().expect("a path").trim())
+}
+
+/// The container of the rendered StatefulSet `name`, and the rendered Secrets' decoded data.
+fn rendered_store(docs: &[Value], name: &str) -> (Container, BTreeMap<String, String>) {
+    let sts = of_kind(docs, "StatefulSet")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == name)
+        .expect("StatefulSet");
+    let c = sts["spec"]["template"]["spec"]["containers"][0].clone();
+    let secret = of_kind(docs, "Secret")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == name)
+        .expect("Secret");
+    let data: BTreeMap<String, String> =
+        serde_json::from_value(secret["data"].clone()).expect("data");
+    let decode = |v: &String| {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .expect("base64");
+        String::from_utf8(raw).expect("utf-8")
+    };
+    let data = data.iter().map(|(k, v)| (k.clone(), decode(v))).collect();
+    (serde_json::from_value(c).expect("container"), data)
+}
+
+/// The container's env as a kubelet resolves it (secretKeyRef from `secret`), with every
+/// value that is a mounted path moved under `dir`.
+fn store_env(
+    c: &Container,
+    secret: &BTreeMap<String, String>,
+    dir: &Path,
+) -> Vec<(String, String)> {
+    let local = |v: &str| {
+        let mounted = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| v.starts_with(&m.mount_path));
+        if !mounted {
+            return v.to_string();
+        }
+        let p = dir.join(v.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        p.display().to_string()
+    };
+    let value = |e: &EnvVar| match (&e.value, &e.value_from) {
+        (Some(v), _) => local(v),
+        (None, Some(from)) => {
+            let key = &from.secret_key_ref.as_ref().expect("secretKeyRef").key;
+            secret
+                .get(key)
+                .expect("a key of the store's Secret")
+                .clone()
+        }
+        _ => panic!("env {}: no value", e.name),
+    };
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), value(e)))
+        .collect()
+}
+
+/// Status of GET `url` (with Qdrant's `api-key` header when given).
+async fn http_status(url: &str, key: Option<&str>) -> Option<u16> {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(k) = key {
+        req = req.header("api-key", k);
+    }
+    Some(req.send().await.ok()?.status().as_u16())
+}
+
+/// A child process killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        common::kill(&mut self.0);
+    }
+}
+
+/// A real Qdrant run as the chart's StatefulSet runs it: its container's env (the API key from
+/// the Secret, the mounted folders under a temp dir), on free ports of 127.0.0.1.
+struct ChartQdrant {
+    _child: Killed,
+    /// `http://127.0.0.1:<port>`: its REST port.
+    http: String,
+    grpc: u16,
+    /// Its API key.
+    key: String,
+}
+
+impl ChartQdrant {
+    /// Starts it and waits until its readiness probe passes.
+    async fn run(c: &Container, secret: &BTreeMap<String, String>, dir: &Path) -> Self {
+        let (http, grpc) = (common::free_port(), common::free_port());
+        let mut cmd = Command::new(qdrant_bin());
+        cmd.envs(store_env(c, secret, dir))
+            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__HTTP_PORT", http.to_string())
+            .env("QDRANT__SERVICE__GRPC_PORT", grpc.to_string())
+            .current_dir(dir)
+            .stdout(Stdio::null());
+        let child = Killed(cmd.spawn().expect("spawn qdrant"));
+        let http = format!("http://127.0.0.1:{http}");
+        let ready = http_probe_path(&c.readiness_probe).expect("readiness path");
+        eventually(60, "Qdrant ready on its readiness probe", || async {
+            (http_status(&format!("{http}{ready}"), None).await? == 200).then_some(())
+        })
+        .await;
+        let key = secret.get("api-key").expect("api-key").clone();
+        Self {
+            _child: child,
+            http,
+            grpc,
+            key,
+        }
+    }
+
+    /// Its gRPC URL (what `--qdrant-url` names).
+    fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+}
+
+#[tokio::test]
+async fn the_chart_qdrant_runs_as_rendered_with_its_generated_key() {
+    let env = KubeEnv::get();
+    let docs = yaml_docs(&template(env, "stores", &[]));
+    let (c, secret) = rendered_store(&docs, "tenantry-qdrant");
+    let dir = tempfile::tempdir().expect("tmp");
+    let qdrant = ChartQdrant::run(&c, &secret, dir.path()).await;
+    let base = &qdrant.http;
+    let live = http_probe_path(&c.liveness_probe).expect("liveness path");
+    assert_eq!(http_status(&format!("{base}{live}"), None).await, Some(200));
+    let collections = format!("{base}/collections");
+    assert_eq!(http_status(&collections, None).await, Some(401), "no key");
+    let key = Some(qdrant.key.as_str());
+    assert_eq!(
+        http_status(&collections, key).await,
+        Some(200),
+        "the Secret's key"
+    );
+    // Everything it wrote is under the mounted folders (the root filesystem is read-only).
+    for sub in ["qdrant/storage", "qdrant/init/.qdrant-initialized"] {
+        assert!(dir.path().join(sub).exists(), "{sub}");
+    }
+}
+
+#[tokio::test]
+async fn the_chart_redis_runs_as_rendered_with_aof_and_its_generated_password() {
+    let env = KubeEnv::get();
+    let docs = yaml_docs(&template(env, "stores", &[]));
+    let (c, secret) = rendered_store(&docs, "tenantry-redis");
+    let dir = tempfile::tempdir().expect("tmp");
+    // The mounted files: redis.conf from the Secret, /data.
+    let conf = dir.path().join("etc/redis/redis.conf");
+    std::fs::create_dir_all(conf.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&conf, &secret["redis.conf"]).expect("write");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let local = |a: &String| match a.as_str() {
+        "/etc/redis/redis.conf" => conf.display().to_string(),
+        "/data" => data.display().to_string(),
+        _ => a.clone(),
+    };
+    let port = common::free_port();
+    let command = c.command.clone().expect("command");
+    let _redis = Killed(
+        Command::new(&command[0])
+            .args(c.args.iter().flatten().map(local))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .envs(store_env(&c, &secret, dir.path()))
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server"),
+    );
+    // The readiness probe, as the kubelet runs it (redis-cli pointed at this port).
+    let probe = c.readiness_probe.clone().and_then(|p| p.exec?.command);
+    let probe = probe.expect("exec probe");
+    let run_probe = |with_env: bool| {
+        let script = probe[2].replace("redis-cli", &format!("redis-cli -p {port}"));
+        let mut cmd = Command::new(&probe[0]);
+        cmd.args([&probe[1], &script]).env_remove("REDISCLI_AUTH");
+        if with_env {
+            cmd.envs(store_env(&c, &secret, dir.path()));
+        }
+        cmd.output().expect("probe").status.success()
+    };
+    eventually(30, "the readiness probe passes", || async {
+        run_probe(true).then_some(())
+    })
+    .await;
+    assert!(!run_probe(false), "the probe needs the password");
+
+    // The `url` the API pods get (the Service name resolved to this process).
+    let host = "tenantry-redis.stores.svc:6379";
+    let url = secret["url"].replace(&host, &format!("127.0.0.1:{port}"));
+    let client = redis::Client::open(url).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let aof: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG GET");
+    assert_eq!(aof, ["appendonly", "yes"]);
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let dir_of: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("dir")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG GET dir");
+    assert_eq!(
+        dir_of[1],
+        data.display().to_string(),
+        "the AOF is on the volume"
+    );
 }
