@@ -188,6 +188,13 @@ async fn concurrent_chats(replicas: &[Server; 2], token: &str, llm: &ScriptedLlm
         admitted[0] + admitted[1] < CHATS,
         "the budget never ran out"
     );
+    // Each admitted chat cost the same; the shared budget is used up to less than one more.
+    let each = served / (admitted[0] + admitted[1]) as u64;
+    let unused = BUDGET - (before_used + served);
+    assert!(
+        unused < each,
+        "{unused} tokens left unused, more than one chat ({each})"
+    );
     assert_eq!(daily_used(&replicas[1], token).await, before_used + served);
     admitted
 }
