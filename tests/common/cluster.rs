@@ -188,8 +188,20 @@ impl Operator {
     /// Starts an operator under the operator's RBAC with identity `identity`, a 3 s Lease, a
     /// vector folder of its own and `extra` arguments; waits until it serves its metrics port.
     pub fn start(env: &KubeEnv, identity: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(env, identity, extra, &[])
+    }
+
+    /// Like [`Operator::start`], with environment variables `vars` (e.g. a store's API key,
+    /// which the operator reads only from its environment).
+    pub fn start_with_env(
+        env: &KubeEnv,
+        identity: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Self {
         let vectors = tempfile::tempdir().expect("tmp");
         let mut cmd = Self::command(env, identity, vectors.path(), extra);
+        cmd.envs(vars.iter().copied());
         let mut operator = Self::spawn(&mut cmd);
         operator.vectors = Some(vectors);
         operator

@@ -1,13 +1,15 @@
 //! The test harness, one file per thing it provides: the `tenantry serve` process
 //! ([`server`]), a scripted OpenAI-compatible model ([`llm`]), Redis ([`redis`]), test
 //! certificates ([`certs`]), Python peers ([`python`]), real Qdrant servers and clusters
-//! ([`qdrant`]) and the cluster fixture with the operator ([`cluster`]). Fixtures that start
-//! processes stop them on drop. The benchmarks include this module too.
+//! ([`qdrant`]), the cluster fixture with the operator ([`cluster`]) and a kubelet stand-in
+//! that runs its pods ([`kubelet`]). Fixtures that start processes stop them on drop. The
+//! benchmarks include this module too.
 // Every test binary compiles the whole harness and uses only part of it.
 #![allow(dead_code)]
 
 pub mod certs;
 pub mod cluster;
+pub mod kubelet;
 pub mod llm;
 pub mod python;
 pub mod qdrant;

@@ -152,8 +152,14 @@ impl Server {
             cmd.env("OPENAI_BASE_URL", llm.base_url());
         }
         cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+        Self::spawn(&mut cmd)
+    }
+
+    /// Spawns `cmd` (a `tenantry serve` command line) and waits until it listens.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        tenantry::install_crypto_provider();
         let (child, logs, (addr, metrics_addr)) =
-            spawn_ready(&mut cmd, "listening", Duration::from_secs(120), |v| {
+            spawn_ready(cmd, "listening", Duration::from_secs(120), |v| {
                 Some((
                     v["addr"].as_str()?.parse().ok()?,
                     v["metrics_addr"].as_str()?.parse().ok()?,
