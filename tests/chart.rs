@@ -2185,7 +2185,7 @@ async fn the_chart_redis_runs_as_rendered_with_aof_and_its_generated_password() 
 
     // The `url` the API pods get (the Service name resolved to this process).
     let host = "tenantry-redis.stores.svc:6379";
-    let url = secret["url"].replace(&host, &format!("127.0.0.1:{port}"));
+    let url = secret["url"].replace(host, &format!("127.0.0.1:{port}"));
     let client = redis::Client::open(url).expect("url");
     let mut conn = client
         .get_multiplexed_async_connection()
