@@ -42,7 +42,8 @@ lock() {
   flock 9
 }
 
-# The qdrant binary: $QDRANT_BIN, else what $QDRANT_SRC/build.sh prints last.
+# The qdrant binary: $QDRANT_BIN, else what $QDRANT_SRC/build.sh prints last (or, without
+# that script, the binary it installed earlier on this machine).
 find_bin() {
   if [[ -n ${QDRANT_BIN:-} ]]; then
     [[ -x $QDRANT_BIN ]] || die "QDRANT_BIN=$QDRANT_BIN is not an executable"
@@ -50,6 +51,12 @@ find_bin() {
     return 0
   fi
   local src=${QDRANT_SRC:-$ROOT/../shared/qdrant} bin
+  # Where build.sh installs it: a checkout elsewhere on the same machine finds it there.
+  local cached=${QDRANT_CACHE:-$HOME/.cache/qdrant-server}/v1.18.3/bin/qdrant
+  if [[ ! -x $src/build.sh && -x $cached ]]; then
+    echo "$cached"
+    return 0
+  fi
   [[ -x $src/build.sh ]] ||
     die "no qdrant binary: set QDRANT_BIN to one, or QDRANT_SRC to the vendored Qdrant source (no $src/build.sh)"
   bin=$("$src/build.sh" | tail -n1)
