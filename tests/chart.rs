@@ -1378,8 +1378,14 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     .await;
 }
 
-/// The operator args of a rendered chart, from `values` (YAML).
-fn operator_args_with(env: &KubeEnv, values: &str) -> Result<Vec<String>, String> {
+/// The operator args of a rendered chart, from `values` (YAML), with the files of the mounted
+/// `<fullname>-api` ConfigMap written into `files` and its mount path mapped there (as a kubelet
+/// would mount them).
+fn operator_args_with(
+    env: &KubeEnv,
+    values: &str,
+    files: &std::path::Path,
+) -> Result<Vec<String>, String> {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("values.yaml");
     std::fs::write(&file, values).expect("write values");
@@ -1400,7 +1406,19 @@ fn operator_args_with(env: &KubeEnv, values: &str) -> Result<Vec<String>, String
     let docs = yaml_docs(&String::from_utf8_lossy(&out.stdout));
     let deployment = of_kind(&docs, "Deployment")[0];
     let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
-    Ok(serde_json::from_value(args.clone()).expect("args"))
+    let args: Vec<String> = serde_json::from_value(args.clone()).expect("args");
+    for cm in of_kind(&docs, "ConfigMap") {
+        if cm["metadata"]["name"] == "tenantry-api" {
+            for (key, text) in cm["data"].as_object().expect("data") {
+                std::fs::write(files.join(key), text.as_str().expect("text")).expect("write");
+            }
+        }
+    }
+    let mount = format!("{}/", files.display());
+    Ok(args
+        .into_iter()
+        .map(|a| a.replace("/etc/tenantry/api/", &mount))
+        .collect())
 }
 
 #[test]
@@ -1429,7 +1447,8 @@ fn chart_expose_values_become_operator_flags_the_operator_accepts() {
         ("expose: {mode: none}", vec![]),
     ];
     for (values, want) in cases {
-        let args = operator_args_with(env, values).expect("renders");
+        let files = tempfile::tempdir().expect("tmp");
+        let args = operator_args_with(env, values, files.path()).expect("renders");
         let exposure: Vec<&str> = args
             .iter()
             .map(String::as_str)
@@ -1466,7 +1485,8 @@ fn chart_expose_values_become_operator_flags_the_operator_accepts() {
         ),
         ("expose: {mode: route}", "/expose/mode"),
     ] {
-        let err = operator_args_with(env, values).expect_err(values);
+        let files = tempfile::tempdir().expect("tmp");
+        let err = operator_args_with(env, values, files.path()).expect_err(values);
         assert!(err.contains(says), "{values}: {err}");
     }
 }
