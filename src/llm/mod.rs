@@ -22,8 +22,23 @@ pub enum LlmError {
     Timeout,
 }
 
+/// What a failed upstream call may have cost, for billing: whether the request reached the
+/// upstream and how much of it the upstream may have worked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// Provably never reached an upstream, or refused before any work: no connection could be
+    /// made, or the upstream answered with a 4xx status (a refusal, 429 included).
+    Nothing,
+    /// The upstream read the request and answered with an error (5xx): the prompt may have been
+    /// processed, no answer was generated.
+    Prompt,
+    /// The outcome is unknown (a timeout, a connection cut, an unreadable answer): the upstream
+    /// may have generated a whole answer.
+    Unknown,
+}
+
 /// A failed call, classified for [`resilient::ResilientChat`]: whether it may be retried on the
-/// same upstream.
+/// same upstream, and what it may have cost.
 #[derive(Debug)]
 pub enum Attempt {
     /// Retry may help: the upstream answered 429 or 5xx, or the connection failed before any
@@ -33,11 +48,15 @@ pub enum Attempt {
         error: LlmError,
         /// How long the upstream asked to wait.
         retry_after: Option<std::time::Duration>,
+        /// What the call may have cost ([`Cost::Nothing`] for 429 and connect failures,
+        /// [`Cost::Prompt`] for 5xx).
+        cost: Cost,
     },
     /// The upstream failed in a way not worth retrying on it (e.g. a timeout: it may still be
-    /// working on the request), but another upstream may answer.
+    /// working on the request), but another upstream may answer. Its cost is unknown.
     Failed(LlmError),
-    /// The request itself is at fault (4xx other than 429): no retry, no fallback.
+    /// The request itself is at fault (4xx other than 429, or it could not be built): no retry,
+    /// no fallback, no cost.
     Fatal(LlmError),
 }
 
@@ -48,6 +67,38 @@ impl Attempt {
             Self::Retryable { error, .. } => error,
             Self::Failed(e) | Self::Fatal(e) => e,
         }
+    }
+
+    /// What the failed call may have cost.
+    pub fn cost(&self) -> Cost {
+        match self {
+            Self::Retryable { cost, .. } => *cost,
+            Self::Failed(_) => Cost::Unknown,
+            Self::Fatal(_) => Cost::Nothing,
+        }
+    }
+}
+
+/// Told about the upstream calls one request makes, so that each is paid for: every failed
+/// call with what it may have cost, and, before every call after the first (a retry or a
+/// fallback), asked whether one more may be made.
+#[async_trait]
+pub trait Attempts: Send + Sync {
+    /// A call failed with `cost`.
+    async fn failed(&self, cost: Cost);
+    /// Another call is about to be made: whether it may.
+    async fn another(&self) -> bool;
+}
+
+/// No accounting: every call may be made.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unmetered;
+
+#[async_trait]
+impl Attempts for Unmetered {
+    async fn failed(&self, _: Cost) {}
+    async fn another(&self) -> bool {
+        true
     }
 }
 
@@ -167,6 +218,7 @@ pub trait ChatModel: Send + Sync + 'static {
             e => Attempt::Retryable {
                 error: e,
                 retry_after: None,
+                cost: Cost::Prompt,
             },
         })
     }
@@ -181,5 +233,34 @@ pub trait ChatModel: Send + Sync + 'static {
     /// Like [`ChatModel::stream`], with failures classified as in [`ChatModel::attempt`].
     async fn stream_attempt(&self, request: ChatRequest) -> Result<ChatStream, Attempt> {
         self.attempt(request).await.map(one_shot)
+    }
+    /// Like [`ChatModel::complete`], telling `attempts` about every upstream call (and asking
+    /// it before every retry or fallback). The default makes one call.
+    async fn complete_metered(
+        &self,
+        request: ChatRequest,
+        attempts: &dyn Attempts,
+    ) -> Result<ChatResponse, LlmError> {
+        match self.attempt(request).await {
+            Ok(resp) => Ok(resp),
+            Err(a) => {
+                attempts.failed(a.cost()).await;
+                Err(a.into_error())
+            }
+        }
+    }
+    /// Like [`ChatModel::stream`], metered as [`ChatModel::complete_metered`].
+    async fn stream_metered(
+        &self,
+        request: ChatRequest,
+        attempts: &dyn Attempts,
+    ) -> Result<ChatStream, LlmError> {
+        match self.stream_attempt(request).await {
+            Ok(stream) => Ok(stream),
+            Err(a) => {
+                attempts.failed(a.cost()).await;
+                Err(a.into_error())
+            }
+        }
     }
 }

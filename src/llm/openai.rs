@@ -8,7 +8,7 @@ use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletio
 use async_trait::async_trait;
 use reqwest::StatusCode;
 
-use super::{Attempt, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, LlmError, Usage};
+use super::{Attempt, ChatModel, Cost, ChatRequest, ChatResponse, ChatStream, Chunk, LlmError, Usage};
 
 /// Client of one OpenAI-compatible endpoint.
 pub struct OpenAiChat {
@@ -75,6 +75,7 @@ fn transport_error(e: reqwest::Error) -> Attempt {
         Attempt::Retryable {
             error,
             retry_after: None,
+            cost: Cost::Nothing,
         }
     } else {
         Attempt::Failed(error)
@@ -153,6 +154,12 @@ impl OpenAiChat {
             Attempt::Retryable {
                 error,
                 retry_after: wait,
+                // A 429 is a refusal; a 5xx came after the upstream read the request.
+                cost: if status.is_server_error() {
+                    Cost::Prompt
+                } else {
+                    Cost::Nothing
+                },
             }
         } else {
             Attempt::Fatal(error)

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 
-use super::{Attempt, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, LlmError};
+use super::{
+    Attempt, Attempts, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, LlmError, Unmetered,
+};
 
 /// One call to an upstream, as [`ResilientChat::try_upstream`] repeats it.
 type Call<T> = for<'a> fn(&'a dyn ChatModel, ChatRequest) -> BoxFuture<'a, Result<T, Attempt>>;
@@ -164,7 +166,8 @@ impl ResilientChat {
         half + Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
     }
 
-    /// Tries one upstream with retries. `Ok(Err(e))`: give up on everything (not retryable).
+    /// Tries one upstream with retries. Every call after the request's first (`made` counts
+    /// them) must be allowed by `attempts`, and every failed call is reported to it.
     /// A stream counts as a success once the upstream accepted the request; a failure in the
     /// middle of it is not retried (part of the answer may already be with the client).
     async fn try_upstream<T>(
@@ -172,41 +175,55 @@ impl ResilientChat {
         up: &Upstream,
         request: &ChatRequest,
         call: Call<T>,
-    ) -> Result<Result<T, LlmError>, LlmError> {
+        attempts: &dyn Attempts,
+        made: &mut u32,
+    ) -> Tried<T> {
         let p = &self.policy;
-        let mut last = LlmError::Upstream(format!("circuit open for upstream {}", up.name));
+        let mut last = None;
         for attempt in 0..=p.retries {
             if !up.breaker.allow(p.cooldown) {
                 tracing::warn!(upstream = %up.name, "circuit open: skipping upstream");
-                return Err(if attempt == 0 {
+                return Tried::Next(last.unwrap_or_else(|| {
                     LlmError::Upstream(format!("circuit open for upstream {}", up.name))
-                } else {
-                    last
-                });
+                }));
             }
+            if *made > 0 && !attempts.another().await {
+                tracing::warn!(upstream = %up.name, "the quota does not cover another upstream call; giving up");
+                return match last {
+                    Some(e) => Tried::GiveUp(e),
+                    None => Tried::Stopped,
+                };
+            }
+            *made += 1;
             let mut req = request.clone();
             if let Some(m) = &up.model {
                 req.model = m.clone();
             }
-            match call(up.chat.as_ref(), req).await {
+            let failure = match call(up.chat.as_ref(), req).await {
                 Ok(resp) => {
                     up.breaker.success();
-                    return Ok(Ok(resp));
+                    return Tried::Answer(resp);
                 }
-                Err(Attempt::Fatal(e)) => {
+                Err(failure) => failure,
+            };
+            attempts.failed(failure.cost()).await;
+            match failure {
+                Attempt::Fatal(e) => {
                     // The upstream answered (e.g. 400): it is healthy, the request is not.
                     up.breaker.success();
-                    return Ok(Err(e));
+                    return Tried::GiveUp(e);
                 }
-                Err(Attempt::Failed(e)) => {
+                Attempt::Failed(e) => {
                     up.breaker.failure(p.failure_threshold);
                     tracing::warn!(upstream = %up.name, error = %e, "upstream call failed; not retried");
-                    return Err(e);
+                    return Tried::Next(e);
                 }
-                Err(Attempt::Retryable { error, retry_after }) => {
+                Attempt::Retryable {
+                    error, retry_after, ..
+                } => {
                     up.breaker.failure(p.failure_threshold);
                     tracing::warn!(upstream = %up.name, attempt, error = %error, "upstream call failed");
-                    last = error;
+                    last = Some(error);
                     if attempt == p.retries || up.breaker.is_open() {
                         break;
                     }
@@ -219,56 +236,96 @@ impl ResilientChat {
                 }
             }
         }
+        Tried::Next(last.unwrap_or_else(|| {
+            LlmError::Upstream(format!("circuit open for upstream {}", up.name))
+        }))
+    }
+
+    /// Tries the upstreams in order until one answers.
+    async fn first_answer<T>(
+        &self,
+        request: &ChatRequest,
+        call: Call<T>,
+        attempts: &dyn Attempts,
+    ) -> Result<(usize, T), LlmError> {
+        let mut last = LlmError::Upstream("no upstream configured".to_string());
+        let mut made = 0;
+        for (i, up) in self.upstreams.iter().enumerate() {
+            match self
+                .try_upstream(up, request, call, attempts, &mut made)
+                .await
+            {
+                Tried::Answer(t) => return Ok((i, t)),
+                Tried::GiveUp(e) => return Err(e),
+                Tried::Stopped => return Err(last),
+                Tried::Next(e) => last = e,
+            }
+        }
         Err(last)
     }
+}
+
+/// How trying one upstream ended.
+enum Tried<T> {
+    /// It answered.
+    Answer(T),
+    /// Give up on every upstream with this error (the request is at fault, or no further call
+    /// is allowed).
+    GiveUp(LlmError),
+    /// No further call is allowed and this upstream made none: give up with the previous
+    /// upstream's error.
+    Stopped,
+    /// Try the next upstream; this one failed so.
+    Next(LlmError),
 }
 
 #[async_trait]
 impl ChatModel for ResilientChat {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LlmError> {
-        let mut last = LlmError::Upstream("no upstream configured".to_string());
-        for (i, up) in self.upstreams.iter().enumerate() {
-            match self.try_upstream(up, &request, call_complete).await {
-                Ok(Ok(mut resp)) => {
-                    if i > 0 {
-                        resp.model = format!("{}@{}", resp.model, up.name);
-                    }
-                    return Ok(resp);
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        self.complete_metered(request, &Unmetered).await
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LlmError> {
-        let mut last = LlmError::Upstream("no upstream configured".to_string());
-        for (i, up) in self.upstreams.iter().enumerate() {
-            match self.try_upstream(up, &request, call_stream).await {
-                Ok(Ok(stream)) if i == 0 => return Ok(stream),
-                Ok(Ok(stream)) => {
-                    // A fallback names itself in the answering model, as in `complete`.
-                    let name = up.name.clone();
-                    return Ok(Box::pin(stream.map(move |c| match c {
-                        Ok(Chunk::Model(model)) => Ok(Chunk::Model(format!("{model}@{name}"))),
-                        Ok(Chunk::Done {
-                            model,
-                            finish_reason,
-                            usage,
-                        }) => Ok(Chunk::Done {
-                            model: format!("{model}@{name}"),
-                            finish_reason,
-                            usage,
-                        }),
-                        other => other,
-                    })));
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(e) => last = e,
-            }
+        self.stream_metered(request, &Unmetered).await
+    }
+
+    /// Every retry and fallback is a call `attempts` must allow.
+    async fn complete_metered(
+        &self,
+        request: ChatRequest,
+        attempts: &dyn Attempts,
+    ) -> Result<ChatResponse, LlmError> {
+        let (i, mut resp) = self.first_answer(&request, call_complete, attempts).await?;
+        if i > 0 {
+            resp.model = format!("{}@{}", resp.model, self.upstreams[i].name);
         }
-        Err(last)
+        Ok(resp)
+    }
+
+    async fn stream_metered(
+        &self,
+        request: ChatRequest,
+        attempts: &dyn Attempts,
+    ) -> Result<ChatStream, LlmError> {
+        let (i, stream) = self.first_answer(&request, call_stream, attempts).await?;
+        if i == 0 {
+            return Ok(stream);
+        }
+        // A fallback names itself in the answering model, as in `complete`.
+        let name = self.upstreams[i].name.clone();
+        Ok(Box::pin(stream.map(move |c| match c {
+            Ok(Chunk::Model(model)) => Ok(Chunk::Model(format!("{model}@{name}"))),
+            Ok(Chunk::Done {
+                model,
+                finish_reason,
+                usage,
+            }) => Ok(Chunk::Done {
+                model: format!("{model}@{name}"),
+                finish_reason,
+                usage,
+            }),
+            other => other,
+        })))
     }
 }
 
@@ -303,6 +360,7 @@ mod tests {
         Attempt::Retryable {
             error: LlmError::Upstream("500".into()),
             retry_after: None,
+            cost: crate::llm::Cost::Prompt,
         }
     }
     fn bad_request() -> Attempt {
@@ -451,6 +509,7 @@ mod tests {
             Attempt::Retryable {
                 error: LlmError::Upstream("429".into()),
                 retry_after: Some(Duration::from_secs(60)),
+                cost: crate::llm::Cost::Nothing,
             }
         }
         let a = Fake::new(100, limited);
@@ -475,6 +534,65 @@ mod tests {
         let c = chat(vec![("primary", a.clone()), ("b", b.clone())], policy());
         c.complete(request()).await.expect("fallback answers");
         assert_eq!((a.calls(), b.calls()), (1, 1));
+    }
+
+    /// Allows `allow` calls after the first; records what each failed call may have cost.
+    struct Budget {
+        allow: AtomicUsize,
+        costs: Mutex<Vec<crate::llm::Cost>>,
+    }
+
+    #[async_trait]
+    impl Attempts for Budget {
+        async fn failed(&self, cost: crate::llm::Cost) {
+            self.costs.lock().push(cost);
+        }
+        async fn another(&self) -> bool {
+            self.allow
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        }
+    }
+
+    #[tokio::test]
+    async fn every_retry_and_fallback_needs_the_meters_consent_and_is_reported() {
+        use crate::llm::Cost;
+        let a = Fake::new(100, server_error);
+        let b = Fake::new(0, server_error);
+        let c = chat(vec![("primary", a.clone()), ("b", b.clone())], policy());
+        let budget = Budget {
+            allow: AtomicUsize::new(1),
+            costs: Mutex::new(Vec::new()),
+        };
+        let e = c
+            .complete_metered(request(), &budget)
+            .await
+            .expect_err("no call left for the fallback");
+        assert!(e.to_string().contains("500"), "{e}");
+        assert_eq!((a.calls(), b.calls()), (2, 0), "one retry allowed");
+        assert_eq!(*budget.costs.lock(), [Cost::Prompt, Cost::Prompt]);
+
+        let a = Fake::new(100, server_error);
+        let b = Fake::new(0, server_error);
+        let c = chat(vec![("primary", a.clone()), ("b", b.clone())], policy());
+        let budget = Budget {
+            allow: AtomicUsize::new(10),
+            costs: Mutex::new(Vec::new()),
+        };
+        let r = c.complete_metered(request(), &budget).await.expect("answer");
+        assert_eq!(r.model, "m@b");
+        assert_eq!((a.calls(), b.calls()), (3, 1));
+        assert_eq!(budget.allow.load(Ordering::SeqCst), 7, "three calls after the first");
+        assert_eq!(budget.costs.lock().len(), 3, "only failures are reported");
+
+        let a = Fake::new(100, bad_request);
+        let c = chat(vec![("primary", a.clone())], policy());
+        let budget = Budget {
+            allow: AtomicUsize::new(10),
+            costs: Mutex::new(Vec::new()),
+        };
+        assert!(c.complete_metered(request(), &budget).await.is_err());
+        assert_eq!(*budget.costs.lock(), [Cost::Nothing], "a 4xx refusal costs nothing");
     }
 
     #[tokio::test]
