@@ -135,6 +135,14 @@ pub struct QuotaOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_MAX_TOKENS))]
     pub max_tokens: Option<i64>,
+    /// Documents the tenant may store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_documents: Option<i64>,
+    /// Bytes of document text the tenant may store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_stored_bytes: Option<i64>,
 }
 
 /// Models a tenant uses and may request.
@@ -409,6 +417,14 @@ pub struct QuotaTierSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_MAX_TOKENS))]
     pub max_tokens: Option<i64>,
+    /// Documents a tenant may store (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_documents: Option<i64>,
+    /// Bytes of document text a tenant may store (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_stored_bytes: Option<i64>,
     /// Models tenants of this tier may request (when the tenant lists none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_models: Vec<String>,
@@ -419,10 +435,11 @@ pub struct QuotaTierSpec {
 
 /// The tiers known without any QuotaTier object: `free`, `pro` and `enterprise`.
 pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
-    let (daily, rpm, tpm, conc, min, max) = match name {
-        "free" => (50_000, 20, 10_000, 2, 1, 2),
-        "pro" => (500_000, 100, 100_000, 10, 2, 5),
-        "enterprise" => (5_000_000, 1_000, 1_000_000, 50, 3, 10),
+    const MIB: i64 = 1 << 20;
+    let (daily, rpm, tpm, conc, min, max, docs, bytes) = match name {
+        "free" => (50_000, 20, 10_000, 2, 1, 2, 100, 10 * MIB),
+        "pro" => (500_000, 100, 100_000, 10, 2, 5, 10_000, 1_024 * MIB),
+        "enterprise" => (5_000_000, 1_000, 1_000_000, 50, 3, 10, 100_000, 10_240 * MIB),
         _ => return None,
     };
     Some(QuotaTierSpec {
@@ -431,6 +448,8 @@ pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
         tokens_per_minute: tpm,
         max_concurrent_requests: conc,
         max_tokens: None,
+        max_documents: Some(docs),
+        max_stored_bytes: Some(bytes),
         allowed_models: Vec::new(),
         replicas: Some(Replicas { min, max }),
     })
@@ -448,6 +467,8 @@ impl EffectiveQuota {
                 .max_concurrent_requests
                 .unwrap_or(tier.max_concurrent_requests),
             max_tokens: o.max_tokens.or(tier.max_tokens),
+            max_documents: o.max_documents.or(tier.max_documents),
+            max_stored_bytes: o.max_stored_bytes.or(tier.max_stored_bytes),
         }
     }
 }

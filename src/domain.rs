@@ -174,6 +174,12 @@ pub struct EffectiveQuota {
     /// Completion tokens per answer (unset: `llm.maxTokens` of the serve configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<i64>,
+    /// Documents the tenant may store (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_documents: Option<i64>,
+    /// Bytes of document text the tenant may store (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stored_bytes: Option<i64>,
 }
 
 impl EffectiveQuota {

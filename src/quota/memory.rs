@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    Counters, Decision, Outcome, QuotaError, QuotaStore, ReserveRequest, Ticket, day_of,
-    first_exceeded, minute_of,
+    Counters, Decision, Outcome, QuotaError, QuotaStore, ReserveRequest, Storage, StorageChange,
+    StorageDecision, StorageLimits, Ticket, apply_storage, day_of, first_exceeded, minute_of,
 };
 use crate::domain::TenantId;
 
@@ -23,6 +23,8 @@ struct TenantState {
     minutes: HashMap<u64, (u64, u64)>,
     /// In-flight reservation id -> lease expiry (unix ms).
     in_flight: HashMap<String, u64>,
+    /// Stored documents and bytes.
+    storage: Storage,
 }
 
 impl TenantState {
@@ -130,5 +132,24 @@ impl QuotaStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), QuotaError> {
         Ok(())
+    }
+
+    async fn change_storage(
+        &self,
+        tenant: &TenantId,
+        change: StorageChange,
+        limits: &StorageLimits,
+    ) -> Result<StorageDecision, QuotaError> {
+        Ok(self.with(tenant, |s| {
+            let decision = apply_storage(s.storage, change, limits);
+            if let StorageDecision::Applied(after) = decision {
+                s.storage = after;
+            }
+            decision
+        }))
+    }
+
+    async fn storage(&self, tenant: &TenantId) -> Result<Storage, QuotaError> {
+        Ok(self.with(tenant, |s| s.storage))
     }
 }

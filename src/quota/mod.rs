@@ -1,20 +1,28 @@
 //! Per-tenant quotas and rate limits: the [`QuotaStore`] trait, its Redis implementation
 //! ([`redis::RedisStore`], shared by every replica) and its in-process one
 //! ([`memory::MemoryStore`], the embedded default), the [`Quota`] front end that applies the
-//! fail mode, and the [`Reservation`] guard that refunds whatever it did not settle.
+//! fail mode, and the [`Reservation`] guard that charges whatever it did not settle.
 //!
-//! Lifecycle of one request: [`Quota::reserve`] checks all four limits and reserves the estimate
-//! (prompt tokens + max completion tokens) in one atomic step → the LLM call →
-//! [`Reservation::settle`] with the actual usage (refunding or charging the difference) or
-//! [`Reservation::release`] on failure (refunding the tokens and the request). A reservation
-//! dropped without either (the client went away and the handler future was dropped) is released
-//! in the background, so cancelled requests consume nothing.
+//! Lifecycle of one request: [`Quota::admit`] checks the limits without reserving anything
+//! (before expensive work: embedding, retrieval, tokenizing) → [`Quota::reserve`] checks all
+//! four limits and reserves the estimate (prompt tokens with a margin + max completion tokens)
+//! in one atomic step → the upstream call → [`Reservation::settle`] with the actual usage,
+//! charged up to the reservation and never more (what exceeds it is returned to the caller,
+//! who counts it separately), or [`Reservation::release`] when the call provably never reached
+//! an upstream (refunding the tokens and the request). A reservation dropped without either
+//! (the client went away, the whole-request timeout fired, and the handler future was
+//! dropped) is charged its whole estimate in the background: the upstream may have done all
+//! the work, so a cancelled request is billed, never free.
 //!
 //! Windows: `dailyTokens` per UTC day; `requestsPerMinute` and `tokensPerMinute` per UTC
 //! calendar minute (fixed windows, reset at the minute boundary); `maxConcurrentRequests` counts
 //! reservations in flight. An in-flight entry carries a lease (the request timeout plus a
 //! margin); a replica that crashes mid-request frees its concurrency slots when the lease ends.
 //! Tokens it had reserved stay charged (the upstream may have used them).
+//!
+//! Storage: the documents and bytes a tenant stores are counted in the same store
+//! ([`QuotaStore::change_storage`]), checked against `maxDocuments` and `maxStoredBytes`
+//! atomically, so replicas share them.
 //!
 //! This module imports neither axum nor kube.
 pub mod memory;
@@ -273,8 +281,108 @@ pub enum Outcome {
         /// Actual tokens (prompt + completion); 0 for a cache hit or the offline responder.
         tokens: u64,
     },
-    /// The call failed or was cancelled: refund the tokens and the request.
+    /// The call provably never reached an upstream: refund the tokens and the request.
     Released,
+}
+
+/// One of the storage limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageLimit {
+    /// `maxDocuments`: documents stored.
+    MaxDocuments,
+    /// `maxStoredBytes`: bytes of document text stored.
+    MaxStoredBytes,
+}
+
+impl StorageLimit {
+    /// Label value (JSON): `max_documents`, `max_stored_bytes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageLimit::MaxDocuments => "max_documents",
+            StorageLimit::MaxStoredBytes => "max_stored_bytes",
+        }
+    }
+}
+
+impl fmt::Display for StorageLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tenant's storage limits (None: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageLimits {
+    /// Documents.
+    pub max_documents: Option<u64>,
+    /// Bytes of document text.
+    pub max_stored_bytes: Option<u64>,
+}
+
+impl From<&EffectiveQuota> for StorageLimits {
+    fn from(q: &EffectiveQuota) -> Self {
+        let u = |v: Option<i64>| v.map(|v| u64::try_from(v).unwrap_or(0));
+        Self {
+            max_documents: u(q.max_documents),
+            max_stored_bytes: u(q.max_stored_bytes),
+        }
+    }
+}
+
+/// What a tenant stores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Storage {
+    /// Documents.
+    pub documents: u64,
+    /// Bytes of document text.
+    pub bytes: u64,
+}
+
+/// A change of a tenant's stored documents and bytes (negative: removed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageChange {
+    /// Documents added (or removed, negative).
+    pub documents: i64,
+    /// Bytes added (or removed, negative).
+    pub bytes: i64,
+}
+
+/// A store's answer to a storage change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageDecision {
+    /// Applied; the totals after it.
+    Applied(Storage),
+    /// Refused (nothing changed): the limit it would break and the totals.
+    Refused(StorageLimit, Storage),
+}
+
+/// The storage rule shared by both stores (the Redis script implements the same): a change is
+/// refused when it adds documents (bytes) and the total would pass the limit; removals always
+/// apply; totals never go below zero.
+pub fn apply_storage(
+    now: Storage,
+    change: StorageChange,
+    limits: &StorageLimits,
+) -> StorageDecision {
+    let add = |v: u64, d: i64| {
+        if d >= 0 {
+            v.saturating_add(d.unsigned_abs())
+        } else {
+            v.saturating_sub(d.unsigned_abs())
+        }
+    };
+    let after = Storage {
+        documents: add(now.documents, change.documents),
+        bytes: add(now.bytes, change.bytes),
+    };
+    if change.documents > 0 && limits.max_documents.is_some_and(|m| after.documents > m) {
+        StorageDecision::Refused(StorageLimit::MaxDocuments, now)
+    } else if change.bytes > 0 && limits.max_stored_bytes.is_some_and(|m| after.bytes > m) {
+        StorageDecision::Refused(StorageLimit::MaxStoredBytes, now)
+    } else {
+        StorageDecision::Applied(after)
+    }
 }
 
 /// A quota backend. Implementations are atomic per tenant: concurrent reservations (from any
@@ -293,6 +401,16 @@ pub trait QuotaStore: Send + Sync + 'static {
     async fn usage(&self, tenant: &TenantId, now_ms: u64) -> Result<Counters, QuotaError>;
     /// Whether the store is reachable.
     async fn ping(&self) -> Result<(), QuotaError>;
+    /// Applies `change` to the tenant's stored totals if it keeps them within `limits`
+    /// ([`apply_storage`]), atomically.
+    async fn change_storage(
+        &self,
+        tenant: &TenantId,
+        change: StorageChange,
+        limits: &StorageLimits,
+    ) -> Result<StorageDecision, QuotaError>;
+    /// The tenant's stored totals.
+    async fn storage(&self, tenant: &TenantId) -> Result<Storage, QuotaError>;
 }
 
 /// What to do when the store is unreachable.
@@ -444,6 +562,57 @@ impl Quota {
         }
     }
 
+    /// Whether a request of at least `floor` tokens could be admitted now, without reserving
+    /// anything: the check made before expensive work (the reservation that follows checks
+    /// again, atomically). With `failOpen` and the store down, admits.
+    pub async fn admit(
+        &self,
+        tenant: &TenantId,
+        limits: Limits,
+        floor: u64,
+    ) -> Result<(), Refusal> {
+        let now_ms = now_ms();
+        match self.store.usage(tenant, now_ms).await {
+            Ok(used) => match first_exceeded(&used, &limits, floor) {
+                None => Ok(()),
+                Some(limit) => Err(Refusal::Limited(Box::new(RateLimited {
+                    limit,
+                    limits,
+                    used,
+                    now_ms,
+                }))),
+            },
+            Err(e) => match self.fail_mode {
+                FailMode::FailClosed => Err(Refusal::Unavailable(e)),
+                FailMode::FailOpen => Ok(()),
+            },
+        }
+    }
+
+    /// Applies a change of the tenant's stored documents and bytes within `limits`. With
+    /// `failOpen` and the store down, the change is allowed (and not counted).
+    pub async fn change_storage(
+        &self,
+        tenant: &TenantId,
+        change: StorageChange,
+        limits: &StorageLimits,
+    ) -> Result<StorageDecision, QuotaError> {
+        match self.store.change_storage(tenant, change, limits).await {
+            Ok(d) => Ok(d),
+            Err(e) if self.fail_mode == FailMode::FailOpen => {
+                self.fail_open.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tenant_id = %tenant, error = %e, "quota store unavailable; storage change not counted (failOpen)");
+                Ok(StorageDecision::Applied(Storage::default()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tenant's stored totals.
+    pub async fn storage(&self, tenant: &TenantId) -> Result<Storage, QuotaError> {
+        self.store.storage(tenant).await
+    }
+
     /// The tenant's usage now.
     pub async fn usage(&self, tenant: &TenantId) -> Result<(Counters, u64), QuotaError> {
         let now = now_ms();
@@ -452,7 +621,8 @@ impl Quota {
 }
 
 /// A reservation in progress. Settle it with the actual usage or release it; dropping it
-/// without either releases it in the background (a cancelled request consumes nothing).
+/// without either charges its whole estimate in the background (a cancelled request is billed:
+/// the upstream may have done all the work).
 #[must_use = "settle or release the reservation"]
 pub struct Reservation {
     store: Option<Arc<dyn QuotaStore>>,
@@ -489,13 +659,19 @@ impl Reservation {
             .map(|used| statuses(&self.limits, &used, self.now_ms))
     }
 
-    /// The call succeeded and used `tokens` (prompt + completion; 0 for a cache hit): charge
-    /// exactly that.
-    pub async fn settle(mut self, tokens: u64) {
-        self.finish(Outcome::Used { tokens }).await;
+    /// The call happened and used `tokens` (prompt + completion; 0 for a cache hit): charges
+    /// that, up to what was reserved. Returns the tokens beyond the reservation, which are not
+    /// charged (the caller counts them separately): a request never takes more of a budget
+    /// than it was admitted with.
+    pub async fn settle(mut self, tokens: u64) -> u64 {
+        let reserved = self.ticket.as_ref().map_or(tokens, |t| t.estimate);
+        let charged = tokens.min(reserved);
+        self.finish(Outcome::Used { tokens: charged }).await;
+        tokens - charged
     }
 
-    /// The call failed: refund the tokens and the request.
+    /// The call provably never reached an upstream (no connection, or refused with a 4xx):
+    /// refunds the tokens and the request.
     pub async fn release(mut self) {
         self.finish(Outcome::Released).await;
     }
@@ -520,17 +696,22 @@ async fn finish_logged(store: &dyn QuotaStore, ticket: &Ticket, outcome: Outcome
 }
 
 impl Drop for Reservation {
+    /// Neither settled nor released: the outcome is unknown, so the whole estimate is charged
+    /// (and the request stays counted).
     fn drop(&mut self) {
         if let (Some(store), Some(ticket)) = (self.store.take(), self.ticket.take()) {
+            let outcome = Outcome::Used {
+                tokens: ticket.estimate,
+            };
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
                     handle.spawn(async move {
-                        finish_logged(store.as_ref(), &ticket, Outcome::Released).await;
+                        finish_logged(store.as_ref(), &ticket, outcome).await;
                     });
                 }
                 Err(_) => tracing::warn!(
                     tenant_id = %ticket.tenant,
-                    "quota reservation dropped outside a runtime; it expires with its lease"
+                    "quota reservation dropped outside a runtime; its estimate stays charged and its slot expires with its lease"
                 ),
             }
         }
@@ -636,6 +817,8 @@ mod tests {
             tokens_per_minute: 7,
             max_concurrent_requests: 2,
             max_tokens: None,
+            max_documents: None,
+            max_stored_bytes: None,
         };
         let l = Limits::from(&q);
         assert_eq!(l.requests_per_minute, 0);
@@ -659,7 +842,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_reservation_is_released_and_settle_is_exact() {
+    async fn a_dropped_reservation_is_charged_and_settle_is_capped() {
         let store: Arc<dyn QuotaStore> = Arc::new(memory::MemoryStore::default());
         let quota = Quota::new(store.clone(), FailMode::FailClosed, Duration::from_secs(60));
         let t = TenantId::parse("acme").expect("id");
@@ -675,9 +858,26 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let (u, _) = quota.usage(&t).await.expect("usage");
-        assert_eq!((u.daily_tokens, u.minute_requests, u.in_flight), (0, 0, 0));
-        let r = quota.reserve(&t, limits(), 50).await.expect("admitted");
-        r.settle(12).await;
+        assert_eq!(
+            (u.daily_tokens, u.minute_requests, u.in_flight),
+            (50, 1, 0),
+            "a dropped reservation is charged its estimate and stays a request"
+        );
+        let roomy = Limits {
+            requests_per_minute: 10,
+            tokens_per_minute: 1_000,
+            ..limits()
+        };
+        let r = quota.reserve(&t, roomy, 5).await.expect("admitted");
+        assert_eq!(r.settle(2).await, 0);
+        let r = quota.reserve(&t, roomy, 5).await.expect("admitted");
+        assert_eq!(
+            r.settle(9).await,
+            4,
+            "beyond the reservation: returned, not charged"
+        );
+        let r = quota.reserve(&t, roomy, 5).await.expect("admitted");
+        r.release().await;
         let (u, _) = quota.usage(&t).await.expect("usage");
         assert_eq!(
             (
@@ -686,7 +886,43 @@ mod tests {
                 u.minute_requests,
                 u.in_flight
             ),
-            (12, 12, 1, 0)
+            (57, 57, 3, 0)
+        );
+    }
+
+    #[test]
+    fn storage_changes_within_limits() {
+        let limits = StorageLimits {
+            max_documents: Some(2),
+            max_stored_bytes: Some(100),
+        };
+        let s = |documents, bytes| Storage { documents, bytes };
+        let c = |documents, bytes| StorageChange { documents, bytes };
+        assert_eq!(
+            apply_storage(s(1, 50), c(1, 50), &limits),
+            StorageDecision::Applied(s(2, 100))
+        );
+        assert_eq!(
+            apply_storage(s(2, 50), c(1, 1), &limits),
+            StorageDecision::Refused(StorageLimit::MaxDocuments, s(2, 50))
+        );
+        assert_eq!(
+            apply_storage(s(1, 50), c(0, 51), &limits),
+            StorageDecision::Refused(StorageLimit::MaxStoredBytes, s(1, 50))
+        );
+        assert_eq!(
+            apply_storage(s(3, 500), c(-1, -10), &limits),
+            StorageDecision::Applied(s(2, 490)),
+            "removals apply even above the limits"
+        );
+        assert_eq!(
+            apply_storage(s(0, 5), c(-1, -10), &limits),
+            StorageDecision::Applied(s(0, 0))
+        );
+        assert_eq!(
+            apply_storage(s(9, 9), c(1, 1), &StorageLimits::default()),
+            StorageDecision::Applied(s(10, 10)),
+            "no limits"
         );
     }
 
@@ -708,6 +944,17 @@ mod tests {
         async fn ping(&self) -> Result<(), QuotaError> {
             Err(QuotaError::Unavailable("down".into()))
         }
+        async fn change_storage(
+            &self,
+            _: &TenantId,
+            _: StorageChange,
+            _: &StorageLimits,
+        ) -> Result<StorageDecision, QuotaError> {
+            Err(QuotaError::Unavailable("down".into()))
+        }
+        async fn storage(&self, _: &TenantId) -> Result<Storage, QuotaError> {
+            Err(QuotaError::Unavailable("down".into()))
+        }
     }
 
     #[tokio::test]
@@ -721,7 +968,7 @@ mod tests {
         let open = Quota::new(Arc::new(Down), FailMode::FailOpen, Duration::from_secs(1));
         let r = open.reserve(&t, limits(), 1).await.expect("served");
         assert!(!r.metered());
-        r.settle(5).await;
+        assert_eq!(r.settle(5).await, 0, "unmetered: nothing is beyond a reservation");
         assert_eq!(open.fail_open_count(), 1);
     }
 }

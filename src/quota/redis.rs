@@ -11,6 +11,7 @@
 //! | `tenantry:{t}:requests:minute:<minutes since epoch>` | integer | 120 s |
 //! | `tenantry:{t}:tokens:minute:<minutes since epoch>` | integer | 120 s |
 //! | `tenantry:{t}:inflight` | sorted set: reservation id → lease expiry (unix ms) | the lease |
+//! | `tenantry:{t}:storage` | hash: `documents`, `bytes` stored | none (stored data stays) |
 //!
 //! The reserve script first drops expired in-flight entries (a replica that crashed mid-request
 //! leaks nothing past its lease). Windows come from the caller's clock (`now` is an argument), so
@@ -31,8 +32,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    Counters, Decision, Limit, Outcome, QuotaError, QuotaStore, ReserveRequest, Ticket, day_of,
-    minute_of, redact_url,
+    Counters, Decision, Limit, Outcome, QuotaError, QuotaStore, ReserveRequest, Storage,
+    StorageChange, StorageDecision, StorageLimit, StorageLimits, Ticket, day_of, minute_of,
+    redact_url,
 };
 use crate::domain::TenantId;
 
@@ -98,6 +100,30 @@ local tok = tonumber(redis.call('GET', KEYS[3]) or '0')
 local inflight = redis.call('ZCOUNT', KEYS[4], '(' .. ARGV[1], '+inf')
 return {day, req, tok, inflight}
 ";
+
+/// KEYS: the tenant's storage hash (fields `documents`, `bytes`; no expiry: stored data does
+/// not expire). ARGV: documents delta, bytes delta, max documents (-1: none), max bytes (-1:
+/// none). The rule of [`super::apply_storage`]: additions that would pass a limit are refused,
+/// removals always apply, totals never go below zero. Returns {applied 1/0, index of the limit
+/// hit (-1; 0 documents, 1 bytes), documents, bytes} — the totals after a change, or as they
+/// were when refused.
+pub const STORAGE: &str = r"
+local docs = tonumber(redis.call('HGET', KEYS[1], 'documents') or '0')
+local bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+local dd = tonumber(ARGV[1])
+local db = tonumber(ARGV[2])
+local nd = math.max(0, docs + dd)
+local nb = math.max(0, bytes + db)
+if dd > 0 and tonumber(ARGV[3]) >= 0 and nd > tonumber(ARGV[3]) then return {0, 0, docs, bytes} end
+if db > 0 and tonumber(ARGV[4]) >= 0 and nb > tonumber(ARGV[4]) then return {0, 1, docs, bytes} end
+if dd ~= 0 or db ~= 0 then redis.call('HSET', KEYS[1], 'documents', nd, 'bytes', nb) end
+return {1, -1, nd, nb}
+";
+
+/// The key of a tenant's stored documents and bytes (a hash).
+pub fn storage_key(tenant: &TenantId) -> String {
+    format!("tenantry:{{{tenant}}}:storage")
+}
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -172,9 +198,19 @@ impl Lua {
         keys: &Keys,
         args: &[String],
     ) -> RedisResult<T> {
+        self.eval_keys(conn, &keys.all()[..], args).await
+    }
+
+    /// [`Lua::eval`] with any keys.
+    async fn eval_keys<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        keys: &[&str],
+        args: &[String],
+    ) -> RedisResult<T> {
         let call = |name: &str, body: &str| {
             let mut cmd = redis::cmd(name);
-            cmd.arg(body).arg(4).arg(&keys.all()[..]).arg(args);
+            cmd.arg(body).arg(keys.len()).arg(keys).arg(args);
             cmd
         };
         match call("EVALSHA", &self.hash).query_async(conn).await {
@@ -236,6 +272,7 @@ pub struct RedisStore {
     reserve: Lua,
     finish: Lua,
     usage: Lua,
+    storage: Lua,
 }
 
 impl RedisStore {
@@ -259,6 +296,7 @@ impl RedisStore {
             reserve: Lua::new(RESERVE),
             finish: Lua::new(FINISH),
             usage: Lua::new(USAGE),
+            storage: Lua::new(STORAGE),
         })
     }
 
@@ -273,8 +311,17 @@ impl RedisStore {
         keys: &Keys,
         args: &[String],
     ) -> Result<T, QuotaError> {
+        self.run_keys(lua, &keys.all()[..], args).await
+    }
+
+    async fn run_keys<T: redis::FromRedisValue>(
+        &self,
+        lua: &Lua,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, QuotaError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, lua.eval(&mut conn, keys, args)).await {
+        match tokio::time::timeout(self.timeout, lua.eval_keys(&mut conn, keys, args)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(QuotaError::Unavailable(describe(&e))),
             Err(_) => Err(QuotaError::Unavailable(format!(
@@ -471,6 +518,43 @@ impl QuotaStore for RedisStore {
         let keys = Keys::new(tenant, day_of(now_ms), minute_of(now_ms));
         let reply: Vec<i64> = self.run(&self.usage, &keys, &[now_ms.to_string()]).await?;
         Ok(counters(&reply))
+    }
+
+    async fn change_storage(
+        &self,
+        tenant: &TenantId,
+        change: StorageChange,
+        limits: &StorageLimits,
+    ) -> Result<StorageDecision, QuotaError> {
+        let limit = |l: Option<u64>| l.map_or("-1".to_string(), |l| l.to_string());
+        let args = [
+            change.documents.to_string(),
+            change.bytes.to_string(),
+            limit(limits.max_documents),
+            limit(limits.max_stored_bytes),
+        ];
+        let key = storage_key(tenant);
+        let reply: Vec<i64> = self.run_keys(&self.storage, &[&key], &args).await?;
+        let [applied, hit, documents, bytes] = reply[..] else {
+            return Err(QuotaError::Protocol(format!("storage returned {reply:?}")));
+        };
+        let totals = Storage {
+            documents: u64::try_from(documents).unwrap_or(0),
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        };
+        Ok(match (applied, hit) {
+            (1, _) => StorageDecision::Applied(totals),
+            (_, 0) => StorageDecision::Refused(StorageLimit::MaxDocuments, totals),
+            _ => StorageDecision::Refused(StorageLimit::MaxStoredBytes, totals),
+        })
+    }
+
+    async fn storage(&self, tenant: &TenantId) -> Result<Storage, QuotaError> {
+        self.change_storage(tenant, StorageChange::default(), &StorageLimits::default())
+            .await
+            .map(|d| match d {
+                StorageDecision::Applied(s) | StorageDecision::Refused(_, s) => s,
+            })
     }
 
     async fn ping(&self) -> Result<(), QuotaError> {

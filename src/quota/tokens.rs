@@ -14,6 +14,16 @@ pub const TOKENS_PER_MESSAGE: u64 = 3;
 /// Tokens that prime every reply (`<|start|>assistant<|message|>`).
 pub const TOKENS_PER_REPLY: u64 = 3;
 
+/// Share of a prompt estimate reserved on top of it, in percent: an upstream that counts with
+/// another tokenizer (a fallback model, a local model behind vLLM or Ollama) rarely differs
+/// by more, so its count of the prompt stays within the reservation.
+pub const PROMPT_MARGIN_PERCENT: u64 = 25;
+
+/// A prompt estimate with its margin (rounded up): what is reserved for the prompt.
+pub fn with_margin(prompt: u64) -> u64 {
+    prompt + (prompt * PROMPT_MARGIN_PERCENT).div_ceil(100)
+}
+
 /// The tokenizer used for `model`.
 pub fn tokenizer_for(model: &str) -> Tokenizer {
     match get_tokenizer(model) {
