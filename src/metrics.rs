@@ -69,6 +69,9 @@ pub struct Metrics {
     /// `quota_fail_open_total{tenant_id}`: requests served unmetered because the quota store
     /// was unreachable (`failOpen`).
     pub quota_fail_open: Family<TenantLabels, Counter>,
+    /// `quota_unreserved_tokens_total{tenant_id}`: tokens upstreams reported beyond the
+    /// reservations of their requests (not charged to the budgets; counted here).
+    pub unreserved_tokens: Family<TenantLabels, Counter>,
     /// `llm_gateway_overhead_seconds{tenant_id}`: time a chat request spent in tenantry,
     /// excluding the upstream model call.
     pub gateway_overhead: Family<TenantLabels, Histogram>,
@@ -107,6 +110,12 @@ impl Default for Metrics {
             "Requests refused by a quota or rate limit",
             rate_limited.clone(),
         );
+        let unreserved_tokens = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "quota_unreserved_tokens",
+            "Tokens upstreams reported beyond the reservations of their requests (not charged)",
+            unreserved_tokens.clone(),
+        );
         let quota_fail_open = Family::<TenantLabels, Counter>::default();
         registry.register(
             "quota_fail_open",
@@ -140,6 +149,7 @@ impl Default for Metrics {
             tokens,
             rate_limited,
             quota_fail_open,
+            unreserved_tokens,
             gateway_overhead,
             cache_hits,
             cache_misses,
@@ -173,6 +183,15 @@ impl Metrics {
                 tenant_id: tenant.to_string(),
             })
             .inc();
+    }
+
+    /// Counts `tokens` an upstream reported beyond a request's reservation.
+    pub fn record_unreserved(&self, tenant: &str, tokens: u64) {
+        self.unreserved_tokens
+            .get_or_create(&TenantLabels {
+                tenant_id: tenant.to_string(),
+            })
+            .inc_by(tokens);
     }
 
     /// Records the gateway overhead of one chat request.

@@ -1,15 +1,20 @@
-//! One chat request from question to answer, whichever API asked it: semantic-cache lookup →
-//! embed → retrieve → quota reserve → model call → settle → cache store. A [`Turn`] carries
-//! the request through these steps (and what they learn: the question's embedding, the
-//! passages, the rate-limit status, the time spent upstream); `/v1/chat` and
-//! `/v1/chat/completions` (streamed or not) only translate their wire formats to and from it.
+//! One chat request from question to answer, whichever API asked it: admission check →
+//! semantic-cache lookup → embed → admission check → retrieve → quota reserve → model call →
+//! settle → cache store. A [`Turn`] carries the request through these steps (and what they
+//! learn: the question's embedding, the passages, the rate-limit status, the time spent
+//! upstream); `/v1/chat` and `/v1/chat/completions` (streamed or not) only translate their wire
+//! formats to and from it.
 //!
-//! Charging: the quota is reserved once the prompt is known (the estimate covers the real
-//! messages, retrieved passages included) and settled to the upstream's `usage`; a failed,
-//! timed-out or cancelled call consumes nothing. A stream is settled on the upstream's final
-//! usage; one that is cut (client gone, upstream failure) is charged for what was generated
-//! until then (its prompt and the tokens of the text produced), never the whole reservation.
-//! A cache hit is a request (rate limits apply) that consumes no tokens.
+//! Charging: a tenant whose limits are used up is refused before any embedding or retrieval;
+//! the quota is reserved once the prompt is known (the estimate covers the real messages,
+//! retrieved passages included, with a margin) and settled to the upstream's `usage`, up to the
+//! reservation. Once a call may have reached an upstream it is billable: a failed call is
+//! charged by what it may have cost, a cancelled one (client gone, whole-request timeout) its
+//! whole reservation, a cut stream its prompt and the text generated until then; only a call
+//! that provably never reached an upstream (no connection, a 4xx refusal) is refunded. Each
+//! retry or fallback needs a reservation of its own. A stream is stopped when its text
+//! reaches its reservation. A cache hit is a request (rate limits apply) that consumes no
+//! tokens. See [`settle`] for the details.
 mod settle;
 mod stream;
 
@@ -40,7 +45,7 @@ pub enum Error {
     /// The vector store failed while retrieving passages.
     #[error(transparent)]
     Store(#[from] VectorError),
-    /// The chat model failed or timed out (nothing was charged).
+    /// The chat model failed or timed out (charged by what the calls may have cost).
     #[error(transparent)]
     Upstream(#[from] LlmError),
     /// A quota or rate limit would be exceeded.
@@ -101,6 +106,26 @@ impl Services {
             self.metrics.record_fail_open(tenant_id);
         }
         Ok(reservation)
+    }
+
+    /// Refuses now, before expensive work, when `tenant` could not be admitted a request of
+    /// `floor` tokens (its limits are used up); a refusal is counted and logged.
+    pub async fn admit(&self, tenant: &TenantConfig, floor: u64) -> Result<(), Error> {
+        let tenant_id = tenant.id.as_str();
+        match self
+            .quota
+            .admit(&tenant.id, Limits::from(&tenant.quota), floor)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Refusal::Limited(r)) => {
+                let limit = r.limit.as_str();
+                self.metrics.record_rate_limited(tenant_id, limit);
+                tracing::info!(target: LOG_TARGET, tenant_id, limit, floor, "rate limited before any work");
+                Err(Error::RateLimited(r))
+            }
+            Err(Refusal::Unavailable(e)) => Err(Error::QuotaUnavailable(e)),
+        }
     }
 
     /// The model an answer to `request` is reported under before the upstream names one: the
@@ -237,6 +262,9 @@ impl Turn {
         if !self.use_cache {
             return Ok(None);
         }
+        // A hit costs no tokens, but embedding the question is work: a tenant out of requests
+        // (or over its token budget) is refused before it.
+        self.services.admit(&self.tenant, 0).await?;
         let tenant = self.tenant.clone();
         let tenant_id = tenant.id.as_str();
         let started = Instant::now();
@@ -324,6 +352,9 @@ impl Turn {
         if self.question.is_none() {
             return Ok(&self.sources);
         }
+        // Retrieval (and embedding the question) only for a request the quota could admit.
+        let floor = u64::from(!self.services.llm.offline());
+        self.services.admit(&self.tenant, floor).await?;
         let query = self.query().await?.to_vec();
         let hits = self
             .vectors
@@ -359,11 +390,11 @@ impl Turn {
     /// Reserves the quota for `request` and opens its settlement.
     async fn reserve(&mut self, request: &ChatRequest) -> Result<Settlement, Error> {
         let estimate = settle::estimate(self.services.llm.as_ref(), request);
-        let reservation = self.services.reserve(&self.tenant, estimate).await?;
+        let reservation = self.services.reserve(&self.tenant, estimate.total).await?;
         self.limit_statuses = reservation.statuses();
         Ok(Settlement::open(
             self.services.clone(),
-            self.tenant.id.as_str(),
+            self.tenant.clone(),
             request,
             reservation,
             estimate,
@@ -391,12 +422,17 @@ impl Turn {
     }
 
     /// Asks the chat model with the quota reserved: settles on success (and stores the answer
-    /// in the semantic cache), releases on failure.
+    /// in the semantic cache), by what the calls may have cost on failure.
     pub async fn answer(&mut self, request: ChatRequest) -> Result<ChatResponse, Error> {
         let settlement = self.reserve(&request).await?;
         let span = settlement.span().clone();
-        // Dropping the settlement (client gone, whole-request timeout) releases the quota.
-        let result = self.services.llm.complete(request).instrument(span).await;
+        // Dropping the settlement (client gone, whole-request timeout) charges the reservation.
+        let result = self
+            .services
+            .llm
+            .complete_metered(request, settlement.meter())
+            .instrument(span)
+            .await;
         self.waited_upstream(settlement.started());
         match result {
             Ok(resp) => {
@@ -417,7 +453,12 @@ impl Turn {
     pub async fn stream(&mut self, request: ChatRequest) -> Result<ChatStream, Error> {
         let settlement = self.reserve(&request).await?;
         let span = settlement.span().clone();
-        let opened = self.services.llm.stream(request).instrument(span).await;
+        let opened = self
+            .services
+            .llm
+            .stream_metered(request, settlement.meter())
+            .instrument(span)
+            .await;
         self.waited_upstream(settlement.started());
         match opened {
             Ok(chunks) => Ok(stream::settled(chunks, settlement, self.cache_store())),

@@ -35,7 +35,8 @@ impl CacheStore {
 
 /// `chunks` settled by `settlement`: on the final usage when the stream completes (its
 /// [`Chunk::Done`] then carries the usage charged), on what was generated when it breaks off or
-/// is dropped. A complete answer is stored in `store`.
+/// is dropped. A stream whose text reaches its reservation is stopped there (finish reason
+/// `length`). A complete answer is stored in `store`.
 pub(super) fn settled(
     mut chunks: ChatStream,
     settlement: Settlement,
@@ -52,7 +53,15 @@ pub(super) fn settled(
                     yield Ok(Chunk::Model(m));
                 }
                 Ok(Chunk::Delta(text)) => {
-                    settlement.push_text(&text);
+                    if !settlement.push_text(&text) {
+                        // The answer reached its reservation: stopped here, as `max_tokens`
+                        // would (an upstream may ignore it), and charged what was reserved.
+                        tracing::warn!(target: LOG_TARGET, model = %model, "stream stopped at its reservation");
+                        drop(chunks);
+                        let usage = settlement.finish(&model, None).await;
+                        yield Ok(Chunk::Done { model, finish_reason: "length".to_string(), usage: Some(usage) });
+                        return;
+                    }
                     yield Ok(Chunk::Delta(text));
                 }
                 Ok(Chunk::Done { model: done_model, finish_reason, usage }) => {
