@@ -17,6 +17,7 @@ use super::{ApiError, ApiJson, AppState, Caller};
 use crate::auth::keys::unix_now;
 use crate::chunk::chunk;
 use crate::domain::TenantId;
+use crate::quota::{StorageChange, StorageDecision, StorageLimit, StorageLimits, tokens};
 use crate::vector::{Filter, Kind, Point, Record, payload_str};
 
 /// Body of `POST /v1/documents`.
@@ -83,7 +84,92 @@ pub fn chunk_id(tenant: &TenantId, document: Uuid, index: usize) -> Uuid {
 
 const MAX_TITLE: usize = 512;
 
-/// Stores a document: chunk, embed, upsert (durable), then answer with its id.
+/// A storage change applied ahead of the write it counts: reverted when dropped uncommitted
+/// (the document was not stored: the embedding failed or the client went away before the
+/// write was sent).
+struct StorageHold {
+    quota: crate::quota::Quota,
+    tenant: TenantId,
+    change: Option<StorageChange>,
+    /// The write was sent: dropped now (client gone), the change stays.
+    sent: bool,
+}
+
+impl StorageHold {
+    /// The write is about to be sent.
+    fn sent(mut self) -> Self {
+        self.sent = true;
+        self
+    }
+
+    /// The write succeeded: the change stays.
+    fn commit(mut self) {
+        self.change = None;
+    }
+
+    /// The write failed: the change is reverted.
+    fn revert(mut self) {
+        self.sent = false;
+    }
+}
+
+impl Drop for StorageHold {
+    fn drop(&mut self) {
+        if self.sent {
+            return;
+        }
+        let Some(change) = self.change.take() else {
+            return;
+        };
+        let revert = StorageChange {
+            documents: -change.documents,
+            bytes: -change.bytes,
+        };
+        let (quota, tenant) = (self.quota.clone(), self.tenant.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = quota
+                    .change_storage(&tenant, revert, &StorageLimits::default())
+                    .await
+                {
+                    tracing::warn!(tenant_id = %tenant, error = %e, "could not revert a storage change");
+                }
+            });
+        }
+    }
+}
+
+/// Bytes of a stored document (as recorded with its chunks; 0 for documents stored before
+/// sizes were recorded), if it exists.
+async fn stored_bytes(caller: &Caller, id: Uuid) -> Result<Option<u64>, ApiError> {
+    let (page, _) = caller
+        .vectors
+        .scroll(
+            Kind::Docs,
+            Filter::default()
+                .keyword("document_id", id.to_string())
+                .integer("chunk_index", 0),
+            1,
+            None,
+        )
+        .await?;
+    Ok(page.first().map(|r| {
+        r.payload
+            .get("document_bytes")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    }))
+}
+
+/// Stores a document: admission, storage limits, chunk, embed (metered), upsert (durable), then
+/// answer with its id.
+///
+/// Metering: the tokens of the chunks embedded count against the tenant's token budget and
+/// per-minute limits (the request counts as one), reserved before the embedding starts and
+/// charged once it may have been done (also when the client goes away: the work is cancelled
+/// at the next batch). Storage: a new document counts against `maxDocuments`, its text bytes
+/// against `maxStoredBytes` (a replacement counts the difference); over a limit the answer is
+/// 403 `storage_limit_exceeded` and nothing is embedded.
 pub async fn ingest(
     State(state): State<AppState>,
     caller: Caller,
@@ -101,10 +187,73 @@ pub async fn ingest(
             "title must be at most {MAX_TITLE} characters"
         )));
     }
-    let cfg = &state.config.chunking;
-    let chunks = chunk(&body.text, cfg.size, cfg.overlap);
+    let services = state.rag_services();
+    let tenant = caller.tenant.clone();
+    // Nothing is chunked, counted or embedded for a tenant whose limits are used up.
+    services.admit(&tenant, 1).await?;
     let id = body.id.unwrap_or_else(Uuid::new_v4);
-    let vectors = state.embedder.embed(chunks.clone()).await?;
+    let document_bytes = body.text.len() as u64;
+    let previous = stored_bytes(&caller, id).await?;
+    let change = StorageChange {
+        documents: i64::from(previous.is_none()),
+        bytes: i64::try_from(document_bytes).unwrap_or(i64::MAX)
+            - i64::try_from(previous.unwrap_or(0)).unwrap_or(0),
+    };
+    let limits = StorageLimits::from(&tenant.quota);
+    let hold = match state
+        .quota
+        .change_storage(&tenant.id, change, &limits)
+        .await
+        .map_err(ApiError::QuotaUnavailable)?
+    {
+        StorageDecision::Applied(_) => StorageHold {
+            quota: state.quota.clone(),
+            tenant: tenant.id.clone(),
+            change: Some(change),
+            sent: false,
+        },
+        StorageDecision::Refused(limit, stored) => {
+            tracing::info!(tenant_id = %tenant.id, %limit, "document refused: storage limit");
+            return Err(ApiError::StorageLimited {
+                limit,
+                max: match limit {
+                    StorageLimit::MaxDocuments => limits.max_documents,
+                    StorageLimit::MaxStoredBytes => limits.max_stored_bytes,
+                }
+                .unwrap_or(u64::MAX),
+                stored: match limit {
+                    StorageLimit::MaxDocuments => stored.documents,
+                    StorageLimit::MaxStoredBytes => stored.bytes,
+                },
+            });
+        }
+    };
+    let cfg = state.config.chunking.clone();
+    let model = state.embedder.model().to_string();
+    let text = body.text;
+    let (chunks, used) = tokio::task::spawn_blocking(move || {
+        let chunks = chunk(&text, cfg.size, cfg.overlap);
+        let used: u64 = chunks.iter().map(|c| tokens::count(&model, c)).sum();
+        (chunks, used)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("chunking failed: {e}")))?;
+    let reservation = services.reserve(&tenant, used).await?;
+    // Dropped while embedding (client gone), the reservation is charged and the hold reverted.
+    let vectors = match state.embedder.embed(chunks.clone()).await {
+        Ok(v) => {
+            reservation.settle(used).await;
+            v
+        }
+        Err(e) => {
+            if e.billable() {
+                reservation.settle(used).await;
+            } else {
+                reservation.release().await;
+            }
+            return Err(e.into());
+        }
+    };
     if vectors.len() != chunks.len() {
         return Err(ApiError::Internal(format!(
             "embedder returned {} vectors for {} chunks",
@@ -123,6 +272,7 @@ pub async fn ingest(
                 "document_id": id.to_string(),
                 "chunk_index": i,
                 "chunk_count": count,
+                "document_bytes": document_bytes,
                 "text": text,
                 "title": body.title,
                 "metadata": body.metadata,
@@ -139,7 +289,14 @@ pub async fn ingest(
         })
         .collect();
     caller.vectors.ensure().await?;
-    caller.vectors.upsert(Kind::Docs, points).await?;
+    // From here the document may be stored, whatever happens to this request: the change
+    // stays if the request is dropped, and is reverted only when the write fails.
+    let hold = hold.sent();
+    if let Err(e) = caller.vectors.upsert(Kind::Docs, points).await {
+        hold.revert();
+        return Err(e.into());
+    }
+    hold.commit();
     // A replaced document may have had more chunks: remove the tail.
     let stale = caller
         .vectors
@@ -153,7 +310,7 @@ pub async fn ingest(
     }
     // New documents: cached answers made from the old set stop hitting.
     crate::cache::bump_docs_version(&caller.vectors).await?;
-    tracing::info!(tenant_id = %caller.principal.tenant, document_id = %id, chunks = count, "document ingested");
+    tracing::info!(tenant_id = %caller.principal.tenant, document_id = %id, chunks = count, tokens = used, "document ingested");
     Ok((
         StatusCode::CREATED,
         ApiJson(IngestResponse {
@@ -274,15 +431,33 @@ pub async fn get_one(
         .ok_or_else(|| ApiError::NotFound("document not found".to_string()))
 }
 
-/// Deletes a document and all its chunks (durable when 204 is returned).
-pub async fn delete(caller: Caller, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+/// Deletes a document and all its chunks (durable when 204 is returned); its count and bytes
+/// are freed.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     let filter = Filter::default().keyword("document_id", id.to_string());
     let n = caller.vectors.count(Kind::Docs, filter.clone()).await?;
     if n == 0 {
         return Err(ApiError::NotFound("document not found".to_string()));
     }
+    let bytes = stored_bytes(&caller, id).await?.unwrap_or(0);
     caller.vectors.delete(Kind::Docs, filter).await?;
+    let freed = StorageChange {
+        documents: -1,
+        bytes: -i64::try_from(bytes).unwrap_or(i64::MAX),
+    };
+    if let Err(e) = state
+        .quota
+        .change_storage(&caller.tenant.id, freed, &StorageLimits::default())
+        .await
+    {
+        // The document is gone; its count stays until the store is reachable again.
+        tracing::warn!(tenant_id = %caller.principal.tenant, error = %e, "could not count a deleted document");
+    }
     crate::cache::bump_docs_version(&caller.vectors).await?;
     tracing::info!(tenant_id = %caller.principal.tenant, document_id = %id, "document deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::llm::LlmError;
-use crate::quota::{QuotaError, RateLimited, statuses};
+use crate::quota::{QuotaError, RateLimited, StorageLimit, statuses};
 use crate::vector::VectorError;
 
 /// Every error the API returns.
@@ -52,6 +52,17 @@ pub enum ApiError {
     /// say when to retry.
     #[error("{} limit exceeded: {} of {} used; retry in {} s", .0.limit, .0.used.get(.0.limit), .0.limits.get(.0.limit), retry_after(.0))]
     RateLimited(Box<RateLimited>),
+    /// 403: storing the document would pass a storage limit (`maxDocuments`,
+    /// `maxStoredBytes`); waiting does not help, deleting documents does.
+    #[error("{limit} limit of {max} exceeded: {stored} stored; delete documents to make room")]
+    StorageLimited {
+        /// The limit.
+        limit: StorageLimit,
+        /// Its value.
+        max: u64,
+        /// What is stored now.
+        stored: u64,
+    },
     /// 503: the quota store is unreachable and the fail mode is `failClosed`.
     #[error("quota service unavailable; try again later")]
     QuotaUnavailable(#[source] QuotaError),
@@ -109,7 +120,9 @@ impl ApiError {
         match self {
             Self::Unauthorized(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Suspended | Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::Suspended | Self::ModelNotAllowed(_) | Self::StorageLimited { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -140,6 +153,7 @@ impl ApiError {
             Self::Upstream(LlmError::Timeout) => "upstream_timeout",
             Self::Upstream(_) => "upstream_error",
             Self::RateLimited(_) => "rate_limited",
+            Self::StorageLimited { .. } => "storage_limit_exceeded",
             Self::QuotaUnavailable(_) => "quota_unavailable",
             Self::Store(_) => "store_unavailable",
             Self::Embedding(_) => "embedding_unavailable",
@@ -156,7 +170,9 @@ impl ApiError {
         match self {
             Self::Unauthorized(AuthError::KeysUnavailable) => "server_error",
             Self::Unauthorized(_) => "authentication_error",
-            Self::Suspended | Self::ModelNotAllowed(_) => "permission_error",
+            Self::Suspended | Self::ModelNotAllowed(_) | Self::StorageLimited { .. } => {
+                "permission_error"
+            }
             Self::NotFound(_) => "not_found_error",
             Self::MethodNotAllowed
             | Self::TooLarge
@@ -213,6 +229,10 @@ impl IntoResponse for ApiError {
             Self::RateLimited(r) => {
                 body["error"]["limit"] = json!(r.limit.as_str());
                 rate_limit_headers(r)
+            }
+            Self::StorageLimited { limit, .. } => {
+                body["error"]["limit"] = json!(limit.as_str());
+                HeaderMap::new()
             }
             _ => HeaderMap::new(),
         };

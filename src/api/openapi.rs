@@ -97,6 +97,25 @@ struct UsageReport {
     remaining: PerLimit,
     /// Unix seconds when each window resets (the concurrency limit has no window).
     resets_at: BTreeMap<String, u64>,
+    /// What the tenant stores, and its storage limits.
+    storage: StorageReport,
+}
+
+/// Stored documents and bytes against the storage limits.
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "describes a body built as JSON; never constructed"
+)]
+struct StorageReport {
+    /// Documents stored.
+    documents: u64,
+    /// Bytes of document text stored.
+    bytes: u64,
+    /// `maxDocuments` (null: no limit).
+    max_documents: Option<u64>,
+    /// `maxStoredBytes` (null: no limit).
+    max_stored_bytes: Option<u64>,
 }
 
 /// One number per quota limit.
@@ -358,7 +377,14 @@ impl Builder {
             ("415", self.err("Body is not JSON")),
             ("422", self.err("Invalid body")),
         ];
-        let mut ingest = vec![("201", self.ok::<IngestResponse>("Stored"))];
+        let mut ingest = vec![
+            ("201", self.ok::<IngestResponse>("Stored")),
+            (
+                "403",
+                self.err("Tenant suspended, or a storage limit would be passed (`storage_limit_exceeded`)"),
+            ),
+            ("429", self.rate_limited()),
+        ];
         ingest.extend(bad_body);
         let uuid = json!({"type": "string", "format": "uuid"});
         let list = self.ok::<DocumentList>("A page of documents");

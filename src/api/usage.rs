@@ -1,10 +1,11 @@
 //! `GET /v1/usage`: the caller's tenant's usage in the current windows, its limits and when each
-//! window resets. Only ever the caller's own tenant (it comes from the verified token).
+//! window resets, and what it stores against its storage limits. Only ever the caller's own
+//! tenant (it comes from the verified token).
 use axum::extract::State;
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, ApiJson, AppState, Caller};
-use crate::quota::{Limit, Limits, reset_at_ms, statuses};
+use crate::quota::{Limit, Limits, StorageLimits, reset_at_ms, statuses};
 
 /// The caller's usage and limits.
 pub async fn usage(
@@ -18,6 +19,12 @@ pub async fn usage(
         .usage(&tenant.id)
         .await
         .map_err(ApiError::QuotaUnavailable)?;
+    let stored = state
+        .quota
+        .storage(&tenant.id)
+        .await
+        .map_err(ApiError::QuotaUnavailable)?;
+    let storage_limits = StorageLimits::from(&tenant.quota);
     let mut usage = Map::new();
     let mut limit_map = Map::new();
     let mut remaining = Map::new();
@@ -43,5 +50,11 @@ pub async fn usage(
         "limits": limit_map,
         "remaining": remaining,
         "resets_at": resets,
+        "storage": {
+            "documents": stored.documents,
+            "bytes": stored.bytes,
+            "max_documents": storage_limits.max_documents,
+            "max_stored_bytes": storage_limits.max_stored_bytes,
+        },
     })))
 }

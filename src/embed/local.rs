@@ -7,6 +7,7 @@
 //! MiniLM encoder, mean pooling over the attention mask and L2 normalisation.
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
@@ -37,7 +38,9 @@ const INSTALL_HINT: &str = "run scripts/install-model.sh to install all-MiniLM-L
 /// The all-MiniLM-L6-v2 sentence-embedding model, loaded once and run in-process on the CPU.
 ///
 /// Cheap to share: wrap it in an `Arc` and call [`Embedder::embed`] from any number of tasks;
-/// each call runs on tokio's blocking pool.
+/// each call runs on tokio's blocking pool. The work is bounded and cancellable: at most one
+/// call per CPU runs at a time (the others wait), and a call whose caller went away (its future
+/// dropped: the client hung up) stops at the next batch of [`BATCH_SIZE`] texts.
 pub struct LocalEmbedder {
     inner: Arc<Inner>,
 }
@@ -48,6 +51,17 @@ struct Inner {
     tokenizer: Tokenizer,
     device: Device,
     dimension: usize,
+    /// Calls allowed to run at once (one per CPU).
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Sets its flag when dropped: the caller of a blocking embedding went away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for LocalEmbedder {
@@ -115,6 +129,9 @@ impl LocalEmbedder {
                 tokenizer,
                 device,
                 dimension: config.hidden_size,
+                slots: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                )),
             }),
         })
     }
@@ -122,7 +139,18 @@ impl LocalEmbedder {
 
 impl Inner {
     /// Embeds `texts` synchronously (CPU-bound: call from a blocking thread).
+    #[cfg(test)]
     fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_until(texts, &AtomicBool::new(false))
+    }
+
+    /// Embeds `texts` synchronously (CPU-bound: call from a blocking thread), stopping before
+    /// the next batch once `cancelled` is set.
+    fn embed_until(
+        &self,
+        texts: &[String],
+        cancelled: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -144,6 +172,9 @@ impl Inner {
 
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         for chunk in order.chunks(BATCH_SIZE) {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(EmbedError::Compute("cancelled: the caller went away".to_string()));
+            }
             let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| tokens[i]).collect();
             let vectors = self
                 .run_batch(&batch)
@@ -208,10 +239,19 @@ impl Embedder for LocalEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.embed_blocking(&texts))
+        let permit = Arc::clone(&self.inner.slots)
+            .acquire_owned()
             .await
-            .map_err(|e| EmbedError::Compute(format!("embedding task failed: {e}")))?
+            .map_err(|e| EmbedError::Compute(format!("embedding slots closed: {e}")))?;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel = CancelOnDrop(Arc::clone(&cancelled));
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            inner.embed_until(&texts, &cancelled)
+        })
+        .await
+        .map_err(|e| EmbedError::Compute(format!("embedding task failed: {e}")))?
     }
 }
 
@@ -391,6 +431,16 @@ mod tests {
                 .fold(0.0f32, f32::max);
             assert!(max_diff < 1e-5, "{text:?}: batched differs by {max_diff}");
         }
+    }
+
+    #[test]
+    fn a_cancelled_embedding_stops_before_its_next_batch() {
+        let texts: Vec<String> = (0..3 * BATCH_SIZE).map(|i| format!("text {i}")).collect();
+        let err = embedder()
+            .inner
+            .embed_until(&texts, &AtomicBool::new(true))
+            .unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
     }
 
     #[test]

@@ -20,9 +20,21 @@ pub enum EmbedError {
     /// The model failed on this input.
     #[error("embedding failed: {0}")]
     Compute(String),
-    /// The remote embedding endpoint failed or is unreachable (HTTP 503).
+    /// The remote embedding endpoint failed after the request was sent (HTTP 503).
     #[error("embedding endpoint unavailable: {0}")]
     Unavailable(String),
+    /// No connection to the remote embedding endpoint could be made: the request never
+    /// reached it (HTTP 503).
+    #[error("embedding endpoint unreachable: {0}")]
+    Unreachable(String),
+}
+
+impl EmbedError {
+    /// Whether the work may have been done (and paid for) although it failed: anything but a
+    /// request that provably never reached the endpoint.
+    pub fn billable(&self) -> bool {
+        !matches!(self, Self::Load { .. } | Self::Unreachable(_))
+    }
 }
 
 /// Turns texts into L2-normalised dense vectors (so cosine similarity is a dot product).

@@ -197,6 +197,11 @@ impl OpenAiEmbedder {
         if let Some(key) = &self.api_key {
             message = message.replace(key.as_str(), "<redacted>");
         }
+        if let OpenAIError::Reqwest(e) = err
+            && e.is_connect()
+        {
+            return EmbedError::Unreachable(message);
+        }
         EmbedError::Unavailable(message)
     }
 }
@@ -514,7 +519,8 @@ mod tests {
             .await
             .unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, EmbedError::Unavailable(_)), "{msg}");
+        assert!(matches!(err, EmbedError::Unreachable(_)), "{msg}");
+        assert!(!err.billable(), "never reached the endpoint: {msg}");
         assert!(!msg.contains(KEY), "{msg}");
 
         let (base, _server) = start(Reply::Hang).await;

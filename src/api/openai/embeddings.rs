@@ -1,5 +1,7 @@
 //! `POST /v1/embeddings`: the tenant's texts through `serve`'s embedding model, charged to the
-//! tenant's token quota.
+//! tenant's token quota: admitted before the texts are tokenized, charged their tokens once
+//! the embedding may have been computed (also when it failed or the client went away), refunded
+//! only when the embedding endpoint could not be reached.
 use std::time::Instant;
 
 use axum::extract::State;
@@ -96,10 +98,24 @@ pub async fn embeddings(
         ));
     }
     let tenant_id = caller.tenant.id.as_str();
-    let used: u64 = inputs.iter().map(|t| tokens::count(&model, t)).sum();
-    let reservation = state.rag_services().reserve(&caller.tenant, used).await?;
+    let services = state.rag_services();
+    // Refused before tokenizing (up to a whole request body of text) when nothing could fit.
+    services.admit(&caller.tenant, 1).await?;
+    let counted = inputs.clone();
+    let counting_model = model.clone();
+    let used: u64 = tokio::task::spawn_blocking(move || {
+        counted
+            .iter()
+            .map(|t| tokens::count(&counting_model, t))
+            .sum()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("token counting failed: {e}")))?;
+    let reservation = services.reserve(&caller.tenant, used).await?;
     let headers = answer_headers(reservation.statuses().as_deref(), None);
     let started = Instant::now();
+    // Dropped here (client gone, whole-request timeout), the reservation is charged: the work
+    // may have been done.
     let result = state
         .embedder
         .embed(inputs)
@@ -107,11 +123,14 @@ pub async fn embeddings(
         .await;
     let (status, prompt_tokens) = match &result {
         Ok(_) => (RequestStatus::Success, used),
+        Err(e) if e.billable() => (RequestStatus::Error, used),
         Err(_) => (RequestStatus::Error, 0),
     };
     match &result {
-        Ok(_) => reservation.settle(used).await,
-        Err(_) => reservation.release().await,
+        Err(e) if !e.billable() => reservation.release().await,
+        _ => {
+            reservation.settle(used).await;
+        }
     }
     state.metrics.record(&RequestRecord {
         tenant_id,
