@@ -439,7 +439,16 @@ pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
     let (daily, rpm, tpm, conc, min, max, docs, bytes) = match name {
         "free" => (50_000, 20, 10_000, 2, 1, 2, 100, 10 * MIB),
         "pro" => (500_000, 100, 100_000, 10, 2, 5, 10_000, 1_024 * MIB),
-        "enterprise" => (5_000_000, 1_000, 1_000_000, 50, 3, 10, 100_000, 10_240 * MIB),
+        "enterprise" => (
+            5_000_000,
+            1_000,
+            1_000_000,
+            50,
+            3,
+            10,
+            100_000,
+            10_240 * MIB,
+        ),
         _ => return None,
     };
     Some(QuotaTierSpec {

@@ -173,7 +173,9 @@ impl Inner {
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         for chunk in order.chunks(BATCH_SIZE) {
             if cancelled.load(Ordering::Relaxed) {
-                return Err(EmbedError::Compute("cancelled: the caller went away".to_string()));
+                return Err(EmbedError::Compute(
+                    "cancelled: the caller went away".to_string(),
+                ));
             }
             let batch: Vec<(&[u32], &[u32])> = chunk.iter().map(|&i| tokens[i]).collect();
             let vectors = self

@@ -8,7 +8,9 @@ use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletio
 use async_trait::async_trait;
 use reqwest::StatusCode;
 
-use super::{Attempt, ChatModel, Cost, ChatRequest, ChatResponse, ChatStream, Chunk, LlmError, Usage};
+use super::{
+    Attempt, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, Cost, LlmError, Usage,
+};
 
 /// Client of one OpenAI-compatible endpoint.
 pub struct OpenAiChat {

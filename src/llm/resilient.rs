@@ -579,10 +579,17 @@ mod tests {
             allow: AtomicUsize::new(10),
             costs: Mutex::new(Vec::new()),
         };
-        let r = c.complete_metered(request(), &budget).await.expect("answer");
+        let r = c
+            .complete_metered(request(), &budget)
+            .await
+            .expect("answer");
         assert_eq!(r.model, "m@b");
         assert_eq!((a.calls(), b.calls()), (3, 1));
-        assert_eq!(budget.allow.load(Ordering::SeqCst), 7, "three calls after the first");
+        assert_eq!(
+            budget.allow.load(Ordering::SeqCst),
+            7,
+            "three calls after the first"
+        );
         assert_eq!(budget.costs.lock().len(), 3, "only failures are reported");
 
         let a = Fake::new(100, bad_request);
@@ -592,7 +599,11 @@ mod tests {
             costs: Mutex::new(Vec::new()),
         };
         assert!(c.complete_metered(request(), &budget).await.is_err());
-        assert_eq!(*budget.costs.lock(), [Cost::Nothing], "a 4xx refusal costs nothing");
+        assert_eq!(
+            *budget.costs.lock(),
+            [Cost::Nothing],
+            "a 4xx refusal costs nothing"
+        );
     }
 
     #[tokio::test]

@@ -968,7 +968,11 @@ mod tests {
         let open = Quota::new(Arc::new(Down), FailMode::FailOpen, Duration::from_secs(1));
         let r = open.reserve(&t, limits(), 1).await.expect("served");
         assert!(!r.metered());
-        assert_eq!(r.settle(5).await, 0, "unmetered: nothing is beyond a reservation");
+        assert_eq!(
+            r.settle(5).await,
+            0,
+            "unmetered: nothing is beyond a reservation"
+        );
         assert_eq!(open.fail_open_count(), 1);
     }
 }

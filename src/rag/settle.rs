@@ -130,7 +130,11 @@ impl Attempts for Meter {
         if self.current.lock().is_some() {
             return true;
         }
-        match self.services.reserve(&self.tenant, self.estimate.total).await {
+        match self
+            .services
+            .reserve(&self.tenant, self.estimate.total)
+            .await
+        {
             Ok(r) => {
                 *self.current.lock() = Some(r);
                 true
