@@ -140,8 +140,9 @@ fn served_tokens(llm: &ScriptedLlm, from: usize) -> u64 {
             let model = body["model"].as_str().expect("model");
             let messages: Vec<tenantry::llm::Message> =
                 serde_json::from_value(body["messages"].clone()).expect("messages");
-            tenantry::quota::tokens::prompt_tokens(model, &messages)
-                + body["max_tokens"].as_u64().expect("max_tokens")
+            tenantry::quota::tokens::with_margin(tenantry::quota::tokens::prompt_tokens(
+                model, &messages,
+            )) + body["max_tokens"].as_u64().expect("max_tokens")
         })
         .sum()
 }

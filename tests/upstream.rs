@@ -158,7 +158,8 @@ async fn breaker_opens_then_closes_when_the_upstream_recovers() {
 }
 
 /// An upstream slower than `llm.timeoutSeconds`: 504 with an upstream-timeout error, not
-/// retried on the same upstream, and nothing charged.
+/// retried on the same upstream, and billed its whole reservation (the upstream may have
+/// generated the answer).
 #[tokio::test]
 async fn a_slow_upstream_times_out_with_504() {
     let llm = ScriptedLlm::start().await;
@@ -167,6 +168,7 @@ async fn a_slow_upstream_times_out_with_504() {
         llm.base_url()
     );
     let (_dirs, server, token) = start("slow", &yaml).await;
+    let (_, before) = server.get("/v1/usage", &token).await;
     let (s, body) = server.chat(&token, "What is the refund policy?").await;
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
@@ -184,7 +186,26 @@ async fn a_slow_upstream_times_out_with_504() {
         .await;
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "stream: {body}");
     let (_, usage) = server.get("/v1/usage", &token).await;
-    assert_eq!(usage["tokens_today"], 0, "{usage}");
+    let reserved: u64 = llm
+        .requests
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|body| {
+            let messages: Vec<tenantry::llm::Message> =
+                serde_json::from_value(body["messages"].clone()).expect("messages");
+            tenantry::quota::tokens::with_margin(tenantry::quota::tokens::prompt_tokens(
+                body["model"].as_str().expect("model"),
+                &messages,
+            )) + body["max_tokens"].as_u64().expect("max_tokens")
+        })
+        .sum();
+    assert_eq!(llm.calls(), 2);
+    assert_eq!(
+        usage["tokens_today"].as_u64(),
+        before["tokens_today"].as_u64().map(|t| t + reserved),
+        "{usage}"
+    );
 }
 
 /// Streamed completions go through the same retries and fallbacks: a primary that always

@@ -102,14 +102,17 @@ async fn scripted_failure(model: &str, calls: usize, user: &str) -> Option<Respo
 }
 
 /// The usage the question scripts: `[[usage:P:C]]` reports that usage, `[[usage:exact]]`
-/// reports exactly what tenantry reserved (its tokenizer's prompt count + max_tokens).
+/// reports exactly what tenantry reserved (its tokenizer's prompt count with its margin +
+/// max_tokens).
 fn scripted_usage(body: &Value, model: &str, user: &str) -> Option<(u64, u64)> {
     marker(user, "usage").map(|v| {
         if v == "exact" {
             let messages: Vec<tenantry::llm::Message> =
                 serde_json::from_value(body["messages"].clone()).expect("messages");
             (
-                tenantry::quota::tokens::prompt_tokens(model, &messages),
+                tenantry::quota::tokens::with_margin(tenantry::quota::tokens::prompt_tokens(
+                    model, &messages,
+                )),
                 body["max_tokens"].as_u64().expect("max_tokens"),
             )
         } else {
