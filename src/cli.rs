@@ -99,6 +99,21 @@ pub struct OperatorArgs {
         default_value = "tenantry-system"
     )]
     pub lease_namespace: String,
+    /// ClusterRole the operator binds to its own ServiceAccount in each tenant namespace it
+    /// creates: its Secret rights there (it has none elsewhere).
+    #[arg(
+        long,
+        env = "TENANTRY_TENANT_ROLE",
+        default_value = "tenantry-operator-tenant"
+    )]
+    pub tenant_role: String,
+    /// The operator's own ServiceAccount (in --lease-namespace), the subject of those bindings.
+    #[arg(
+        long,
+        env = "TENANTRY_SERVICE_ACCOUNT",
+        default_value = "tenantry-operator"
+    )]
+    pub service_account: String,
     /// Name of the leader-election Lease.
     #[arg(long, env = "TENANTRY_LEASE_NAME", default_value = "tenantry-operator")]
     pub lease_name: String,

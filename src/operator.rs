@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::cli::OperatorArgs;
 use crate::config::ServeConfig;
 use crate::controller::build::BuildConfig;
+use crate::controller::build::access::Access;
 use crate::controller::build::expose::{Expose, ExposeConfigError};
 use crate::controller::build::pod::PodDefaults;
 use crate::controller::leader::Elector;
@@ -128,6 +129,10 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
         serve,
         pod_defaults,
         expose: Expose::from_args(&args.expose)?,
+        access: Access {
+            tenant_role: args.tenant_role.clone(),
+            service_account: args.service_account.clone(),
+        },
     })
 }
 

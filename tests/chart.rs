@@ -294,26 +294,59 @@ async fn chart_crds_and_rbac_are_those_of_the_repo() {
         .collect();
     assert_eq!(crd_files, ["tenantry.yaml"], "only the repo's CRDs");
 
-    let docs = yaml_docs(&template(env, "tenantry-system", &[]));
-    let rules_of = |path: &str| {
+    // Rendered under the names config/rbac/ uses, the chart's RBAC and admission policy are
+    // exactly the repo's.
+    let docs = yaml_docs(&template(
+        env,
+        "tenantry-system",
+        &["fullnameOverride=tenantry-operator"],
+    ));
+    let repo = |path: &str| {
         let text = std::fs::read_to_string(root().join(path)).expect("rbac file");
-        yaml_docs(&text)[0]["rules"].clone()
+        yaml_docs(&text)
     };
-    let cluster_roles = of_kind(&docs, "ClusterRole");
-    assert_eq!(cluster_roles.len(), 1);
-    assert_eq!(
-        cluster_roles[0]["rules"],
-        rules_of("config/rbac/role.yaml"),
-        "the chart's ClusterRole must grant exactly config/rbac/role.yaml"
-    );
+    let named = |kind: &str, name: &str| -> Value {
+        of_kind(&docs, kind)
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))
+            .clone()
+    };
+    assert_eq!(of_kind(&docs, "ClusterRole").len(), 2);
+    for (name, path) in [
+        ("tenantry-operator", "config/rbac/role.yaml"),
+        ("tenantry-operator-tenant", "config/rbac/tenant_role.yaml"),
+    ] {
+        assert_eq!(
+            named("ClusterRole", name)["rules"],
+            repo(path)[0]["rules"],
+            "the chart's ClusterRole {name} must grant exactly {path}"
+        );
+    }
     let roles = of_kind(&docs, "Role");
     assert_eq!(roles.len(), 1);
     assert_eq!(
         roles[0]["rules"],
-        rules_of("config/rbac/leader_election_role.yaml"),
-        "the chart's Lease Role must grant exactly config/rbac/leader_election_role.yaml"
+        repo("config/rbac/leader_election_role.yaml")[0]["rules"],
+        "the chart's Role must grant exactly config/rbac/leader_election_role.yaml"
     );
     assert_eq!(roles[0]["metadata"]["namespace"], "tenantry-system");
+    let policy = repo("config/rbac/admission_policy.yaml");
+    for (i, kind) in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            named(kind, "tenantry-operator")["spec"],
+            policy[i]["spec"],
+            "the chart's {kind} must be config/rbac/admission_policy.yaml's"
+        );
+    }
+    let off = yaml_docs(&template(env, "ns", &["rbac.admissionPolicy=false"]));
+    assert!(of_kind(&off, "ValidatingAdmissionPolicy").is_empty());
     // Both are bound to the chart's ServiceAccount, which the Deployment runs as.
     let sa = of_kind(&docs, "ServiceAccount")[0]["metadata"]["name"].clone();
     for kind in ["ClusterRoleBinding", "RoleBinding"] {

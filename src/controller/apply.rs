@@ -38,11 +38,59 @@ pub struct Applied {
     pub gateway_api_missing: bool,
 }
 
-/// What the tenant's signing-key Secret holds now.
-pub async fn read_signing_key(ctx: &Context, names: &Names) -> Result<StoredKey, Error> {
+/// Binds the operator's tenant role to its ServiceAccount in the tenant namespace (its only
+/// Secret rights there, see [`build::access`]); `false` when the namespace does not exist yet.
+pub async fn grant_access(ctx: &Context, tenant: &Tenant, names: &Names) -> Result<bool, Error> {
+    let binding = build::access::role_binding(
+        tenant,
+        names,
+        &ctx.build.access,
+        &ctx.build.operator_namespace,
+    );
+    match ssa(
+        &in_ns(&ctx.client, &names.namespace),
+        &binding,
+        "apply RoleBinding",
+    )
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(Error::Kube { source, .. }) if is_404(&source) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `op` again while the API server answers 403: right after [`grant_access`] created the
+/// RoleBinding, the authorizer may not have seen it yet (it catches up within moments).
+async fn once_authorized<T, F, Fut>(mut op: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Err(kube::Error::Api(s)) if s.code == 403 && tries < 30 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What the tenant's signing-key Secret holds now (nothing while the namespace does not
+/// exist: `access` is what [`grant_access`] returned).
+pub async fn read_signing_key(
+    ctx: &Context,
+    names: &Names,
+    access: bool,
+) -> Result<StoredKey, Error> {
+    if !access {
+        return Ok(StoredKey::Missing);
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let Some(secret) = secrets
-        .get_opt(&names.secret)
+    let Some(secret) = once_authorized(|| secrets.get_opt(&names.secret))
         .await
         .map_err(kube_err("get Secret"))?
     else {
@@ -89,6 +137,7 @@ pub async fn apply(
     let client = &ctx.client;
     let ns = names.namespace.as_str();
     let namespace = ssa(&Api::all(client.clone()), &namespace, "apply Namespace").await?;
+    grant_access(ctx, valid.tenant, &names).await?;
     let signing_key = apply_signing_key(ctx, valid, ns, signing_key).await?;
     let credentials = copy_credentials(ctx, valid.tenant, &names).await?;
     let config = ssa(&in_ns(client, ns), &config, "apply ConfigMap").await?;
@@ -146,6 +195,13 @@ async fn ssa<K>(api: &Api<K>, obj: &K, step: &'static str) -> Result<K, Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
+    ssa_raw(api, obj).await.map_err(kube_err(step))
+}
+
+async fn ssa_raw<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
     let name = obj.meta().name.clone().unwrap_or_default();
     api.patch(
         &name,
@@ -153,7 +209,6 @@ where
         &Patch::Apply(obj),
     )
     .await
-    .map_err(kube_err(step))
 }
 
 /// Removes the operator's object of each stale exposure kind, then applies the tenant's
@@ -271,7 +326,10 @@ async fn apply_signing_key(
     namespace: &str,
     key: SigningKey,
 ) -> Result<SigningKey, Error> {
-    let secret = ssa(&in_ns(&ctx.client, namespace), &key.secret, "apply Secret").await?;
+    let api = in_ns(&ctx.client, namespace);
+    let secret = once_authorized(|| ssa_raw(&api, &key.secret))
+        .await
+        .map_err(kube_err("apply Secret"))?;
     let tenant = valid.tenant;
     if key.replaced_invalid {
         let note = "the signing-key Secret held no valid keyring; a new key was generated";
@@ -324,7 +382,10 @@ async fn copy_credentials(
     }
     let copy = build::credentials_secret(tenant, names, data);
     let api = in_ns(&ctx.client, &names.namespace);
-    Ok(Some(ssa(&api, &copy, "apply credentials Secret").await?))
+    let copy = once_authorized(|| ssa_raw(&api, &copy))
+        .await
+        .map_err(kube_err("apply credentials Secret"))?;
+    Ok(Some(copy))
 }
 
 /// Ensures the tenant's collections; returns their names and the failure, if any.

@@ -28,7 +28,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DynamicObject};
@@ -245,7 +245,8 @@ async fn apply_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, 
         Err(problem) => return report_invalid(&ctx, &tenant, problem).await,
     };
     let names = Names::new(&valid.id, &ctx.build.namespace_prefix);
-    let stored = apply::read_signing_key(&ctx, &names).await?;
+    let access = apply::grant_access(&ctx, &tenant, &names).await?;
+    let stored = apply::read_signing_key(&ctx, &names, access).await?;
     let built = build::resources(&valid, &ctx.build, stored, unix_now())?;
     let applied = apply::apply(&ctx, &valid, built).await?;
     let new_status = status::applied(&tenant, &applied, &status::now_rfc3339());
@@ -348,9 +349,6 @@ pub async fn run(
     // cleanup) one Tenant concurrently.
     controller
         .watches(Api::<Namespace>::all(client.clone()), owned(), |o| {
-            tenant_owner(&o)
-        })
-        .watches(Api::<Secret>::all(client.clone()), owned(), |o| {
             tenant_owner(&o)
         })
         .watches(Api::<ConfigMap>::all(client.clone()), owned(), |o| {

@@ -1,6 +1,7 @@
 //! Reconciler tests without a cluster: each scenario runs `reconcile` against a scripted API
 //! server that checks every request in order.
 use super::*;
+use k8s_openapi::api::core::v1::Secret;
 
 #[test]
 fn owned_namespaced_objects_map_to_the_cluster_scoped_tenant() {
@@ -37,6 +38,8 @@ mod scenarios {
     const TIERS: &str = "/apis/tenantry.dev/v1alpha1/quotatiers";
     const CORE: &str = "/api/v1/namespaces/tenant-acme";
     const APPS: &str = "/apis/apps/v1/namespaces/tenant-acme";
+    const BINDING: &str =
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/tenant-acme/rolebindings/tenantry-operator";
 
     /// Runs one reconcile of `tenant` against the script; returns its result and the requests.
     async fn reconcile_with(
@@ -112,12 +115,14 @@ mod scenarios {
                 &format!("{TIERS}/pro"),
                 Reply::Error(StatusCode::NOT_FOUND),
             )
+            .then_apply(BINDING)
             .then(
                 Method::GET,
                 &format!("{CORE}/secrets/acme-signing-key"),
                 Reply::Error(StatusCode::NOT_FOUND),
             )
             .then_apply(CORE)
+            .then_apply(BINDING)
             .then_apply(&format!("{CORE}/secrets/acme-signing-key"))
             .then_event();
         then_api_objects(v)
@@ -164,7 +169,9 @@ mod scenarios {
         assert_eq!(
             kinds,
             [
+                "RoleBinding",
                 "Namespace",
+                "RoleBinding",
                 "Secret",
                 "ConfigMap",
                 "Deployment",
@@ -179,7 +186,7 @@ mod scenarios {
         for s in &applies[..applies.len() - 1] {
             assert_eq!(s.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         }
-        assert_eq!(seen[4].body["reason"], "SigningKeyUpdated");
+        assert_eq!(seen[6].body["reason"], "SigningKeyUpdated");
 
         let status = patched_status(applies.last().expect("status patch"));
         let ready = condition(&status, "Ready");
@@ -197,7 +204,7 @@ mod scenarios {
             status.collections,
             ["tenant_acme_docs", "tenant_acme_cache"]
         );
-        let stored_kid = seen[3].body["data"]["kid"].as_str().expect("kid");
+        let stored_kid = seen[5].body["data"]["kid"].as_str().expect("kid");
         let kid =
             String::from_utf8(base64_decode(stored_kid).expect("base64 kid")).expect("utf-8 kid");
         assert_eq!(status.current_key_id.as_deref(), Some(kid.as_str()));
@@ -217,7 +224,7 @@ mod scenarios {
         let verifier = then_first_pinned_reconcile(verifier, &first);
         let (result, seen) = reconcile_with(first.clone(), ctx.clone(), verifier).await;
         result.expect("first reconcile");
-        let secret = seen[3].body.clone();
+        let secret = seen[5].body.clone();
         let mut steady = first;
         steady.status = Some(patched_status(&seen[seen.len() - 3]));
 
@@ -228,12 +235,14 @@ mod scenarios {
                 &format!("{TIERS}/pro"),
                 Reply::Error(StatusCode::NOT_FOUND),
             )
+            .then_apply(BINDING)
             .then(
                 Method::GET,
                 &format!("{CORE}/secrets/acme-signing-key"),
                 Reply::Json(secret),
             )
             .then_apply(CORE)
+            .then_apply(BINDING)
             .then_apply(&format!("{CORE}/secrets/acme-signing-key"));
         // No key Event, no status patch and no Reconciled Event: nothing changed.
         let (result, _) = reconcile_with(steady, ctx, then_api_objects(verifier)).await;
@@ -411,6 +420,7 @@ mod scenarios {
         });
         let verifier = verifier
             .then(Method::GET, &format!("{TIERS}/pro"), Reply::Json(tier))
+            .then_apply(BINDING)
             .then(
                 Method::GET,
                 &format!("{CORE}/secrets/acme-signing-key"),

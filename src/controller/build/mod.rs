@@ -4,6 +4,7 @@
 //! (see [`deployment`], with the platform's [`pod`] defaults), Service, HPA (bounded by
 //! [`scaling`]), PDB and NetworkPolicy, and what exposes it outside the cluster (see
 //! [`expose`]). Every object is labelled and owned by the Tenant.
+pub mod access;
 pub mod deployment;
 pub mod expose;
 pub mod pod;
@@ -194,6 +195,8 @@ pub struct BuildConfig {
     pub pod_defaults: PodDefaults,
     /// How the chat APIs are exposed outside the cluster (`--expose`).
     pub expose: Expose,
+    /// The operator's own access to tenant namespaces (`--tenant-role`, `--service-account`).
+    pub access: access::Access,
 }
 
 /// Port the chat API listens on inside the pod.
