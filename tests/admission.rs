@@ -178,11 +178,6 @@ async fn the_operator_runs_only_unprivileged_pods_without_a_token() {
             "",
         ),
         (
-            "a privileged container",
-            "",
-            "            privileged: true\n",
-        ),
-        (
             "an added capability",
             "",
             "            capabilities: {add: [NET_ADMIN]}\n",
@@ -196,6 +191,12 @@ async fn the_operator_runs_only_unprivileged_pods_without_a_token() {
         "allowPrivilegeEscalation: true",
     );
     refused(&apply(env, &escalating), "privilege escalation", POLICY);
+    // (The API server itself refuses privileged without escalation.)
+    let privileged = escalating.replace(
+        "allowPrivilegeEscalation: true",
+        "allowPrivilegeEscalation: true\n            privileged: true",
+    );
+    refused(&apply(env, &privileged), "a privileged container", POLICY);
     let token = deployment(&ns, "", "").replace(
         "automountServiceAccountToken: false",
         "automountServiceAccountToken: true",
