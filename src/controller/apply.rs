@@ -5,9 +5,10 @@
 //! applied form, which the status step reads.
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Client, Resource};
 use serde::Serialize;
@@ -19,7 +20,7 @@ use super::keys::{self, StoredKeyring};
 use super::validate::ValidTenant;
 use super::{Context, Error, kube_err};
 use crate::auth::keys::Keyring;
-use crate::crd::{FIELD_MANAGER, Tenant};
+use crate::crd::{FIELD_MANAGER, Tenant, reason};
 use crate::vector::{Kind, TenantVectors, VectorError};
 
 /// Marks [`Resources`] the API server holds: each object as the server returned it, plus what
@@ -38,36 +39,162 @@ pub struct Applied {
     pub gateway_api_missing: bool,
 }
 
-/// What the tenant's signing-key Secret holds now.
-pub async fn read_signing_key(ctx: &Context, names: &Names) -> Result<StoredKey, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let Some(secret) = secrets
-        .get_opt(&names.secret)
+/// An existing object the Tenant would take over but did not create: the reconcile stops
+/// (`Ready=False` with this reason) instead of adopting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// `NamespaceConflict` or `SecretConflict` (or `ConfigMapConflict`).
+    pub reason: &'static str,
+    /// What is in the way, and what to do about it.
+    pub message: String,
+}
+
+/// What the cluster holds of the tenant before a reconcile applies anything.
+#[derive(Debug)]
+pub struct Existing {
+    /// Whether the tenant namespace exists (then it is this Tenant's).
+    pub namespace: bool,
+    /// What the signing-key Secret holds.
+    pub signing_key: StoredKey,
+}
+
+/// Whether `meta` is of an object this operator made for `tenant`: labelled as the
+/// operator's and controlled by the Tenant of this UID (a Tenant of the same name deleted
+/// and created again is another Tenant).
+pub fn owned_by(meta: &ObjectMeta, tenant: &Tenant) -> bool {
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|v| v == "tenantry");
+    let Some(uid) = tenant.meta().uid.as_deref() else {
+        return false;
+    };
+    labelled
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == uid && o.controller == Some(true) && o.kind == "Tenant")
+}
+
+/// Reads what exists of the tenant, refusing what it does not own: the namespace, and in
+/// it the Secrets and the ConfigMap the pods read (a planted keyring would become the tenant's
+/// signing key). A missing namespace holds nothing, so nothing else is read.
+pub async fn read_existing(
+    ctx: &Context,
+    tenant: &Tenant,
+    names: &Names,
+) -> Result<Result<Existing, Conflict>, Error> {
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let Some(ns) = namespaces
+        .get_opt(&names.namespace)
         .await
-        .map_err(kube_err("get Secret"))?
+        .map_err(kube_err("get Namespace"))?
     else {
-        return Ok(StoredKey::Missing);
+        return Ok(Ok(Existing {
+            namespace: false,
+            signing_key: StoredKey::Missing,
+        }));
     };
+    if !owned_by(&ns.metadata, tenant) {
+        let message = if ns.metadata.deletion_timestamp.is_some() {
+            format!(
+                "namespace {} is being deleted and is not this Tenant's; waiting until it is gone",
+                names.namespace
+            )
+        } else {
+            format!(
+                "namespace {} exists and was not created by the operator for this Tenant (uid {}); \
+                 the operator does not take it over: delete or rename it, or rename the Tenant",
+                names.namespace,
+                tenant.meta().uid.as_deref().unwrap_or_default()
+            )
+        };
+        return Ok(Err(Conflict {
+            reason: reason::NAMESPACE_CONFLICT,
+            message,
+        }));
+    }
+    let secrets: Api<Secret> = in_ns(&ctx.client, &names.namespace);
+    let mut signing = None;
+    let mut secret_names = vec![&names.secret, &names.verify_keys];
+    if !ctx.build.api_secret_env.is_empty() {
+        secret_names.push(&names.credentials);
+    }
+    for name in secret_names {
+        let Some(secret) = secrets
+            .get_opt(name)
+            .await
+            .map_err(kube_err("get Secret"))?
+        else {
+            continue;
+        };
+        if !owned_by(&secret.metadata, tenant) {
+            return Ok(Err(foreign(reason::SECRET_CONFLICT, "Secret", names, name)));
+        }
+        if *name == names.secret {
+            signing = Some(secret);
+        }
+    }
+    let maps: Api<ConfigMap> = in_ns(&ctx.client, &names.namespace);
+    if let Some(map) = maps
+        .get_opt(&names.config)
+        .await
+        .map_err(kube_err("get ConfigMap"))?
+        && !owned_by(&map.metadata, tenant)
+    {
+        return Ok(Err(foreign(
+            reason::CONFIG_MAP_CONFLICT,
+            "ConfigMap",
+            names,
+            &names.config,
+        )));
+    }
+    Ok(Ok(Existing {
+        namespace: true,
+        signing_key: signing.map_or(StoredKey::Missing, |s| stored_key(&s)),
+    }))
+}
+
+fn foreign(reason: &'static str, kind: &str, names: &Names, name: &str) -> Conflict {
+    Conflict {
+        reason,
+        message: format!(
+            "{kind} {}/{name} exists and was not created by the operator for this Tenant; \
+             the operator does not adopt it: delete it and the operator creates its own",
+            names.namespace
+        ),
+    }
+}
+
+/// What a signing-key Secret (owned by the tenant) holds.
+fn stored_key(secret: &Secret) -> StoredKey {
     let Some(raw) = secret.data.as_ref().and_then(|d| d.get(build::KEYRING_KEY)) else {
-        return Ok(StoredKey::Missing);
+        return StoredKey::Missing;
     };
-    Ok(match serde_json::from_slice::<Keyring>(&raw.0) {
+    let annotation = |key: &str| {
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key).cloned())
+    };
+    match serde_json::from_slice::<Keyring>(&raw.0) {
         Ok(ring) if ring.current_key().is_some() => StoredKey::Valid(StoredKeyring {
             ring,
-            rotated_for: secret
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(keys::ROTATED_FOR_ANNOTATION).cloned()),
+            rotated_for: annotation(keys::ROTATED_FOR_ANNOTATION),
+            revoked_for: annotation(keys::REVOKED_FOR_ANNOTATION),
         }),
         _ => StoredKey::Invalid,
-    })
+    }
 }
 
 /// Applies every object of `resources`, in dependency order (namespace first).
 pub async fn apply(
     ctx: &Context,
     valid: &ValidTenant<'_>,
+    namespace_exists: bool,
     resources: Resources<Prepared>,
 ) -> Result<Resources<Applied>, Error> {
     // No `..`: an object added to `Resources` must be applied here or the build breaks.
@@ -75,6 +202,9 @@ pub async fn apply(
         names,
         namespace,
         signing_key,
+        verify_keys,
+        resource_quota,
+        limit_range,
         config,
         deployment,
         service,
@@ -88,8 +218,25 @@ pub async fn apply(
     } = resources;
     let client = &ctx.client;
     let ns = names.namespace.as_str();
-    let namespace = ssa(&Api::all(client.clone()), &namespace, "apply Namespace").await?;
+    let namespaces = Api::all(client.clone());
+    let namespace = if namespace_exists {
+        ssa(&namespaces, &namespace, "apply Namespace").await?
+    } else {
+        // Created, not applied: a namespace someone makes meanwhile is refused (409) and the
+        // next reconcile reports it, rather than being taken over.
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        namespaces
+            .create(&params, &namespace)
+            .await
+            .map_err(kube_err("create Namespace"))?
+    };
+    let resource_quota = ssa(&in_ns(client, ns), &resource_quota, "apply ResourceQuota").await?;
+    let limit_range = ssa(&in_ns(client, ns), &limit_range, "apply LimitRange").await?;
     let signing_key = apply_signing_key(ctx, valid, ns, signing_key).await?;
+    let verify_keys = ssa(&in_ns(client, ns), &verify_keys, "apply Secret").await?;
     let credentials = copy_credentials(ctx, valid.tenant, &names).await?;
     let config = ssa(&in_ns(client, ns), &config, "apply ConfigMap").await?;
     let deployment = ssa(&in_ns(client, ns), &deployment, "apply Deployment").await?;
@@ -114,6 +261,9 @@ pub async fn apply(
         names,
         namespace,
         signing_key,
+        verify_keys,
+        resource_quota,
+        limit_range,
         config,
         deployment,
         service,
@@ -337,7 +487,8 @@ async fn ensure_collections(
         valid.id.clone(),
         valid.tenant.spec.retrieval.isolation,
         ctx.dimension,
-    );
+    )
+    .with_owner(super::validate::vector_owner(valid.tenant));
     let error = vectors.ensure().await.err();
     let names = vec![
         vectors.collection(Kind::Docs),

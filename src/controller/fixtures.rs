@@ -82,6 +82,8 @@ impl BuildConfig {
             serve: crate::config::ServeConfig::default(),
             pod_defaults: Default::default(),
             expose: super::build::expose::Expose::None,
+            network: Default::default(),
+            data_size_limit: "1Gi".into(),
         }
     }
 }
