@@ -110,12 +110,9 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
         None => PodDefaults::default(),
     };
     check_flags(args).map_err(OperatorError::Flags)?;
-    let network = NetworkConfig::from_flags(
-        &args.api_ingress_from,
-        &args.metrics_from,
-        &args.api_egress,
-    )
-    .map_err(OperatorError::Flags)?;
+    let network =
+        NetworkConfig::from_flags(&args.api_ingress_from, &args.metrics_from, &args.api_egress)
+            .map_err(OperatorError::Flags)?;
     Ok(BuildConfig {
         network,
         data_size_limit: args.api_data_size_limit.clone(),

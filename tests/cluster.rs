@@ -319,11 +319,7 @@ async fn partition_deletion(cluster: &Cluster, qdrant: &(String, String), tier: 
     let count = |v: TenantVectors| async move {
         v.count(Kind::Docs, Filter::default()).await.expect("count")
     };
-    assert_eq!(
-        count(owned).await,
-        0,
-        "the deleted tenant's points remain"
-    );
+    assert_eq!(count(owned).await, 0, "the deleted tenant's points remain");
     assert_eq!(
         count(predecessor.clone()).await,
         1,

@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use common::server::{Dirs, Server, Start};
 use serde_json::Value;
 
-const REFUND: &str = "Acme customers may return any product within 30 days of delivery for a full refund.";
+const REFUND: &str =
+    "Acme customers may return any product within 30 days of delivery for a full refund.";
 
 fn manifest(uid: Option<&str>, adopt: Option<&str>, isolation: &str) -> String {
     let mut meta = String::from("  name: acme\n");
@@ -56,14 +57,15 @@ async fn a_new_tenant_starts_empty_and_adoption_sees_the_data(isolation: &str) {
     server.stop();
 
     // The Tenant is deleted (data retained) and created again: another UID.
-    let (docs, found) = documents_seen(&dirs, &manifest(Some("uid-new"), None, isolation), &doc).await;
+    let (docs, found) =
+        documents_seen(&dirs, &manifest(Some("uid-new"), None, isolation), &doc).await;
     assert!(docs.is_empty(), "{isolation}: the new Tenant sees {docs:?}");
     assert_eq!(found, StatusCode::NOT_FOUND, "{isolation}");
 
     // Adopting the old UID's data: it is there, untouched.
     let adopting = manifest(Some("uid-new"), Some("uid-old"), isolation);
     let (docs, found) = documents_seen(&dirs, &adopting, &doc).await;
-    assert_eq!(docs, [doc.clone()], "{isolation}");
+    assert_eq!(docs, std::slice::from_ref(&doc), "{isolation}");
     assert_eq!(found, StatusCode::OK, "{isolation}");
 }
 

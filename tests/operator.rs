@@ -519,7 +519,8 @@ async fn key_rotation_and_serve_with_rendered_config() {
         .await
         .expect("deployment")
         .spec
-        .and_then(|s| s.template.spec)
+        .template
+        .spec
         .expect("pod");
     let mounted_secrets: Vec<_> = pod
         .volumes
@@ -527,7 +528,7 @@ async fn key_rotation_and_serve_with_rendered_config() {
         .flatten()
         .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
         .collect();
-    assert_eq!(mounted_secrets, [verify_keys.clone()]);
+    assert_eq!(mounted_secrets, std::slice::from_ref(&verify_keys));
     render(
         mounted,
         cms.get(&format!("{name}-api-config")).await.expect("cm"),
@@ -600,7 +601,11 @@ async fn key_rotation_and_serve_with_rendered_config() {
     let status = api.get(&name).await.expect("get").status.expect("status");
     assert!(status.key_created_at.is_some() && status.next_rotation_at.is_some());
     assert_eq!(
-        status.previous_keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        status
+            .previous_keys
+            .iter()
+            .map(|k| k.kid.as_str())
+            .collect::<Vec<_>>(),
         [first_kid.as_str()]
     );
     assert!(status.previous_keys[0].valid_until.is_some());
@@ -620,8 +625,7 @@ async fn key_rotation_and_serve_with_rendered_config() {
         cms.get(&format!("{name}-api-config")).await.expect("cm"),
     );
     eventually(20, "serve refuses the revoked key", || async {
-        (server.get("/v1/documents", &old_token).await.0 == StatusCode::UNAUTHORIZED)
-            .then_some(())
+        (server.get("/v1/documents", &old_token).await.0 == StatusCode::UNAUTHORIZED).then_some(())
     })
     .await;
     assert_eq!(
@@ -1200,15 +1204,28 @@ async fn the_operator_adopts_nothing_it_did_not_create() {
     let after = namespaces.get(&ns).await.expect("namespace");
     assert_eq!(after.metadata.owner_references, None, "not taken over");
     assert_eq!(after.labels().get("app.kubernetes.io/managed-by"), None);
-    assert!(!events_of(&client, &name, "NamespaceConflict").await.is_empty());
+    assert!(
+        !events_of(&client, &name, "NamespaceConflict")
+            .await
+            .is_empty()
+    );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    assert!(secrets.list(&ListParams::default()).await.expect("list").items.is_empty());
+    assert!(
+        secrets
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
 
     // A signing key planted in place of the tenant's own.
     let name = unique("plant");
     let ns = format!("tenant-{name}");
     cluster.create_tenant(&name, json!({"tier": "pro"})).await;
-    let t = cluster.wait_condition(&name, "SigningKeyReady", "True").await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
     let kid = t.status.and_then(|s| s.current_key_id).expect("kid");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let planted = Keyring::generate(tenantry::domain::Algorithm::EdDSA);
@@ -1226,14 +1243,25 @@ async fn the_operator_adopts_nothing_it_did_not_create() {
         .expect("plant");
     cluster
         .tenants
-        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})))
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
         .await
         .expect("touch");
     let t = cluster
         .wait_reason(&name, "SigningKeyReady", "False", "SecretConflict")
         .await;
-    assert_eq!(condition(&t, "Ready").map(|c| c.1), Some("SecretConflict".into()));
-    assert_eq!(t.status.and_then(|s| s.current_key_id), Some(kid), "the planted key is not used");
+    assert_eq!(
+        condition(&t, "Ready").map(|c| c.1),
+        Some("SecretConflict".into())
+    );
+    assert_eq!(
+        t.status.and_then(|s| s.current_key_id),
+        Some(kid),
+        "the planted key is not used"
+    );
     let still: Keyring = serde_json::from_slice(
         &secrets
             .get(&format!("{name}-signing-key"))
@@ -1256,7 +1284,10 @@ async fn the_operator_adopts_nothing_it_did_not_create() {
     )
     .expect("ring");
     assert!(
-        verify.keys.iter().all(|k| planted.keys.iter().all(|p| p.kid != k.kid)),
+        verify
+            .keys
+            .iter()
+            .all(|k| planted.keys.iter().all(|p| p.kid != k.kid)),
         "the pods never get the planted key"
     );
     assert!(!events_of(&client, &name, "SecretConflict").await.is_empty());
@@ -1266,9 +1297,16 @@ async fn the_operator_adopts_nothing_it_did_not_create() {
     let stderr = Operator::refused(cluster.env, &["--namespace-prefix", ""]);
     assert!(stderr.contains("--namespace-prefix"), "{stderr}");
     for flag in ["--api-env", "--api-env-from-secret"] {
-        let value = if flag == "--api-env" { "TENANTRY_DEV=true" } else { "TENANTRY_DEV=s:k" };
+        let value = if flag == "--api-env" {
+            "TENANTRY_DEV=true"
+        } else {
+            "TENANTRY_DEV=s:k"
+        };
         let stderr = Operator::refused(cluster.env, &[flag, value]);
-        assert!(stderr.contains("TENANTRY_DEV") && stderr.contains("/dev/token"), "{stderr}");
+        assert!(
+            stderr.contains("TENANTRY_DEV") && stderr.contains("/dev/token"),
+            "{stderr}"
+        );
     }
 }
 
@@ -1301,9 +1339,14 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
     cluster
         .create_tenant(&name, json!({"tier": "pro", "api": {"resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}))
         .await;
-    let t = cluster.wait_condition(&name, "SigningKeyReady", "True").await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
     let uid = t.uid().expect("uid");
-    assert_eq!(t.status.as_ref().and_then(|s| s.data_owner.clone()), Some(uid.clone()));
+    assert_eq!(
+        t.status.as_ref().and_then(|s| s.data_owner.clone()),
+        Some(uid.clone())
+    );
 
     let np = Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
         .get(&format!("{name}-api"))
@@ -1311,7 +1354,10 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
         .expect("network policy")
         .spec
         .expect("spec");
-    assert_eq!(np.policy_types, Some(vec!["Ingress".into(), "Egress".into()]));
+    assert_eq!(
+        np.policy_types,
+        Some(vec!["Ingress".into(), "Egress".into()])
+    );
     let from_ns = |port: i32| {
         let rule = np
             .ingress
@@ -1319,7 +1365,10 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
             .flatten()
             .find(|r| {
                 r.ports.iter().flatten().any(|p| {
-                    p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
+                    p.port
+                        == Some(
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port),
+                        )
                 })
             })
             .unwrap_or_else(|| panic!("no rule for {port}"));
@@ -1358,7 +1407,12 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
     let hard = quota.spec.and_then(|s| s.hard).expect("hard");
     let q = |k: &str| hard.get(k).map(|q| q.0.clone()).unwrap_or_default();
     assert_eq!(
-        (q("pods"), q("requests.cpu"), q("requests.memory"), q("limits.memory")),
+        (
+            q("pods"),
+            q("requests.cpu"),
+            q("requests.memory"),
+            q("limits.memory")
+        ),
         ("2".into(), "200m".into(), "512Mi".into(), "2Gi".into())
     );
     let limits = Api::<k8s_openapi::api::core::v1::LimitRange>::namespaced(client.clone(), &ns)
@@ -1372,7 +1426,8 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
         .await
         .expect("deployment")
         .spec
-        .and_then(|s| s.template.spec)
+        .template
+        .spec
         .expect("pod");
     let sizes: Vec<_> = pod
         .volumes
@@ -1380,7 +1435,13 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
         .flatten()
         .filter_map(|v| Some((v.name.clone(), v.empty_dir.as_ref()?.size_limit.clone()?.0)))
         .collect();
-    assert_eq!(sizes, [("data".to_string(), "3Gi".to_string()), ("tmp".into(), "256Mi".into())]);
+    assert_eq!(
+        sizes,
+        [
+            ("data".to_string(), "3Gi".to_string()),
+            ("tmp".into(), "256Mi".into())
+        ]
+    );
 
     // The manifest the pods load names the UID their data is bound to.
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
@@ -1411,10 +1472,17 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
     // The isolation mode cannot be switched under the data.
     let err = cluster
         .tenants
-        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"retrieval": {"isolation": "Partition"}}})))
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"retrieval": {"isolation": "Partition"}}})),
+        )
         .await
         .expect_err("isolation is immutable");
-    assert!(err.to_string().contains("retrieval.isolation is immutable"), "{err}");
+    assert!(
+        err.to_string().contains("retrieval.isolation is immutable"),
+        "{err}"
+    );
     cluster.delete_and_wait_gone(&name).await;
     op.stop();
 }

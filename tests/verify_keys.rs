@@ -51,13 +51,27 @@ async fn a_verify_only_keyring_verifies_but_mints_nothing() {
         .write(&keyring_path(&data.join("keys"), &id))
         .expect("write keyring");
     let out = Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(["token", "--tenant", "acme", "--sub", "mallory", "--data-dir"])
+        .args([
+            "token",
+            "--tenant",
+            "acme",
+            "--sub",
+            "mallory",
+            "--data-dir",
+        ])
         .arg(&data)
         .arg("--tenants")
         .arg(dirs.tenants())
         .output()
         .expect("run tenantry token");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "minted: {}", String::from_utf8_lossy(&out.stdout));
-    assert!(stderr.contains("verify-only keyring cannot mint"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "minted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("verify-only keyring cannot mint"),
+        "{stderr}"
+    );
 }

@@ -136,12 +136,9 @@ impl StoredKey {
             kid: self.kid.clone(),
             reason: reason.to_string(),
         };
-        let private = self
-            .private_key
-            .as_deref()
-            .ok_or_else(|| {
-                err("the keyring holds no private key (a verify-only keyring cannot mint tokens)")
-            })?;
+        let private = self.private_key.as_deref().ok_or_else(|| {
+            err("the keyring holds no private key (a verify-only keyring cannot mint tokens)")
+        })?;
         match self.algorithm {
             Algorithm::EdDSA => {
                 EncodingKey::from_ed_pem(private.as_bytes()).map_err(|_| err("invalid Ed25519 key"))

@@ -294,11 +294,21 @@ mod tests {
         let revoked = plan(inputs(rotated.ring.clone(), None, Some("now")));
         assert_eq!(revoked.change, Some(Change::Revoked));
         assert_eq!(revoked.ring.keys.len(), 1);
-        assert_eq!(revoked.ring.current, rotated.ring.current, "the new key stays");
+        assert_eq!(
+            revoked.ring.current, rotated.ring.current,
+            "the new key stays"
+        );
         assert_eq!(revoked.revoked_for.as_deref(), Some("now"));
-        assert_eq!(revoked.next_rotation_at, Some(revoked.ring.keys[0].created_at + 720 * 3600));
+        assert_eq!(
+            revoked.next_rotation_at,
+            Some(revoked.ring.keys[0].created_at + 720 * 3600)
+        );
         // The same value again does nothing, even after another rotation.
-        let again = plan(inputs(rotated.ring.clone(), Some("now".into()), Some("now")));
+        let again = plan(inputs(
+            rotated.ring.clone(),
+            Some("now".into()),
+            Some("now"),
+        ));
         assert_eq!((again.change, again.ring.keys.len()), (None, 2));
     }
 

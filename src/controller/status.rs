@@ -6,11 +6,11 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 
 use super::apply::Applied;
+use super::apply::Conflict;
 use super::build::Resources;
 use super::build::expose::{self, ExposeObject, Exposure};
 use super::validate::InvalidSpec;
 use super::{Context, Error, kube_err};
-use super::apply::Conflict;
 use crate::crd::{Condition, FIELD_MANAGER, PreviousKey, Tenant, TenantStatus, condition, reason};
 
 /// What one component of a tenant (signing key, quota, vector store, API) came to: the

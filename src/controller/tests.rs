@@ -168,9 +168,19 @@ mod scenarios {
             );
         }
         let kinds: Vec<_> = applies.iter().map(|s| s.body["kind"].clone()).collect();
-        assert_eq!(seen[2].body["kind"], "Namespace", "created, never applied over");
-        assert!(seen[2].query.contains("fieldManager=tenantry"), "{}", seen[2].query);
-        assert_eq!(seen[2].body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            seen[2].body["kind"], "Namespace",
+            "created, never applied over"
+        );
+        assert!(
+            seen[2].query.contains("fieldManager=tenantry"),
+            "{}",
+            seen[2].query
+        );
+        assert_eq!(
+            seen[2].body["metadata"]["ownerReferences"][0]["uid"],
+            "uid-1"
+        );
         assert_eq!(
             kinds,
             [
@@ -199,7 +209,11 @@ mod scenarios {
         assert!(!public.can_sign() && public.keys.iter().all(|k| k.private_key.is_none()));
         let quota = &applied(&seen, "ResourceQuota")["spec"]["hard"];
         assert_eq!(
-            (&quota["pods"], &quota["requests.cpu"], &quota["limits.memory"]),
+            (
+                &quota["pods"],
+                &quota["requests.cpu"],
+                &quota["limits.memory"]
+            ),
             (&json!("6"), &json!("1500m"), &json!("12Gi")),
             "the tier's 5 replicas plus the surge"
         );
@@ -375,7 +389,10 @@ mod scenarios {
         let status = patched_status(&seen[4]);
         for type_ in ["Ready", "SigningKeyReady"] {
             let c = condition(&status, type_);
-            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SecretConflict"));
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "SecretConflict")
+            );
         }
         assert_eq!(status.current_key_id, None, "the planted key is never used");
     }

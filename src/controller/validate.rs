@@ -140,7 +140,8 @@ mod tests {
         assert_eq!(vector_owner(&t), None);
         t.status.as_mut().expect("status").data_owner = Some("uid-1".into());
         assert_eq!(data_owner(&t).as_deref(), Some("uid-1"));
-        t.metadata.annotations = Some([(ADOPT_DATA_ANNOTATION.to_string(), "uid-0".to_string())].into());
+        t.metadata.annotations =
+            Some([(ADOPT_DATA_ANNOTATION.to_string(), "uid-0".to_string())].into());
         assert_eq!(vector_owner(&t).as_deref(), Some("uid-0"));
     }
 

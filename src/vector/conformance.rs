@@ -395,7 +395,11 @@ async fn data_owners(h: &dyn Harness, isolation: Isolation) {
     // The new Tenant sees nothing of the old one's, in either kind, by any read.
     new.ensure().await.unwrap();
     for kind in [Kind::Docs, Kind::Cache] {
-        assert_eq!(new.count(kind, Filter::default()).await.unwrap(), 0, "{kind:?}");
+        assert_eq!(
+            new.count(kind, Filter::default()).await.unwrap(),
+            0,
+            "{kind:?}"
+        );
         let hits = new
             .search(kind, VECTORS[0].to_vec(), Filter::default(), 10)
             .await
@@ -413,16 +417,28 @@ async fn data_owners(h: &dyn Harness, isolation: Isolation) {
         .unwrap();
     assert_eq!(new.count(Kind::Docs, Filter::default()).await.unwrap(), 1);
     let adopted = handle("uid-old");
-    assert_eq!(adopted.count(Kind::Docs, Filter::default()).await.unwrap(), 2);
+    assert_eq!(
+        adopted.count(Kind::Docs, Filter::default()).await.unwrap(),
+        2
+    );
     // Purging the new owner keeps the retained data (the collection is not dropped) ...
     new.purge().await.unwrap();
     assert_eq!(new.count(Kind::Docs, Filter::default()).await.unwrap(), 0);
-    assert_eq!(adopted.count(Kind::Docs, Filter::default()).await.unwrap(), 2);
-    assert_eq!(adopted.count(Kind::Cache, Filter::default()).await.unwrap(), 1);
+    assert_eq!(
+        adopted.count(Kind::Docs, Filter::default()).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        adopted.count(Kind::Cache, Filter::default()).await.unwrap(),
+        1
+    );
     // ... and purging the last owner removes it.
     adopted.purge().await.unwrap();
     adopted.purge().await.unwrap();
-    assert_eq!(adopted.count(Kind::Docs, Filter::default()).await.unwrap(), 0);
+    assert_eq!(
+        adopted.count(Kind::Docs, Filter::default()).await.unwrap(),
+        0
+    );
 }
 
 /// Acknowledged writes (upserts and deletes) are visible to a new backend instance opened

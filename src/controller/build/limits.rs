@@ -30,7 +30,11 @@ pub fn scale(q: &str, n: i32) -> Option<String> {
         return None;
     }
     let scaled = match number.split_once('.') {
-        None => number.parse::<u64>().ok()?.checked_mul(n as u64)?.to_string(),
+        None => number
+            .parse::<u64>()
+            .ok()?
+            .checked_mul(n as u64)?
+            .to_string(),
         Some((int, frac)) => {
             // Exact decimal arithmetic on the digits: 1.25 × 3 = 3.75.
             let digits = format!("{int}{frac}").parse::<u64>().ok()?;

@@ -39,8 +39,8 @@ use crate::crd::{
 use crate::domain::{EffectiveQuota, TenantId};
 pub use deployment::deployment;
 use expose::{Expose, Exposure};
-pub use network::network_policy;
 use network::NetworkConfig;
+pub use network::network_policy;
 use pod::PodDefaults;
 use scaling::Scaling;
 
@@ -384,7 +384,10 @@ pub fn verify_keys_secret(
     Ok(Secret {
         metadata: meta(tenant, names, &names.verify_keys, Scope::Tenant),
         type_: Some("Opaque".to_string()),
-        data: Some(BTreeMap::from([(KEYRING_KEY.to_string(), ByteString(public))])),
+        data: Some(BTreeMap::from([(
+            KEYRING_KEY.to_string(),
+            ByteString(public),
+        )])),
         ..Default::default()
     })
 }
@@ -418,8 +421,7 @@ pub fn tenant_manifest(
     }
     let owner = super::validate::data_owner(tenant);
     if let Some(adopt) = owner.filter(|o| Some(o) != tenant.metadata.uid.as_ref()) {
-        metadata["annotations"] =
-            serde_json::json!({ crate::crd::ADOPT_DATA_ANNOTATION: adopt });
+        metadata["annotations"] = serde_json::json!({ crate::crd::ADOPT_DATA_ANNOTATION: adopt });
     }
     let doc = serde_json::json!({
         "apiVersion": "tenantry.dev/v1alpha1",
@@ -662,7 +664,10 @@ mod tests {
         std::fs::write(dir.path().join("t/tenant.yaml"), adopted).expect("write");
         reg.reload();
         let id = TenantId::parse("acme").expect("id");
-        assert_eq!(reg.get(&id).and_then(|c| c.data_owner.clone()).as_deref(), Some("uid-0"));
+        assert_eq!(
+            reg.get(&id).and_then(|c| c.data_owner.clone()).as_deref(),
+            Some("uid-0")
+        );
         t.metadata.annotations = None;
         t.status = Some(crate::crd::TenantStatus {
             collections: vec!["tenant_acme_docs".into()],

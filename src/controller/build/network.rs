@@ -299,8 +299,14 @@ mod tests {
                 .expect("namespace")[NAMESPACE_NAME_LABEL]
                 .clone()
         };
-        assert_eq!(ns(rule_for(&ingress, API_PORT).expect("api")), "gateway-system");
-        assert_eq!(ns(rule_for(&ingress, METRICS_PORT).expect("metrics")), "monitoring");
+        assert_eq!(
+            ns(rule_for(&ingress, API_PORT).expect("api")),
+            "gateway-system"
+        );
+        assert_eq!(
+            ns(rule_for(&ingress, METRICS_PORT).expect("metrics")),
+            "monitoring"
+        );
         let egress = spec.egress.expect("egress");
         assert_eq!(egress.len(), 4);
         assert_eq!(
