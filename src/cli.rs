@@ -61,9 +61,27 @@ pub struct IngestArgs {
 /// Options of `tenantry operator`.
 #[derive(Debug, Clone, Args)]
 pub struct OperatorArgs {
-    /// Prefix of tenant namespaces (`tenant-` makes `tenant-acme`).
+    /// Prefix of tenant namespaces (`tenant-` makes `tenant-acme`); must not be empty, so a
+    /// Tenant can never be named after an existing namespace such as `monitoring`.
     #[arg(long, env = "TENANTRY_NAMESPACE_PREFIX", default_value = "tenant-")]
     pub namespace_prefix: String,
+    /// Sources allowed to reach the tenants' chat API port (repeatable; comma-separated in the
+    /// environment variable): a namespace name, cidr:<CIDR>, or * (any). Unset: any source.
+    #[arg(long, env = "TENANTRY_API_INGRESS_FROM", value_delimiter = ',')]
+    pub api_ingress_from: Vec<String>,
+    /// Sources allowed to reach the chat API pods' metrics port (unauthenticated), e.g. the
+    /// monitoring namespace (repeatable; same forms). Unset: the metrics port is closed.
+    #[arg(long, env = "TENANTRY_METRICS_FROM", value_delimiter = ',')]
+    pub metrics_from: Vec<String>,
+    /// Destinations the chat API pods may connect to besides DNS, as PEER:PORT[/udp]
+    /// (repeatable; e.g. qdrant:6334, cidr:10.0.0.0/8:6379, *:443). Unset: any destination on
+    /// ports 443, 6333, 6334 and 6379.
+    #[arg(long, env = "TENANTRY_API_EGRESS", value_delimiter = ',')]
+    pub api_egress: Vec<String>,
+    /// Size limit of the chat API pods' data folder (an emptyDir; the embedded vector store
+    /// and scratch files live there), a Kubernetes quantity.
+    #[arg(long, env = "TENANTRY_API_DATA_SIZE_LIMIT", default_value = "1Gi")]
+    pub api_data_size_limit: String,
     /// Image of the tenants' chat API (this same binary, run as `serve`).
     #[arg(long, env = "TENANTRY_IMAGE", default_value = concat!("tenantry:", env!("CARGO_PKG_VERSION")))]
     pub image: String,

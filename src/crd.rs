@@ -25,6 +25,15 @@ pub const FIELD_MANAGER: &str = "tenantry";
 pub const TENANT_LABEL: &str = "tenantry.dev/tenant";
 /// Annotation that forces a signing-key rotation when its value changes.
 pub const ROTATE_ANNOTATION: &str = "tenantry.dev/rotate-key";
+/// Annotation that, when its value changes, revokes every previous signing key at once (only
+/// the current key verifies from then on; with a new `rotate-key` value, only the new key).
+pub const REVOKE_ANNOTATION: &str = "tenantry.dev/revoke-previous-keys";
+/// Annotation naming the UID of a deleted Tenant of the same name whose retained data this
+/// Tenant takes over (`status.dataOwner` of the old Tenant). Unset: the Tenant starts empty.
+/// [`LEGACY_DATA`] adopts the data written before data was bound to a Tenant's UID.
+pub const ADOPT_DATA_ANNOTATION: &str = "tenantry.dev/adopt-data-from";
+/// The data owner of data written before data was bound to UIDs (scoped by tenant id only).
+pub const LEGACY_DATA: &str = "legacy";
 /// Condition types written to `Tenant.status.conditions`.
 pub mod condition {
     /// Everything below is ready.
@@ -55,6 +64,12 @@ pub mod reason {
     pub const GATEWAY_API_MISSING: &str = "GatewayApiMissing";
     /// The parent Gateway refuses the tenant's HTTPRoute (its status says `Accepted=False`).
     pub const ROUTE_NOT_ACCEPTED: &str = "RouteNotAccepted";
+    /// The tenant namespace exists but is not this Tenant's: it is not taken over.
+    pub const NAMESPACE_CONFLICT: &str = "NamespaceConflict";
+    /// A Secret the tenant would use exists but is not this Tenant's: it is not adopted.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// The tenant's ConfigMap exists but is not this Tenant's: it is not adopted.
+    pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
 }
 
 const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40";
@@ -166,7 +181,7 @@ pub struct Models {
 }
 
 /// How a tenant's documents are stored and retrieved.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Retrieval {
     /// Passages retrieved per question.
@@ -174,8 +189,10 @@ pub struct Retrieval {
     #[schemars(range(min = 1, max = MAX_TOP_K))]
     pub top_k: i32,
     /// `Collection`: a collection per tenant. `Partition`: one shared collection, every query
-    /// filtered by the tenant id (for thousands of small tenants).
+    /// filtered by the tenant id (for thousands of small tenants). Immutable: the data stays
+    /// where it was written (create a new Tenant to change it).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("retrieval.isolation is immutable: the tenant's data stays where it was written"))]
     pub isolation: Isolation,
     /// Whether `POST /v1/chat/completions` adds the passages retrieved for the last user
     /// message to the conversation (a request can decide with `tenantry.rag`). `/v1/chat`
@@ -338,6 +355,19 @@ pub struct TenantStatus {
     /// `kid` of the key new tokens are signed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_key_id: Option<String>,
+    /// When the current key was created (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_created_at: Option<String>,
+    /// When the current key is rotated on schedule (RFC 3339); unset: no `rotateEvery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<String>,
+    /// Previous keys that still verify tokens, with the end of their validity (RFC 3339).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PreviousKey>,
+    /// UID the tenant's stored data (documents, cached answers) is bound to: this Tenant's,
+    /// or the one it adopted with `tenantry.dev/adopt-data-from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_owner: Option<String>,
     /// Vector collections holding the tenant's data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collections: Vec<String>,
@@ -351,6 +381,17 @@ pub struct TenantStatus {
     /// is not shared; `ApiReady` says which), `0 (suspended)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<String>,
+}
+
+/// A previous signing key that still verifies tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousKey {
+    /// Its `kid`.
+    pub kid: String,
+    /// When its tokens stop verifying (RFC 3339); unset: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
 }
 
 /// A standard Kubernetes condition.
@@ -498,6 +539,23 @@ impl fmt::Display for Invalid {
 }
 
 impl Tenant {
+    /// The UID the Tenant's stored data is bound to: the one named by
+    /// [`ADOPT_DATA_ANNOTATION`], else the Tenant's own; `None` for a manifest without a UID
+    /// (the embedded default, where the tenant id alone scopes the data) or one that adopts
+    /// [`LEGACY_DATA`].
+    pub fn data_owner(&self) -> Option<String> {
+        let adopted = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ADOPT_DATA_ANNOTATION))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        adopted
+            .or_else(|| self.metadata.uid.clone().filter(|u| !u.is_empty()))
+            .filter(|o| o != LEGACY_DATA)
+    }
+
     /// The tenant id (the object's name), validated.
     pub fn tenant_id(&self) -> Result<TenantId, InvalidTenantId> {
         TenantId::parse(self.metadata.name.as_deref().unwrap_or_default())
@@ -718,6 +776,7 @@ mod tests {
             "maximum: 1.0",
             "Collection",
             "Partition",
+            "retrieval.isolation is immutable",
         ] {
             assert!(yaml.contains(needle), "CRD lacks {needle}");
         }

@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 use crate::controller::build::BuildConfig;
 use crate::controller::build::access::Access;
 use crate::controller::build::expose::{Expose, ExposeConfigError};
+use crate::controller::build::network::NetworkConfig;
 use crate::controller::build::pod::PodDefaults;
 use crate::controller::leader::Elector;
 use crate::controller::{self, Context, ContextParts, ReconcileMetrics, lease_api};
@@ -48,6 +49,10 @@ pub enum OperatorError {
     /// `--api-pod-defaults` cannot be read or is invalid.
     #[error("--api-pod-defaults: {0}")]
     PodDefaults(String),
+    /// A flag is malformed or unsafe (an empty namespace prefix, `TENANTRY_DEV` in
+    /// `--api-env`, a bad network peer).
+    #[error("{0}")]
+    Flags(String),
     /// The `--expose*` flags are missing, malformed or inapplicable.
     #[error("invalid exposure flags: {0}")]
     Expose(#[from] ExposeConfigError),
@@ -105,7 +110,13 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
         Some(path) => PodDefaults::load(path).map_err(OperatorError::PodDefaults)?,
         None => PodDefaults::default(),
     };
+    check_flags(args).map_err(OperatorError::Flags)?;
+    let network =
+        NetworkConfig::from_flags(&args.api_ingress_from, &args.metrics_from, &args.api_egress)
+            .map_err(OperatorError::Flags)?;
     Ok(BuildConfig {
+        network,
+        data_size_limit: args.api_data_size_limit.clone(),
         namespace_prefix: args.namespace_prefix.clone(),
         image: args.image.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
@@ -134,6 +145,51 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
             service_account: args.service_account.clone(),
         },
     })
+}
+
+/// Environment variables the API pods may not be given: they enable `/dev/token`, which
+/// mints tokens over HTTP.
+pub const FORBIDDEN_API_ENV: [&str; 1] = ["TENANTRY_DEV"];
+
+/// Refuses flags that would let a Tenant take over a namespace or a pod mint tokens.
+fn check_flags(args: &OperatorArgs) -> Result<(), String> {
+    let prefix = &args.namespace_prefix;
+    let prefix_ok = !prefix.is_empty()
+        && prefix.len() <= 22
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !prefix_ok {
+        return Err(format!(
+            "--namespace-prefix {prefix:?}: must be 1 to 22 characters of [a-z0-9-] starting \
+             with a letter or digit (an empty prefix would name tenant namespaces after \
+             existing ones, e.g. Tenant monitoring -> namespace monitoring)"
+        ));
+    }
+    let envs = args
+        .api_env
+        .iter()
+        .map(|kv| kv.key.as_str())
+        .chain(args.api_env_from_secret.iter().map(|r| r.env.as_str()));
+    for env in envs {
+        if FORBIDDEN_API_ENV.contains(&env) {
+            return Err(format!(
+                "--api-env {env}: refused: it enables GET /dev/token, which mints tokens \
+                 for any tenant; tenant pods only verify tokens"
+            ));
+        }
+    }
+    if !args
+        .api_data_size_limit
+        .starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(format!(
+            "--api-data-size-limit {:?}: not a quantity like 1Gi",
+            args.api_data_size_limit
+        ));
+    }
+    Ok(())
 }
 
 /// The API pods' serve configuration: `--api-config`, checked (valid, no secrets, the vector

@@ -195,7 +195,8 @@ async fn sweep_caches(state: AppState, every: Duration) {
                 id.clone(),
                 tenant.spec.retrieval.isolation,
                 state.embedder.dimension(),
-            );
+            )
+            .with_owner(tenant.data_owner.clone());
             if let Err(e) = crate::cache::purge_expired(&vectors, tenant.cache_ttl).await {
                 tracing::warn!(tenant_id = %id, error = %e, "could not delete expired semantic-cache entries");
             }

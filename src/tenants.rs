@@ -36,6 +36,9 @@ pub struct TenantConfig {
     pub keys: Arc<TenantKeys>,
     /// The keyring (with private keys when this process may mint tokens).
     pub keyring: Keyring,
+    /// The UID the tenant's stored data is bound to (see `Tenant::data_owner`); `None`: the
+    /// tenant id alone scopes it (manifests without a UID).
+    pub data_owner: Option<String>,
 }
 
 impl TenantConfig {
@@ -274,6 +277,7 @@ impl Catalog {
             cache_ttl,
             keys,
             keyring,
+            data_owner: tenant.data_owner(),
         })
     }
 

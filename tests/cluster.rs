@@ -268,8 +268,9 @@ async fn deletion_policies(cluster: &Cluster, q: &Qdrant, deleted: &str, tier: &
     }
 }
 
-/// In Partition mode, `Delete` removes the tenant's points from the shared collection and
-/// nobody else's.
+/// In Partition mode, `Delete` removes the tenant's points (those bound to its UID, as its
+/// pods write them) from the shared collection and nobody else's, not even those of a deleted
+/// Tenant of the same name (another UID).
 async fn partition_deletion(cluster: &Cluster, qdrant: &(String, String), tier: &str) {
     let mut cfg = QdrantConfig::new(qdrant.0.clone());
     cfg.api_key = Some(qdrant.1.clone());
@@ -292,7 +293,21 @@ async fn partition_deletion(cluster: &Cluster, qdrant: &(String, String), tier: 
         vector: vec![0.5; 384],
         payload: serde_json::Map::new(),
     };
-    scoped(&name)
+    let uid = cluster
+        .tenants
+        .get(&name)
+        .await
+        .expect("tenant")
+        .metadata
+        .uid
+        .expect("uid");
+    let owned = scoped(&name).with_owner(Some(uid));
+    let predecessor = scoped(&name).with_owner(Some("uid-of-a-deleted-tenant".into()));
+    owned
+        .upsert(Kind::Docs, vec![point()])
+        .await
+        .expect("upsert");
+    predecessor
         .upsert(Kind::Docs, vec![point()])
         .await
         .expect("upsert");
@@ -305,11 +320,13 @@ async fn partition_deletion(cluster: &Cluster, qdrant: &(String, String), tier: 
     let count = |v: TenantVectors| async move {
         v.count(Kind::Docs, Filter::default()).await.expect("count")
     };
+    assert_eq!(count(owned).await, 0, "the deleted tenant's points remain");
     assert_eq!(
-        count(scoped(&name)).await,
-        0,
-        "the deleted tenant's points remain"
+        count(predecessor.clone()).await,
+        1,
+        "retained data of another Tenant of the same name was removed"
     );
+    predecessor.purge().await.expect("clean up");
     assert_eq!(
         count(other.clone()).await,
         1,
@@ -369,6 +386,15 @@ async fn two_replicas_share_documents_budget_and_keys_and_deletion_reaches_qdran
     replicas[0].wait_for_token(&token).await;
     replicas[1].wait_for_token(&token).await;
     phase("both replicas serving");
+    // The pods verify with public keys only: the keyring they mount cannot sign.
+    let mounted = pods[0]
+        .host_path("/etc/tenantry/keys")
+        .join(format!("{name}.json"));
+    let mounted = Keyring::read(&mounted).expect("mounted keyring");
+    assert!(
+        !mounted.can_sign() && mounted.keys.iter().all(|k| k.private_key.is_none()),
+        "an API pod holds a private key"
+    );
 
     let id = replicas[0]
         .ingest(

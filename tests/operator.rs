@@ -498,22 +498,47 @@ async fn key_rotation_and_serve_with_rendered_config() {
     std::fs::create_dir_all(&keys).expect("mkdir");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // The pods mount the verify-only keyring; the signing keyring stays in its own Secret.
     let render = |secret: Secret, cm: ConfigMap| {
         let ring = secret.data.expect("data")["keyring.json"].0.clone();
         std::fs::write(keys.join(format!("{name}.json")), ring).expect("write keyring");
         let manifest = cm.data.expect("data")["tenant.yaml"].clone();
         std::fs::write(dirs.tenants().join("tenant.yaml"), manifest).expect("write manifest");
     };
+    let verify_keys = format!("{name}-verify-keys");
+    let mounted = secrets.get(&verify_keys).await.expect("verify-keys Secret");
+    let public: Keyring =
+        serde_json::from_slice(&mounted.data.clone().expect("data")["keyring.json"].0)
+            .expect("ring");
+    assert!(
+        public.keys.iter().all(|k| k.private_key.is_none()),
+        "the pods' keyring holds no private key"
+    );
+    let pod = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("deployment")
+        .spec
+        .template
+        .spec
+        .expect("pod");
+    let mounted_secrets: Vec<_> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert_eq!(mounted_secrets, std::slice::from_ref(&verify_keys));
     render(
-        secrets
-            .get(&format!("{name}-signing-key"))
-            .await
-            .expect("secret"),
+        mounted,
         cms.get(&format!("{name}-api-config")).await.expect("cm"),
     );
+    let signing = secrets
+        .get(&format!("{name}-signing-key"))
+        .await
+        .expect("secret");
     let old_ring: Keyring =
-        serde_json::from_slice(&std::fs::read(keys.join(format!("{name}.json"))).expect("read"))
-            .expect("ring");
+        serde_json::from_slice(&signing.data.expect("data")["keyring.json"].0).expect("ring");
     let id = tenantry::domain::TenantId::parse(&name).expect("id");
     let old_token = old_ring.mint(&id, "alice", 3600).expect("mint");
     let server = Server::start(
@@ -552,8 +577,14 @@ async fn key_rotation_and_serve_with_rendered_config() {
         old.expires_at
             .is_some_and(|e| e > tenantry::auth::keys::unix_now() + 3000)
     );
+    let mounted = eventually(30, "verify keys rotated", || async {
+        let s = secrets.get(&verify_keys).await.ok()?;
+        let r: Keyring = serde_json::from_slice(&s.data.clone()?["keyring.json"].0).ok()?;
+        (r.current == new_kid).then_some(s)
+    })
+    .await;
     render(
-        secret,
+        mounted,
         cms.get(&format!("{name}-api-config")).await.expect("cm"),
     );
 
@@ -567,6 +598,45 @@ async fn key_rotation_and_serve_with_rendered_config() {
         server.get("/v1/documents", &old_token).await.0,
         StatusCode::OK
     );
+    let status = api.get(&name).await.expect("get").status.expect("status");
+    assert!(status.key_created_at.is_some() && status.next_rotation_at.is_some());
+    assert_eq!(
+        status
+            .previous_keys
+            .iter()
+            .map(|k| k.kid.as_str())
+            .collect::<Vec<_>>(),
+        [first_kid.as_str()]
+    );
+    assert!(status.previous_keys[0].valid_until.is_some());
+
+    // An emergency: revoke every previous key at once; the old token stops working.
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"tenantry.dev/revoke-previous-keys": "incident-1"}}})))
+        .await
+        .expect("annotate");
+    let mounted = eventually(30, "previous keys revoked", || async {
+        let s = secrets.get(&verify_keys).await.ok()?;
+        let r: Keyring = serde_json::from_slice(&s.data.clone()?["keyring.json"].0).ok()?;
+        (r.keys.len() == 1 && r.current == new_kid).then_some(s)
+    })
+    .await;
+    render(
+        mounted,
+        cms.get(&format!("{name}-api-config")).await.expect("cm"),
+    );
+    eventually(20, "serve refuses the revoked key", || async {
+        (server.get("/v1/documents", &old_token).await.0 == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    assert_eq!(
+        server.get("/v1/documents", &new_token).await.0,
+        StatusCode::OK
+    );
+    eventually(30, "status without previous keys", || async {
+        let s = api.get(&name).await.ok()?.status?;
+        s.previous_keys.is_empty().then_some(())
+    })
+    .await;
 
     // The same annotation value again does not rotate again.
     api.patch(
@@ -607,10 +677,7 @@ async fn key_rotation_and_serve_with_rendered_config() {
     })
     .await;
     render(
-        secrets
-            .get(&format!("{name}-signing-key"))
-            .await
-            .expect("secret"),
+        secrets.get(&verify_keys).await.expect("secret"),
         cms.get(&format!("{name}-api-config")).await.expect("cm"),
     );
     eventually(20, "serve refuses a suspended tenant", || async {
@@ -1106,4 +1173,316 @@ async fn bad_api_config_or_pod_defaults_are_refused_at_start() {
     let missing = files.path().join("missing.yaml").display().to_string();
     let stderr = Operator::refused(cluster.env, &["--api-config", &missing]);
     assert!(stderr.contains("cannot read config"), "{stderr}");
+}
+
+/// The operator takes over nothing it did not create for this Tenant: an existing namespace
+/// of the tenant's name (someone else's, or an earlier Tenant's) and a planted signing key are
+/// refused with Ready=False and a Warning Event, and left as they are.
+#[tokio::test]
+async fn the_operator_adopts_nothing_it_did_not_create() {
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let op = cluster.operator("op-adopt", &[]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+
+    // A namespace that happens to have the tenant's namespace name.
+    let name = unique("squat");
+    let ns = format!("tenant-{name}");
+    let foreign: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"team": "other"}}}))
+            .expect("namespace");
+    namespaces
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create namespace");
+    cluster.remove_on_drop("namespace", None, &ns);
+    cluster.create_tenant(&name, json!({"tier": "pro"})).await;
+    let t = cluster
+        .wait_reason(&name, "Ready", "False", "NamespaceConflict")
+        .await;
+    assert_eq!(t.status.and_then(|s| s.namespace), None);
+    let after = namespaces.get(&ns).await.expect("namespace");
+    assert_eq!(after.metadata.owner_references, None, "not taken over");
+    assert_eq!(after.labels().get("app.kubernetes.io/managed-by"), None);
+    assert!(
+        !events_of(&client, &name, "NamespaceConflict")
+            .await
+            .is_empty()
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        secrets
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+
+    // A signing key planted in place of the tenant's own.
+    let name = unique("plant");
+    let ns = format!("tenant-{name}");
+    cluster.create_tenant(&name, json!({"tier": "pro"})).await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
+    let kid = t.status.and_then(|s| s.current_key_id).expect("kid");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let planted = Keyring::generate(tenantry::domain::Algorithm::EdDSA);
+    let replace = json!({
+        "metadata": {"labels": null, "ownerReferences": null},
+        "data": {"keyring.json": k8s_openapi::ByteString(serde_json::to_vec(&planted).expect("json"))},
+    });
+    secrets
+        .patch(
+            &format!("{name}-signing-key"),
+            &PatchParams::default(),
+            &Patch::Merge(replace),
+        )
+        .await
+        .expect("plant");
+    cluster
+        .tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await
+        .expect("touch");
+    let t = cluster
+        .wait_reason(&name, "SigningKeyReady", "False", "SecretConflict")
+        .await;
+    assert_eq!(
+        condition(&t, "Ready").map(|c| c.1),
+        Some("SecretConflict".into())
+    );
+    assert_eq!(
+        t.status.and_then(|s| s.current_key_id),
+        Some(kid),
+        "the planted key is not used"
+    );
+    let still: Keyring = serde_json::from_slice(
+        &secrets
+            .get(&format!("{name}-signing-key"))
+            .await
+            .expect("secret")
+            .data
+            .expect("data")["keyring.json"]
+            .0,
+    )
+    .expect("ring");
+    assert_eq!(still, planted, "left as it is");
+    let verify: Keyring = serde_json::from_slice(
+        &secrets
+            .get(&format!("{name}-verify-keys"))
+            .await
+            .expect("secret")
+            .data
+            .expect("data")["keyring.json"]
+            .0,
+    )
+    .expect("ring");
+    assert!(
+        verify
+            .keys
+            .iter()
+            .all(|k| planted.keys.iter().all(|p| p.kid != k.kid)),
+        "the pods never get the planted key"
+    );
+    assert!(!events_of(&client, &name, "SecretConflict").await.is_empty());
+    op.stop();
+
+    // Flags that would let a Tenant take over a namespace, or a pod mint tokens.
+    let stderr = Operator::refused(cluster.env, &["--namespace-prefix", ""]);
+    assert!(stderr.contains("--namespace-prefix"), "{stderr}");
+    for flag in ["--api-env", "--api-env-from-secret"] {
+        let value = if flag == "--api-env" {
+            "TENANTRY_DEV=true"
+        } else {
+            "TENANTRY_DEV=s:k"
+        };
+        let stderr = Operator::refused(cluster.env, &[flag, value]);
+        assert!(
+            stderr.contains("TENANTRY_DEV") && stderr.contains("/dev/token"),
+            "{stderr}"
+        );
+    }
+}
+
+/// What the tenant namespace is confined to: the NetworkPolicy from the flags (API port from
+/// the gateway's namespace, metrics from monitoring only, egress to DNS and the named stores),
+/// a ResourceQuota and LimitRange from the replica bounds and the API's resources, bounded
+/// emptyDirs; and the tenant's data is bound to its UID (rendered into the manifest), with an
+/// isolation mode that cannot be switched under the data.
+#[tokio::test]
+async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
+    let cluster = Cluster::new().await;
+    let client = cluster.client.clone();
+    let op = cluster.operator(
+        "op-confine",
+        &[
+            "--api-ingress-from",
+            "gateway-system",
+            "--metrics-from",
+            "monitoring",
+            "--api-egress",
+            "qdrant:6334",
+            "--api-egress",
+            "*:443",
+            "--api-data-size-limit",
+            "3Gi",
+        ],
+    );
+    let name = unique("fence");
+    let ns = format!("tenant-{name}");
+    cluster
+        .create_tenant(&name, json!({"tier": "pro", "api": {"resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}))
+        .await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
+    let uid = t.uid().expect("uid");
+    assert_eq!(
+        t.status.as_ref().and_then(|s| s.data_owner.clone()),
+        Some(uid.clone())
+    );
+
+    let np = Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("network policy")
+        .spec
+        .expect("spec");
+    assert_eq!(
+        np.policy_types,
+        Some(vec!["Ingress".into(), "Egress".into()])
+    );
+    let from_ns = |port: i32| {
+        let rule = np
+            .ingress
+            .iter()
+            .flatten()
+            .find(|r| {
+                r.ports.iter().flatten().any(|p| {
+                    p.port
+                        == Some(
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port),
+                        )
+                })
+            })
+            .unwrap_or_else(|| panic!("no rule for {port}"));
+        rule.from.clone().expect("restricted")[0]
+            .namespace_selector
+            .clone()
+            .and_then(|s| s.match_labels)
+            .expect("labels")["kubernetes.io/metadata.name"]
+            .clone()
+    };
+    assert_eq!(from_ns(8000), "gateway-system");
+    assert_eq!(from_ns(9090), "monitoring");
+    let egress_ports: Vec<_> = np
+        .egress
+        .iter()
+        .flatten()
+        .flat_map(|r| r.ports.iter().flatten())
+        .map(|p| (p.port.clone(), p.protocol.clone().unwrap_or_default()))
+        .collect();
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int;
+    assert_eq!(
+        egress_ports,
+        [
+            (Some(Int(53)), "UDP".to_string()),
+            (Some(Int(53)), "TCP".to_string()),
+            (Some(Int(6334)), "TCP".to_string()),
+            (Some(Int(443)), "TCP".to_string()),
+        ]
+    );
+
+    // Pinned to one replica (no shared stores): one pod plus the rolling update's surge.
+    let quota = Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("resource quota");
+    let hard = quota.spec.and_then(|s| s.hard).expect("hard");
+    let q = |k: &str| hard.get(k).map(|q| q.0.clone()).unwrap_or_default();
+    assert_eq!(
+        (
+            q("pods"),
+            q("requests.cpu"),
+            q("requests.memory"),
+            q("limits.memory")
+        ),
+        ("2".into(), "200m".into(), "512Mi".into(), "2Gi".into())
+    );
+    let limits = Api::<k8s_openapi::api::core::v1::LimitRange>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("limit range");
+    let item = &limits.spec.expect("spec").limits[0];
+    assert_eq!(item.max.as_ref().expect("max")["memory"].0, "1Gi");
+    let pod = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api"))
+        .await
+        .expect("deployment")
+        .spec
+        .template
+        .spec
+        .expect("pod");
+    let sizes: Vec<_> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.empty_dir.as_ref()?.size_limit.clone()?.0)))
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("data".to_string(), "3Gi".to_string()),
+            ("tmp".into(), "256Mi".into())
+        ]
+    );
+
+    // The manifest the pods load names the UID their data is bound to.
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get(&format!("{name}-api-config"))
+        .await
+        .expect("config");
+    let manifest = cm.data.expect("data")["tenant.yaml"].clone();
+    assert!(manifest.contains(&format!("uid: {uid}")), "{manifest}");
+    assert!(!manifest.contains("adopt-data-from"), "{manifest}");
+
+    // Adopting a deleted Tenant's data is rendered for the pods.
+    cluster
+        .tenants
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"tenantry.dev/adopt-data-from": "uid-of-the-old-tenant"}}})))
+        .await
+        .expect("adopt");
+    eventually(30, "adoption rendered", || async {
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get(&format!("{name}-api-config"))
+            .await
+            .ok()?;
+        cm.data?["tenant.yaml"]
+            .contains("tenantry.dev/adopt-data-from: uid-of-the-old-tenant")
+            .then_some(())
+    })
+    .await;
+
+    // The isolation mode cannot be switched under the data.
+    let err = cluster
+        .tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"retrieval": {"isolation": "Partition"}}})),
+        )
+        .await
+        .expect_err("isolation is immutable");
+    assert!(
+        err.to_string().contains("retrieval.isolation is immutable"),
+        "{err}"
+    );
+    cluster.delete_and_wait_gone(&name).await;
+    op.stop();
 }

@@ -69,6 +69,15 @@ pub async fn dev_token(
         .ok()
         .and_then(|id| state.tenants.get(&id))
         .ok_or_else(|| ApiError::NotFound("unknown tenant".to_string()))?;
+    if !tenant.keyring.can_sign() {
+        // The operator's pods mount verify-only keyrings: minting stays with the operator. As
+        // without `--dev`, there is no such route here, and the message says why.
+        return Err(ApiError::NotFound(format!(
+            "GET /dev/token is unavailable: this server holds only the verification keys of \
+             tenant {}, so it cannot mint tokens",
+            tenant.id
+        )));
+    }
     let token = tenant
         .keyring
         .mint(&tenant.id, &q.sub, ttl.as_secs())

@@ -111,7 +111,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
         principal.tenant.clone(),
         tenant.spec.retrieval.isolation,
         state.embedder.dimension(),
-    );
+    )
+    .with_owner(tenant.data_owner.clone());
     Ok(Caller {
         principal,
         tenant,

@@ -136,10 +136,9 @@ impl StoredKey {
             kid: self.kid.clone(),
             reason: reason.to_string(),
         };
-        let private = self
-            .private_key
-            .as_deref()
-            .ok_or_else(|| err("the keyring holds no private key"))?;
+        let private = self.private_key.as_deref().ok_or_else(|| {
+            err("the keyring holds no private key (a verify-only keyring cannot mint tokens)")
+        })?;
         match self.algorithm {
             Algorithm::EdDSA => {
                 EncodingKey::from_ed_pem(private.as_bytes()).map_err(|_| err("invalid Ed25519 key"))
@@ -205,6 +204,32 @@ impl Keyring {
         let key = StoredKey::generate(algorithm);
         self.current = key.kid.clone();
         self.keys.push(key);
+    }
+
+    /// The keyring without what only signing needs: the verify-only keyring the chat API
+    /// pods mount. EdDSA keys lose their private key (the public key verifies); an HS256 key
+    /// keeps its secret, which verifying a symmetric signature needs.
+    pub fn public_only(&self) -> Self {
+        let keys = self
+            .keys
+            .iter()
+            .cloned()
+            .map(|mut k| {
+                if k.algorithm == Algorithm::EdDSA {
+                    k.private_key = None;
+                }
+                k
+            })
+            .collect();
+        Self {
+            current: self.current.clone(),
+            keys,
+        }
+    }
+
+    /// Whether the current key can sign (the keyring holds its private part).
+    pub fn can_sign(&self) -> bool {
+        self.current_key().is_some_and(|k| k.private_key.is_some())
     }
 
     /// Signs a token for `sub` in `tenant`, valid for `ttl_secs`.
@@ -347,6 +372,25 @@ mod tests {
             Some(Algorithm::HS256)
         );
         assert_ne!(hs.current, ring.current);
+    }
+
+    #[test]
+    fn a_public_keyring_verifies_but_cannot_mint() {
+        let t = TenantId::parse("acme").expect("id");
+        let ring = Keyring::generate(Algorithm::EdDSA);
+        let token = ring.mint(&t, "alice", 60).expect("mint");
+        let public = ring.public_only();
+        assert!(ring.can_sign() && !public.can_sign());
+        assert!(public.keys.iter().all(|k| k.private_key.is_none()));
+        let json = serde_json::to_string(&public).expect("json");
+        assert!(!json.contains("PRIVATE KEY"), "{json}");
+        let err = public.mint(&t, "alice", 60).expect_err("no private key");
+        assert!(err.to_string().contains("verify-only"), "{err}");
+        let key = public.current_key().and_then(StoredKey::decoding_key);
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        v.required_spec_claims.clear();
+        jsonwebtoken::decode::<Claims>(&token, &key.expect("public key verifies"), &v)
+            .expect("verified with the public key");
     }
 
     #[test]

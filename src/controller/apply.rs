@@ -5,9 +5,10 @@
 //! applied form, which the status step reads.
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Client, Resource};
 use serde::Serialize;
@@ -19,7 +20,7 @@ use super::keys::{self, StoredKeyring};
 use super::validate::ValidTenant;
 use super::{Context, Error, kube_err};
 use crate::auth::keys::Keyring;
-use crate::crd::{FIELD_MANAGER, Tenant};
+use crate::crd::{FIELD_MANAGER, Tenant, reason};
 use crate::vector::{Kind, TenantVectors, VectorError};
 
 /// Marks [`Resources`] the API server holds: each object as the server returned it, plus what
@@ -38,84 +39,163 @@ pub struct Applied {
     pub gateway_api_missing: bool,
 }
 
-/// Binds the operator's tenant role to its ServiceAccount in the tenant namespace (its only
-/// Secret rights there, see [`build::access`]); `false` when the namespace does not exist yet.
-pub async fn grant_access(ctx: &Context, tenant: &Tenant, names: &Names) -> Result<bool, Error> {
-    let binding = build::access::role_binding(
-        tenant,
-        names,
-        &ctx.build.access,
-        &ctx.build.operator_namespace,
-    );
-    match ssa(
-        &in_ns(&ctx.client, &names.namespace),
-        &binding,
-        "apply RoleBinding",
-    )
-    .await
-    {
-        Ok(_) => Ok(true),
-        Err(Error::Kube { source, .. }) if is_404(&source) => Ok(false),
-        Err(e) => Err(e),
-    }
+/// An existing object the Tenant would take over but did not create: the reconcile stops
+/// (`Ready=False` with this reason) instead of adopting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// `NamespaceConflict` or `SecretConflict` (or `ConfigMapConflict`).
+    pub reason: &'static str,
+    /// What is in the way, and what to do about it.
+    pub message: String,
 }
 
-/// Runs `op` again while the API server answers 403: right after [`grant_access`] created the
-/// RoleBinding, the authorizer may not have seen it yet (it catches up within moments).
-async fn once_authorized<T, F, Fut>(mut op: F) -> Result<T, kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, kube::Error>>,
-{
-    let mut tries = 0;
-    loop {
-        match op().await {
-            Err(kube::Error::Api(s)) if s.code == 403 && tries < 30 => {
-                tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            other => return other,
+/// What the cluster holds of the tenant before a reconcile applies anything.
+#[derive(Debug)]
+pub struct Existing {
+    /// Whether the tenant namespace exists (then it is this Tenant's).
+    pub namespace: bool,
+    /// What the signing-key Secret holds.
+    pub signing_key: StoredKey,
+}
+
+/// Whether `meta` is of an object this operator made for `tenant`: labelled as the
+/// operator's and controlled by the Tenant of this UID (a Tenant of the same name deleted
+/// and created again is another Tenant).
+pub fn owned_by(meta: &ObjectMeta, tenant: &Tenant) -> bool {
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|v| v == "tenantry");
+    let Some(uid) = tenant.meta().uid.as_deref() else {
+        return false;
+    };
+    labelled
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == uid && o.controller == Some(true) && o.kind == "Tenant")
+}
+
+/// Reads what exists of the tenant, refusing what it does not own: the namespace, and in
+/// it the Secrets and the ConfigMap the pods read (a planted keyring would become the tenant's
+/// signing key). A missing namespace holds nothing, so nothing else is read.
+pub async fn read_existing(
+    ctx: &Context,
+    tenant: &Tenant,
+    names: &Names,
+) -> Result<Result<Existing, Conflict>, Error> {
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let Some(ns) = namespaces
+        .get_opt(&names.namespace)
+        .await
+        .map_err(kube_err("get Namespace"))?
+    else {
+        return Ok(Ok(Existing {
+            namespace: false,
+            signing_key: StoredKey::Missing,
+        }));
+    };
+    if !owned_by(&ns.metadata, tenant) {
+        let message = if ns.metadata.deletion_timestamp.is_some() {
+            format!(
+                "namespace {} is being deleted and is not this Tenant's; waiting until it is gone",
+                names.namespace
+            )
+        } else {
+            format!(
+                "namespace {} exists and was not created by the operator for this Tenant (uid {}); \
+                 the operator does not take it over: delete or rename it, or rename the Tenant",
+                names.namespace,
+                tenant.meta().uid.as_deref().unwrap_or_default()
+            )
+        };
+        return Ok(Err(Conflict {
+            reason: reason::NAMESPACE_CONFLICT,
+            message,
+        }));
+    }
+    // The namespace is the Tenant's: the operator binds itself its Secret rights there.
+    grant_access(ctx, tenant, names).await?;
+    let secrets: Api<Secret> = in_ns(&ctx.client, &names.namespace);
+    let mut signing = None;
+    let mut secret_names = vec![&names.secret, &names.verify_keys];
+    if !ctx.build.api_secret_env.is_empty() {
+        secret_names.push(&names.credentials);
+    }
+    for name in secret_names {
+        let Some(secret) = once_authorized(|| secrets.get_opt(name))
+            .await
+            .map_err(kube_err("get Secret"))?
+        else {
+            continue;
+        };
+        if !owned_by(&secret.metadata, tenant) {
+            return Ok(Err(foreign(reason::SECRET_CONFLICT, "Secret", names, name)));
+        }
+        if *name == names.secret {
+            signing = Some(secret);
         }
     }
+    let maps: Api<ConfigMap> = in_ns(&ctx.client, &names.namespace);
+    if let Some(map) = maps
+        .get_opt(&names.config)
+        .await
+        .map_err(kube_err("get ConfigMap"))?
+        && !owned_by(&map.metadata, tenant)
+    {
+        return Ok(Err(foreign(
+            reason::CONFIG_MAP_CONFLICT,
+            "ConfigMap",
+            names,
+            &names.config,
+        )));
+    }
+    Ok(Ok(Existing {
+        namespace: true,
+        signing_key: signing.map_or(StoredKey::Missing, |s| stored_key(&s)),
+    }))
 }
 
-/// What the tenant's signing-key Secret holds now (nothing while the namespace does not
-/// exist: `access` is what [`grant_access`] returned).
-pub async fn read_signing_key(
-    ctx: &Context,
-    names: &Names,
-    access: bool,
-) -> Result<StoredKey, Error> {
-    if !access {
-        return Ok(StoredKey::Missing);
+fn foreign(reason: &'static str, kind: &str, names: &Names, name: &str) -> Conflict {
+    Conflict {
+        reason,
+        message: format!(
+            "{kind} {}/{name} exists and was not created by the operator for this Tenant; \
+             the operator does not adopt it: delete it and the operator creates its own",
+            names.namespace
+        ),
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let Some(secret) = once_authorized(|| secrets.get_opt(&names.secret))
-        .await
-        .map_err(kube_err("get Secret"))?
-    else {
-        return Ok(StoredKey::Missing);
-    };
+}
+
+/// What a signing-key Secret (owned by the tenant) holds.
+fn stored_key(secret: &Secret) -> StoredKey {
     let Some(raw) = secret.data.as_ref().and_then(|d| d.get(build::KEYRING_KEY)) else {
-        return Ok(StoredKey::Missing);
+        return StoredKey::Missing;
     };
-    Ok(match serde_json::from_slice::<Keyring>(&raw.0) {
+    let annotation = |key: &str| {
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key).cloned())
+    };
+    match serde_json::from_slice::<Keyring>(&raw.0) {
         Ok(ring) if ring.current_key().is_some() => StoredKey::Valid(StoredKeyring {
             ring,
-            rotated_for: secret
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(keys::ROTATED_FOR_ANNOTATION).cloned()),
+            rotated_for: annotation(keys::ROTATED_FOR_ANNOTATION),
+            revoked_for: annotation(keys::REVOKED_FOR_ANNOTATION),
         }),
         _ => StoredKey::Invalid,
-    })
+    }
 }
 
 /// Applies every object of `resources`, in dependency order (namespace first).
 pub async fn apply(
     ctx: &Context,
     valid: &ValidTenant<'_>,
+    namespace_exists: bool,
     resources: Resources<Prepared>,
 ) -> Result<Resources<Applied>, Error> {
     // No `..`: an object added to `Resources` must be applied here or the build breaks.
@@ -123,6 +203,9 @@ pub async fn apply(
         names,
         namespace,
         signing_key,
+        verify_keys,
+        resource_quota,
+        limit_range,
         config,
         deployment,
         service,
@@ -136,9 +219,32 @@ pub async fn apply(
     } = resources;
     let client = &ctx.client;
     let ns = names.namespace.as_str();
-    let namespace = ssa(&Api::all(client.clone()), &namespace, "apply Namespace").await?;
-    grant_access(ctx, valid.tenant, &names).await?;
+    let namespaces = Api::all(client.clone());
+    let namespace = if namespace_exists {
+        ssa(&namespaces, &namespace, "apply Namespace").await?
+    } else {
+        // Created, not applied: a namespace someone makes meanwhile is refused (409) and the
+        // next reconcile reports it, rather than being taken over.
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        namespaces
+            .create(&params, &namespace)
+            .await
+            .map_err(kube_err("create Namespace"))?
+    };
+    if !namespace_exists {
+        // (An existing one was bound to when it was read.)
+        grant_access(ctx, valid.tenant, &names).await?;
+    }
+    let resource_quota = ssa(&in_ns(client, ns), &resource_quota, "apply ResourceQuota").await?;
+    let limit_range = ssa(&in_ns(client, ns), &limit_range, "apply LimitRange").await?;
     let signing_key = apply_signing_key(ctx, valid, ns, signing_key).await?;
+    let secrets = in_ns(client, ns);
+    let verify_keys = once_authorized(|| ssa_raw(&secrets, &verify_keys))
+        .await
+        .map_err(kube_err("apply Secret"))?;
     let credentials = copy_credentials(ctx, valid.tenant, &names).await?;
     let config = ssa(&in_ns(client, ns), &config, "apply ConfigMap").await?;
     let deployment = ssa(&in_ns(client, ns), &deployment, "apply Deployment").await?;
@@ -163,6 +269,9 @@ pub async fn apply(
         names,
         namespace,
         signing_key,
+        verify_keys,
+        resource_quota,
+        limit_range,
         config,
         deployment,
         service,
@@ -209,6 +318,43 @@ where
         &Patch::Apply(obj),
     )
     .await
+}
+
+/// Binds the operator's tenant role to its ServiceAccount in the tenant namespace (its only
+/// Secret rights there, see [`build::access`]).
+async fn grant_access(ctx: &Context, tenant: &Tenant, names: &Names) -> Result<(), Error> {
+    let binding = build::access::role_binding(
+        tenant,
+        names,
+        &ctx.build.access,
+        &ctx.build.operator_namespace,
+    );
+    ssa(
+        &in_ns(&ctx.client, &names.namespace),
+        &binding,
+        "apply RoleBinding",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `op` again while the API server answers 403: right after [`grant_access`] created the
+/// RoleBinding, the authorizer may not have seen it yet (it catches up within moments).
+async fn once_authorized<T, F, Fut>(mut op: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Err(kube::Error::Api(s)) if s.code == 403 && tries < 30 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Removes the operator's object of each stale exposure kind, then applies the tenant's
@@ -398,7 +544,8 @@ async fn ensure_collections(
         valid.id.clone(),
         valid.tenant.spec.retrieval.isolation,
         ctx.dimension,
-    );
+    )
+    .with_owner(super::validate::vector_owner(valid.tenant));
     let error = vectors.ensure().await.err();
     let names = vec![
         vectors.collection(Kind::Docs),

@@ -21,7 +21,8 @@ pub async fn cleanup(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, E
             id,
             tenant.spec.retrieval.isolation,
             ctx.dimension,
-        );
+        )
+        .with_owner(super::validate::vector_owner(&tenant));
         vectors.purge().await?;
         ctx.event(
             &tenant,
@@ -35,7 +36,11 @@ pub async fn cleanup(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, E
             &tenant,
             EventType::Normal,
             "VectorDataRetained",
-            "deletionPolicy Retain: the tenant's vector data was kept".to_string(),
+            format!(
+                "deletionPolicy Retain: the tenant's vector data was kept; a Tenant of the same \
+                 name adopts it with the annotation tenantry.dev/adopt-data-from: {}",
+                super::validate::data_owner(&tenant).unwrap_or_default()
+            ),
         )
         .await;
     }

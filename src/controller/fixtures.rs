@@ -83,6 +83,8 @@ impl BuildConfig {
             pod_defaults: Default::default(),
             expose: super::build::expose::Expose::None,
             access: Default::default(),
+            network: Default::default(),
+            data_size_limit: "1Gi".into(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Signing-key lifecycle (pure): create the keyring, rotate it on schedule, on request (the
-//! `tenantry.dev/rotate-key` annotation) or when the algorithm changes, and retire previous
-//! keys after one rotation period.
+//! `tenantry.dev/rotate-key` annotation) or when the algorithm changes, retire previous keys
+//! after one rotation period, and revoke them at once on request (the
+//! `tenantry.dev/revoke-previous-keys` annotation).
 use std::time::Duration;
 
 use crate::auth::keys::Keyring;
@@ -8,6 +9,9 @@ use crate::domain::Algorithm;
 
 /// Annotation on the Secret recording the last `tenantry.dev/rotate-key` value acted upon.
 pub const ROTATED_FOR_ANNOTATION: &str = "tenantry.dev/rotated-for";
+/// Annotation on the Secret recording the last `tenantry.dev/revoke-previous-keys` value acted
+/// upon.
+pub const REVOKED_FOR_ANNOTATION: &str = "tenantry.dev/revoked-for";
 /// How long a previous key stays valid when the tenant sets no `rotateEvery`.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 
@@ -24,6 +28,8 @@ pub enum Change {
     Scheduled,
     /// Only expired keys were dropped.
     Pruned,
+    /// The revoke annotation asked for every previous key to go now.
+    Revoked,
 }
 
 /// What to do with a tenant's keyring.
@@ -35,8 +41,12 @@ pub struct KeyPlan {
     pub change: Option<Change>,
     /// Value for [`ROTATED_FOR_ANNOTATION`].
     pub rotated_for: Option<String>,
+    /// Value for [`REVOKED_FOR_ANNOTATION`].
+    pub revoked_for: Option<String>,
     /// Seconds until the next scheduled rotation, if any.
     pub next_rotation_in: Option<i64>,
+    /// When the next scheduled rotation is due (Unix seconds), if any.
+    pub next_rotation_at: Option<i64>,
 }
 
 /// The keyring a Secret held, with the last rotate-key request acted upon.
@@ -46,6 +56,8 @@ pub struct StoredKeyring {
     pub ring: Keyring,
     /// The Secret's [`ROTATED_FOR_ANNOTATION`].
     pub rotated_for: Option<String>,
+    /// The Secret's [`REVOKED_FOR_ANNOTATION`].
+    pub revoked_for: Option<String>,
 }
 
 /// What the keyring decision depends on.
@@ -59,6 +71,8 @@ pub struct KeyInputs<'a> {
     pub rotate_every: Option<Duration>,
     /// The Tenant's rotate-key annotation.
     pub requested: Option<&'a str>,
+    /// The Tenant's revoke-previous-keys annotation.
+    pub revoke: Option<&'a str>,
     /// Unix seconds.
     pub now: i64,
 }
@@ -70,16 +84,23 @@ pub fn plan(inputs: KeyInputs<'_>) -> KeyPlan {
         algorithm,
         rotate_every,
         requested,
+        revoke,
         now,
     } = inputs;
     let overlap = rotate_every.unwrap_or(DEFAULT_OVERLAP).as_secs() as i64;
-    let (mut ring, rotated_for, mut change) = match stored {
+    let (mut ring, rotated_for, mut revoked_for, mut change) = match stored {
         None => (
             Keyring::generate(algorithm),
             requested.map(str::to_string),
+            // A new keyring has no previous key to revoke.
+            revoke.map(str::to_string),
             Some(Change::Created),
         ),
-        Some(StoredKeyring { ring, rotated_for }) => (ring, rotated_for, None),
+        Some(StoredKeyring {
+            ring,
+            rotated_for,
+            revoked_for,
+        }) => (ring, rotated_for, revoked_for, None),
     };
     let mut rotated_for = rotated_for;
     if change.is_none() {
@@ -107,15 +128,26 @@ pub fn plan(inputs: KeyInputs<'_>) -> KeyPlan {
             }
         }
     }
-    let next_rotation_in = rotate_every.and_then(|d| {
+    // After any rotation above, so that rotating and revoking at once leaves the new key only.
+    if let Some(r) = revoke.filter(|r| Some(*r) != revoked_for.as_deref()) {
+        let current = ring.current.clone();
+        ring.keys.retain(|k| k.kid == current);
+        revoked_for = Some(r.to_string());
+        if change.is_none_or(|c| c == Change::Pruned) {
+            change = Some(Change::Revoked);
+        }
+    }
+    let next_rotation_at = rotate_every.and_then(|d| {
         let created = ring.current_key()?.created_at;
-        Some((created + d.as_secs() as i64 - now).max(1))
+        Some(created + d.as_secs() as i64)
     });
     KeyPlan {
         ring,
         change,
         rotated_for,
-        next_rotation_in,
+        revoked_for,
+        next_rotation_in: next_rotation_at.map(|at| (at - now).max(1)),
+        next_rotation_at,
     }
 }
 
@@ -133,10 +165,15 @@ mod tests {
         now: i64,
     ) -> KeyPlan {
         plan(KeyInputs {
-            stored: stored.map(|(ring, rotated_for)| StoredKeyring { ring, rotated_for }),
+            stored: stored.map(|(ring, rotated_for)| StoredKeyring {
+                ring,
+                rotated_for,
+                revoked_for: None,
+            }),
             algorithm,
             rotate_every,
             requested,
+            revoke: None,
             now,
         })
     }
@@ -227,6 +264,52 @@ mod tests {
         );
         assert_eq!(r.change, Some(Change::Pruned));
         assert_eq!(r.ring.keys.len(), 1);
+    }
+
+    #[test]
+    fn revoking_drops_every_previous_key_once_per_value() {
+        let now = unix_now();
+        let every = Some(Duration::from_secs(720 * 3600));
+        let first = plan_for(None, Algorithm::EdDSA, every, None, now);
+        let rotated = plan_for(
+            Some((first.ring.clone(), None)),
+            Algorithm::EdDSA,
+            every,
+            Some("leak"),
+            now,
+        );
+        assert_eq!(rotated.ring.keys.len(), 2, "the old key overlaps");
+        let inputs = |ring: Keyring, revoked_for: Option<String>, revoke| KeyInputs {
+            stored: Some(StoredKeyring {
+                ring,
+                rotated_for: Some("leak".into()),
+                revoked_for,
+            }),
+            algorithm: Algorithm::EdDSA,
+            rotate_every: every,
+            requested: Some("leak"),
+            revoke,
+            now,
+        };
+        let revoked = plan(inputs(rotated.ring.clone(), None, Some("now")));
+        assert_eq!(revoked.change, Some(Change::Revoked));
+        assert_eq!(revoked.ring.keys.len(), 1);
+        assert_eq!(
+            revoked.ring.current, rotated.ring.current,
+            "the new key stays"
+        );
+        assert_eq!(revoked.revoked_for.as_deref(), Some("now"));
+        assert_eq!(
+            revoked.next_rotation_at,
+            Some(revoked.ring.keys[0].created_at + 720 * 3600)
+        );
+        // The same value again does nothing, even after another rotation.
+        let again = plan(inputs(
+            rotated.ring.clone(),
+            Some("now".into()),
+            Some("now"),
+        ));
+        assert_eq!((again.change, again.ring.keys.len()), (None, 2));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The operator's reconciler: each `Tenant` becomes its namespace, signing-key Secret,
-//! rendered config, chat API (Deployment, Service, HPA, PDB, NetworkPolicy), vector
-//! collections and effective quota, and its status and Events report what was done.
+//! verify-only keyring Secret, ResourceQuota and LimitRange, rendered config, chat API
+//! (Deployment, Service, HPA, PDB, NetworkPolicy), vector collections and effective quota, and
+//! its status and Events report what was done. It takes over nothing it did not create: an
+//! existing namespace, Secret or ConfigMap not labelled and owned by this Tenant's UID stops
+//! the reconcile with `Ready=False` (see [`apply::read_existing`]).
 //!
 //! A reconcile is a pipeline, one module per step: [`validate`] (pure; an invalid spec or a
 //! missing tier is reported and waited on) → [`build`] (pure; every desired object as one
@@ -28,7 +31,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DynamicObject};
@@ -245,10 +248,12 @@ async fn apply_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, 
         Err(problem) => return report_invalid(&ctx, &tenant, problem).await,
     };
     let names = Names::new(&valid.id, &ctx.build.namespace_prefix);
-    let access = apply::grant_access(&ctx, &tenant, &names).await?;
-    let stored = apply::read_signing_key(&ctx, &names, access).await?;
-    let built = build::resources(&valid, &ctx.build, stored, unix_now())?;
-    let applied = apply::apply(&ctx, &valid, built).await?;
+    let existing = match apply::read_existing(&ctx, &tenant, &names).await? {
+        Ok(existing) => existing,
+        Err(conflict) => return report_conflict(&ctx, &tenant, conflict).await,
+    };
+    let built = build::resources(&valid, &ctx.build, existing.signing_key, unix_now())?;
+    let applied = apply::apply(&ctx, &valid, existing.namespace, built).await?;
     let new_status = status::applied(&tenant, &applied, &status::now_rfc3339());
     let ready = status::is_ready(Some(&new_status));
     let became_ready = ready && !status::is_ready(tenant.status.as_ref());
@@ -332,6 +337,28 @@ async fn report_invalid(
     Ok(Action::await_change())
 }
 
+/// How soon a Tenant refused for an object in its way is looked at again (the object is not
+/// the operator's, so no watch brings the Tenant back when it goes).
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(30);
+
+/// Reports that `tenant` is not reconciled because an object it would take over is not its
+/// own (a Warning Event when the status changes, and the status), and looks again later.
+async fn report_conflict(
+    ctx: &Context,
+    tenant: &Tenant,
+    conflict: apply::Conflict,
+) -> Result<Action, Error> {
+    let new_status = status::refused(tenant, &conflict, &status::now_rfc3339());
+    if status::changed(tenant.status.as_ref(), &new_status) {
+        let note = conflict.message.clone();
+        ctx.event(tenant, EventType::Warning, conflict.reason, note)
+            .await;
+    }
+    status::patch(ctx, tenant, new_status).await?;
+    ctx.metrics.phase(&tenant.name_any(), Some(Phase::NotReady));
+    Ok(Action::requeue(CONFLICT_RETRY))
+}
+
 /// Builds the controller over `client` and runs it until `stop` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -371,6 +398,12 @@ pub async fn run(
             |o| tenant_owner(&o),
         )
         .watches(Api::<NetworkPolicy>::all(client.clone()), owned(), |o| {
+            tenant_owner(&o)
+        })
+        .watches(Api::<ResourceQuota>::all(client.clone()), owned(), |o| {
+            tenant_owner(&o)
+        })
+        .watches(Api::<LimitRange>::all(client.clone()), owned(), |o| {
             tenant_owner(&o)
         })
         .watches(

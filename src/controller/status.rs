@@ -6,11 +6,12 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 
 use super::apply::Applied;
+use super::apply::Conflict;
 use super::build::Resources;
 use super::build::expose::{self, ExposeObject, Exposure};
 use super::validate::InvalidSpec;
 use super::{Context, Error, kube_err};
-use crate::crd::{Condition, FIELD_MANAGER, Tenant, TenantStatus, condition, reason};
+use crate::crd::{Condition, FIELD_MANAGER, PreviousKey, Tenant, TenantStatus, condition, reason};
 
 /// What one component of a tenant (signing key, quota, vector store, API) came to: the
 /// condition it reports.
@@ -167,6 +168,51 @@ pub fn invalid(tenant: &Tenant, problem: &InvalidSpec, now: &str) -> TenantStatu
     }
 }
 
+/// The status of a Tenant whose reconcile stopped at an object it does not own: `Ready`
+/// carries the conflict (and `SigningKeyReady` too, for a Secret); the other components keep
+/// what was last recorded (nothing was applied).
+pub fn refused(tenant: &Tenant, conflict: &Conflict, now: &str) -> TenantStatus {
+    let prev = tenant.status.clone().unwrap_or_default();
+    let fail = || ComponentOutcome::fail(conflict.reason, conflict.message.clone());
+    let recorded = |type_: &str| {
+        recorded_outcome(&prev, type_).unwrap_or_else(|| {
+            ComponentOutcome::fail(conflict.reason, "not reconciled: an object is in the way")
+        })
+    };
+    let outcomes = ComponentOutcomes {
+        signing_key: if conflict.reason == reason::SECRET_CONFLICT {
+            fail()
+        } else {
+            recorded(condition::SIGNING_KEY_READY)
+        },
+        quota: recorded(condition::QUOTA_READY),
+        vector_store: recorded(condition::VECTOR_STORE_READY),
+        api: recorded(condition::API_READY),
+    };
+    let mut conditions =
+        all_conditions(&prev.conditions, &outcomes, tenant.metadata.generation, now);
+    if let Some(r) = conditions.iter_mut().find(|c| c.type_ == condition::READY) {
+        let was_ready = r.status == "True";
+        r.status = "False".to_string();
+        r.reason = conflict.reason.to_string();
+        r.message = conflict.message.clone();
+        if was_ready {
+            r.last_transition_time = Some(now.to_string());
+        }
+    }
+    TenantStatus {
+        observed_generation: tenant.metadata.generation,
+        conditions,
+        ..prev
+    }
+}
+
+/// Unix seconds as RFC 3339.
+pub fn rfc3339(unix: i64) -> Option<String> {
+    let t = k8s_openapi::jiff::Timestamp::from_second(unix).ok()?;
+    Some(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
 /// The status of a Tenant whose objects were applied.
 pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> TenantStatus {
     let Resources {
@@ -180,7 +226,8 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
         ..
     } = resources;
     let suspended = tenant.spec.suspend;
-    let kid = &signing_key.plan.ring.current;
+    let ring = &signing_key.plan.ring;
+    let kid = &ring.current;
     let outcomes = ComponentOutcomes {
         signing_key: ComponentOutcome::ok("KeyReady", format!("current key {kid}")),
         quota: ComponentOutcome::ok("Resolved", format!("tier {}", tenant.spec.tier)),
@@ -200,6 +247,18 @@ pub fn applied(tenant: &Tenant, resources: &Resources<Applied>, now: &str) -> Te
         namespace: Some(names.namespace.clone()),
         signing_secret: Some(names.secret.clone()),
         current_key_id: Some(kid.clone()),
+        key_created_at: ring.current_key().and_then(|k| rfc3339(k.created_at)),
+        next_rotation_at: signing_key.plan.next_rotation_at.and_then(rfc3339),
+        previous_keys: ring
+            .keys
+            .iter()
+            .filter(|k| &k.kid != kid)
+            .map(|k| PreviousKey {
+                kid: k.kid.clone(),
+                valid_until: k.expires_at.and_then(rfc3339),
+            })
+            .collect(),
+        data_owner: super::validate::data_owner(tenant),
         collections: stage.collections.clone(),
         endpoint: Some(match &exposure.exposed {
             Some((_, url)) => url.clone(),

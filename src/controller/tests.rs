@@ -37,9 +37,10 @@ mod scenarios {
 
     const TIERS: &str = "/apis/tenantry.dev/v1alpha1/quotatiers";
     const CORE: &str = "/api/v1/namespaces/tenant-acme";
-    const APPS: &str = "/apis/apps/v1/namespaces/tenant-acme";
+    const NAMESPACES: &str = "/api/v1/namespaces";
     const BINDING: &str =
         "/apis/rbac.authorization.k8s.io/v1/namespaces/tenant-acme/rolebindings/tenantry-operator";
+    const APPS: &str = "/apis/apps/v1/namespaces/tenant-acme";
 
     /// Runs one reconcile of `tenant` against the script; returns its result and the requests.
     async fn reconcile_with(
@@ -107,7 +108,8 @@ mod scenarios {
         then_first_objects(v).then_status_patch(tenant).then_event()
     }
 
-    /// Up to the status patch: tier and Secret looked up, every object applied.
+    /// Up to the status patch: tier and namespace looked up (no namespace: nothing else is),
+    /// the namespace created, every object applied.
     fn then_first_objects(v: ApiServerVerifier) -> ApiServerVerifier {
         let v = v
             .then(
@@ -115,16 +117,20 @@ mod scenarios {
                 &format!("{TIERS}/pro"),
                 Reply::Error(StatusCode::NOT_FOUND),
             )
-            .then_apply(BINDING)
-            .then(
-                Method::GET,
-                &format!("{CORE}/secrets/acme-signing-key"),
-                Reply::Error(StatusCode::NOT_FOUND),
-            )
-            .then_apply(CORE)
-            .then_apply(BINDING)
+            .then(Method::GET, CORE, Reply::Error(StatusCode::NOT_FOUND))
+            .then(Method::POST, NAMESPACES, Reply::Echo)
+            .then_apply(BINDING);
+        then_namespace_objects(v)
+    }
+
+    /// The namespace's own objects and the keyrings, after the namespace.
+    fn then_namespace_objects(v: ApiServerVerifier) -> ApiServerVerifier {
+        let v = v
+            .then_apply(&format!("{CORE}/resourcequotas/acme-api"))
+            .then_apply(&format!("{CORE}/limitranges/acme-api"))
             .then_apply(&format!("{CORE}/secrets/acme-signing-key"))
-            .then_event();
+            .then_event()
+            .then_apply(&format!("{CORE}/secrets/acme-verify-keys"));
         then_api_objects(v)
     }
 
@@ -167,11 +173,25 @@ mod scenarios {
         }
         let kinds: Vec<_> = applies.iter().map(|s| s.body["kind"].clone()).collect();
         assert_eq!(
+            seen[2].body["kind"], "Namespace",
+            "created, never applied over"
+        );
+        assert!(
+            seen[2].query.contains("fieldManager=tenantry"),
+            "{}",
+            seen[2].query
+        );
+        assert_eq!(
+            seen[2].body["metadata"]["ownerReferences"][0]["uid"],
+            "uid-1"
+        );
+        assert_eq!(
             kinds,
             [
                 "RoleBinding",
-                "Namespace",
-                "RoleBinding",
+                "ResourceQuota",
+                "LimitRange",
+                "Secret",
                 "Secret",
                 "ConfigMap",
                 "Deployment",
@@ -186,7 +206,26 @@ mod scenarios {
         for s in &applies[..applies.len() - 1] {
             assert_eq!(s.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         }
-        assert_eq!(seen[6].body["reason"], "SigningKeyUpdated");
+        assert_eq!(seen[7].body["reason"], "SigningKeyUpdated");
+        // The pods' keyring verifies only: no private key leaves the signing-key Secret.
+        let public = base64_decode(seen[8].body["data"]["keyring.json"].as_str().expect("ring"))
+            .expect("base64");
+        let public: crate::auth::keys::Keyring = serde_json::from_slice(&public).expect("ring");
+        assert!(!public.can_sign() && public.keys.iter().all(|k| k.private_key.is_none()));
+        let quota = &applied(&seen, "ResourceQuota")["spec"]["hard"];
+        assert_eq!(
+            (
+                &quota["pods"],
+                &quota["requests.cpu"],
+                &quota["limits.memory"]
+            ),
+            (&json!("6"), &json!("1500m"), &json!("12Gi")),
+            "the tier's 5 replicas plus the surge"
+        );
+        let manifest = applied(&seen, "ConfigMap")["data"]["tenant.yaml"]
+            .as_str()
+            .expect("tenant.yaml");
+        assert!(manifest.contains("uid: uid-1"), "{manifest}");
 
         let status = patched_status(applies.last().expect("status patch"));
         let ready = condition(&status, "Ready");
@@ -204,10 +243,12 @@ mod scenarios {
             status.collections,
             ["tenant_acme_docs", "tenant_acme_cache"]
         );
-        let stored_kid = seen[5].body["data"]["kid"].as_str().expect("kid");
+        let stored_kid = seen[6].body["data"]["kid"].as_str().expect("kid");
         let kid =
             String::from_utf8(base64_decode(stored_kid).expect("base64 kid")).expect("utf-8 kid");
         assert_eq!(status.current_key_id.as_deref(), Some(kid.as_str()));
+        assert!(status.key_created_at.is_some() && status.next_rotation_at.is_none());
+        assert_eq!(status.data_owner.as_deref(), Some("uid-1"));
         assert_eq!(seen.last().expect("event").body["reason"], "Reconciled");
         assert!(
             ctx.metrics
@@ -224,29 +265,143 @@ mod scenarios {
         let verifier = then_first_pinned_reconcile(verifier, &first);
         let (result, seen) = reconcile_with(first.clone(), ctx.clone(), verifier).await;
         result.expect("first reconcile");
-        let secret = seen[5].body.clone();
+        let namespace = seen[2].body.clone();
+        let secret = seen[6].body.clone();
+        let verify = seen[8].body.clone();
+        let config = applied(&seen, "ConfigMap").clone();
         let mut steady = first;
         steady.status = Some(patched_status(&seen[seen.len() - 3]));
 
         let (_dir2, ctx, verifier) = test_context();
+        let verifier = then_owned_objects_read(verifier, namespace, secret, verify, config)
+            .then_apply(CORE)
+            .then_apply(&format!("{CORE}/resourcequotas/acme-api"))
+            .then_apply(&format!("{CORE}/limitranges/acme-api"))
+            .then_apply(&format!("{CORE}/secrets/acme-signing-key"))
+            .then_apply(&format!("{CORE}/secrets/acme-verify-keys"));
+        // No key Event, no status patch and no Reconciled Event: nothing changed.
+        let (result, _) = reconcile_with(steady, ctx, then_api_objects(verifier)).await;
+        assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    }
+
+    /// A steady reconcile's reads: tier, then the namespace, Secrets and ConfigMap (each the
+    /// Tenant's own).
+    fn then_owned_objects_read(
+        v: ApiServerVerifier,
+        namespace: Value,
+        secret: Value,
+        verify: Value,
+        config: Value,
+    ) -> ApiServerVerifier {
+        v.then(
+            Method::GET,
+            &format!("{TIERS}/pro"),
+            Reply::Error(StatusCode::NOT_FOUND),
+        )
+        .then(Method::GET, CORE, Reply::Json(namespace))
+        .then_apply(BINDING)
+        .then(
+            Method::GET,
+            &format!("{CORE}/secrets/acme-signing-key"),
+            Reply::Json(secret),
+        )
+        .then(
+            Method::GET,
+            &format!("{CORE}/secrets/acme-verify-keys"),
+            Reply::Json(verify),
+        )
+        .then(
+            Method::GET,
+            &format!("{CORE}/configmaps/acme-api-config"),
+            Reply::Json(config),
+        )
+    }
+
+    /// A namespace (or Secret) of the same name that is not this Tenant's.
+    fn foreign(kind: &str, name: &str, owner_uid: Option<&str>) -> Value {
+        let mut v = json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}});
+        if let Some(uid) = owner_uid {
+            v["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "tenantry"});
+            v["metadata"]["ownerReferences"] = json!([{"apiVersion": "tenantry.dev/v1alpha1",
+                "kind": "Tenant", "name": "acme", "uid": uid, "controller": true}]);
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn a_namespace_the_tenant_does_not_own_is_refused_not_taken_over() {
+        // Someone else's namespace, and one an earlier Tenant of the same name owned.
+        for existing in [
+            foreign("Namespace", "tenant-acme", None),
+            foreign("Namespace", "tenant-acme", Some("uid-0")),
+        ] {
+            let (_dir, ctx, verifier) = test_context();
+            let tenant = Tenant::test().finalized();
+            let verifier = verifier
+                .then(
+                    Method::GET,
+                    &format!("{TIERS}/pro"),
+                    Reply::Error(StatusCode::NOT_FOUND),
+                )
+                .then(Method::GET, CORE, Reply::Json(existing))
+                .then_event()
+                .then_status_patch(&tenant);
+            // Nothing is applied: no further request is expected.
+            let (result, seen) = reconcile_with(tenant, ctx, verifier).await;
+            assert_eq!(result.expect("handled"), Action::requeue(CONFLICT_RETRY));
+            assert_eq!(
+                (&seen[2].body["type"], &seen[2].body["reason"]),
+                (&json!("Warning"), &json!("NamespaceConflict"))
+            );
+            let ready = condition(&patched_status(&seen[3]), "Ready").clone();
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                ("False", "NamespaceConflict")
+            );
+            assert!(ready.message.contains("tenant-acme"), "{}", ready.message);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_planted_signing_key_is_refused_not_adopted() {
+        let (_dir, ctx, verifier) = test_context();
+        let tenant = Tenant::test().finalized();
+        let ring = crate::auth::keys::Keyring::generate(crate::domain::Algorithm::EdDSA);
+        let mut planted = foreign("Secret", "acme-signing-key", None);
+        use base64::Engine as _;
+        planted["data"] = json!({"keyring.json": base64::engine::general_purpose::STANDARD
+            .encode(serde_json::to_vec(&ring).expect("json"))});
         let verifier = verifier
             .then(
                 Method::GET,
                 &format!("{TIERS}/pro"),
                 Reply::Error(StatusCode::NOT_FOUND),
             )
+            .then(
+                Method::GET,
+                CORE,
+                Reply::Json(foreign("Namespace", "tenant-acme", Some("uid-1"))),
+            )
             .then_apply(BINDING)
             .then(
                 Method::GET,
                 &format!("{CORE}/secrets/acme-signing-key"),
-                Reply::Json(secret),
+                Reply::Json(planted),
             )
-            .then_apply(CORE)
-            .then_apply(BINDING)
-            .then_apply(&format!("{CORE}/secrets/acme-signing-key"));
-        // No key Event, no status patch and no Reconciled Event: nothing changed.
-        let (result, _) = reconcile_with(steady, ctx, then_api_objects(verifier)).await;
-        assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+            .then_event()
+            .then_status_patch(&tenant);
+        let (result, seen) = reconcile_with(tenant, ctx, verifier).await;
+        assert_eq!(result.expect("handled"), Action::requeue(CONFLICT_RETRY));
+        assert_eq!(seen[4].body["reason"], "SecretConflict");
+        let status = patched_status(&seen[5]);
+        for type_ in ["Ready", "SigningKeyReady"] {
+            let c = condition(&status, type_);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "SecretConflict")
+            );
+        }
+        assert_eq!(status.current_key_id, None, "the planted key is never used");
     }
 
     fn applied<'a>(seen: &'a [Seen], kind: &str) -> &'a Value {
@@ -420,19 +575,15 @@ mod scenarios {
         });
         let verifier = verifier
             .then(Method::GET, &format!("{TIERS}/pro"), Reply::Json(tier))
-            .then_apply(BINDING)
-            .then(
-                Method::GET,
-                &format!("{CORE}/secrets/acme-signing-key"),
-                Reply::Error(StatusCode::NOT_FOUND),
-            )
-            .then(Method::PATCH, CORE, Reply::Error(StatusCode::CONFLICT));
+            .then(Method::GET, CORE, Reply::Error(StatusCode::NOT_FOUND))
+            // Someone created the namespace meanwhile: refused, and looked at again at once.
+            .then(Method::POST, NAMESPACES, Reply::Error(StatusCode::CONFLICT));
         let tenant = Tenant::test().finalized();
         let (result, _) = reconcile_with(tenant.clone(), ctx.clone(), verifier).await;
         let error = result.expect_err("the apply conflicted");
         assert_eq!(error.metric_label(), "Conflict");
         assert!(
-            error.to_string().starts_with("apply Namespace: "),
+            error.to_string().starts_with("create Namespace: "),
             "{error}"
         );
         assert_eq!(

@@ -3,7 +3,7 @@
 //! on (nothing is applied for an invalid Tenant).
 use std::time::Duration;
 
-use crate::crd::{QuotaTierSpec, Tenant, reason};
+use crate::crd::{ADOPT_DATA_ANNOTATION, LEGACY_DATA, QuotaTierSpec, Tenant, reason};
 use crate::domain::{TenantId, parse_duration};
 
 /// Why a Tenant cannot be reconciled until it (or its tier) changes.
@@ -75,6 +75,32 @@ pub fn with_tier(
     })
 }
 
+/// The data owner of the Tenant's stored data: the UID named by `tenantry.dev/adopt-data-from`;
+/// else, for a Tenant an operator reconciled before data was bound to UIDs (a status with
+/// collections but no `dataOwner`), [`LEGACY_DATA`], so its existing data stays its own;
+/// else the Tenant's UID (a new Tenant starts empty).
+pub fn data_owner(tenant: &Tenant) -> Option<String> {
+    let adopted = tenant
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADOPT_DATA_ANNOTATION))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let legacy = tenant
+        .status
+        .as_ref()
+        .is_some_and(|s| s.data_owner.is_none() && !s.collections.is_empty());
+    adopted
+        .or_else(|| legacy.then(|| LEGACY_DATA.to_string()))
+        .or_else(|| tenant.metadata.uid.clone())
+}
+
+/// The owner the Tenant's vector handle is bound to ([`data_owner`]; legacy data: none).
+pub fn vector_owner(tenant: &Tenant) -> Option<String> {
+    data_owner(tenant).filter(|o| o != LEGACY_DATA)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +126,23 @@ mod tests {
         let err = with_tier(&t, id, builtin_tier("gold")).expect_err("no such tier");
         assert_eq!(err.reason(), reason::TIER_NOT_FOUND);
         assert_eq!(err.to_string(), r#"QuotaTier "gold" does not exist"#);
+    }
+
+    #[test]
+    fn data_is_the_tenants_own_unless_adopted_or_older_than_uids() {
+        let mut t = Tenant::test();
+        assert_eq!(data_owner(&t).as_deref(), Some("uid-1"));
+        t.status = Some(crate::crd::TenantStatus {
+            collections: vec!["tenant_acme_docs".into()],
+            ..Default::default()
+        });
+        assert_eq!(data_owner(&t).as_deref(), Some(LEGACY_DATA));
+        assert_eq!(vector_owner(&t), None);
+        t.status.as_mut().expect("status").data_owner = Some("uid-1".into());
+        assert_eq!(data_owner(&t).as_deref(), Some("uid-1"));
+        t.metadata.annotations =
+            Some([(ADOPT_DATA_ANNOTATION.to_string(), "uid-0".to_string())].into());
+        assert_eq!(vector_owner(&t).as_deref(), Some("uid-0"));
     }
 
     #[test]

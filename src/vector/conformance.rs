@@ -373,6 +373,74 @@ async fn deletion_policy(h: &dyn Harness, isolation: Isolation) {
         .unwrap();
 }
 
+/// Data bound to an owner (the Tenant object's UID): a Tenant created again under the same
+/// name (another owner) starts empty although the old data is retained, its writes of the
+/// same deterministic ids do not replace the old points, adopting the old owner sees them, and
+/// purging one owner leaves the other's data (the collection is dropped with the last owner).
+async fn data_owners(h: &dyn Harness, isolation: Isolation) {
+    let backend = h.open();
+    let t = TenantId::parse(&format!("{}-o", h.run())).unwrap();
+    let handle = |owner: &str| {
+        TenantVectors::new(backend.clone(), t.clone(), isolation, DIM)
+            .with_owner(Some(owner.to_string()))
+    };
+    let (old, new) = (handle("uid-old"), handle("uid-new"));
+    old.ensure().await.unwrap();
+    let doc = uuid::Uuid::new_v4();
+    let chunks = vec![chunk(&t, doc, 0, VECTORS[0]), chunk(&t, doc, 1, VECTORS[1])];
+    old.upsert(Kind::Docs, chunks).await.unwrap();
+    old.upsert_lazy(Kind::Cache, vec![point(VECTORS[1], "x", 0)])
+        .await
+        .unwrap();
+    // The new Tenant sees nothing of the old one's, in either kind, by any read.
+    new.ensure().await.unwrap();
+    for kind in [Kind::Docs, Kind::Cache] {
+        assert_eq!(
+            new.count(kind, Filter::default()).await.unwrap(),
+            0,
+            "{kind:?}"
+        );
+        let hits = new
+            .search(kind, VECTORS[0].to_vec(), Filter::default(), 10)
+            .await
+            .unwrap();
+        assert!(hits.is_empty(), "{kind:?}: {hits:?}");
+        let (page, _) = new.scroll(kind, Filter::default(), 10, None).await.unwrap();
+        assert!(page.is_empty(), "{kind:?}");
+    }
+    // A caller's filter cannot name another owner.
+    let forged = Filter::default().keyword(super::OWNER_KEY, "uid-old");
+    assert_eq!(new.count(Kind::Docs, forged).await.unwrap(), 0);
+    // The same chunk ids written by the new owner do not replace the old points.
+    new.upsert(Kind::Docs, vec![chunk(&t, doc, 0, VECTORS[2])])
+        .await
+        .unwrap();
+    assert_eq!(new.count(Kind::Docs, Filter::default()).await.unwrap(), 1);
+    let adopted = handle("uid-old");
+    assert_eq!(
+        adopted.count(Kind::Docs, Filter::default()).await.unwrap(),
+        2
+    );
+    // Purging the new owner keeps the retained data (the collection is not dropped) ...
+    new.purge().await.unwrap();
+    assert_eq!(new.count(Kind::Docs, Filter::default()).await.unwrap(), 0);
+    assert_eq!(
+        adopted.count(Kind::Docs, Filter::default()).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        adopted.count(Kind::Cache, Filter::default()).await.unwrap(),
+        1
+    );
+    // ... and purging the last owner removes it.
+    adopted.purge().await.unwrap();
+    adopted.purge().await.unwrap();
+    assert_eq!(
+        adopted.count(Kind::Docs, Filter::default()).await.unwrap(),
+        0
+    );
+}
+
 /// Acknowledged writes (upserts and deletes) are visible to a new backend instance opened
 /// after the first one is gone.
 async fn durability(h: &dyn Harness) {
@@ -816,7 +884,13 @@ async fn strict_mode_and_indexes_on_existing_collections(h: &QdrantHarness) {
         .await
         .unwrap();
     let schema = info.result.unwrap().payload_schema;
-    for key in [TENANT_KEY, "cache_key", "question_hash", "created_at"] {
+    for key in [
+        TENANT_KEY,
+        super::OWNER_KEY,
+        "cache_key",
+        "question_hash",
+        "created_at",
+    ] {
         assert!(schema.contains_key(key), "no index on {key}");
     }
     let mut chunks: Vec<Point> = VECTORS
@@ -841,6 +915,15 @@ async fn strict_mode_and_indexes_on_existing_collections(h: &QdrantHarness) {
         .await
         .unwrap();
     assert_eq!(v.count(Kind::Cache, Filter::default()).await.unwrap(), 0);
+    // A handle bound to a data owner filters on its index too.
+    let owned = v.clone().with_owner(Some("uid-s".to_string()));
+    owned
+        .upsert(Kind::Docs, vec![chunk(&tenant, doc, 9, VECTORS[0])])
+        .await
+        .unwrap();
+    assert_eq!(owned.count(Kind::Docs, by_doc()).await.unwrap(), 1);
+    owned.delete(Kind::Docs, by_doc()).await.unwrap();
+    assert_eq!(v.count(Kind::Docs, by_doc()).await.unwrap(), 2);
 
     let unindexed = Filter::default().keyword("text", "chunk 1");
     let err = v.count(Kind::Docs, unindexed).await.unwrap_err();
@@ -948,6 +1031,12 @@ async fn deletion_policy_collection(h: &dyn Harness) {
 async fn deletion_policy_partition(h: &dyn Harness) {
     deletion_policy(h, Isolation::Partition).await;
 }
+async fn data_owners_collection(h: &dyn Harness) {
+    data_owners(h, Isolation::Collection).await;
+}
+async fn data_owners_partition(h: &dyn Harness) {
+    data_owners(h, Isolation::Partition).await;
+}
 
 /// One test per case and backend: `both` cases on the embedded store, a Qdrant server and a
 /// Qdrant cluster; `server` cases (features only a server has) on the server and the cluster.
@@ -995,6 +1084,8 @@ conformance!(
         isolation_partition,
         deletion_policy_collection,
         deletion_policy_partition,
+        data_owners_collection,
+        data_owners_partition,
         durability,
         filters,
         search_order_and_scores,

@@ -7,6 +7,11 @@
 //! `tenant_id` into every payload it writes, and adds a `tenant_id == <tenant>` condition to
 //! every read, count and delete — in both isolation modes, so a mistake in collection naming
 //! still cannot leak points across tenants.
+//!
+//! A handle may also be bound to a data owner (the UID of the Tenant object, see
+//! [`TenantVectors::with_owner`]): then `tenant_uid` is stamped and matched the same way, so a
+//! Tenant created again under a deleted one's name starts empty although the old data is
+//! retained, and point ids are derived per owner, so its writes never replace the old points.
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod edge;
@@ -29,6 +34,9 @@ const MAX_NAME_LEN: usize = 200;
 
 /// Payload key holding the owning tenant of every point.
 pub const TENANT_KEY: &str = "tenant_id";
+/// Payload key holding the data owner (the Tenant object's UID) of every point written by a
+/// handle bound to one.
+pub const OWNER_KEY: &str = "tenant_uid";
 
 /// Errors from a vector backend.
 #[derive(Debug, thiserror::Error)]
@@ -190,8 +198,14 @@ impl Kind {
     /// entries by type, key, document-set version and question hash, see `crate::cache`).
     pub fn keyword_indexes(self) -> &'static [&'static str] {
         match self {
-            Kind::Docs => &["document_id"],
-            Kind::Cache => &["cache_type", "cache_key", "docs_version", "question_hash"],
+            Kind::Docs => &["document_id", OWNER_KEY],
+            Kind::Cache => &[
+                "cache_type",
+                "cache_key",
+                "docs_version",
+                "question_hash",
+                OWNER_KEY,
+            ],
         }
     }
 
@@ -236,6 +250,7 @@ pub fn collection_name(tenant: &TenantId, isolation: Isolation, kind: Kind, dim:
 pub struct TenantVectors {
     backend: Arc<dyn VectorBackend>,
     tenant: TenantId,
+    owner: Option<String>,
     isolation: Isolation,
     dimension: usize,
 }
@@ -251,9 +266,23 @@ impl TenantVectors {
         Self {
             backend,
             tenant,
+            owner: None,
             isolation,
             dimension,
         }
+    }
+
+    /// Binds the handle to a data owner (`None`: the tenant id alone scopes the data, as for
+    /// manifests without a UID): every point written carries it, every read, count and delete
+    /// matches it.
+    pub fn with_owner(mut self, owner: Option<String>) -> Self {
+        self.owner = owner.filter(|o| !o.is_empty());
+        self
+    }
+
+    /// The data owner this handle is bound to, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     /// The tenant this handle is scoped to.
@@ -273,10 +302,17 @@ impl TenantVectors {
 
     fn scoped(&self, filter: Filter) -> Filter {
         let mut f = Filter::default().keyword(TENANT_KEY, self.tenant.as_str());
-        // The tenant condition comes first and cannot be removed by the caller's conditions:
-        // all conditions are conjunctive.
-        f.must
-            .extend(filter.must.into_iter().filter(|(k, _)| k != TENANT_KEY));
+        if let Some(owner) = &self.owner {
+            f = f.keyword(OWNER_KEY, owner.as_str());
+        }
+        // The tenant (and owner) conditions come first and cannot be removed by the caller's
+        // conditions: all conditions are conjunctive.
+        f.must.extend(
+            filter
+                .must
+                .into_iter()
+                .filter(|(k, _)| k != TENANT_KEY && k != OWNER_KEY),
+        );
         f
     }
 
@@ -317,6 +353,13 @@ impl TenantVectors {
                 TENANT_KEY.to_string(),
                 Value::String(self.tenant.as_str().to_string()),
             );
+            if let Some(owner) = &self.owner {
+                p.payload
+                    .insert(OWNER_KEY.to_string(), Value::String(owner.clone()));
+                // Ids derived per owner: a deterministic id (a chunk's, the cache marker's)
+                // never names another owner's retained point, so this write cannot replace it.
+                p.id = uuid::Uuid::new_v5(&p.id, owner.as_bytes());
+            }
         }
         points
     }
@@ -363,13 +406,22 @@ impl TenantVectors {
 
     /// Removes all of this tenant's vector data (both kinds). In `Collection` mode the
     /// collections are dropped; in `Partition` mode only this tenant's points are deleted.
+    /// A handle bound to an owner deletes that owner's points only, and drops a collection only
+    /// once no other owner's points of the tenant remain in it (retained data of a deleted
+    /// Tenant of the same name is neither deleted nor stranded).
     pub async fn purge(&self) -> Result<(), VectorError> {
         for kind in [Kind::Docs, Kind::Cache] {
-            match self.isolation {
-                Isolation::Collection => {
-                    self.backend.drop_collection(&self.collection(kind)).await?
+            let name = self.collection(kind);
+            match (self.isolation, &self.owner) {
+                (Isolation::Collection, None) => self.backend.drop_collection(&name).await?,
+                (Isolation::Collection, Some(_)) => {
+                    self.delete(kind, Filter::default()).await?;
+                    let tenant = Filter::default().keyword(TENANT_KEY, self.tenant.as_str());
+                    if self.backend.count(&name, &tenant).await? == 0 {
+                        self.backend.drop_collection(&name).await?;
+                    }
                 }
-                Isolation::Partition => self.delete(kind, Filter::default()).await?,
+                (Isolation::Partition, _) => self.delete(kind, Filter::default()).await?,
             }
         }
         Ok(())

@@ -97,7 +97,7 @@ fn pod(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> PodSpec {
         automount_service_account_token: Some(false),
         security_context: Some(pod_security()),
         containers: vec![container(tenant, names, cfg)],
-        volumes: Some(volumes(names)),
+        volumes: Some(volumes(names, cfg)),
         image_pull_secrets: set(&d.image_pull_secrets),
         node_selector: set(&d.node_selector),
         tolerations: set(&d.tolerations),
@@ -118,7 +118,7 @@ fn container(tenant: &Tenant, names: &Names, cfg: &BuildConfig) -> Container {
         ports: Some(vec![port("http", API_PORT), port("metrics", METRICS_PORT)]),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
-        resources: Some(resources(tenant, cfg)),
+        resources: Some(container_resources(tenant, cfg)),
         security_context: Some(container_security()),
         volume_mounts: Some(vec![
             mount("tenant-config", TENANTS_MOUNT),
@@ -212,7 +212,7 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 
 /// The tenant's `spec.api.resources`, else the platform's default resources, else 250m CPU /
 /// 512Mi requested and a 2Gi memory limit.
-fn resources(tenant: &Tenant, cfg: &BuildConfig) -> ResourceRequirements {
+pub fn container_resources(tenant: &Tenant, cfg: &BuildConfig) -> ResourceRequirements {
     if tenant.spec.api.resources.is_none()
         && let Some(defaults) = cfg.pod_defaults.default_resources()
     {
@@ -283,13 +283,20 @@ fn container_security() -> SecurityContext {
     }
 }
 
+/// `sizeLimit` of the API pods' `/tmp`.
+pub const TMP_SIZE_LIMIT: &str = "256Mi";
+
 /// The mounted ConfigMap, one key per folder (the tenant manifest folder holds manifests
-/// only), the keyring (only the keyring, as `<tenant>.json`, owner-read-only), and scratch
-/// space for the data folder and `/tmp` (the root filesystem is read-only).
-fn volumes(names: &Names) -> Vec<Volume> {
-    let empty = |name: &str| Volume {
+/// only), the verify-only keyring (as `<tenant>.json`, owner-read-only; the private keys stay
+/// in the signing-key Secret, which the pods never mount), and bounded scratch space for the
+/// data folder and `/tmp` (the root filesystem is read-only).
+fn volumes(names: &Names, cfg: &BuildConfig) -> Vec<Volume> {
+    let empty = |name: &str, limit: &str| Volume {
         name: name.to_string(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(limit.to_string())),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let config_key = |name: &str, key: &str| Volume {
@@ -311,7 +318,7 @@ fn volumes(names: &Names) -> Vec<Volume> {
         Volume {
             name: "signing-key".to_string(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(names.secret.clone()),
+                secret_name: Some(names.verify_keys.clone()),
                 default_mode: Some(0o400),
                 items: Some(vec![KeyToPath {
                     key: KEYRING_KEY.to_string(),
@@ -322,8 +329,8 @@ fn volumes(names: &Names) -> Vec<Volume> {
             }),
             ..Default::default()
         },
-        empty("data"),
-        empty("tmp"),
+        empty("data", &cfg.data_size_limit),
+        empty("tmp", TMP_SIZE_LIMIT),
     ]
 }
 
@@ -525,7 +532,15 @@ mod tests {
             .iter()
             .find_map(|v| v.secret.clone())
             .expect("secret volume");
+        assert_eq!(
+            secret_vol.secret_name.as_deref(),
+            Some("acme-verify-keys"),
+            "the pods mount the verify-only keyring, never the signing key"
+        );
         assert_eq!(secret_vol.items.expect("items")[0].path, "acme.json");
+        for v in volumes.iter().filter_map(|v| v.empty_dir.as_ref()) {
+            assert!(v.size_limit.is_some(), "every emptyDir is bounded: {v:?}");
+        }
         // One key per folder: the manifest folder never sees serve.yaml.
         let keys_of = |name: &str| {
             let v = volumes.iter().find(|v| v.name == name).expect(name);

@@ -7,6 +7,8 @@
 pub mod access;
 pub mod deployment;
 pub mod expose;
+pub mod limits;
+pub mod network;
 pub mod pod;
 pub mod scaling;
 pub mod serve_config;
@@ -19,10 +21,10 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, ResourceQuota, Secret, Service, ServicePort, ServiceSpec,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -32,10 +34,14 @@ use super::keys::{self, KeyInputs, KeyPlan, StoredKeyring};
 use super::validate::ValidTenant;
 use crate::auth::keys::Keyring;
 use crate::config::ServeConfig;
-use crate::crd::{QuotaTierSpec, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant};
+use crate::crd::{
+    QuotaTierSpec, REVOKE_ANNOTATION, ROTATE_ANNOTATION, Replicas, TENANT_LABEL, Tenant,
+};
 use crate::domain::{EffectiveQuota, TenantId};
 pub use deployment::deployment;
 use expose::{Expose, Exposure};
+use network::NetworkConfig;
+pub use network::network_policy;
 use pod::PodDefaults;
 use scaling::Scaling;
 
@@ -68,6 +74,12 @@ pub struct Resources<S> {
     pub namespace: Namespace,
     /// The signing-key Secret and the keyring decision it stores.
     pub signing_key: SigningKey,
+    /// The verify-only keyring the API pods mount (no private keys).
+    pub verify_keys: Secret,
+    /// The namespace's ResourceQuota (from the replica bounds and the API's resources).
+    pub resource_quota: ResourceQuota,
+    /// The namespace's LimitRange (the API container's resources as defaults and maxima).
+    pub limit_range: LimitRange,
     /// The ConfigMap with the tenant manifest and the serve configuration the API pods load.
     pub config: ConfigMap,
     /// The chat API; once applied, as the API server returned it (with its status).
@@ -128,11 +140,17 @@ pub fn resources(
         StoredKey::Valid(k) => (Some(k), false),
     };
     let requested = tenant.annotations().get(ROTATE_ANNOTATION).cloned();
+    let revoke = tenant
+        .annotations()
+        .get(REVOKE_ANNOTATION)
+        .filter(|v| !v.is_empty())
+        .cloned();
     let plan = keys::plan(KeyInputs {
         stored,
         algorithm: tenant.spec.auth.algorithm,
         rotate_every: valid.rotate_every,
         requested: requested.as_deref(),
+        revoke: revoke.as_deref(),
         now,
     });
     let manifest = tenant_manifest(tenant, &tenant.spec.tier, &valid.tier)?;
@@ -144,19 +162,23 @@ pub fn resources(
         config_hash: serve_config::hash(&serve),
         replicas: scaling.deployment_replicas(tenant.spec.suspend),
     };
+    let container = deployment::container_resources(tenant, cfg);
     Ok(Resources {
         namespace: namespace(tenant, &names),
+        verify_keys: verify_keys_secret(tenant, &names, &plan.ring)?,
         signing_key: SigningKey {
-            secret: secret(tenant, &names, &plan.ring, plan.rotated_for.as_deref())?,
+            secret: secret(tenant, &names, &plan)?,
             plan,
             replaced_invalid,
         },
+        resource_quota: limits::resource_quota(tenant, &names, scaling.bounds(), &container),
+        limit_range: limits::limit_range(tenant, &names, &container),
         config: config_map(tenant, &names, manifest, serve),
         deployment: deployment(tenant, &names, cfg, &pod),
         service: service(tenant, &names),
         autoscaler: hpa(tenant, &names, scaling.bounds()),
         disruption_budget: pdb(tenant, &names),
-        network_policy: network_policy(tenant, &names),
+        network_policy: network_policy(tenant, &names, &cfg.network),
         exposure: expose::exposure(tenant, &names, &cfg.expose),
         effective_quota,
         scaling,
@@ -197,6 +219,11 @@ pub struct BuildConfig {
     pub expose: Expose,
     /// The operator's own access to tenant namespaces (`--tenant-role`, `--service-account`).
     pub access: access::Access,
+    /// Who may reach the API pods and where they may connect to (`--api-ingress-from`,
+    /// `--metrics-from`, `--api-egress`).
+    pub network: NetworkConfig,
+    /// `sizeLimit` of the API pods' data folder (`--api-data-size-limit`).
+    pub data_size_limit: String,
 }
 
 /// Port the chat API listens on inside the pod.
@@ -219,8 +246,10 @@ pub struct Names {
     pub tenant: TenantId,
     /// Namespace.
     pub namespace: String,
-    /// Signing-key Secret.
+    /// Signing-key Secret (the whole keyring; never mounted by the API pods).
     pub secret: String,
+    /// Verify-only keyring Secret the API pods mount.
+    pub verify_keys: String,
     /// Rendered-config ConfigMap.
     pub config: String,
     /// Deployment, Service, HPA, PDB and NetworkPolicy.
@@ -236,6 +265,7 @@ impl Names {
             tenant: tenant.clone(),
             namespace: format!("{prefix}{tenant}"),
             secret: format!("{tenant}-signing-key"),
+            verify_keys: format!("{tenant}-verify-keys"),
             config: format!("{tenant}-api-config"),
             api: format!("{tenant}-api"),
             credentials: format!("{tenant}-api-credentials"),
@@ -309,14 +339,11 @@ pub fn namespace(tenant: &Tenant, names: &Names) -> Namespace {
     }
 }
 
-/// The signing-key Secret: the whole keyring (read by the tenant's API pods) and, for
-/// convenience, the current `kid` and public key.
-pub fn secret(
-    tenant: &Tenant,
-    names: &Names,
-    ring: &Keyring,
-    rotated_for: Option<&str>,
-) -> Result<Secret, BuildError> {
+/// The signing-key Secret: the whole keyring with its private keys (read by the operator and
+/// whoever mints tokens, never mounted by the API pods) and, for convenience, the current
+/// `kid` and public key.
+pub fn secret(tenant: &Tenant, names: &Names, plan: &KeyPlan) -> Result<Secret, BuildError> {
+    let ring = &plan.ring;
     let mut data = BTreeMap::from([
         (
             KEYRING_KEY.to_string(),
@@ -331,16 +358,39 @@ pub fn secret(
         data.insert("public.pem".to_string(), ByteString(public.into_bytes()));
     }
     let mut metadata = meta(tenant, names, &names.secret, Scope::Tenant);
-    if let Some(v) = rotated_for {
-        metadata.annotations = Some(BTreeMap::from([(
-            keys::ROTATED_FOR_ANNOTATION.to_string(),
-            v.to_string(),
-        )]));
+    let annotations: BTreeMap<String, String> = [
+        (keys::ROTATED_FOR_ANNOTATION, &plan.rotated_for),
+        (keys::REVOKED_FOR_ANNOTATION, &plan.revoked_for),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), v.clone()?)))
+    .collect();
+    if !annotations.is_empty() {
+        metadata.annotations = Some(annotations);
     }
     Ok(Secret {
         metadata,
         type_: Some("Opaque".to_string()),
         data: Some(data),
+        ..Default::default()
+    })
+}
+
+/// The Secret the API pods mount: the verify-only keyring (EdDSA: public keys only; HS256:
+/// the shared secrets, which verifying needs), current and still-valid previous keys.
+pub fn verify_keys_secret(
+    tenant: &Tenant,
+    names: &Names,
+    ring: &Keyring,
+) -> Result<Secret, BuildError> {
+    let public = serde_json::to_vec_pretty(&ring.public_only()).map_err(BuildError::Keyring)?;
+    Ok(Secret {
+        metadata: meta(tenant, names, &names.verify_keys, Scope::Tenant),
+        type_: Some("Opaque".to_string()),
+        data: Some(BTreeMap::from([(
+            KEYRING_KEY.to_string(),
+            ByteString(public),
+        )])),
         ..Default::default()
     })
 }
@@ -361,16 +411,25 @@ pub fn credentials_secret(
 }
 
 /// The tenant manifest the API pods load: the Tenant's spec and its tier, so the pods
-/// resolve the same effective quota as the operator without any API access.
+/// resolve the same effective quota as the operator without any API access, and the
+/// Tenant's UID and data-adoption annotation, which bind its stored data to this Tenant.
 pub fn tenant_manifest(
     tenant: &Tenant,
     tier_name: &str,
     tier: &QuotaTierSpec,
 ) -> Result<String, BuildError> {
+    let mut metadata = serde_json::json!({"name": tenant.metadata.name});
+    if let Some(uid) = &tenant.metadata.uid {
+        metadata["uid"] = serde_json::json!(uid);
+    }
+    let owner = super::validate::data_owner(tenant);
+    if let Some(adopt) = owner.filter(|o| Some(o) != tenant.metadata.uid.as_ref()) {
+        metadata["annotations"] = serde_json::json!({ crate::crd::ADOPT_DATA_ANNOTATION: adopt });
+    }
     let doc = serde_json::json!({
         "apiVersion": "tenantry.dev/v1alpha1",
         "kind": "Tenant",
-        "metadata": {"name": tenant.metadata.name},
+        "metadata": metadata,
         "spec": tenant.spec,
     });
     let tier_doc = serde_json::json!({
@@ -484,31 +543,6 @@ pub fn pdb(tenant: &Tenant, names: &Names) -> PodDisruptionBudget {
     }
 }
 
-/// The NetworkPolicy: the API pods accept traffic only on the API and metrics ports, from any
-/// source (no `from`), so a gateway or ingress controller in any namespace reaches them.
-pub fn network_policy(tenant: &Tenant, names: &Names) -> NetworkPolicy {
-    let port = |p: i32| NetworkPolicyPort {
-        port: Some(IntOrString::Int(p)),
-        protocol: Some("TCP".to_string()),
-        ..Default::default()
-    };
-    NetworkPolicy {
-        metadata: meta(tenant, names, &names.api, Scope::Api),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(api_selector(names)),
-                ..Default::default()
-            }),
-            policy_types: Some(vec!["Ingress".to_string()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                ports: Some(vec![port(API_PORT), port(METRICS_PORT)]),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-    }
-}
-
 /// The effective quota of a tenant under a tier; its `maxTokens`, when neither sets one, is
 /// the serve configuration's (so the status shows the limit in force).
 pub fn effective_quota(
@@ -619,23 +653,33 @@ mod tests {
             operator
         );
         assert_eq!(cfg.quota.daily_tokens, 42);
-    }
-
-    #[test]
-    fn the_network_policy_admits_a_gateway_from_any_namespace_on_the_api_port() {
-        let n = Names::new(&TenantId::parse("acme").expect("id"), "tenant-");
-        let spec = network_policy(&Tenant::test(), &n).spec.expect("spec");
-        let rules = spec.ingress.expect("ingress rules");
-        let api = rules
-            .iter()
-            .find(|r| {
-                r.ports
-                    .iter()
-                    .flatten()
-                    .any(|p| p.port == Some(IntOrString::Int(API_PORT)))
-            })
-            .expect("a rule for the API port");
-        assert_eq!(api.from, None, "no source restriction: {api:?}");
+        assert_eq!(
+            cfg.data_owner.as_deref(),
+            Some("uid-1"),
+            "serve binds the data to the Tenant's UID"
+        );
+        // Adopting a deleted Tenant's data, and a Tenant older than data binding.
+        t.metadata.annotations = Some(BTreeMap::from([(
+            crate::crd::ADOPT_DATA_ANNOTATION.to_string(),
+            "uid-0".to_string(),
+        )]));
+        let adopted = tenant_manifest(&t, "pro", &tier).expect("rendered");
+        std::fs::write(dir.path().join("t/tenant.yaml"), adopted).expect("write");
+        reg.reload();
+        let id = TenantId::parse("acme").expect("id");
+        assert_eq!(
+            reg.get(&id).and_then(|c| c.data_owner.clone()).as_deref(),
+            Some("uid-0")
+        );
+        t.metadata.annotations = None;
+        t.status = Some(crate::crd::TenantStatus {
+            collections: vec!["tenant_acme_docs".into()],
+            ..Default::default()
+        });
+        let legacy = tenant_manifest(&t, "pro", &tier).expect("rendered");
+        std::fs::write(dir.path().join("t/tenant.yaml"), legacy).expect("write");
+        reg.reload();
+        assert_eq!(reg.get(&id).and_then(|c| c.data_owner.clone()), None);
     }
 
     #[test]
@@ -650,6 +694,9 @@ mod tests {
         assert_eq!(r.namespace.metadata.name.as_deref(), Some("tenant-acme"));
         for namespace in [
             &r.signing_key.secret.metadata.namespace,
+            &r.verify_keys.metadata.namespace,
+            &r.resource_quota.metadata.namespace,
+            &r.limit_range.metadata.namespace,
             &r.config.metadata.namespace,
             &r.deployment.metadata.namespace,
             &r.service.metadata.namespace,
