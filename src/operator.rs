@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 use crate::controller::build::BuildConfig;
 use crate::controller::build::expose::{Expose, ExposeConfigError};
 use crate::controller::build::pod::PodDefaults;
+use crate::controller::credentials::StoreCredentials;
 use crate::controller::leader::Elector;
 use crate::controller::{self, Context, ContextParts, ReconcileMetrics, lease_api};
 use crate::runtime::{admin_router, shutdown_signal};
@@ -50,6 +51,9 @@ pub enum OperatorError {
     /// The `--expose*` flags are missing, malformed or inapplicable.
     #[error("invalid exposure flags: {0}")]
     Expose(#[from] ExposeConfigError),
+    /// The per-tenant store credentials flags cannot work with the rest.
+    #[error("{0}")]
+    Credentials(String),
     /// Another replica took the Lease.
     #[error("lost leadership; exiting so that only one replica writes")]
     LostLeadership,
@@ -104,7 +108,7 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
         Some(path) => PodDefaults::load(path).map_err(OperatorError::PodDefaults)?,
         None => PodDefaults::default(),
     };
-    Ok(BuildConfig {
+    let mut build = BuildConfig {
         namespace_prefix: args.namespace_prefix.clone(),
         image: args.image.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
@@ -128,7 +132,13 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
         serve,
         pod_defaults,
         expose: Expose::from_args(&args.expose)?,
-    })
+        store_credentials: Default::default(),
+    };
+    let qdrant_key = std::env::var("TENANTRY_QDRANT_API_KEY").ok();
+    build.store_credentials =
+        StoreCredentials::from_args(&args.store_credentials, &build, qdrant_key)
+            .map_err(OperatorError::Credentials)?;
+    Ok(build)
 }
 
 /// The API pods' serve configuration: `--api-config`, checked (valid, no secrets, the vector

@@ -82,6 +82,7 @@ impl BuildConfig {
             serve: crate::config::ServeConfig::default(),
             pod_defaults: Default::default(),
             expose: super::build::expose::Expose::None,
+            store_credentials: Default::default(),
         }
     }
 }

@@ -194,6 +194,9 @@ pub struct BuildConfig {
     pub pod_defaults: PodDefaults,
     /// How the chat APIs are exposed outside the cluster (`--expose`).
     pub expose: Expose,
+    /// Which stores give each tenant its own credentials (`--redis-acl-users`,
+    /// `--qdrant-tenant-tokens`).
+    pub store_credentials: crate::controller::credentials::StoreCredentials,
 }
 
 /// Port the chat API listens on inside the pod.
