@@ -652,7 +652,9 @@ impl VectorBackend for QdrantBackend {
             .map_err(|e| self.map_err("health check", e))?;
         match client.collection_exists(READY_PROBE).await {
             Ok(_) => Ok(()),
-            Err(QdrantError::ResponseError { status }) if status.code() == Code::PermissionDenied => {
+            Err(QdrantError::ResponseError { status })
+                if status.code() == Code::PermissionDenied =>
+            {
                 client
                     .list_collections()
                     .await

@@ -127,7 +127,10 @@ impl StoreCredentials {
     ) -> Result<Self, String> {
         let redis = if args.redis_acl_users {
             let has_url = build.api_secret_env.iter().any(|(e, _, _)| e == REDIS_ENV)
-                || build.api_env.iter().any(|(k, v)| k == REDIS_ENV && !v.is_empty())
+                || build
+                    .api_env
+                    .iter()
+                    .any(|(k, v)| k == REDIS_ENV && !v.is_empty())
                 || build.serve.quota.redis_url.is_some();
             if !has_url {
                 return Err(format!(
@@ -210,14 +213,14 @@ pub fn stamp(mut deployment: Deployment, credentials: Option<&Secret>) -> Deploy
         sha.update(&v.0);
     }
     let hash: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(spec) = deployment.spec.as_mut() {
-        spec.template
-            .metadata
-            .get_or_insert_with(Default::default)
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(HASH_ANNOTATION.to_string(), hash);
-    }
+    deployment
+        .spec
+        .template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(HASH_ANNOTATION.to_string(), hash);
     deployment
 }
 
@@ -235,7 +238,10 @@ pub async fn provision(
         return Ok(annotations);
     }
     let stored = read_stored(ctx, names).await?;
-    let stored_data = stored.as_ref().and_then(|s| s.data.clone()).unwrap_or_default();
+    let stored_data = stored
+        .as_ref()
+        .and_then(|s| s.data.clone())
+        .unwrap_or_default();
     let stored_annotations = stored
         .as_ref()
         .and_then(|s| s.metadata.annotations.clone())
@@ -253,15 +259,22 @@ pub async fn provision(
     if let Some(r) = &requested {
         annotations.insert(ROTATED_FOR_ANNOTATION.to_string(), r.clone());
     }
-    let now = unix_now();
+    let now = u64::try_from(unix_now()).unwrap_or(0);
     if let Some(redis) = &own.redis {
         let stored_url = stored_string(&stored_data, REDIS_ENV);
         let previous = stored_annotations
             .get(PREVIOUS_REDIS_PASSWORD_ANNOTATION)
             .and_then(|v| parse_previous(v));
-        let (url, previous) =
-            provision_redis(ctx, redis, &valid.id, stored_url.as_deref(), previous, rotate, now)
-                .await?;
+        let (url, previous) = provision_redis(
+            ctx,
+            redis,
+            &valid.id,
+            stored_url.as_deref(),
+            previous,
+            rotate,
+            now,
+        )
+        .await?;
         data.insert(REDIS_ENV.to_string(), ByteString(url.into_bytes()));
         if let Some((hash, until)) = previous {
             annotations.insert(
@@ -277,7 +290,10 @@ pub async fn provision(
             valid.tenant.spec.retrieval.isolation,
             ctx.dimension,
         );
-        let collections = [vectors.collection(Kind::Docs), vectors.collection(Kind::Cache)];
+        let collections = [
+            vectors.collection(Kind::Docs),
+            vectors.collection(Kind::Cache),
+        ];
         let stored_token = stored_string(&stored_data, QDRANT_ENV);
         let token = tenant_token(qdrant, &valid.id, &collections, stored_token, rotate, now)?;
         data.insert(QDRANT_ENV.to_string(), ByteString(token.into_bytes()));
@@ -336,7 +352,10 @@ async fn provision_redis(
         Some(old) => {
             tracing::info!(tenant = %tenant, "rotating the tenant's Redis password");
             let until = now.saturating_add(redis.grace.as_secs());
-            (redis_acl::new_password(), Some((redis_acl::password_hash(&old), until)))
+            (
+                redis_acl::new_password(),
+                Some((redis_acl::password_hash(&old), until)),
+            )
         }
         None => (redis_acl::new_password(), previous),
     };
@@ -455,10 +474,7 @@ mod tests {
 
     #[test]
     fn the_credentials_hash_changes_with_the_data() {
-        let dep = || Deployment {
-            spec: Some(Default::default()),
-            ..Default::default()
-        };
+        let dep = Deployment::default;
         let secret = |v: &str| Secret {
             data: Some(BTreeMap::from([(
                 REDIS_ENV.to_string(),
@@ -467,7 +483,11 @@ mod tests {
             ..Default::default()
         };
         let hash = |d: Deployment| {
-            d.spec.and_then(|s| s.template.metadata?.annotations?.remove(HASH_ANNOTATION))
+            d.spec
+                .template
+                .metadata?
+                .annotations?
+                .remove(HASH_ANNOTATION)
         };
         let a = hash(stamp(dep(), Some(&secret("redis://u:1@h"))));
         assert!(a.is_some());

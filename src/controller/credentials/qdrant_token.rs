@@ -71,9 +71,13 @@ pub fn verify(token: &str, key: &str) -> Option<Claims> {
     validation.validate_exp = false;
     validation.validate_aud = false;
     validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
-    jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key.as_bytes()), &validation)
-        .ok()
-        .map(|d| d.claims)
+    jsonwebtoken::decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(key.as_bytes()),
+        &validation,
+    )
+    .ok()
+    .map(|d| d.claims)
 }
 
 /// Whether a stored token can be kept at `now`: signed with `key`, for exactly `want`'s
@@ -90,7 +94,11 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_are_renewed_at_half_life() {
-        let want = claims("acme", &["tenant_acme_docs".into(), "tenant_acme_cache".into()], 10_000);
+        let want = claims(
+            "acme",
+            &["tenant_acme_docs".into(), "tenant_acme_cache".into()],
+            10_000,
+        );
         let token = mint(&want, "server-key").expect("signed");
         let got = verify(&token, "server-key").expect("verified");
         assert_eq!(got, want);
@@ -111,7 +119,16 @@ mod tests {
             ])
         );
         // Lifetime 8000 s: kept while more than 4000 s are left.
-        assert!(keep(Some(&got), &claims("acme", &["tenant_acme_docs".into(), "tenant_acme_cache".into()], 0), 5_000, 8_000));
+        assert!(keep(
+            Some(&got),
+            &claims(
+                "acme",
+                &["tenant_acme_docs".into(), "tenant_acme_cache".into()],
+                0
+            ),
+            5_000,
+            8_000
+        ));
         assert!(!keep(Some(&got), &want, 6_001, 8_000));
         let other = claims("acme", &["shared_docs_384".into()], 0);
         assert!(!keep(Some(&got), &other, 0, 8_000), "collections changed");

@@ -8,9 +8,10 @@
 //! `ACL SETUSER` on every reconcile: idempotent and cheap, and it puts back users that a Redis
 //! restart without an `aclfile` lost (within the operator's resync, 5 minutes). Afterwards it
 //! asks for `ACL SAVE`, which persists the users where the server has an `aclfile` and is
-//! refused (ignored) where it has none. On Redis Cluster the client sends `ACL SETUSER` and
-//! `ACL DELUSER` to every node it knows, primaries and replicas (ACLs are per node, not
-//! replicated); a node that joins later gets the users on the next reconcile.
+//! refused (ignored) where it has none. On Redis Cluster `ACL SETUSER` and `ACL DELUSER` go to
+//! every live node `CLUSTER NODES` lists, primaries and replicas (ACLs are per node, not
+//! replicated; a replica promoted by a failover must know the users); a node that joins later
+//! gets them on the next reconcile.
 //!
 //! Passwords are sent as SHA-256 hashes (`#<hex>`), so the plaintext never appears in a
 //! command Redis could log; during a rotation the user accepts the new and the previous
@@ -73,7 +74,12 @@ fn hex(bytes: &[u8]) -> String {
 /// What a tenant's user is allowed, as `ACL SETUSER` rules: everything reset, then on, the
 /// password hashes, the tenant's keys, no channels, no commands but [`COMMANDS`] (plus
 /// `CLUSTER SLOTS` on a cluster, `SELECT` when the URL names a database).
-pub fn rules(tenant: &TenantId, password_hashes: &[String], cluster: bool, select: bool) -> Vec<String> {
+pub fn rules(
+    tenant: &TenantId,
+    password_hashes: &[String],
+    cluster: bool,
+    select: bool,
+) -> Vec<String> {
     let mut rules = vec!["reset".to_string(), "on".to_string()];
     rules.extend(password_hashes.iter().map(|h| format!("#{h}")));
     rules.push(format!("~{}", key_pattern(tenant)));
@@ -99,29 +105,17 @@ pub struct AclError {
     pub reason: String,
 }
 
-/// An admin connection to the quota Redis (single node or cluster), from its URL; cheap to
-/// clone (the clones share the connection).
+/// An admin connection to the quota Redis, from its URL; cheap to clone (the clones share the
+/// connection). On a cluster every command goes to every node the cluster lists (`CLUSTER
+/// NODES`, asked of the first seed that answers), primaries and replicas, each over a
+/// connection of its own with the URL's credentials: ACL users are per node.
 #[derive(Clone)]
 pub struct Admin {
-    conn: Conn,
+    single: Option<redis::aio::MultiplexedConnection>,
+    parts: UrlParts,
     cluster: bool,
     select: bool,
     timeout: Duration,
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(redis::aio::MultiplexedConnection),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl Conn {
-    async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
-        match self {
-            Conn::Single(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
-    }
 }
 
 /// The error text of a Redis failure, without anything that could quote the URL.
@@ -132,56 +126,110 @@ fn describe(e: &redis::RedisError) -> String {
     }
 }
 
+/// The addresses (`host:port`) of the live nodes in a `CLUSTER NODES` reply.
+pub fn cluster_node_addresses(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let addr = fields.get(1)?.split(['@', ',']).next()?;
+            let flags = fields.get(2)?;
+            let dead = flags
+                .split(',')
+                .any(|f| matches!(f, "fail" | "noaddr" | "handshake"));
+            (!dead && !addr.starts_with(':')).then(|| addr.to_string())
+        })
+        .collect()
+}
+
+async fn connect_one(
+    url: &str,
+    timeout: Duration,
+) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = redis::Client::open(url).map_err(|e| describe(&e))?;
+    match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(describe(&e)),
+        Err(_) => Err(format!("no connection within {} ms", timeout.as_millis())),
+    }
+}
+
+async fn query(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cmd: &redis::Cmd,
+    timeout: Duration,
+) -> Result<redis::Value, String> {
+    match tokio::time::timeout(timeout, cmd.query_async(conn)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(describe(&e)),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
 impl Admin {
     /// Connects with the admin URL (`redis[s]://[user:password@]host:port[,host:port...]`;
     /// several hosts or `cluster` for a Redis Cluster).
     pub async fn connect(url: &str, cluster: bool, timeout: Duration) -> Result<Self, String> {
         let parts = UrlParts::parse(url)?;
         let cluster = cluster || parts.hosts.len() > 1;
-        let connect = async {
-            if cluster {
-                let seeds: Vec<String> = parts.hosts.iter().map(|h| parts.with_host(h)).collect();
-                let client = redis::cluster::ClusterClient::builder(seeds)
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .build()
-                    .map_err(|e| describe(&e))?;
-                let conn = client
-                    .get_async_connection()
-                    .await
-                    .map_err(|e| describe(&e))?;
-                Ok::<_, String>(Conn::Cluster(conn))
-            } else {
-                let client = redis::Client::open(url).map_err(|e| describe(&e))?;
-                let conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| describe(&e))?;
-                Ok(Conn::Single(conn))
-            }
+        let single = if cluster {
+            None
+        } else {
+            Some(connect_one(url, timeout).await?)
         };
-        let conn = tokio::time::timeout(timeout * 2, connect)
-            .await
-            .map_err(|_| format!("no connection within {} ms", (timeout * 2).as_millis()))??;
         Ok(Self {
-            conn,
-            cluster,
+            single,
             select: parts.db.is_some(),
+            parts,
+            cluster,
             timeout,
         })
     }
 
-    async fn run(&mut self, cmd: &redis::Cmd) -> Result<redis::Value, String> {
-        match tokio::time::timeout(self.timeout * 2, self.conn.query(cmd)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(describe(&e)),
-            Err(_) => Err(format!("no answer within {} ms", (self.timeout * 2).as_millis())),
+    /// The cluster's live nodes, from the first seed that answers.
+    async fn nodes(&self) -> Result<Vec<String>, String> {
+        let mut last = "no seed node".to_string();
+        for seed in &self.parts.hosts {
+            let listed = async {
+                let mut conn = connect_one(&self.parts.with_host(seed), self.timeout).await?;
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("NODES");
+                match query(&mut conn, &cmd, self.timeout).await? {
+                    redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).to_string()),
+                    redis::Value::VerbatimString { text, .. } => Ok(text),
+                    other => Err(format!("CLUSTER NODES answered {other:?}")),
+                }
+            };
+            match listed.await {
+                Ok(text) => return Ok(cluster_node_addresses(&text)),
+                Err(e) => last = e,
+            }
         }
+        Err(last)
+    }
+
+    async fn run(&mut self, cmd: &redis::Cmd) -> Result<(), String> {
+        if let Some(conn) = self.single.as_mut() {
+            return query(conn, cmd, self.timeout).await.map(|_| ());
+        }
+        for node in self.nodes().await? {
+            let mut conn = connect_one(&self.parts.with_host(&node), self.timeout)
+                .await
+                .map_err(|e| format!("node {node}: {e}"))?;
+            query(&mut conn, cmd, self.timeout)
+                .await
+                .map_err(|e| format!("node {node}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Creates or updates `tenant`'s user so that it accepts exactly `passwords` (the current
     /// one first, then the previous one during a rotation) and reaches only its own keys.
-    pub async fn ensure_user(&mut self, tenant: &TenantId, password_hashes: &[String]) -> Result<(), AclError> {
+    pub async fn ensure_user(
+        &mut self,
+        tenant: &TenantId,
+        password_hashes: &[String],
+    ) -> Result<(), AclError> {
         let user = user(tenant);
         let mut cmd = redis::cmd("ACL");
         cmd.arg("SETUSER").arg(&user);
@@ -318,7 +366,10 @@ mod tests {
         assert_eq!(&r[..4], ["reset", "on", "#ab", "#cd"]);
         assert!(r.contains(&"~tenantry:{acme}:*".to_string()));
         assert!(r.contains(&"-@all".to_string()) && r.contains(&"+cluster|slots".to_string()));
-        assert!(!r.iter().any(|x| x.contains("keys") || x.contains("flush") || x.starts_with('>')));
+        assert!(
+            !r.iter()
+                .any(|x| x.contains("keys") || x.contains("flush") || x.starts_with('>'))
+        );
     }
 
     #[test]
