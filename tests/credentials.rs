@@ -616,7 +616,10 @@ async fn the_operator_gives_each_tenant_its_own_store_credentials() {
             .iter()
             .map(|c| c.collection.clone())
             .collect::<Vec<_>>(),
-        [format!("tenant_{a}_docs"), format!("tenant_{a}_cache")]
+        {
+            let c = a.replace('-', "_");
+            [format!("tenant_{c}_docs"), format!("tenant_{c}_cache")]
+        }
     );
     assert!(claims.exp > now_secs() + 3 * 86_400, "a week's lifetime");
 
