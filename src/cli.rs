@@ -206,6 +206,9 @@ pub struct OperatorArgs {
     /// How tenants' chat APIs are reached from outside the cluster.
     #[command(flatten)]
     pub expose: ExposeArgs,
+    /// Per-tenant store credentials.
+    #[command(flatten)]
+    pub store_credentials: crate::controller::credentials::CredentialArgs,
 }
 
 /// How tenants' chat APIs are reachable from outside the cluster (`tenantry operator`);

@@ -18,6 +18,7 @@ use crate::controller::build::access::Access;
 use crate::controller::build::expose::{Expose, ExposeConfigError};
 use crate::controller::build::network::NetworkConfig;
 use crate::controller::build::pod::PodDefaults;
+use crate::controller::credentials::StoreCredentials;
 use crate::controller::leader::Elector;
 use crate::controller::{self, Context, ContextParts, ReconcileMetrics, lease_api};
 use crate::runtime::{admin_router, shutdown_signal};
@@ -56,6 +57,9 @@ pub enum OperatorError {
     /// The `--expose*` flags are missing, malformed or inapplicable.
     #[error("invalid exposure flags: {0}")]
     Expose(#[from] ExposeConfigError),
+    /// The per-tenant store credentials flags cannot work with the rest.
+    #[error("{0}")]
+    Credentials(String),
     /// Another replica took the Lease.
     #[error("lost leadership; exiting so that only one replica writes")]
     LostLeadership,
@@ -114,7 +118,7 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
     let network =
         NetworkConfig::from_flags(&args.api_ingress_from, &args.metrics_from, &args.api_egress)
             .map_err(OperatorError::Flags)?;
-    Ok(BuildConfig {
+    let mut build = BuildConfig {
         network,
         data_size_limit: args.api_data_size_limit.clone(),
         namespace_prefix: args.namespace_prefix.clone(),
@@ -144,7 +148,13 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
             tenant_role: args.tenant_role.clone(),
             service_account: args.service_account.clone(),
         },
-    })
+        store_credentials: Default::default(),
+    };
+    let qdrant_key = std::env::var("TENANTRY_QDRANT_API_KEY").ok();
+    build.store_credentials =
+        StoreCredentials::from_args(&args.store_credentials, &build, qdrant_key)
+            .map_err(OperatorError::Credentials)?;
+    Ok(build)
 }
 
 /// Environment variables the API pods may not be given: they enable `/dev/token`, which

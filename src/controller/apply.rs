@@ -18,7 +18,7 @@ use super::build::expose::{self, ExposeKind, ExposeObject, Exposure};
 use super::build::{self, Names, Prepared, Resources, SigningKey, StoredKey};
 use super::keys::{self, StoredKeyring};
 use super::validate::ValidTenant;
-use super::{Context, Error, kube_err};
+use super::{Context, Error, credentials, kube_err};
 use crate::auth::keys::Keyring;
 use crate::crd::{FIELD_MANAGER, Tenant, reason};
 use crate::vector::{Kind, TenantVectors, VectorError};
@@ -245,8 +245,9 @@ pub async fn apply(
     let verify_keys = once_authorized(|| ssa_raw(&secrets, &verify_keys))
         .await
         .map_err(kube_err("apply Secret"))?;
-    let credentials = copy_credentials(ctx, valid.tenant, &names).await?;
+    let credentials = copy_credentials(ctx, valid, &names).await?;
     let config = ssa(&in_ns(client, ns), &config, "apply ConfigMap").await?;
+    let deployment = credentials::stamp(deployment, credentials.as_ref());
     let deployment = ssa(&in_ns(client, ns), &deployment, "apply Deployment").await?;
     let service = ssa(&in_ns(client, ns), &service, "apply Service").await?;
     let autoscaler = ssa(
@@ -501,14 +502,15 @@ async fn apply_signing_key(
 }
 
 /// Copies the platform credentials the API pods read into the tenant namespace (a
-/// secretKeyRef only reaches Secrets in the pod's own namespace).
+/// secretKeyRef only reaches Secrets in the pod's own namespace), with the tenant's own store
+/// credentials in place of the shared ones where the operator provisions them.
 async fn copy_credentials(
     ctx: &Context,
-    tenant: &Tenant,
+    valid: &ValidTenant<'_>,
     names: &Names,
 ) -> Result<Option<Secret>, Error> {
     let cfg = &ctx.build;
-    if cfg.api_secret_env.is_empty() {
+    if cfg.api_secret_env.is_empty() && !cfg.store_credentials.enabled() {
         return Ok(None);
     }
     let source: Api<Secret> = Api::namespaced(ctx.client.clone(), &cfg.operator_namespace);
@@ -526,7 +528,9 @@ async fn copy_credentials(
         })?;
         data.insert(env.clone(), value);
     }
-    let copy = build::credentials_secret(tenant, names, data);
+    let annotations = credentials::provision(ctx, valid, names, &mut data).await?;
+    let mut copy = build::credentials_secret(valid.tenant, names, data);
+    copy.metadata.annotations = Some(annotations).filter(|a| !a.is_empty());
     let api = in_ns(&ctx.client, &names.namespace);
     let copy = once_authorized(|| ssa_raw(&api, &copy))
         .await

@@ -13,6 +13,7 @@ use crate::vector::TenantVectors;
 /// Cleans up after `tenant`; purging tolerates collections that are already gone.
 pub async fn cleanup(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = tenant.name_any();
+    super::credentials::remove(&ctx, &tenant).await?;
     if let Ok(id) = tenant.tenant_id()
         && tenant.spec.deletion_policy == DeletionPolicy::Delete
     {

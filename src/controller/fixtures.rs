@@ -85,6 +85,7 @@ impl BuildConfig {
             access: Default::default(),
             network: Default::default(),
             data_size_limit: "1Gi".into(),
+            store_credentials: Default::default(),
         }
     }
 }

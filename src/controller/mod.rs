@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod build;
 pub mod cleanup;
+pub mod credentials;
 #[cfg(test)]
 pub mod fixtures;
 pub mod keys;

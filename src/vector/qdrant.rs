@@ -639,18 +639,30 @@ impl VectorBackend for QdrantBackend {
     }
 
     /// Qdrant answers its health check without looking at the API key, so readiness also
-    /// makes one cheap authenticated call: a refused key is reported as not ready.
+    /// makes one cheap authenticated call: a refused key is reported as not ready. A token
+    /// scoped to some collections (JWT RBAC) may not ask about the probe collection; the
+    /// server then answers PermissionDenied, as it does for an expired or badly signed token,
+    /// so the call is repeated as a listing of collections, which every accepted token may
+    /// make (and which lists only the collections it may reach).
     async fn ready(&self) -> Result<(), VectorError> {
         let client = &self.inner.client;
         client
             .health_check()
             .await
             .map_err(|e| self.map_err("health check", e))?;
-        client
-            .collection_exists(READY_PROBE)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.map_err("authenticated request", e))
+        match client.collection_exists(READY_PROBE).await {
+            Ok(_) => Ok(()),
+            Err(QdrantError::ResponseError { status })
+                if status.code() == Code::PermissionDenied =>
+            {
+                client
+                    .list_collections()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.map_err("authenticated request", e))
+            }
+            Err(e) => Err(self.map_err("authenticated request", e)),
+        }
     }
 }
 

@@ -57,6 +57,8 @@ pub struct QdrantServer {
     p2p_port: u16,
     role: Role,
     api_key: Option<String>,
+    /// `service.jwt_rbac`: the API key also verifies JWTs (HS256) scoped by their `access`.
+    jwt_rbac: bool,
     dir: tempfile::TempDir,
 }
 
@@ -66,7 +68,17 @@ impl QdrantServer {
         Self::start_as(Role::Standalone, api_key)
     }
 
+    /// Starts a standalone node requiring `api_key` that also accepts JWTs signed with it
+    /// (`service.jwt_rbac: true`), and waits until it is ready.
+    pub fn start_jwt_rbac(api_key: &str) -> Self {
+        Self::start_with(Role::Standalone, Some(api_key), true)
+    }
+
     fn start_as(role: Role, api_key: Option<&str>) -> Self {
+        Self::start_with(role, api_key, false)
+    }
+
+    fn start_with(role: Role, api_key: Option<&str>, jwt_rbac: bool) -> Self {
         let mut s = Self {
             child: None,
             http_port: super::free_port(),
@@ -74,6 +86,7 @@ impl QdrantServer {
             p2p_port: super::free_port(),
             role,
             api_key: api_key.map(str::to_string),
+            jwt_rbac,
             dir: tempfile::tempdir().expect("tempdir"),
         };
         s.restart();
@@ -108,7 +121,8 @@ impl QdrantServer {
             )
             .env("QDRANT__TELEMETRY_DISABLED", "true")
             .env("QDRANT__LOG_LEVEL", "WARN")
-            .env_remove("QDRANT__SERVICE__API_KEY");
+            .env_remove("QDRANT__SERVICE__API_KEY")
+            .env("QDRANT__SERVICE__JWT_RBAC", self.jwt_rbac.to_string());
         if let Some(key) = &self.api_key {
             cmd.env("QDRANT__SERVICE__API_KEY", key);
         }

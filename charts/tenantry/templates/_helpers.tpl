@@ -139,6 +139,12 @@ between values).
 {{- if and (dig "quota" "redisUrl" "" $cfg) (or $r.deploy $r.url $r.urlSecret.name) }}
 {{- fail "api.config.quota.redisUrl contradicts redis.deploy / redis.url / redis.urlSecret: give the Redis of the quotas one way" }}
 {{- end }}
+{{- if and $r.aclUsers (not (or $r.deploy $r.urlSecret.name)) }}
+{{- fail "redis.aclUsers needs a Redis the operator can manage users on: the chart's (redis.deploy) or one whose admin URL is in redis.urlSecret" }}
+{{- end }}
+{{- if and $q.tenantTokens (not $q.deploy) (not $q.apiKeySecret.name) }}
+{{- fail "qdrant.tenantTokens needs the Qdrant's API key (the tokens are signed with it): the chart's Qdrant (qdrant.deploy) or qdrant.url with qdrant.apiKeySecret" }}
+{{- end }}
 {{- end }}
 
 {{/* pod.yaml of the API ConfigMap: the api.* scheduling values that are set. */}}

@@ -179,6 +179,7 @@ fn env(names: &Names, cfg: &BuildConfig) -> Vec<EnvVar> {
             .iter()
             .map(|(k, _, _)| secret_env(k, &names.credentials, k)),
     );
+    env.extend(crate::controller::credentials::pod_env(names, cfg));
     let mut seen = HashSet::new();
     env.reverse();
     env.retain(|e| seen.insert(e.name.clone()));

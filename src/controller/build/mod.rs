@@ -224,6 +224,9 @@ pub struct BuildConfig {
     pub network: NetworkConfig,
     /// `sizeLimit` of the API pods' data folder (`--api-data-size-limit`).
     pub data_size_limit: String,
+    /// Which stores give each tenant its own credentials (`--redis-acl-users`,
+    /// `--qdrant-tenant-tokens`).
+    pub store_credentials: crate::controller::credentials::StoreCredentials,
 }
 
 /// Port the chat API listens on inside the pod.
