@@ -1227,6 +1227,9 @@ async fn the_operator_adopts_nothing_it_did_not_create() {
         .wait_condition(&name, "SigningKeyReady", "True")
         .await;
     let kid = t.status.and_then(|s| s.current_key_id).expect("kid");
+    // Planted while no operator runs: a reconcile in flight would apply its own keyring over
+    // the plant (which is no adoption either, but not what this test looks at).
+    op.stop();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let planted = Keyring::generate(tenantry::domain::Algorithm::EdDSA);
     let replace = json!({
@@ -1241,15 +1244,7 @@ async fn the_operator_adopts_nothing_it_did_not_create() {
         )
         .await
         .expect("plant");
-    cluster
-        .tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
-        )
-        .await
-        .expect("touch");
+    let op = cluster.operator("op-adopt-2", &[]);
     let t = cluster
         .wait_reason(&name, "SigningKeyReady", "False", "SecretConflict")
         .await;
