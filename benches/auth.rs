@@ -102,7 +102,8 @@ async fn main() {
             vec![Issuer {
                 issuer: iss.to_string(),
                 jwks_uri,
-                audience: Some("tenantry-api".to_string()),
+                audience: "tenantry-api".to_string(),
+                claims: Vec::new(),
             }],
         )]),
     };

@@ -48,6 +48,49 @@ pub struct ServeConfig {
     /// Where vectors are stored.
     #[serde(default)]
     pub vector: VectorConfig,
+    /// Connection limits of the API and metrics listeners.
+    #[serde(default)]
+    pub listener: ListenerConfig,
+}
+
+/// Connection limits of each listener of `serve` (the API port, plain or TLS, and the metrics
+/// port), against clients that open connections and keep them busy without finishing requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A connection must deliver a complete request head (after the TLS handshake, on the TLS
+    /// port) within this many seconds of its first byte — of the connection's opening for the
+    /// first request — or it is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_seconds: u64,
+    /// A connection with no request in flight and no byte received for this many seconds is
+    /// closed (HTTP/1.1 keep-alive and HTTP/2 alike).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+    /// Open connections per listener; a connection beyond it is closed at once (the listener
+    /// keeps accepting, so the cap frees up as soon as a connection ends).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_seconds: default_header_read_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    1024
 }
 
 /// Vector store: a Qdrant server (gRPC) when a URL is given here, in `TENANTRY_QDRANT_URL` or
@@ -454,6 +497,11 @@ impl ServeConfig {
             return Err(
                 "vector.timeoutMs and vector.connectTimeoutMs must be positive".to_string(),
             );
+        }
+        let l = &self.listener;
+        if l.header_read_timeout_seconds == 0 || l.idle_timeout_seconds == 0 || l.max_connections == 0
+        {
+            return Err("listener.headerReadTimeoutSeconds, listener.idleTimeoutSeconds and listener.maxConnections must be positive".to_string());
         }
         if self.vector.cache_sweep_seconds == 0 {
             return Err("vector.cacheSweepSeconds must be positive".to_string());

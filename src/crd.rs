@@ -253,7 +253,7 @@ fn default_ttl() -> String {
 }
 
 /// Token verification settings.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Auth {
     /// Signing algorithm of the tenant's key; tokens with any other `alg` are refused.
@@ -263,9 +263,36 @@ pub struct Auth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub rotate_every: Option<String>,
+    /// Longest accepted token lifetime, `exp - iat` (Go-style duration, e.g. `1h`); tokens
+    /// that live longer, or carry no `iat`, are refused. Unset: `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_token_lifetime: Option<String>,
     /// Extra external OIDC issuers whose tokens are accepted for this tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(
+        validation = Rule::new(ISSUER_AUDIENCE_CEL).message(crate::domain::ISSUER_AUDIENCE_RULE),
+        validation = Rule::new(CLAIM_CONDITION_CEL).message(crate::domain::CLAIM_CONDITION_RULE)
+    )]
     pub issuers: Vec<Issuer>,
+}
+
+/// Every issuer names its audience (CEL of `spec.auth.issuers`).
+const ISSUER_AUDIENCE_CEL: &str = "self.all(i, has(i.audience) && size(i.audience) > 0)";
+/// Every claim condition sets exactly one of `values` and `pattern`.
+const CLAIM_CONDITION_CEL: &str = "self.all(i, !has(i.claims) || i.claims.all(c, (has(c.values) && size(c.values) > 0) != has(c.pattern)))";
+
+impl Auth {
+    /// The longest accepted token lifetime: `maxTokenLifetime`, else
+    /// [`crate::domain::DEFAULT_MAX_TOKEN_LIFETIME`] (also when the value is unusable; [`Tenant::validate`]
+    /// refuses such a spec).
+    pub fn max_token_lifetime(&self) -> std::time::Duration {
+        self.max_token_lifetime
+            .as_deref()
+            .and_then(parse_duration)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(crate::domain::DEFAULT_MAX_TOKEN_LIFETIME)
+    }
 }
 
 /// The tenant's chat API Deployment.
@@ -660,10 +687,36 @@ fn check_auth(auth: &Auth, found: &mut Problems) {
             format!("{r:?} is not a duration like 720h"),
         );
     }
+    if let Some(m) = &auth.max_token_lifetime
+        && parse_duration(m).is_none_or(|d| d.is_zero())
+    {
+        found.add(
+            "spec.auth.maxTokenLifetime",
+            format!("{m:?} is not a duration like 24h"),
+        );
+    }
     for (i, issuer) in auth.issuers.iter().enumerate() {
         let field = |name: &str| format!("spec.auth.issuers[{i}].{name}");
         if issuer.issuer.is_empty() {
             found.add(&field("issuer"), "must not be empty");
+        }
+        if issuer.audience.trim().is_empty() {
+            found.add(&field("audience"), crate::domain::ISSUER_AUDIENCE_RULE);
+        }
+        for (j, c) in issuer.claims.iter().enumerate() {
+            let at = field(&format!("claims[{j}]"));
+            if c.claim.is_empty() {
+                found.add(&format!("{at}.claim"), "must not be empty");
+            }
+            if c.values.is_empty() == c.pattern.is_none() {
+                found.add(&at, crate::domain::CLAIM_CONDITION_RULE);
+            }
+            if let Err(e) = c.regex() {
+                found.add(
+                    &format!("{at}.pattern"),
+                    format!("is not a regular expression: {e}"),
+                );
+            }
         }
         if auth.issuers[..i].iter().any(|o| o.issuer == issuer.issuer) {
             found.add(
@@ -747,6 +800,44 @@ mod tests {
                 "spec.api.replicas"
             ]
         );
+    }
+
+    #[test]
+    fn issuers_need_an_audience_and_sound_claim_conditions() {
+        let t = tenant(
+            "metadata: {name: acme}\nspec:\n  tier: pro\n  auth:\n    maxTokenLifetime: soon\n    issuers:\n    - {issuer: 'https://a', jwksUri: 'https://a/jwks', audience: ''}\n    - issuer: 'https://b'\n      jwksUri: 'https://b/jwks'\n      audience: api\n      claims:\n      - {claim: sub, values: [x], pattern: x}\n      - {claim: sub}\n      - {claim: sub, pattern: '('}\n",
+        );
+        let errs = t.validate().expect_err("invalid");
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.auth.maxTokenLifetime",
+                "spec.auth.issuers[0].audience",
+                "spec.auth.issuers[1].claims[0]",
+                "spec.auth.issuers[1].claims[1]",
+                "spec.auth.issuers[1].claims[2].pattern",
+            ]
+        );
+        // Without the field at all, the manifest does not even parse.
+        let missing: Result<Tenant, _> = serde_saphyr::from_str(
+            "metadata: {name: acme}\nspec:\n  tier: pro\n  auth:\n    issuers:\n    - {issuer: 'https://a', jwksUri: 'https://a/jwks'}\n",
+        );
+        assert!(
+            missing.expect_err("no audience").to_string().contains("audience"),
+            "names the field"
+        );
+        let yaml = crd_yaml();
+        assert!(yaml.contains(crate::domain::ISSUER_AUDIENCE_RULE));
+        assert!(yaml.contains(crate::domain::CLAIM_CONDITION_RULE));
+    }
+
+    #[test]
+    fn token_lifetime_defaults_to_a_day() {
+        let mut auth = Auth::default();
+        assert_eq!(auth.max_token_lifetime(), std::time::Duration::from_secs(86_400));
+        auth.max_token_lifetime = Some("90m".into());
+        assert_eq!(auth.max_token_lifetime(), std::time::Duration::from_secs(5_400));
     }
 
     #[test]

@@ -142,7 +142,8 @@ pub fn jwks_uri_ok(uri: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
-/// An external OIDC issuer.
+/// An external OIDC issuer: its tokens are accepted for the tenant only with the configured
+/// audience and when every claim condition holds.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Issuer {
@@ -154,10 +155,82 @@ pub struct Issuer {
         pattern = r"^(https://[^/?#]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/|$))"
     ))]
     pub jwks_uri: String,
-    /// Expected `aud` claim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audience: Option<String>,
+    /// Expected `aud` claim (required: without it every token the issuer signs for anyone
+    /// would be accepted).
+    #[schemars(length(min = 1))]
+    pub audience: String,
+    /// Conditions on the token's claims, all of which must hold (e.g. `sub` or `repository`
+    /// of a CI provider's tokens); none: any token of the issuer with the audience.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub claims: Vec<ClaimCondition>,
 }
+
+/// Why an issuer without audience is refused (the CRD's validation message says the same).
+pub const ISSUER_AUDIENCE_RULE: &str = "spec.auth.issuers[].audience is required: without it any token of the issuer, minted for any client, would be accepted";
+
+/// What one claim of an external token must be: one of `values`, or a match of `pattern`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimCondition {
+    /// Name of a top-level claim, e.g. `sub`, `repository`, `groups`.
+    #[schemars(length(min = 1, max = 256))]
+    pub claim: String,
+    /// The claim must equal one of these (for a list claim: one of its items must).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub values: Vec<String>,
+    /// The claim must match this regular expression as a whole (Rust `regex` syntax; for a
+    /// list claim: one of its items must).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub pattern: Option<String>,
+}
+
+/// Why a claim condition was refused (the CRD's validation message says the same).
+pub const CLAIM_CONDITION_RULE: &str = "a claim condition sets exactly one of values (non-empty) or pattern";
+
+impl ClaimCondition {
+    /// The pattern, anchored so it must match the whole claim; `Err` when it does not compile.
+    pub fn regex(&self) -> Result<Option<regex::Regex>, regex::Error> {
+        self.pattern
+            .as_deref()
+            .map(|p| regex::Regex::new(&format!("^(?:{p})$")))
+            .transpose()
+    }
+
+    /// Whether `value` (the claim in the token; `None` when absent) satisfies the condition.
+    /// Strings, numbers and booleans are compared as text; a list satisfies it when one of its
+    /// items does; objects, `null` and a missing claim never do. A pattern that does not
+    /// compile matches nothing.
+    pub fn holds(&self, value: Option<&serde_json::Value>) -> bool {
+        let regex = match self.regex() {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        let one = |v: &serde_json::Value| {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return false,
+            };
+            match &regex {
+                Some(r) => r.is_match(&text),
+                None => self.values.contains(&text),
+            }
+        };
+        match value {
+            Some(serde_json::Value::Array(items)) => items.iter().any(one),
+            Some(v) => one(v),
+            None => false,
+        }
+    }
+}
+
+/// The longest token lifetime (`exp - iat`) accepted when a tenant sets no
+/// `spec.auth.maxTokenLifetime`.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Limits in force for a tenant.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -196,6 +269,35 @@ impl EffectiveQuota {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_conditions() {
+        let values = ClaimCondition {
+            claim: "groups".into(),
+            values: vec!["admins".into(), "7".into()],
+            pattern: None,
+        };
+        let pattern = ClaimCondition {
+            claim: "sub".into(),
+            values: vec![],
+            pattern: Some("repo:acme/[^:]+".into()),
+        };
+        assert!(values.holds(Some(&serde_json::json!("admins"))));
+        assert!(values.holds(Some(&serde_json::json!(["users", "admins"]))));
+        assert!(values.holds(Some(&serde_json::json!(7))));
+        assert!(!values.holds(Some(&serde_json::json!("admin"))));
+        assert!(!values.holds(Some(&serde_json::json!({"admins": true}))));
+        assert!(!values.holds(None));
+        assert!(pattern.holds(Some(&serde_json::json!("repo:acme/app"))));
+        assert!(!pattern.holds(Some(&serde_json::json!("repo:acme/app:ref:main"))), "whole claim");
+        assert!(!pattern.holds(Some(&serde_json::json!("xrepo:acme/app"))), "whole claim");
+        let broken = ClaimCondition {
+            pattern: Some("(".into()),
+            ..pattern
+        };
+        assert!(broken.regex().is_err());
+        assert!(!broken.holds(Some(&serde_json::json!("("))));
+    }
 
     #[test]
     fn jwks_uris_are_https_or_loopback_http() {

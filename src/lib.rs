@@ -36,6 +36,7 @@
 //! - [`runtime`]: what both need: shutdown signal, admin router (metrics, health), file watching.
 //! - [`config`]: the `serve` configuration file and its defaults.
 //! - [`tls`]: HTTPS for `serve`: certificate loading and reload on change.
+//! - [`listen`]: `serve`'s accept loop: connection cap, header-read and idle timeouts.
 //! - [`metrics`], [`telemetry`]: Prometheus metric families; logging and tracing setup.
 //! - [`ingest`], [`healthcheck`]: the `tenantry ingest` client and the image's HEALTHCHECK probe.
 pub mod api;
@@ -50,6 +51,7 @@ pub mod domain;
 pub mod embed;
 pub mod healthcheck;
 pub mod ingest;
+pub mod listen;
 pub mod llm;
 pub mod metrics;
 pub mod operator;

@@ -65,6 +65,15 @@ async fn ingest(args: tenantry::cli::IngestArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A duration as `tenantry token --ttl` takes it (`24h`, `90m`, `45s`).
+fn go_duration(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Mints a token with the tenant's current key (creating the key like `serve` would).
 fn token(args: &TokenArgs) -> anyhow::Result<String> {
     let tenant = TenantId::parse(&args.tenant)?;
@@ -83,6 +92,14 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
             args.tenants.display()
         )
     })?;
+    let max = config.spec.auth.max_token_lifetime();
+    if args.ttl > max {
+        anyhow::bail!(
+            "--ttl {} is longer than tenant {tenant}'s maximum token lifetime of {} (spec.auth.maxTokenLifetime): serve would refuse the token",
+            go_duration(args.ttl),
+            go_duration(max)
+        );
+    }
     Ok(config
         .keyring
         .mint(&tenant, &args.sub, args.ttl.as_secs())?)

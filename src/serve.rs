@@ -308,21 +308,20 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, %metrics_addr, scheme, tenants = state.tenants.ids().len(), "listening");
 
+    let limits = crate::listen::Limits::from(&state.config.listener);
     let encoder = state.metrics.clone();
     let metrics_router = runtime::admin_router(move || encoder.encode(), None);
-    let metrics = tokio::spawn(async move {
-        axum::serve(metrics_listener, metrics_router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-    });
+    let metrics = tokio::spawn(crate::listen::serve(
+        metrics_listener,
+        metrics_router,
+        None,
+        limits,
+        shutdown_signal(),
+    ));
     let app = api::router(state);
     let served = match (tls, tls_config) {
-        (Some(files), Some(config)) => serve_tls(listener, app, files, config).await,
-        _ => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-        }
+        (Some(files), Some(config)) => serve_tls(listener, app, files, config, limits).await,
+        _ => crate::listen::serve(listener, app, None, limits, shutdown_signal()).await,
     };
     watcher.abort();
     sweeper.abort();
@@ -333,7 +332,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
 }
 
 /// Serves `app` over TLS on `listener` until a shutdown signal, then finishes in-flight
-/// requests; the certificate is reloaded in the background when its files change.
+/// requests (no deadline, like the plain-HTTP path: the pod's grace period bounds it); the
+/// certificate is reloaded in the background when its files change.
 async fn serve_tls(
     listener: TcpListener,
     app: axum::Router,
@@ -342,6 +342,7 @@ async fn serve_tls(
         axum_server::tls_rustls::RustlsConfig,
         crate::runtime::FileStamp,
     ),
+    limits: crate::listen::Limits,
 ) -> std::io::Result<()> {
     let reloader = tokio::spawn(crate::tls::watch(
         files,
@@ -349,17 +350,7 @@ async fn serve_tls(
         seen,
         crate::runtime::POLL_EVERY,
     ));
-    let handle = axum_server::Handle::new();
-    let on_signal = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        // No deadline, like the plain-HTTP path: the pod's grace period bounds it.
-        on_signal.graceful_shutdown(None);
-    });
-    let served = axum_server::from_tcp_rustls(listener.into_std()?, config)?
-        .handle(handle)
-        .serve(app.into_make_service())
-        .await;
+    let served = crate::listen::serve(listener, app, Some(config), limits, shutdown_signal()).await;
     reloader.abort();
     served
 }

@@ -315,6 +315,14 @@ impl KeyLookup for Catalog {
             .unwrap_or_default()
     }
 
+    fn max_token_lifetime(&self, tenant: &TenantId) -> std::time::Duration {
+        self.read()
+            .tenants
+            .get(tenant)
+            .map(|t| t.spec.auth.max_token_lifetime())
+            .unwrap_or(crate::domain::DEFAULT_MAX_TOKEN_LIFETIME)
+    }
+
     fn issuer_tenants(&self, iss: &str) -> Vec<TenantId> {
         self.read()
             .tenants

@@ -259,16 +259,44 @@ fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).expect("json"))
 }
 
-/// Every way a token can be wrong is a 401 with a JSON error.
+/// Every way a token can be wrong is a 401 with a JSON error, all with one and the same
+/// message (the reason is in the log): unknown tenants, keys and algorithms are not told apart
+/// from bad signatures. Lifetimes are bounded: `exp - iat` at most the tenant's
+/// `maxTokenLifetime` (24 h by default), `iat` required and not in the future, `nbf` honoured.
 #[tokio::test]
 async fn bad_tokens_are_refused() {
     let dirs = Dirs::new();
     dirs.add_tenant("acme", "");
     dirs.add_tenant("globex", "  auth: {algorithm: HS256}\n");
+    dirs.add_tenant("initech", "  auth: {maxTokenLifetime: 1h}\n");
     let server = Server::start(&dirs, Start::default());
     let acme = dirs.keyring("acme");
     let acme_kid = acme.current.clone();
     let now = unix_now() as u64;
+    // A token of `tenant`'s current key with these claims.
+    let signed = |tenant: &str, claims: Value| {
+        let ring = dirs.keyring(tenant);
+        let key = ring.current_key().expect("key");
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.kid = Some(ring.current.clone());
+        let enc = jsonwebtoken::EncodingKey::from_ed_pem(
+            key.private_key.as_deref().expect("pk").as_bytes(),
+        )
+        .expect("key");
+        jsonwebtoken::encode(&h, &claims, &enc).expect("sign")
+    };
+    let acme_claims =
+        |extra: Value| -> Value {
+            let mut c = json!({"sub": "a", "tenant_id": "acme", "iat": now, "exp": now + 600});
+            for (k, v) in extra.as_object().expect("object") {
+                if v.is_null() {
+                    c.as_object_mut().expect("object").remove(k);
+                } else {
+                    c[k] = v.clone();
+                }
+            }
+            c
+        };
 
     let expired = {
         let key = acme.current_key().expect("key");
@@ -339,7 +367,47 @@ async fn bad_tokens_are_refused() {
         format!("{}.{}.{}", parts[0], claims, parts[2])
     };
 
-    let cases: Vec<(&str, Option<String>)> = vec![
+    let lifetime_cases = [
+        (
+            "lifetime over the 24h default",
+            signed("acme", acme_claims(json!({"exp": now + 25 * 3600}))),
+        ),
+        ("no iat", signed("acme", acme_claims(json!({"iat": null})))),
+        (
+            "iat in the future",
+            signed(
+                "acme",
+                acme_claims(json!({"iat": now + 3600, "exp": now + 4000})),
+            ),
+        ),
+        (
+            "nbf in the future",
+            signed("acme", acme_claims(json!({"nbf": now + 300}))),
+        ),
+        (
+            "lifetime over the tenant's 1h",
+            dirs.keyring("initech")
+                .mint(&"initech".parse_id(), "a", 2 * 3600)
+                .expect("mint"),
+        ),
+        (
+            "unknown tenant",
+            signed("acme", acme_claims(json!({"tenant_id": "nobody"}))),
+        ),
+    ];
+    // Within the limits: accepted.
+    for ok in [
+        signed("acme", acme_claims(json!({"exp": now + 23 * 3600}))),
+        signed("acme", acme_claims(json!({"nbf": now - 10}))),
+        dirs.keyring("initech")
+            .mint(&"initech".parse_id(), "a", 3000)
+            .expect("mint"),
+    ] {
+        let (s, body) = server.get("/v1/usage", &ok).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+
+    let mut cases: Vec<(&str, Option<String>)> = vec![
         ("no token", None),
         ("malformed", Some("Bearer not.a.jwt".into())),
         (
@@ -361,6 +429,12 @@ async fn bad_tokens_are_refused() {
         ),
         ("tampered claims", Some(format!("Bearer {tampered}"))),
     ];
+    cases.extend(
+        lifetime_cases
+            .iter()
+            .map(|(name, t)| (*name, Some(format!("Bearer {t}")))),
+    );
+    let mut messages = HashSet::new();
     for (name, header) in cases {
         let mut req = server
             .http
@@ -378,6 +452,17 @@ async fn bad_tokens_are_refused() {
                 .is_some_and(|m| !m.is_empty()),
             "{name}"
         );
+        messages.insert(body["error"]["message"].to_string());
+    }
+    assert_eq!(
+        messages.len(),
+        1,
+        "every refusal says the same: {messages:?}"
+    );
+    // The log keeps the reasons.
+    let logs = server.logs.lock().expect("lock").join("\n");
+    for reason in ["token expired", "iat is required", "nbf", "unknown tenant or signing key"] {
+        assert!(logs.contains(reason), "the log lacks {reason:?}");
     }
     // And the good token works.
     let (s, body) = server.chat(&dirs.token("acme", "alice"), QUESTION).await;
@@ -696,6 +781,10 @@ async fn health_readiness_openapi_and_dev_token() {
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
+    let (s, body) = server
+        .get("/dev/token?tenant_id=acme&sub=dev&ttl=48h", "")
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (s, body) = server.get("/dev/token?tenant_id=acme&sub=dev", "").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let token = body["token"].as_str().expect("token");
@@ -731,6 +820,24 @@ async fn token_cli_and_exclusive_data_dir() {
         .to_string();
     let (s, body) = server.get("/v1/documents", &token).await;
     assert_eq!(s, StatusCode::OK, "{body}");
+
+    // Longer than the tenant's maximum token lifetime (24h by default): refused, saying why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args([
+            "token", "--tenant", "acme", "--sub", "carol", "--ttl", "720h",
+        ])
+        .arg("--data-dir")
+        .arg(dirs.data())
+        .arg("--tenants")
+        .arg(dirs.tenants())
+        .output()
+        .expect("run token");
+    assert!(!out.status.success(), "a 720h token was minted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("maximum token lifetime of 24h") && err.contains("maxTokenLifetime"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
         .args(["token", "--tenant", "nobody", "--sub", "x"])

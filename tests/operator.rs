@@ -71,8 +71,23 @@ async fn api_server_refuses_invalid_tenants_with_clear_messages() {
         ),
         (
             "JWKS over plain HTTP",
-            json!({"tier": "pro", "auth": {"issuers": [{"issuer": "https://idp.example.com", "jwksUri": "http://idp.example.com/jwks"}]}}),
+            json!({"tier": "pro", "auth": {"issuers": [{"issuer": "https://idp.example.com", "jwksUri": "http://idp.example.com/jwks", "audience": "api"}]}}),
             "spec.auth.issuers[0].jwksUri",
+        ),
+        (
+            "issuer without audience",
+            json!({"tier": "pro", "auth": {"issuers": [{"issuer": "https://idp.example.com", "jwksUri": "https://idp.example.com/jwks"}]}}),
+            "audience",
+        ),
+        (
+            "claim condition with values and pattern",
+            json!({"tier": "pro", "auth": {"issuers": [{"issuer": "https://idp.example.com", "jwksUri": "https://idp.example.com/jwks", "audience": "api", "claims": [{"claim": "sub", "values": ["a"], "pattern": "a"}]}]}}),
+            tenantry::domain::CLAIM_CONDITION_RULE,
+        ),
+        (
+            "bad token lifetime",
+            json!({"tier": "pro", "auth": {"maxTokenLifetime": "a day"}}),
+            "spec.auth.maxTokenLifetime",
         ),
     ];
     for (what, spec, needle) in cases {

@@ -16,8 +16,10 @@ use crate::vector::VectorError;
 /// Every error the API returns.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 401: missing, malformed, expired or wrongly signed token.
-    #[error(transparent)]
+    /// 401: missing, malformed, expired or wrongly signed token (503 for
+    /// [`AuthError::KeysUnavailable`]). The body says [`UNAUTHORIZED_MESSAGE`] whatever the
+    /// reason, which goes to the log only.
+    #[error("{}", auth_message(.0))]
     Unauthorized(#[from] AuthError),
     /// 403: the tenant is suspended.
     #[error("tenant is suspended")]
@@ -81,6 +83,18 @@ pub enum ApiError {
     /// 500: a bug or an unexpected condition; details only in the log.
     #[error("internal error")]
     Internal(String),
+}
+
+/// The message of every 401: one text for every reason a token is refused, so a caller without
+/// a valid token cannot tell unknown tenants, keys or algorithms from bad signatures.
+pub const UNAUTHORIZED_MESSAGE: &str = "missing or invalid bearer token";
+
+fn auth_message(e: &AuthError) -> String {
+    match e {
+        // A valid token may be behind this one: saying so is all it tells.
+        AuthError::KeysUnavailable => e.to_string(),
+        _ => UNAUTHORIZED_MESSAGE.to_string(),
+    }
 }
 
 impl From<VectorError> for ApiError {
@@ -213,6 +227,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
+        if let Self::Unauthorized(reason) = &self {
+            tracing::info!(code = self.code(), reason = %reason, "token refused");
+        }
         if status.is_server_error() {
             // The body stays generic; the cause goes to the log only.
             let cause = match &self {

@@ -78,6 +78,13 @@ pub async fn dev_token(
             tenant.id
         )));
     }
+    let max = tenant.spec.auth.max_token_lifetime();
+    if ttl > max {
+        return Err(ApiError::Invalid(format!(
+            "ttl must not exceed the tenant's maximum token lifetime ({} s)",
+            max.as_secs()
+        )));
+    }
     let token = tenant
         .keyring
         .mint(&tenant.id, &q.sub, ttl.as_secs())

@@ -150,7 +150,7 @@ where
 /// The API router (without the metrics endpoint, which listens on its own port).
 pub fn router(state: AppState) -> Router {
     let limits = state.config.limits.clone();
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/chat",
             post(chat::chat).layer(middleware::from_fn_with_state(
@@ -175,13 +175,45 @@ pub fn router(state: AppState) -> Router {
         // A route layer sees the matched route, so the log names routes, not raw URIs.
         .route_layer(middleware::from_fn(access_log))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    layers(routes, &limits).with_state(state)
+}
+
+/// The middleware around every route and fallback, outermost first: the whole-request timeout
+/// (which also marks responses `Cache-Control: no-store`), the body limit, and the panic guard
+/// that turns a panicking handler into a JSON 500 instead of a dropped connection.
+pub fn layers<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    limits: &crate::config::Limits,
+) -> Router<S> {
+    routes
+        .layer(middleware::from_fn(catch_panic))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             Duration::from_secs(limits.request_timeout_seconds),
             timeout,
         ))
-        .with_state(state)
+}
+
+/// Runs the request; a panic on the way to the response becomes a 500 with the JSON error body
+/// (the panic's message goes to the log only). A panic while a streamed body is being sent can
+/// only end that response early.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures::FutureExt as _;
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(resp) => resp,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text payload".to_string());
+            ApiError::Internal(format!("a request handler panicked: {what}")).into_response()
+        }
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -236,6 +268,47 @@ async fn access_log(req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod router_tests;
+
+#[cfg(test)]
+mod layer_tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt as _;
+
+    /// A route that panics, behind the layers `serve` puts around every route: a JSON 500
+    /// (with the usual headers), and the router keeps serving.
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_json_500() {
+        async fn boom() -> &'static str {
+            panic!("deliberate test panic")
+        }
+        async fn fine() -> &'static str {
+            "ok"
+        }
+        let routes = axum::Router::new()
+            .route("/boom", axum::routing::get(boom))
+            .route("/fine", axum::routing::get(fine));
+        let app = super::layers(routes, &crate::config::Limits::default());
+        let resp = app
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).expect("request"))
+            .await
+            .expect("a response, not an error");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+        assert_eq!(v["error"]["code"], "internal");
+        assert_eq!(v["error"]["message"], "internal error", "no panic text: {v}");
+        let resp = app
+            .oneshot(Request::get("/fine").body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+}
 
 #[cfg(test)]
 mod tests {

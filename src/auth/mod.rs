@@ -6,7 +6,14 @@
 //! - its `kid` names a key in *that tenant's* keyring (so a token signed with tenant A's key
 //!   that claims tenant B finds no key), and the key has not expired after a rotation;
 //! - the signature verifies with that key, `exp` is present and not past (30 s leeway), `sub`
-//!   is present.
+//!   is present;
+//! - `iat` is present and not in the future (30 s leeway), `exp - iat` is at most the tenant's
+//!   `spec.auth.maxTokenLifetime` (24 h when unset), and `nbf`, when present, is not in the
+//!   future (30 s leeway).
+//!
+//! Every refusal answers the caller with one and the same 401 message (see
+//! [`crate::api::ApiError`]); the [`AuthError`] that says why goes to the log only, so an
+//! unauthenticated caller learns nothing about which tenants, keys or algorithms exist.
 //!
 //! Tokens of a tenant's external OIDC issuers (`spec.auth.issuers`) are verified by [`oidc`]
 //! with the issuer's published keys; see [`verify_any`].
@@ -16,6 +23,7 @@ pub mod keys;
 pub mod oidc;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -25,7 +33,7 @@ use serde::Deserialize;
 use crate::domain::{Algorithm, TenantId};
 use keys::{Claims, Keyring, unix_now};
 
-/// Clock skew tolerated on `exp`, in seconds.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
 
 /// A verified caller.
@@ -37,7 +45,8 @@ pub struct Principal {
     pub sub: String,
 }
 
-/// Why a token was refused. Every variant maps to HTTP 401; messages never include the token.
+/// Why a token was refused. Every variant but [`AuthError::KeysUnavailable`] maps to HTTP 401
+/// with one message for all (the variant is logged); messages never include the token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     /// No `Authorization: Bearer` header.
@@ -58,6 +67,15 @@ pub enum AuthError {
     /// `exp` is in the past.
     #[error("token expired")]
     Expired,
+    /// `nbf` is in the future.
+    #[error("token not valid yet (nbf)")]
+    NotYetValid,
+    /// `iat` is missing or in the future, or `exp - iat` exceeds the tenant's maximum.
+    #[error("token lifetime refused: {0}")]
+    Lifetime(String),
+    /// An external issuer's token fails one of the issuer's claim conditions.
+    #[error("claim {0:?} does not satisfy the issuer's conditions")]
+    Condition(String),
     /// A required claim is missing or malformed.
     #[error("invalid token claims: {0}")]
     Claims(String),
@@ -100,6 +118,10 @@ pub trait KeyLookup: Send + Sync {
     fn issuer_tenants(&self, _iss: &str) -> Vec<TenantId> {
         Vec::new()
     }
+    /// The longest token lifetime (`exp - iat`) accepted for a tenant.
+    fn max_token_lifetime(&self, _tenant: &TenantId) -> Duration {
+        crate::domain::DEFAULT_MAX_TOKEN_LIFETIME
+    }
 }
 
 #[derive(Deserialize)]
@@ -123,6 +145,7 @@ fn decode_error(e: jsonwebtoken::errors::Error) -> AuthError {
     use jsonwebtoken::errors::ErrorKind as K;
     match e.kind() {
         K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
         K::InvalidSignature => AuthError::Signature,
         K::InvalidAlgorithm => AuthError::Algorithm,
         K::InvalidIssuer => AuthError::Claims("iss is not the configured issuer".to_string()),
@@ -158,7 +181,8 @@ pub async fn verify_any(
                 .into_iter()
                 .find(|i| i.issuer == iss)
         {
-            return oidc::verify(token, tenant, &issuer, jwks).await;
+            let max_lifetime = lookup.max_token_lifetime(&tenant);
+            return oidc::verify(token, tenant, &issuer, max_lifetime, jwks).await;
         }
     }
     verify_claimed(token, claimed, lookup)
@@ -216,17 +240,43 @@ fn verify_claimed(
     let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
         .map_err(decode_error)?
         .claims;
+    check_lifetime(
+        claims.iat,
+        claims.exp,
+        lookup.max_token_lifetime(&tenant),
+        unix_now(),
+    )?;
     principal(tenant, Some(&claims.tenant_id), claims.sub)
 }
 
 /// The checks every accepted token passes, whoever signed it: the header's algorithm, an
-/// expiry (with [`LEEWAY_SECS`] of clock skew) and the `required` claims present.
+/// expiry and a `nbf` when present (both with [`LEEWAY_SECS`] of clock skew) and the
+/// `required` claims present.
 fn validation(alg: jsonwebtoken::Algorithm, required: &[&str]) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = LEEWAY_SECS;
     validation.validate_exp = true;
+    validation.validate_nbf = true;
     validation.set_required_spec_claims(required);
     validation
+}
+
+/// A token's lifetime is acceptable: it says when it was issued (`iat`), that is not in the
+/// future (beyond [`LEEWAY_SECS`]), and it expires at most `max` after it was issued.
+fn check_lifetime(iat: Option<u64>, exp: u64, max: Duration, now: i64) -> Result<(), AuthError> {
+    let iat = iat.ok_or_else(|| AuthError::Lifetime("iat is required".to_string()))?;
+    let now = u64::try_from(now).unwrap_or(0);
+    if iat > now.saturating_add(LEEWAY_SECS) {
+        return Err(AuthError::Lifetime("iat is in the future".to_string()));
+    }
+    let lifetime = exp.saturating_sub(iat);
+    if lifetime > max.as_secs() {
+        return Err(AuthError::Lifetime(format!(
+            "exp - iat is {lifetime} s, more than the tenant's maximum of {} s",
+            max.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 /// The principal of verified claims: a tenant the claims name (if they name one) must be the
@@ -333,6 +383,23 @@ mod tests {
         a.rotate(Algorithm::EdDSA, Some(3600));
         assert!(a.keys.iter().all(|k| k.kid != old_kid));
         assert_eq!(a.keys.len(), 2);
+    }
+
+    #[test]
+    fn lifetimes_are_bounded() {
+        let max = Duration::from_secs(3600);
+        let now = 1_000_000;
+        let ok = |iat, exp| check_lifetime(iat, exp, max, now as i64);
+        assert_eq!(ok(Some(now), now + 3600), Ok(()));
+        assert_eq!(ok(Some(now - 100), now + 10), Ok(()));
+        // Within the clock-skew leeway.
+        assert_eq!(ok(Some(now + LEEWAY_SECS), now + 600), Ok(()));
+        assert!(matches!(ok(Some(now), now + 3601), Err(AuthError::Lifetime(_))));
+        assert!(matches!(ok(None, now + 60), Err(AuthError::Lifetime(_))));
+        assert!(matches!(
+            ok(Some(now + LEEWAY_SECS + 1), now + 600),
+            Err(AuthError::Lifetime(_))
+        ));
     }
 
     #[test]
