@@ -22,7 +22,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum_server::accept::Accept as _;
-use http_body::Body as _;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
