@@ -499,7 +499,9 @@ impl ServeConfig {
             );
         }
         let l = &self.listener;
-        if l.header_read_timeout_seconds == 0 || l.idle_timeout_seconds == 0 || l.max_connections == 0
+        if l.header_read_timeout_seconds == 0
+            || l.idle_timeout_seconds == 0
+            || l.max_connections == 0
         {
             return Err("listener.headerReadTimeoutSeconds, listener.idleTimeoutSeconds and listener.maxConnections must be positive".to_string());
         }

@@ -824,7 +824,10 @@ mod tests {
             "metadata: {name: acme}\nspec:\n  tier: pro\n  auth:\n    issuers:\n    - {issuer: 'https://a', jwksUri: 'https://a/jwks'}\n",
         );
         assert!(
-            missing.expect_err("no audience").to_string().contains("audience"),
+            missing
+                .expect_err("no audience")
+                .to_string()
+                .contains("audience"),
             "names the field"
         );
         let yaml = crd_yaml();
@@ -835,9 +838,15 @@ mod tests {
     #[test]
     fn token_lifetime_defaults_to_a_day() {
         let mut auth = Auth::default();
-        assert_eq!(auth.max_token_lifetime(), std::time::Duration::from_secs(86_400));
+        assert_eq!(
+            auth.max_token_lifetime(),
+            std::time::Duration::from_secs(86_400)
+        );
         auth.max_token_lifetime = Some("90m".into());
-        assert_eq!(auth.max_token_lifetime(), std::time::Duration::from_secs(5_400));
+        assert_eq!(
+            auth.max_token_lifetime(),
+            std::time::Duration::from_secs(5_400)
+        );
     }
 
     #[test]

@@ -188,7 +188,8 @@ pub struct ClaimCondition {
 }
 
 /// Why a claim condition was refused (the CRD's validation message says the same).
-pub const CLAIM_CONDITION_RULE: &str = "a claim condition sets exactly one of values (non-empty) or pattern";
+pub const CLAIM_CONDITION_RULE: &str =
+    "a claim condition sets exactly one of values (non-empty) or pattern";
 
 impl ClaimCondition {
     /// The pattern, anchored so it must match the whole claim; `Err` when it does not compile.
@@ -289,8 +290,14 @@ mod tests {
         assert!(!values.holds(Some(&serde_json::json!({"admins": true}))));
         assert!(!values.holds(None));
         assert!(pattern.holds(Some(&serde_json::json!("repo:acme/app"))));
-        assert!(!pattern.holds(Some(&serde_json::json!("repo:acme/app:ref:main"))), "whole claim");
-        assert!(!pattern.holds(Some(&serde_json::json!("xrepo:acme/app"))), "whole claim");
+        assert!(
+            !pattern.holds(Some(&serde_json::json!("repo:acme/app:ref:main"))),
+            "whole claim"
+        );
+        assert!(
+            !pattern.holds(Some(&serde_json::json!("xrepo:acme/app"))),
+            "whole claim"
+        );
         let broken = ClaimCondition {
             pattern: Some("(".into()),
             ..pattern

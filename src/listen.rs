@@ -111,7 +111,10 @@ struct Refusals {
 impl Refusals {
     fn one(&mut self, cap: usize) {
         self.since_log += 1;
-        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
             tracing::warn!(
                 max_connections = cap,
                 refused = self.since_log,

@@ -285,18 +285,17 @@ async fn bad_tokens_are_refused() {
         .expect("key");
         jsonwebtoken::encode(&h, &claims, &enc).expect("sign")
     };
-    let acme_claims =
-        |extra: Value| -> Value {
-            let mut c = json!({"sub": "a", "tenant_id": "acme", "iat": now, "exp": now + 600});
-            for (k, v) in extra.as_object().expect("object") {
-                if v.is_null() {
-                    c.as_object_mut().expect("object").remove(k);
-                } else {
-                    c[k] = v.clone();
-                }
+    let acme_claims = |extra: Value| -> Value {
+        let mut c = json!({"sub": "a", "tenant_id": "acme", "iat": now, "exp": now + 600});
+        for (k, v) in extra.as_object().expect("object") {
+            if v.is_null() {
+                c.as_object_mut().expect("object").remove(k);
+            } else {
+                c[k] = v.clone();
             }
-            c
-        };
+        }
+        c
+    };
 
     let expired = {
         let key = acme.current_key().expect("key");
@@ -461,7 +460,12 @@ async fn bad_tokens_are_refused() {
     );
     // The log keeps the reasons.
     let logs = server.logs.lock().expect("lock").join("\n");
-    for reason in ["token expired", "iat is required", "nbf", "unknown tenant or signing key"] {
+    for reason in [
+        "token expired",
+        "iat is required",
+        "nbf",
+        "unknown tenant or signing key",
+    ] {
         assert!(logs.contains(reason), "the log lacks {reason:?}");
     }
     // And the good token works.

@@ -22,11 +22,21 @@ const SLOW_HEAD: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
 /// Sends `SLOW_HEAD` byte by byte over `stream` and then header bytes forever, until the server
 /// closes the connection; returns what the server sent before closing (panics after [`NEVER`]).
-fn slowloris<S: std::io::Read + std::io::Write>(stream: &mut S, set_timeout: impl Fn(Duration)) -> Vec<u8> {
+fn slowloris<S: std::io::Read + std::io::Write>(
+    stream: &mut S,
+    set_timeout: impl Fn(Duration),
+) -> Vec<u8> {
     let start = Instant::now();
     for b in SLOW_HEAD.iter().chain(std::iter::repeat(&b'a')) {
-        assert!(start.elapsed() < NEVER, "a byte-by-byte request head held the connection for {NEVER:?}");
-        if stream.write_all(&[*b]).and_then(|()| stream.flush()).is_err() {
+        assert!(
+            start.elapsed() < NEVER,
+            "a byte-by-byte request head held the connection for {NEVER:?}"
+        );
+        if stream
+            .write_all(&[*b])
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
             break;
         }
         // Between bytes, see whether the server has closed the connection.
@@ -35,7 +45,11 @@ fn slowloris<S: std::io::Read + std::io::Write>(stream: &mut S, set_timeout: imp
         match stream.read(&mut buf) {
             Ok(0) => return Vec::new(),
             Ok(n) => return buf[..n].to_vec(),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return Vec::new(),
         }
     }
@@ -49,16 +63,19 @@ fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Reads until the server closes `stream` (returns what it sent); panics after [`NEVER`].
 fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    stream
-        .set_read_timeout(Some(NEVER))
-        .expect("read timeout");
+    stream.set_read_timeout(Some(NEVER)).expect("read timeout");
     let mut all = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf) {
             Ok(0) => return all,
             Ok(n) => all.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 panic!("the server kept the connection open for {NEVER:?}")
             }
             Err(_) => return all,
@@ -69,9 +86,7 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 /// Sends one complete request and reads its response head and body (`Content-Length`).
 fn request(stream: &mut TcpStream, path: &str) -> String {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
-    stream
-        .set_read_timeout(Some(NEVER))
-        .expect("read timeout");
+    stream.set_read_timeout(Some(NEVER)).expect("read timeout");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -127,7 +142,8 @@ async fn slow_heads_and_idle_connections_are_closed() {
         for (port, addr, path) in [("API", api, "/healthz"), ("metrics", metrics, "/metrics")] {
             let answered = plain_slowloris(addr);
             assert!(
-                answered.is_empty() || String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 408"),
+                answered.is_empty()
+                    || String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 408"),
                 "{port}: {}",
                 String::from_utf8_lossy(&answered)
             );
@@ -136,7 +152,11 @@ async fn slow_heads_and_idle_connections_are_closed() {
             let first = request(&mut s, path);
             assert!(first.starts_with("HTTP/1.1 200"), "{port}: {first}");
             let rest = read_until_closed(&mut s);
-            assert!(rest.is_empty(), "{port}: {}", String::from_utf8_lossy(&rest));
+            assert!(
+                rest.is_empty(),
+                "{port}: {}",
+                String::from_utf8_lossy(&rest)
+            );
             // A fresh connection is served as usual.
             let mut s = connect(addr);
             assert!(request(&mut s, path).starts_with("HTTP/1.1 200"), "{port}");
@@ -190,9 +210,7 @@ async fn slow_heads_are_closed_over_tls() {
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         // Complete the handshake first: the slowness is inside the encrypted stream.
         while tls.conn.is_handshaking() {
-            tls.conn
-                .complete_io(&mut tls.sock)
-                .expect("TLS handshake");
+            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
         }
         let answered = slowloris(&mut tls, move |t| {
             let _ = tcp2.set_read_timeout(Some(t));
@@ -242,7 +260,10 @@ async fn connections_beyond_the_cap_are_closed() {
             drop(held.pop());
             let served = (0..100).any(|_| {
                 let mut s = connect(addr);
-                let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+                let _ = write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                );
                 let got = read_until_closed(&mut s);
                 if got.is_empty() {
                     std::thread::sleep(Duration::from_millis(50));

@@ -295,7 +295,9 @@ async fn claim_conditions_narrow_an_issuer() {
     // No audience: the whole Tenant is refused (it would trust any token of the issuer).
     dirs.add_tenant(
         "globex",
-        &format!("  auth:\n    issuers:\n    - {{issuer: {ISS_OPEN}, jwksUri: {base}/open/jwks}}\n"),
+        &format!(
+            "  auth:\n    issuers:\n    - {{issuer: {ISS_OPEN}, jwksUri: {base}/open/jwks}}\n"
+        ),
     );
     let server = Server::start(&dirs, Start::default());
     server.wait_for_token(&dirs.token("acme", "x")).await;
@@ -326,7 +328,10 @@ async fn claim_conditions_narrow_an_issuer() {
         ("another owner", with("repository_owner", json!("evil"))),
         ("owner missing", with("repository_owner", Value::Null)),
         ("no listed group", with("groups", json!(["readers"]))),
-        ("a group claim that is an object", with("groups", json!({"deployers": true}))),
+        (
+            "a group claim that is an object",
+            with("groups", json!({"deployers": true})),
+        ),
     ] {
         let token = ci.sign(claims(ISS_CI, extra));
         assert_eq!(tenant_of(&server, &token).await, refused(), "{what}");
@@ -373,7 +378,11 @@ struct Hostile {
 
 async fn hostile(State(h): State<Hostile>, Path(name): Path<String>) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    *h.hits.lock().expect("lock").entry(name.clone()).or_default() += 1;
+    *h.hits
+        .lock()
+        .expect("lock")
+        .entry(name.clone())
+        .or_default() += 1;
     let behaviour = h.routes.lock().expect("lock").get(&name).cloned();
     match behaviour {
         Some(Behaviour::Keys(doc)) => axum::Json(doc).into_response(),
@@ -393,7 +402,10 @@ async fn hostile(State(h): State<Hostile>, Path(name): Path<String>) -> axum::re
         Some(Behaviour::Dribble) => {
             let bytes = futures::stream::unfold(0u64, |n| async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")), n + 1))
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b" ")),
+                    n + 1,
+                ))
             });
             axum::body::Body::from_stream(bytes).into_response()
         }
@@ -420,10 +432,18 @@ impl Hostile {
         (h, base)
     }
     fn set(&self, name: &str, b: Behaviour) {
-        self.routes.lock().expect("lock").insert(name.to_string(), b);
+        self.routes
+            .lock()
+            .expect("lock")
+            .insert(name.to_string(), b);
     }
     fn hits(&self, name: &str) -> usize {
-        self.hits.lock().expect("lock").get(name).copied().unwrap_or(0)
+        self.hits
+            .lock()
+            .expect("lock")
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 }
 

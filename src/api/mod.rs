@@ -301,7 +301,10 @@ mod layer_tests {
             .expect("body");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
         assert_eq!(v["error"]["code"], "internal");
-        assert_eq!(v["error"]["message"], "internal error", "no panic text: {v}");
+        assert_eq!(
+            v["error"]["message"], "internal error",
+            "no panic text: {v}"
+        );
         let resp = app
             .oneshot(Request::get("/fine").body(Body::empty()).expect("request"))
             .await

@@ -394,7 +394,10 @@ mod tests {
         assert_eq!(ok(Some(now - 100), now + 10), Ok(()));
         // Within the clock-skew leeway.
         assert_eq!(ok(Some(now + LEEWAY_SECS), now + 600), Ok(()));
-        assert!(matches!(ok(Some(now), now + 3601), Err(AuthError::Lifetime(_))));
+        assert!(matches!(
+            ok(Some(now), now + 3601),
+            Err(AuthError::Lifetime(_))
+        ));
         assert!(matches!(ok(None, now + 60), Err(AuthError::Lifetime(_))));
         assert!(matches!(
             ok(Some(now + LEEWAY_SECS + 1), now + 600),

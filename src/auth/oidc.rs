@@ -80,7 +80,10 @@ impl Known {
         if fresh && let Some(k) = self.find(kid) {
             return Some(Ok(k));
         }
-        if self.attempted.is_some_and(|t| t.elapsed() < JWKS_MIN_REFETCH) {
+        if self
+            .attempted
+            .is_some_and(|t| t.elapsed() < JWKS_MIN_REFETCH)
+        {
             return Some(self.settle(kid));
         }
         None
@@ -149,12 +152,20 @@ impl JwksCache {
             .content_length()
             .is_some_and(|n| n > JWKS_MAX_BYTES as u64)
         {
-            return Err(format!("the document is larger than {JWKS_MAX_BYTES} bytes"));
+            return Err(format!(
+                "the document is larger than {JWKS_MAX_BYTES} bytes"
+            ));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| e.without_url().to_string())?
+        {
             if body.len() + chunk.len() > JWKS_MAX_BYTES {
-                return Err(format!("the document is larger than {JWKS_MAX_BYTES} bytes"));
+                return Err(format!(
+                    "the document is larger than {JWKS_MAX_BYTES} bytes"
+                ));
             }
             body.extend_from_slice(&chunk);
         }
@@ -240,7 +251,11 @@ pub async fn verify(
     let time = |name: &str| claims.get(name).and_then(Value::as_f64).map(|t| t as u64);
     let exp = time("exp").ok_or_else(|| AuthError::Claims("exp is malformed".to_string()))?;
     super::check_lifetime(time("iat"), exp, max_lifetime, super::keys::unix_now())?;
-    if let Some(failed) = issuer.claims.iter().find(|c| !c.holds(claims.get(&c.claim))) {
+    if let Some(failed) = issuer
+        .claims
+        .iter()
+        .find(|c| !c.holds(claims.get(&c.claim)))
+    {
         return Err(AuthError::Condition(failed.claim.clone()));
     }
     let sub = claims
