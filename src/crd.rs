@@ -571,16 +571,19 @@ impl Tenant {
     /// (the embedded default, where the tenant id alone scopes the data) or one that adopts
     /// [`LEGACY_DATA`].
     pub fn data_owner(&self) -> Option<String> {
-        let adopted = self
-            .metadata
+        self.adopted_data_owner()
+            .or_else(|| self.metadata.uid.clone().filter(|u| !u.is_empty()))
+            .filter(|o| o != LEGACY_DATA)
+    }
+
+    /// The UID named by [`ADOPT_DATA_ANNOTATION`], if set and not blank.
+    pub fn adopted_data_owner(&self) -> Option<String> {
+        self.metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(ADOPT_DATA_ANNOTATION))
             .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty());
-        adopted
-            .or_else(|| self.metadata.uid.clone().filter(|u| !u.is_empty()))
-            .filter(|o| o != LEGACY_DATA)
+            .filter(|v| !v.is_empty())
     }
 
     /// The tenant id (the object's name), validated.

@@ -3,7 +3,7 @@
 //! on (nothing is applied for an invalid Tenant).
 use std::time::Duration;
 
-use crate::crd::{ADOPT_DATA_ANNOTATION, LEGACY_DATA, QuotaTierSpec, Tenant, reason};
+use crate::crd::{LEGACY_DATA, QuotaTierSpec, Tenant, reason};
 use crate::domain::{TenantId, parse_duration};
 
 /// Why a Tenant cannot be reconciled until it (or its tier) changes.
@@ -80,13 +80,7 @@ pub fn with_tier(
 /// collections but no `dataOwner`), [`LEGACY_DATA`], so its existing data stays its own;
 /// else the Tenant's UID (a new Tenant starts empty).
 pub fn data_owner(tenant: &Tenant) -> Option<String> {
-    let adopted = tenant
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ADOPT_DATA_ANNOTATION))
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty());
+    let adopted = tenant.adopted_data_owner();
     let legacy = tenant
         .status
         .as_ref()
@@ -104,6 +98,7 @@ pub fn vector_owner(tenant: &Tenant) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::ADOPT_DATA_ANNOTATION;
     use crate::crd::builtin_tier;
 
     #[test]
