@@ -270,12 +270,16 @@ pub struct Auth {
     pub max_token_lifetime: Option<String>,
     /// Extra external OIDC issuers whose tokens are accepted for this tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ISSUERS))]
     #[x_kube(
         validation = Rule::new(ISSUER_AUDIENCE_CEL).message(crate::domain::ISSUER_AUDIENCE_RULE),
         validation = Rule::new(CLAIM_CONDITION_CEL).message(crate::domain::CLAIM_CONDITION_RULE)
     )]
     pub issuers: Vec<Issuer>,
 }
+
+/// Most external issuers of one Tenant (bounds the cost of the CEL rules over them).
+pub const MAX_ISSUERS: usize = 16;
 
 /// Every issuer names its audience (CEL of `spec.auth.issuers`).
 const ISSUER_AUDIENCE_CEL: &str = "self.all(i, has(i.audience) && size(i.audience) > 0)";
@@ -696,6 +700,12 @@ fn check_auth(auth: &Auth, found: &mut Problems) {
         found.add(
             "spec.auth.maxTokenLifetime",
             format!("{m:?} is not a duration like 24h"),
+        );
+    }
+    if auth.issuers.len() > MAX_ISSUERS {
+        found.add(
+            "spec.auth.issuers",
+            format!("at most {MAX_ISSUERS} issuers (the schema's maxItems)"),
         );
     }
     for (i, issuer) in auth.issuers.iter().enumerate() {
