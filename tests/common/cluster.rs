@@ -58,10 +58,12 @@ impl KubeEnv {
                 None,
             );
             let operator_kubeconfig = env.write_token_kubeconfig("operator", token.trim());
-            KubeEnv {
+            let env = KubeEnv {
                 operator_kubeconfig,
                 ..env
-            }
+            };
+            env.wait_for_admission_policy();
+            env
         })
     }
 
@@ -102,6 +104,35 @@ impl KubeEnv {
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {SYSTEM_NAMESPACE}}}\n"
         ));
         self.kubectl(&["apply", "-k"], Some(&super::root().join("config/rbac")));
+    }
+
+    /// Waits until the API server enforces the operator's admission policy (it loads a new
+    /// policy a moment after it is created): a dry-run creation of an unlabelled namespace as
+    /// the operator is refused by it.
+    fn wait_for_admission_policy(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new(self.bin.join("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&self.operator_kubeconfig)
+                .args([
+                    "create",
+                    "namespace",
+                    "tenant-policy-probe",
+                    "--dry-run=server",
+                ])
+                .output()
+                .expect("run kubectl");
+            let err = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() && err.contains("ValidatingAdmissionPolicy") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the admission policy tenantry-operator is not enforced after 60 s: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Runs kubectl as admin and returns its whole output, failed or not.
