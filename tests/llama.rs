@@ -169,8 +169,15 @@ async fn a_real_model_answers_from_the_tenants_document() {
         .collect();
     assert!(!streamed.trim().is_empty(), "{body}");
     let usage = &chunks.last().expect("usage chunk")["usage"];
-    let counted = tokens::prompt_tokens(MODEL, &[Message::new("user", "Say hello to the team.")])
+    // The model server reports its own counts (its tokenizer, its chat template); tenantry's
+    // estimate is within a few tokens of them, and the tenant is charged what is reported (it
+    // is below the reservation, so nothing is capped).
+    let estimated = tokens::prompt_tokens(MODEL, &[Message::new("user", "Say hello to the team.")])
         + tokens::count(MODEL, &streamed);
-    assert_eq!(usage["total_tokens"].as_u64(), Some(counted), "{usage}");
-    assert_eq!(tokens_today(&server, &token).await, before + counted);
+    let reported = usage["total_tokens"].as_u64().expect("total_tokens");
+    assert!(
+        reported.abs_diff(estimated) <= 4,
+        "{usage} vs estimated {estimated}"
+    );
+    assert_eq!(tokens_today(&server, &token).await, before + reported);
 }
