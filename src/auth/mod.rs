@@ -19,9 +19,17 @@
 //! with the issuer's published keys; see [`verify_any`].
 //!
 //! The tenant scope of every request comes only from here.
+//!
+//! A token of a tenant's own keys that verified is remembered by its SHA-256 digest (never the
+//! token itself) in that tenant's [`TenantKeys`] until it expires, so a client presenting the
+//! same token again skips the signature check. The memory is bounded per tenant and belongs to
+//! the keys: a reload of the tenant (key rotation, revocation, a changed lifetime limit) builds
+//! new keys with an empty memory, and an entry never outlives its token's `exp` or its key's
+//! retirement.
 pub mod keys;
 pub mod oidc;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +37,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
 use crate::domain::{Algorithm, TenantId};
 use keys::{Claims, Keyring, unix_now};
@@ -91,6 +100,61 @@ pub struct TenantKeys {
     pub algorithm: Algorithm,
     /// `(kid, expires_at, key)` of every key of that algorithm.
     pub keys: Vec<(String, Option<i64>, DecodingKey)>,
+    /// Tokens these keys verified (a clone starts empty).
+    verified: VerifiedTokens,
+}
+
+/// Most tokens remembered per tenant; when full, expired ones are dropped, then the whole
+/// memory (a tenant minting a fresh token per request only loses its own shortcut).
+pub const VERIFIED_TOKENS_PER_TENANT: usize = 4096;
+
+/// The tokens one tenant's keys verified: SHA-256 of the token → its subject and until when
+/// it may be accepted without verifying it again.
+#[derive(Default)]
+struct VerifiedTokens(parking_lot::Mutex<HashMap<[u8; 32], Verified>>);
+
+struct Verified {
+    sub: String,
+    /// Unix seconds: the earlier of the token's `exp` and its key's retirement.
+    until: i64,
+}
+
+impl Clone for VerifiedTokens {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl VerifiedTokens {
+    /// The subject of a token remembered and still valid at `now`.
+    fn get(&self, digest: &[u8; 32], now: i64) -> Option<String> {
+        let map = self.0.lock();
+        map.get(digest)
+            .filter(|v| now < v.until)
+            .map(|v| v.sub.clone())
+    }
+
+    fn insert(&self, digest: [u8; 32], sub: &str, until: i64, now: i64) {
+        let mut map = self.0.lock();
+        if map.len() >= VERIFIED_TOKENS_PER_TENANT {
+            map.retain(|_, v| now < v.until);
+            if map.len() >= VERIFIED_TOKENS_PER_TENANT {
+                map.clear();
+            }
+        }
+        map.insert(
+            digest,
+            Verified {
+                sub: sub.to_string(),
+                until,
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
 }
 
 impl TenantKeys {
@@ -102,7 +166,11 @@ impl TenantKeys {
             .filter(|k| k.algorithm == algorithm)
             .filter_map(|k| Some((k.kid.clone(), k.expires_at, k.decoding_key()?)))
             .collect();
-        Self { algorithm, keys }
+        Self {
+            algorithm,
+            keys,
+            verified: VerifiedTokens::default(),
+        }
     }
 }
 
@@ -209,14 +277,6 @@ fn verify_claimed(
     claimed: UnverifiedTenant,
     lookup: &dyn KeyLookup,
 ) -> Result<Principal, AuthError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-    let alg = match header.alg {
-        jsonwebtoken::Algorithm::EdDSA => Algorithm::EdDSA,
-        jsonwebtoken::Algorithm::HS256 => Algorithm::HS256,
-        _ => return Err(AuthError::Algorithm),
-    };
-    let kid = header.kid.ok_or(AuthError::UnknownKey)?;
-
     // Which tenant's keys to try comes from the unverified payload; the signature check below
     // then proves the key belongs to that tenant, because only that tenant's keys are tried.
     let tenant = claimed
@@ -224,13 +284,25 @@ fn verify_claimed(
         .as_deref()
         .and_then(|t| TenantId::parse(t).ok())
         .ok_or_else(|| AuthError::Claims("tenant_id missing or invalid".to_string()))?;
-
     let keys = lookup.tenant_keys(&tenant).ok_or(AuthError::UnknownKey)?;
+    let now = unix_now();
+    // This very token verified with these keys before (and has not expired since).
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    if let Some(sub) = keys.verified.get(&digest, now) {
+        return Ok(Principal { tenant, sub });
+    }
+
+    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+    let alg = match header.alg {
+        jsonwebtoken::Algorithm::EdDSA => Algorithm::EdDSA,
+        jsonwebtoken::Algorithm::HS256 => Algorithm::HS256,
+        _ => return Err(AuthError::Algorithm),
+    };
+    let kid = header.kid.ok_or(AuthError::UnknownKey)?;
     if keys.algorithm != alg {
         return Err(AuthError::Algorithm);
     }
-    let now = unix_now();
-    let (_, _, key) = keys
+    let (_, key_expires, key) = keys
         .keys
         .iter()
         .find(|(k, expires, _)| *k == kid && expires.is_none_or(|e| e > now))
@@ -244,9 +316,13 @@ fn verify_claimed(
         claims.iat,
         claims.exp,
         lookup.max_token_lifetime(&tenant),
-        unix_now(),
+        now,
     )?;
-    principal(tenant, Some(&claims.tenant_id), claims.sub)
+    let principal = principal(tenant, Some(&claims.tenant_id), claims.sub)?;
+    let exp = i64::try_from(claims.exp).unwrap_or(i64::MAX);
+    let until = key_expires.map_or(exp, |k| k.min(exp));
+    keys.verified.insert(digest, &principal.sub, until, now);
+    Ok(principal)
 }
 
 /// The checks every accepted token passes, whoever signed it: the header's algorithm, an
@@ -383,6 +459,48 @@ mod tests {
         a.rotate(Algorithm::EdDSA, Some(3600));
         assert!(a.keys.iter().all(|k| k.kid != old_kid));
         assert_eq!(a.keys.len(), 2);
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_its_keys_change() {
+        let (mut map, mut a, _) = setup();
+        let t = a.mint(&id("a"), "alice", 600).expect("mint");
+        let keys = map.0[&id("a")].clone();
+        assert_eq!(keys.verified.len(), 0);
+        assert!(verify(&t, &map).is_ok());
+        assert_eq!(keys.verified.len(), 1);
+        // The remembered token answers with the same principal.
+        assert_eq!(verify(&t, &map).map(|p| p.sub), Ok("alice".to_string()));
+        assert_eq!(keys.verified.len(), 1);
+        // A bad signature is never remembered, and a tampered copy is a different digest.
+        let mut forged = t.clone();
+        forged.pop();
+        assert!(verify(&forged, &map).is_err());
+        assert_eq!(keys.verified.len(), 1);
+        // Revocation: new keys without the old one refuse the token the old keys remembered.
+        a.keys.clear();
+        a.rotate(Algorithm::EdDSA, None);
+        map.0.insert(
+            id("a"),
+            Arc::new(TenantKeys::from_keyring(&a, Algorithm::EdDSA)),
+        );
+        assert_eq!(verify(&t, &map), Err(AuthError::UnknownKey));
+    }
+
+    #[test]
+    fn remembered_tokens_expire_and_are_bounded() {
+        let memory = VerifiedTokens::default();
+        let now = 1_000;
+        memory.insert([1; 32], "u", now + 10, now);
+        assert_eq!(memory.get(&[1; 32], now + 9), Some("u".to_string()));
+        assert_eq!(memory.get(&[1; 32], now + 10), None);
+        for i in 0..VERIFIED_TOKENS_PER_TENANT + 10 {
+            let mut d = [0; 32];
+            d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            d[31] = 7;
+            memory.insert(d, "u", now + 60, now);
+        }
+        assert!(memory.len() <= VERIFIED_TOKENS_PER_TENANT);
     }
 
     #[test]
