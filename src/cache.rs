@@ -175,6 +175,9 @@ pub struct Entry {
     pub model: String,
     /// Usage of the original call (JSON).
     pub usage: Value,
+    /// When the answer was first stored (ms since the Unix epoch); `None` for a new answer.
+    /// A copy of an entry keeps it, so the copy expires with the original.
+    pub created_ms: Option<i64>,
 }
 
 fn entry_of(payload: &Map<String, Value>, now: i64, ttl: Duration) -> Option<Entry> {
@@ -187,6 +190,7 @@ fn entry_of(payload: &Map<String, Value>, now: i64, ttl: Duration) -> Option<Ent
         sources: payload.get("sources").cloned().unwrap_or(Value::Null),
         model: payload_str(payload, "model")?.to_string(),
         usage: payload.get("usage").cloned().unwrap_or(Value::Null),
+        created_ms: Some(created),
     })
 }
 
@@ -229,7 +233,9 @@ pub async fn lookup_similar(
         .find_map(|p| entry_of(&p.payload, now, ttl)))
 }
 
-/// Stores an answer under `key` with the question's embedding.
+/// Stores an answer under `key` with the question's embedding. Storing an entry found by
+/// similarity under the new question's key makes the next repeat of that question an exact
+/// hit, answered without embedding it.
 pub async fn store(
     vectors: &TenantVectors,
     key: &Key,
@@ -243,7 +249,10 @@ pub async fn store(
     payload.insert("sources".to_string(), entry.sources.clone());
     payload.insert("model".to_string(), json!(entry.model));
     payload.insert("usage".to_string(), entry.usage.clone());
-    payload.insert("created_at".to_string(), json!(now_ms()));
+    payload.insert(
+        "created_at".to_string(),
+        json!(entry.created_ms.unwrap_or_else(now_ms)),
+    );
     payload.insert("question_hash".to_string(), json!(key.question_hash));
     payload.insert("cache_key".to_string(), json!(key.cache_key));
     payload.insert(MARKER.to_string(), json!(key.docs_version));
@@ -288,6 +297,7 @@ mod tests {
             sources: json!([]),
             model: "m".into(),
             usage: json!({}),
+            created_ms: None,
         }
     }
 

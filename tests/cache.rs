@@ -26,6 +26,17 @@ async fn ask(
     question: &str,
     no_cache: bool,
 ) -> (StatusCode, String, Value) {
+    let (s, x_cache, _, body) = ask_matching(server, token, question, no_cache).await;
+    (s, x_cache, body)
+}
+
+/// [`ask`], also returning `X-Cache-Match` (empty when absent).
+async fn ask_matching(
+    server: &Server,
+    token: &str,
+    question: &str,
+    no_cache: bool,
+) -> (StatusCode, String, String, Value) {
     let mut req = server
         .http
         .post(server.url("/v1/chat"))
@@ -35,15 +46,17 @@ async fn ask(
         req = req.header("cache-control", "no-cache");
     }
     let r = req.send().await.expect("request");
-    let x_cache = r
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let header = |name| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (x_cache, x_match) = (header("x-cache"), header("x-cache-match"));
     let (s, body) = common::server::status_json(r).await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    (s, x_cache, body)
+    (s, x_cache, x_match, body)
 }
 
 /// Asks and expects a miss that reached the upstream.
@@ -58,12 +71,22 @@ async fn miss(server: &Server, llm: &ScriptedLlm, token: &str, question: &str) -
 
 /// Asks and expects a hit that did not reach the upstream.
 async fn hit(server: &Server, llm: &ScriptedLlm, token: &str, question: &str) -> Value {
+    hit_matching(server, llm, token, question).await.1
+}
+
+/// [`hit`], returning how it matched (`X-Cache-Match`: `exact` or `similar`).
+async fn hit_matching(
+    server: &Server,
+    llm: &ScriptedLlm,
+    token: &str,
+    question: &str,
+) -> (String, Value) {
     let before = llm.calls();
-    let (_, x_cache, body) = ask(server, token, question, false).await;
+    let (_, x_cache, x_match, body) = ask_matching(server, token, question, false).await;
     assert_eq!(body["cached"], true, "{body}");
     assert_eq!(x_cache, "hit");
     assert_eq!(llm.calls(), before, "upstream called on a hit");
-    body
+    (x_match, body)
 }
 
 fn start(dirs: &Dirs, llm: &ScriptedLlm) -> Server {
@@ -133,11 +156,21 @@ async fn tenants_never_share_cached_answers_in_both_modes() {
                 .contains("Acme")
         );
 
-        // Within A, the paraphrase (cosine >= 0.9) is answered from the cache.
-        let para = hit(&server, &llm, &ta, PARAPHRASE).await;
+        // Within A, the paraphrase (cosine >= 0.9) is answered from the cache, by similarity
+        // the first time and as an exact repeat (no embedding) from then on.
+        assert_eq!(hit_matching(&server, &llm, &ta, QUESTION).await.0, "exact");
+        let (how, para) = hit_matching(&server, &llm, &ta, PARAPHRASE).await;
+        assert_eq!(how, "similar");
         assert_eq!(para["answer"], ans_a["answer"]);
         assert_eq!(para["tenant_id"], a);
         assert_eq!(para["sources"], ans_a["sources"]);
+        let (how, again) = hit_matching(&server, &llm, &ta, PARAPHRASE).await;
+        assert_eq!(
+            how, "exact",
+            "a paraphrase answered once is an exact repeat"
+        );
+        assert_eq!(again["answer"], ans_a["answer"]);
+        assert_eq!(again["sources"], ans_a["sources"]);
     }
 }
 

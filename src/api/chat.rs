@@ -130,12 +130,18 @@ pub(super) fn end(turn: &Turn, result: Result<impl IntoResponse, ApiError>) -> R
 
 /// Response header: `hit` when the answer came from the semantic cache, `miss` otherwise.
 pub const CACHE_HEADER: &str = "x-cache";
+/// Response header saying how a cache hit matched: `exact` (the question itself) or `similar`.
+pub const CACHE_MATCH_HEADER: &str = "x-cache-match";
 
 /// Whether an answer came from the semantic cache (the `X-Cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CacheUse {
-    /// Answered from the cache.
-    Hit,
+    /// Answered from the cache: `exact` when by the question itself (`X-Cache-Match: exact`),
+    /// not by a similar one (`similar`).
+    Hit {
+        /// Whether the cached entry is the question's own.
+        exact: bool,
+    },
     /// Answered by the model.
     Miss,
 }
@@ -148,7 +154,11 @@ pub(super) fn answer_headers(limits: Option<&[LimitStatus]>, cache: Option<Cache
         .unwrap_or_default();
     if let Some(cache) = cache {
         let value = match cache {
-            CacheUse::Hit => "hit",
+            CacheUse::Hit { exact } => {
+                let how = if exact { "exact" } else { "similar" };
+                headers.insert(CACHE_MATCH_HEADER, HeaderValue::from_static(how));
+                "hit"
+            }
             CacheUse::Miss => "miss",
         };
         headers.insert(CACHE_HEADER, HeaderValue::from_static(value));
@@ -216,7 +226,10 @@ async fn answer(
     // Semantic cache: scoped to the tenant, its answer parameters and its document set.
     let key = crate::cache::cache_key(&model, &system_prompt(&tenant_id), max_tokens, top_k);
     if let Some(hit) = turn.lookup(&text, key).await? {
-        let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Hit));
+        let headers = answer_headers(
+            turn.limit_statuses(),
+            Some(CacheUse::Hit { exact: hit.exact }),
+        );
         return Ok((
             headers,
             ApiJson(ChatAnswer {

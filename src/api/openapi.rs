@@ -301,7 +301,7 @@ impl Builder {
 
     /// `/v1/chat` and `/v1/chat/completions`.
     fn chat_paths(&mut self) -> Value {
-        let x_cache = json!({"X-Cache": {"description": "`hit` when the answer came from the tenant's semantic cache, `miss` otherwise", "schema": {"type": "string", "enum": ["hit", "miss"]}}});
+        let x_cache = json!({"X-Cache": {"description": "`hit` when the answer came from the tenant's semantic cache, `miss` otherwise", "schema": {"type": "string", "enum": ["hit", "miss"]}}, "X-Cache-Match": {"description": "On a hit: `exact` when the question itself was cached (answered without embedding it), `similar` when a similar question's answer was (the question is then cached too, so its next repeat is exact)", "schema": {"type": "string", "enum": ["exact", "similar"]}}});
         let mut answer = self.ok::<ChatAnswer>("Answer");
         answer["headers"] = x_cache.clone();
         let completion = self.responses.subschema_for::<ChatCompletion>();

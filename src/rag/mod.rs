@@ -175,6 +175,8 @@ pub struct CachedAnswer {
     pub model: String,
     /// Passages it was built from.
     pub sources: Vec<Source>,
+    /// Found by the question itself (an exact repeat), not by a similar question.
+    pub exact: bool,
 }
 
 /// Where a fresh answer is stored in the semantic cache, once known.
@@ -276,7 +278,7 @@ impl Turn {
                 return Ok(None);
             }
         };
-        let Some(entry) = entry else {
+        let Some((entry, exact)) = entry else {
             self.services.metrics.record_cache(tenant_id, false);
             self.slot = Some(CacheSlot { key });
             return Ok(None);
@@ -294,21 +296,24 @@ impl Turn {
             prompt_tokens: 0,
             completion_tokens: 0,
         });
-        tracing::info!(target: LOG_TARGET, tenant_id, model = %entry.model, "semantic-cache hit");
+        tracing::info!(target: LOG_TARGET, tenant_id, model = %entry.model, exact, "semantic-cache hit");
         Ok(Some(CachedAnswer {
             answer: entry.answer,
             model: entry.model,
             sources: serde_json::from_value(entry.sources).unwrap_or_default(),
+            exact,
         }))
     }
 
-    /// The cache entry for `question`, if any: `Err(..)` only for a failing embedder (the
-    /// request fails), `Ok(Err(..))` for a failing store (a miss).
+    /// The cache entry for `question`, if any, and whether it is the question's own (an exact
+    /// repeat): `Err(..)` only for a failing embedder (the request fails), `Ok(Err(..))` for a
+    /// failing store (a miss). An entry found by similarity is copied under this question's
+    /// key (with its original age), so the next repeat is exact and needs no embedding.
     async fn find(
         &mut self,
         question: &str,
         cache_key: String,
-    ) -> Result<Result<(cache::Key, Option<cache::Entry>), VectorError>, Error> {
+    ) -> Result<Result<(cache::Key, Option<(cache::Entry, bool)>), VectorError>, Error> {
         let span = tracing::info_span!("cache_lookup", tenant_id = self.tenant.id.as_str());
         let ttl = self.tenant.cache_ttl;
         let vectors = &self.vectors;
@@ -325,16 +330,23 @@ impl Turn {
         .await;
         let key = match exact {
             Ok((key, None)) => key,
-            other => return Ok(other),
+            Ok((key, Some(entry))) => return Ok(Ok((key, Some((entry, true))))),
+            Err(e) => return Ok(Err(e)),
         };
         let query = self.query().await?.to_vec();
         let threshold = self.tenant.spec.semantic_cache.threshold;
-        Ok(
-            cache::lookup_similar(&self.vectors, &key, &query, threshold, ttl)
-                .instrument(span)
-                .await
-                .map(|entry| (key, entry)),
-        )
+        let similar = cache::lookup_similar(&self.vectors, &key, &query, threshold, ttl)
+            .instrument(span)
+            .await;
+        let entry = match similar {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(Ok((key, None))),
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = cache::store(&self.vectors, &key, query, &entry).await {
+            tracing::warn!(target: LOG_TARGET, tenant_id = self.tenant.id.as_str(), error = %e, "could not copy a semantic-cache entry for its new question");
+        }
+        Ok(Ok((key, Some((entry, false)))))
     }
 
     /// The question's embedding (computed on first use).

@@ -26,6 +26,7 @@ impl CacheStore {
             sources: serde_json::to_value(&self.sources).unwrap_or_default(),
             model: model.to_string(),
             usage: serde_json::to_value(usage).unwrap_or_default(),
+            created_ms: None,
         };
         if let Err(e) = cache::store(&self.vectors, &self.key, self.query, &entry).await {
             tracing::warn!(target: LOG_TARGET, tenant_id = %self.vectors.tenant(), error = %e, "could not store a semantic-cache entry");

@@ -139,7 +139,10 @@ async fn complete(
     if let Some(q) = &question
         && let Some(hit) = turn.lookup(q, cache_key(&p)).await?
     {
-        let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Hit));
+        let headers = answer_headers(
+            turn.limit_statuses(),
+            Some(CacheUse::Hit { exact: hit.exact }),
+        );
         return Ok(from_cache(hit, &p, headers));
     }
     if p.rag {
