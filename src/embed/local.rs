@@ -41,6 +41,11 @@ const INSTALL_HINT: &str = "run scripts/install-model.sh to install all-MiniLM-L
 /// each call runs on tokio's blocking pool. The work is bounded and cancellable: at most one
 /// call per CPU runs at a time (the others wait), and a call whose caller went away (its future
 /// dropped: the client hung up) stops at the next batch of [`BATCH_SIZE`] texts.
+///
+/// Single texts (questions) are micro-batched: while every CPU is busy, the questions that
+/// arrive wait in one queue, and the next free CPU runs all of them in one forward pass (one
+/// pass over a few short texts costs little more than over one). A queued question whose caller
+/// went away is dropped before the pass.
 pub struct LocalEmbedder {
     inner: Arc<Inner>,
 }
@@ -53,6 +58,14 @@ struct Inner {
     dimension: usize,
     /// Calls allowed to run at once (one per CPU).
     slots: Arc<tokio::sync::Semaphore>,
+    /// Questions waiting for a free slot.
+    queue: parking_lot::Mutex<Vec<Job>>,
+}
+
+/// One queued question and where its vector goes.
+struct Job {
+    text: String,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<f32>, EmbedError>>,
 }
 
 /// Sets its flag when dropped: the caller of a blocking embedding went away.
@@ -132,6 +145,7 @@ impl LocalEmbedder {
                 slots: Arc::new(tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(1, |n| n.get()),
                 )),
+                queue: parking_lot::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -188,6 +202,28 @@ impl Inner {
         Ok(out)
     }
 
+    /// Embeds the queued `jobs` in one go and answers each (those whose caller went away are
+    /// left out).
+    fn run_jobs(&self, jobs: Vec<Job>) {
+        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let texts: Vec<String> = jobs.iter().map(|j| j.text.clone()).collect();
+        match self.embed_until(&texts, &AtomicBool::new(false)) {
+            Ok(vectors) => {
+                for (job, vector) in jobs.into_iter().zip(vectors) {
+                    let _ = job.reply.send(Ok(vector));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(EmbedError::Compute(e.to_string())));
+                }
+            }
+        }
+    }
+
     /// Runs one padded batch through BERT, then mean-pools and L2-normalises each row.
     fn run_batch(&self, batch: &[(&[u32], &[u32])]) -> candle_core::Result<Vec<Vec<f32>>> {
         let rows = batch.len();
@@ -237,9 +273,13 @@ impl Embedder for LocalEmbedder {
         self.inner.dimension
     }
 
-    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+    async fn embed(&self, mut texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
+        }
+        if texts.len() == 1 {
+            let text = texts.pop().unwrap_or_default();
+            return Ok(vec![self.embed_queued(text).await?]);
         }
         let permit = Arc::clone(&self.inner.slots)
             .acquire_owned()
@@ -254,6 +294,35 @@ impl Embedder for LocalEmbedder {
         })
         .await
         .map_err(|e| EmbedError::Compute(format!("embedding task failed: {e}")))?
+    }
+}
+
+impl LocalEmbedder {
+    /// Embeds one text through the queue (see the type's docs): whoever gets a slot runs every
+    /// question queued by then, so each question is taken by the first slot that frees up after
+    /// it was queued — its own caller's, or an earlier caller's.
+    async fn embed_queued(&self, text: String) -> Result<Vec<f32>, EmbedError> {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.inner.queue.lock().push(Job { text, reply });
+        let closed = || EmbedError::Compute("embedding task failed".to_string());
+        let permit = tokio::select! {
+            biased;
+            done = &mut answer => return done.map_err(|_| closed())?,
+            permit = Arc::clone(&self.inner.slots).acquire_owned() => permit
+                .map_err(|e| EmbedError::Compute(format!("embedding slots closed: {e}")))?,
+        };
+        let jobs = std::mem::take(&mut *self.inner.queue.lock());
+        if jobs.is_empty() {
+            // Another slot took this question; its answer is on the way.
+            drop(permit);
+        } else {
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                inner.run_jobs(jobs);
+            });
+        }
+        answer.await.map_err(|_| closed())?
     }
 }
 
@@ -458,24 +527,32 @@ mod tests {
         let shared: Arc<dyn Embedder> = Arc::new(LocalEmbedder::load(&model_dir()).unwrap());
         assert!(shared.embed(Vec::new()).await.unwrap().is_empty());
 
-        let tasks: Vec<_> = (0..4)
+        // Questions arriving together are embedded together (micro-batched): each caller still
+        // gets its own text's vector, whatever the lengths batched with it.
+        let text = |i: usize| format!("concurrent text {i} {}", "with more words ".repeat(i % 5));
+        let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let e = Arc::clone(&shared);
-                tokio::spawn(async move { e.embed(vec![format!("concurrent text {i}")]).await })
+                tokio::spawn(async move { e.embed(vec![text(i)]).await })
             })
             .collect();
-        let direct = embed(&["concurrent text 2"]);
+        // A caller that goes away does not hold up the others.
+        let gone = tokio::spawn({
+            let e = Arc::clone(&shared);
+            async move { e.embed(vec!["never awaited".to_string()]).await }
+        });
+        gone.abort();
         for (i, task) in tasks.into_iter().enumerate() {
             let v = task.await.unwrap().unwrap();
             assert_eq!(v.len(), 1);
             assert_unit(&v[0]);
-            if i == 2 {
-                assert!(
-                    v[0].iter()
-                        .zip(&direct[0])
-                        .all(|(a, b)| (a - b).abs() < 1e-5)
-                );
-            }
+            let direct = embed(&[&text(i)]);
+            assert!(
+                v[0].iter()
+                    .zip(&direct[0])
+                    .all(|(a, b)| (a - b).abs() < 1e-5),
+                "text {i} got another vector"
+            );
         }
     }
 
