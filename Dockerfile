@@ -12,6 +12,8 @@ ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build
+# The image ships a binary without its symbol table (local release builds keep it for perf).
+ENV CARGO_PROFILE_RELEASE_STRIP=symbols
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # Dependencies first: the real manifest and lockfile with stub targets, so this layer is reused
@@ -20,7 +22,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && for b in quota operator_scale chat; do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && for b in quota operator_scale chat cache auth gateways; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bin tenantry \
     && rm -rf src benches
 COPY src ./src

@@ -17,7 +17,8 @@ pub struct OpenAiChat {
     http: reqwest::Client,
     /// For streams: the timeout bounds each wait for data, not the whole answer.
     stream_http: reqwest::Client,
-    url: String,
+    /// `…/chat/completions`, parsed once.
+    url: reqwest::Url,
     api_key: Option<String>,
 }
 
@@ -50,10 +51,13 @@ impl OpenAiChat {
             .connect_timeout(connect_timeout.min(timeout))
             .build()
             .map_err(|e| LlmError::Upstream(format!("cannot build HTTP client: {e}")))?;
+        let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let url = reqwest::Url::parse(&url)
+            .map_err(|e| LlmError::Upstream(format!("invalid upstream URL: {e}")))?;
         Ok(Self {
             http,
             stream_http,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            url,
             api_key: api_key.filter(|k| !k.is_empty()),
         })
     }
@@ -126,7 +130,7 @@ impl OpenAiChat {
         } else {
             &self.http
         };
-        let mut builder = client.post(&self.url).json(&req);
+        let mut builder = client.post(self.url.clone()).json(&req);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
