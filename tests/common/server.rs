@@ -71,7 +71,10 @@ impl Dirs {
     /// `tenantry serve` on 127.0.0.1:0 (API and metrics) with these folders; more arguments
     /// may follow.
     pub fn serve_command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
+        // A benchmark may compare another build of the binary (`TENANTRY_BENCH_BIN`).
+        let bin = std::env::var_os("TENANTRY_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tenantry").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .arg("--data-dir")
