@@ -1,8 +1,9 @@
 //! `/v1/chat` latency with the offline responder on the sample tenants and documents: a real
-//! `tenantry serve` process (embedded store, local embeddings) on 127.0.0.1.
+//! `tenantry serve` process (embedded store, local embeddings) on 127.0.0.1, the semantic cache
+//! bypassed (`Cache-Control: no-cache`), so every question is embedded and retrieved.
 //!
-//! Run: `cargo bench --profile dev --bench chat` (dependencies are optimised in the dev
-//! profile; `TENANTRY_BENCH_REQUESTS`, default 300).
+//! Run: `cargo bench --bench chat` (release; `TENANTRY_BENCH_REQUESTS`, default 300;
+//! `TENANTRY_BENCH_CLIENTS` for the concurrent part, default 8).
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;
@@ -33,6 +34,7 @@ async fn main() {
             let r = http
                 .post(url)
                 .bearer_auth(token)
+                .header("cache-control", "no-cache")
                 .json(&serde_json::json!({"question": q}))
                 .send()
                 .await
@@ -42,6 +44,12 @@ async fn main() {
             t.elapsed().as_secs_f64() * 1000.0
         }
     };
+    let mib = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    println!(
+        "serve RSS idle (model loaded, sample documents ingested): {:.1} MiB",
+        mib(serve.rss_kib())
+    );
     for i in 0..20 {
         ask(i).await; // warm-up
     }
@@ -57,19 +65,21 @@ async fn main() {
         percentile(&lat, 0.99),
         lat[lat.len() - 1]
     );
+    let clients: usize = support::env_or("TENANTRY_BENCH_CLIENTS", 8);
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
         set.spawn(ask(i));
-        if set.len() >= 8 {
+        if set.len() >= clients {
             set.join_next().await;
         }
     }
     while set.join_next().await.is_some() {}
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "8 concurrent clients: {n} requests in {secs:.2} s = {:.0} requests/s",
+        "{clients} concurrent clients: {n} requests in {secs:.2} s = {:.0} requests/s",
         n as f64 / secs
     );
+    println!("serve RSS at the end: {:.1} MiB", mib(serve.rss_kib()));
     serve.stop();
 }

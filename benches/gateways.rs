@@ -28,12 +28,15 @@ use futures::StreamExt as _;
 /// The mock's answer to a plain completion.
 const COMPLETION: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Acme customers may return any product within 30 days for a full refund."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":24,"completion_tokens":16,"total_tokens":40}}"#;
 
+/// The LiteLLM proxy's master key (a fixed benchmark value; the proxy listens on loopback).
+const LITELLM_KEY: &str = "sk-5f0c1b7e9a2d4c6e8f1a3b5d7c9e0f2a4b6d8c0e1f3a5b7c9d0e2f4a6b8c0d1e";
+
 /// Chunks of the mock's streamed answer.
 const STREAM_CHUNKS: usize = 50;
 
 /// The request every target gets.
 const PLAIN: &str = r#"{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the refund policy?"}]}"#;
-const STREAMED: &str = r#"{"model":"gpt-4o-mini","max_tokens":64,"stream":true,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the refund policy?"}]}"#;
+const STREAMED: &str = r#"{"model":"gpt-4o-mini","max_tokens":512,"stream":true,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the refund policy?"}]}"#;
 
 /// The mock upstream's SSE body: [`STREAM_CHUNKS`] one-word chunks, usage, `[DONE]`.
 fn stream_body() -> String {
@@ -316,6 +319,10 @@ async fn main() {
             .arg(&config)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .env("LITELLM_LOG", "ERROR")
+            // Its proxy refuses to start without a master key; requests then present it.
+            .env("LITELLM_MASTER_KEY", LITELLM_KEY)
+            // Its model price list from the package, not from the network.
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -323,7 +330,7 @@ async fn main() {
         let target = Target {
             name: "LiteLLM proxy",
             url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
-            headers: vec![("Authorization".to_string(), "Bearer sk-bench".to_string())],
+            headers: vec![("Authorization".to_string(), format!("Bearer {LITELLM_KEY}"))],
             _process: Some(Guard(child)),
         };
         wait_ready(&target.url, &target.headers, "LiteLLM").await;
