@@ -46,6 +46,11 @@ GATEWAY_CRDS=$CACHE/gateway-api/$GATEWAY_API_VERSION
 RUN=$CACHE/kube-run
 LOCK=$CACHE/kube.lock
 START_TIMEOUT=${TENANTRY_KUBE_START_TIMEOUT:-60}
+# Service ClusterIPs: every tenant has a Service, and without a controller-manager nothing
+# garbage-collects the Services of deleted Tenants, so a /24 (254 addresses) ran out after a
+# few hundred tenants.  A /16 holds 65,534.  An apiserver started with another range is
+# restarted by `start` (etcd and its data are kept).
+SERVICE_RANGE=10.0.0.0/16
 
 log() { echo "kube-test-env: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -326,6 +331,22 @@ install_gateway_crds() {
     crd/httproutes.gateway.networking.k8s.io crd/gateways.gateway.networking.k8s.io >&2
 }
 
+# ensure_service_range: a ServiceCIDR of $SERVICE_RANGE.  The flag alone is not enough: the
+# default ServiceCIDR ("kubernetes") is stored in etcd on first start and an apiserver started
+# later with a wider flag keeps the stored one (it only warns "KubernetesDefaultServiceCIDRInconsistent"),
+# so etcd data from before the range was widened would still allocate from the /24.  An extra
+# (overlapping) ServiceCIDR widens the allocatable range either way.
+ensure_service_range() {
+  "$BIN/kubectl" --kubeconfig "$RUN/kubeconfig" apply --server-side -f - >/dev/null <<EOF_CIDR
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata:
+  name: tenantry-test-range
+spec:
+  cidrs: ["$SERVICE_RANGE"]
+EOF_CIDR
+}
+
 # --- start / stop ----------------------------------------------------------
 
 fail_start() {
@@ -341,9 +362,20 @@ fail_start() {
   exit 1
 }
 
+# service_range_ok: the running apiserver was started with --service-cluster-ip-range=$SERVICE_RANGE.
+service_range_ok() {
+  tr '\0' '\n' <"/proc/$(cat "$RUN/kube-apiserver.pid")/cmdline" 2>/dev/null |
+    grep -qxF -- "--service-cluster-ip-range=$SERVICE_RANGE"
+}
+
 do_start() {
+  if running && ! service_range_ok; then
+    log "kube-apiserver runs with another --service-cluster-ip-range; restarting it with $SERVICE_RANGE"
+    stop_proc kube-apiserver
+  fi
   if running; then
     log "already running on https://127.0.0.1:$(state apiserver.port)"
+    ensure_service_range
     install_gateway_crds
     print_env
     return 0
@@ -412,7 +444,7 @@ do_start() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$RUN/pki/sa.pub" \
     --service-account-signing-key-file="$RUN/pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range="$SERVICE_RANGE" \
     --authorization-mode=RBAC \
     --disable-admission-plugins=ServiceAccount \
     --allow-privileged=true \
@@ -428,6 +460,7 @@ do_start() {
     sleep 0.25
   done
   write_kubeconfig "$api_port"
+  ensure_service_range
   install_gateway_crds
   log "ready in $(( $(date +%s) - t0 ))s (state and logs in $RUN)"
   print_env

@@ -805,10 +805,12 @@ async fn api_credentials_are_copied_into_tenant_namespaces() {
     let data = copy.data.clone().expect("data");
     assert_eq!(data["OPENAI_API_KEY"].0, b"sk-test-123");
     assert!(copy.owner_references().iter().any(|o| o.kind == "Tenant"));
-    let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
-        .get(&format!("{name}-api"))
-        .await
-        .expect("deployment");
+    // The copy is applied before the Deployment: wait for that one too.
+    let deps = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let dep = eventually(30, "deployment", || async {
+        deps.get_opt(&format!("{name}-api")).await.ok()?
+    })
+    .await;
     let envs = dep.spec.template.spec.expect("pod").containers[0]
         .env
         .clone()

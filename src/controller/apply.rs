@@ -221,7 +221,7 @@ pub async fn apply(
     let ns = names.namespace.as_str();
     let namespaces = Api::all(client.clone());
     let namespace = if namespace_exists {
-        ssa(&namespaces, &namespace, "apply Namespace").await?
+        ssa_changed(ctx, &namespaces, &namespace, "apply Namespace").await?
     } else {
         // Created, not applied: a namespace someone makes meanwhile is refused (409) and the
         // next reconcile reports it, rather than being taken over.
@@ -238,31 +238,46 @@ pub async fn apply(
         // (An existing one was bound to when it was read.)
         grant_access(ctx, valid.tenant, &names).await?;
     }
-    let resource_quota = ssa(&in_ns(client, ns), &resource_quota, "apply ResourceQuota").await?;
-    let limit_range = ssa(&in_ns(client, ns), &limit_range, "apply LimitRange").await?;
+    let resource_quota = ssa_changed(
+        ctx,
+        &in_ns(client, ns),
+        &resource_quota,
+        "apply ResourceQuota",
+    )
+    .await?;
+    let limit_range =
+        ssa_changed(ctx, &in_ns(client, ns), &limit_range, "apply LimitRange").await?;
     let signing_key = apply_signing_key(ctx, valid, ns, signing_key).await?;
     let secrets = in_ns(client, ns);
     let verify_keys = once_authorized(|| ssa_raw(&secrets, &verify_keys))
         .await
         .map_err(kube_err("apply Secret"))?;
     let credentials = copy_credentials(ctx, valid, &names).await?;
-    let config = ssa(&in_ns(client, ns), &config, "apply ConfigMap").await?;
+    let config = ssa_changed(ctx, &in_ns(client, ns), &config, "apply ConfigMap").await?;
     let deployment = credentials::stamp(deployment, credentials.as_ref());
     let deployment = ssa(&in_ns(client, ns), &deployment, "apply Deployment").await?;
-    let service = ssa(&in_ns(client, ns), &service, "apply Service").await?;
-    let autoscaler = ssa(
+    let service = ssa_changed(ctx, &in_ns(client, ns), &service, "apply Service").await?;
+    let autoscaler = ssa_changed(
+        ctx,
         &in_ns(client, ns),
         &autoscaler,
         "apply HorizontalPodAutoscaler",
     )
     .await?;
-    let disruption_budget = ssa(
+    let disruption_budget = ssa_changed(
+        ctx,
         &in_ns(client, ns),
         &disruption_budget,
         "apply PodDisruptionBudget",
     )
     .await?;
-    let network_policy = ssa(&in_ns(client, ns), &network_policy, "apply NetworkPolicy").await?;
+    let network_policy = ssa_changed(
+        ctx,
+        &in_ns(client, ns),
+        &network_policy,
+        "apply NetworkPolicy",
+    )
+    .await?;
     let (exposure, gateway_api_missing) =
         apply_exposure(ctx, valid.tenant, &names, exposure).await?;
     let (collections, vector_error) = ensure_collections(ctx, valid).await;
@@ -306,6 +321,28 @@ where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     ssa_raw(api, obj).await.map_err(kube_err(step))
+}
+
+/// [`ssa`], skipped when `obj` is what was last applied and the watch shows the object
+/// untouched since ([`super::cache::ApplyCache`]); then the desired object stands for the
+/// stored one (only the Deployment's and the HTTPRoute's stored status is read, and those are
+/// always applied). A drifted or deleted object shows a new resourceVersion, so it is applied.
+async fn ssa_changed<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    step: &'static str,
+) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let digest = super::cache::digest(obj);
+    if ctx.applied.unchanged(obj, &digest) {
+        return Ok(obj.clone());
+    }
+    let stored = ssa(api, obj, step).await?;
+    ctx.applied.applied(&stored, digest);
+    Ok(stored)
 }
 
 async fn ssa_raw<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>

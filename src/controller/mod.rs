@@ -12,6 +12,7 @@
 //! Deletion runs behind the `tenantry.dev/cleanup` finalizer ([`cleanup`]).
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod cleanup;
 pub mod credentials;
 #[cfg(test)]
@@ -142,6 +143,11 @@ pub struct Context {
     pub metrics: Arc<ReconcileMetrics>,
     /// Consecutive failures per tenant, for the error backoff (reset by a success).
     backoff: Mutex<HashMap<String, u32>>,
+    /// What was applied and what the watches saw since, so unchanged objects are not
+    /// applied again.
+    pub applied: Arc<cache::ApplyCache>,
+    /// The QuotaTiers the tenants use, read once per change.
+    pub tiers: Arc<cache::TierCache>,
 }
 
 impl Context {
@@ -169,6 +175,8 @@ impl Context {
             recorder,
             metrics,
             backoff: Mutex::new(HashMap::new()),
+            applied: Arc::default(),
+            tiers: Arc::default(),
         }
     }
 
@@ -307,10 +315,15 @@ async fn validate<'a>(
 }
 
 /// The spec of the QuotaTier `name`: the object's, else a built-in tier's (`None`: neither).
+/// The object is read once per change for all tenants of the tier ([`cache::TierCache`]).
 async fn resolve_tier(ctx: &Context, name: &str) -> Result<Option<QuotaTierSpec>, Error> {
     let api: Api<QuotaTier> = Api::all(ctx.client.clone());
-    match api.get_opt(name).await.map_err(kube_err("get QuotaTier"))? {
-        Some(t) => Ok(Some(t.spec)),
+    let fetch = || async {
+        let tier = api.get_opt(name).await.map_err(kube_err("get QuotaTier"))?;
+        Ok::<_, Error>(tier.map(|t| t.spec))
+    };
+    match ctx.tiers.get(name, fetch).await? {
+        Some(spec) => Ok(Some(spec)),
         None => Ok(builtin_tier(name)),
     }
 }
@@ -370,48 +383,67 @@ pub async fn run(
     let owned = || watcher::Config::default().labels(MANAGED_BY);
     let controller = Controller::new(tenants, watcher::Config::default());
     let store = controller.store();
+    let tiers = ctx.tiers.clone();
+    let controller = controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY));
     let controller = watch_exposure(controller, &client, &ctx.build.expose);
     // Owned objects map to their Tenant by owner reference. Not `.owns()`: it keys a
     // namespaced child's owner in the child's namespace, which for our cluster-scoped Tenant is
     // a second key for the same object, and the runner would then reconcile (apply and
     // cleanup) one Tenant concurrently.
     controller
-        .watches(Api::<Namespace>::all(client.clone()), owned(), |o| {
-            tenant_owner(&o)
-        })
-        .watches(Api::<ConfigMap>::all(client.clone()), owned(), |o| {
-            tenant_owner(&o)
-        })
-        .watches(Api::<Deployment>::all(client.clone()), owned(), |o| {
-            tenant_owner(&o)
-        })
-        .watches(Api::<Service>::all(client.clone()), owned(), |o| {
-            tenant_owner(&o)
-        })
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            owned(),
+            observe(ctx.applied.clone()),
+        )
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            owned(),
+            observe(ctx.applied.clone()),
+        )
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            owned(),
+            observe(ctx.applied.clone()),
+        )
+        .watches(
+            Api::<Service>::all(client.clone()),
+            owned(),
+            observe(ctx.applied.clone()),
+        )
         .watches(
             Api::<HorizontalPodAutoscaler>::all(client.clone()),
             owned(),
-            |o| tenant_owner(&o),
+            observe(ctx.applied.clone()),
         )
         .watches(
             Api::<PodDisruptionBudget>::all(client.clone()),
             owned(),
-            |o| tenant_owner(&o),
+            observe(ctx.applied.clone()),
         )
-        .watches(Api::<NetworkPolicy>::all(client.clone()), owned(), |o| {
-            tenant_owner(&o)
-        })
-        .watches(Api::<ResourceQuota>::all(client.clone()), owned(), |o| {
-            tenant_owner(&o)
-        })
-        .watches(Api::<LimitRange>::all(client.clone()), owned(), |o| {
-            tenant_owner(&o)
-        })
+        .watches(
+            Api::<NetworkPolicy>::all(client.clone()),
+            owned(),
+            observe(ctx.applied.clone()),
+        )
+        .watches(
+            Api::<ResourceQuota>::all(client.clone()),
+            owned(),
+            observe(ctx.applied.clone()),
+        )
+        .watches(
+            Api::<LimitRange>::all(client.clone()),
+            owned(),
+            observe(ctx.applied.clone()),
+        )
         .watches(
             Api::<QuotaTier>::all(client.clone()),
             watcher::Config::default(),
             move |tier: QuotaTier| {
                 let name = tier.name_any();
+                // Before the tenants are triggered: their reconciles read the new spec.
+                tiers.invalidate(&name);
                 store
                     .state()
                     .into_iter()
@@ -449,6 +481,22 @@ fn watch_exposure(
             let api = Api::<Ingress>::all(client.clone());
             controller.watches(api, owned, |o| tenant_owner(&o))
         }
+    }
+}
+
+/// How many Tenants are reconciled at once. Unbounded, a burst of a thousand new Tenants
+/// starts a thousand reconciles whose API calls all queue at the API server together, and
+/// each holds its built objects meanwhile; a bound keeps the server busy without the pile-up.
+pub const CONCURRENCY: u16 = 32;
+
+/// A watch mapper of an owned kind: records what the watch saw (for [`cache::ApplyCache`]),
+/// then names the owning Tenant.
+fn observe<K: Resource<DynamicType = ()>>(
+    cache: Arc<cache::ApplyCache>,
+) -> impl Fn(K) -> Option<ObjectRef<Tenant>> + Send + Sync + 'static {
+    move |o| {
+        cache.observe(&o);
+        tenant_owner(&o)
     }
 }
 
