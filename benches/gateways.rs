@@ -220,8 +220,8 @@ fn wrk_script(dir: &std::path::Path, target: &Target) -> std::path::PathBuf {
 }
 
 /// Time to the first content chunk and to the end of the stream, in microseconds, over `n`
-/// sequential streamed requests on one connection.
-async fn stream_times(target: &Target, n: usize) -> (Vec<f64>, Vec<f64>) {
+/// sequential streamed requests on one connection; an error status ends the measurement.
+async fn stream_times(target: &Target, n: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
     let client = reqwest::Client::new();
     let (mut first, mut total) = (Vec::new(), Vec::new());
     for i in 0..n + 20 {
@@ -259,7 +259,7 @@ async fn stream_times(target: &Target, n: usize) -> (Vec<f64>, Vec<f64>) {
     }
     first.sort_by(f64::total_cmp);
     total.sort_by(f64::total_cmp);
-    (first, total)
+    Ok((first, total))
 }
 
 #[tokio::main]
@@ -424,7 +424,13 @@ async fn main() {
     println!("|---|---|---|---|---|");
     let mut direct: Option<(Vec<f64>, Vec<f64>)> = None;
     for t in &targets {
-        let (first, total) = stream_times(t, stream_n).await;
+        let (first, total) = match stream_times(t, stream_n).await {
+            Ok(times) => times,
+            Err(e) => {
+                println!("| {} | {e} | — | — | — |", t.name);
+                continue;
+            }
+        };
         let p = support::percentile;
         let (added, per_chunk) = match &direct {
             None => ("—".to_string(), "—".to_string()),

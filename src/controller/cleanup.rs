@@ -45,6 +45,11 @@ pub async fn cleanup(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, E
         )
         .await;
     }
+    if let Ok(id) = tenant.tenant_id() {
+        // Its objects go with its namespace: nothing to remember about them.
+        let names = super::build::Names::new(&id, &ctx.build.namespace_prefix);
+        ctx.applied.forget_namespace(&names.namespace);
+    }
     ctx.metrics.phase(&name, None);
     Ok(Action::await_change())
 }
