@@ -68,7 +68,7 @@ fn start_mock() -> SocketAddr {
                 post(move |body: Bytes| {
                     let streamed = streamed.clone();
                     async move {
-                        let stream = memchr_stream(&body);
+                        let stream = asks_for_stream(&body);
                         let (kind, bytes) = if stream {
                             ("text/event-stream", streamed)
                         } else {
@@ -92,7 +92,7 @@ fn start_mock() -> SocketAddr {
 }
 
 /// Whether a request body asks for a stream.
-fn memchr_stream(body: &[u8]) -> bool {
+fn asks_for_stream(body: &[u8]) -> bool {
     body.windows(13).any(|w| w == b"\"stream\":true")
         || body.windows(14).any(|w| w == b"\"stream\": true")
 }

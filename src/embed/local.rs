@@ -205,20 +205,23 @@ impl Inner {
     /// Embeds the queued `jobs` in one go and answers each (those whose caller went away are
     /// left out).
     fn run_jobs(&self, jobs: Vec<Job>) {
-        let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
-        if jobs.is_empty() {
+        let (texts, replies): (Vec<String>, Vec<_>) = jobs
+            .into_iter()
+            .filter(|j| !j.reply.is_closed())
+            .map(|j| (j.text, j.reply))
+            .unzip();
+        if texts.is_empty() {
             return;
         }
-        let texts: Vec<String> = jobs.iter().map(|j| j.text.clone()).collect();
         match self.embed_until(&texts, &AtomicBool::new(false)) {
             Ok(vectors) => {
-                for (job, vector) in jobs.into_iter().zip(vectors) {
-                    let _ = job.reply.send(Ok(vector));
+                for (reply, vector) in replies.into_iter().zip(vectors) {
+                    let _ = reply.send(Ok(vector));
                 }
             }
             Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(EmbedError::Compute(e.to_string())));
+                for reply in replies {
+                    let _ = reply.send(Err(EmbedError::Compute(e.to_string())));
                 }
             }
         }
