@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tenantry/target}"
 URL="${TENANTRY_URL:-http://127.0.0.1:8000}"
 QUESTION="${1:-What is the refund policy?}"
-cargo build --locked -q
+scripts/tenantry --version >/dev/null
 BIN="$CARGO_TARGET_DIR/debug/tenantry"
 for tenant in acme globex; do
   token="$("$BIN" token --tenant "$tenant" --sub demo)"

@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tenantry/target}"
 TENANTRY_MODEL_DIR="$(scripts/install-model.sh)"
 export TENANTRY_MODEL_DIR
-exec cargo run --locked -- serve "$@"
+exec scripts/tenantry serve "$@"
