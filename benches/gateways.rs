@@ -10,6 +10,10 @@
 //! rounds (default 2). Then a streaming case, sequential, measured by this process: time to
 //! the first content chunk and to the end of a 50-chunk stream. Prints one Markdown table,
 //! overhead = gateway − direct of the same round.
+//!
+//! Soak (`TENANTRY_BENCH_SOAK_MINUTES`, e.g. 10): instead of the rounds, tenantry with
+//! in-process quotas under `wrk -c16` for that long, its RSS sampled every 30 s; prints one
+//! table of RSS and requests/s per 30 s slice.
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -206,6 +210,24 @@ fn wrk(target: &Target, script: &std::path::Path, c: usize, secs: u64) -> Run {
     run
 }
 
+/// `target` under 16 connections for `minutes`, in 30 s slices, with `sample`'s RSS after each.
+fn soak(target: &Target, script: &std::path::Path, sample: &support::Sample, minutes: u64) {
+    let mib = |s: &support::Sample| s.rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0);
+    println!("| time (s) | RSS (MiB) | requests/s in the slice | p99 in the slice (µs) |");
+    println!("|---|---|---|---|");
+    println!("| 0 (idle) | {:.1} | — | — |", mib(sample));
+    for slice in 1..=minutes * 2 {
+        let run = wrk(target, script, 16, 30);
+        println!(
+            "| {} | {:.1} | {:.0} | {:.0} |",
+            slice * 30,
+            mib(sample),
+            run.rps,
+            run.p99_us
+        );
+    }
+}
+
 /// The wrk script posting `body` with `headers`.
 fn wrk_script(dir: &std::path::Path, target: &Target) -> std::path::PathBuf {
     let path = dir.join(format!("{}.lua", target.name.replace([' ', ','], "_")));
@@ -302,6 +324,17 @@ async fn main() {
             ],
             _process: None,
         });
+    }
+
+    if let Some(minutes) = std::env::var("TENANTRY_BENCH_SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        let script = wrk_script(scripts.path(), &targets[1]);
+        soak(&targets[1], &script, &memory, minutes);
+        memory.stop();
+        redis_serve.stop();
+        return;
     }
 
     if let Ok(litellm) = std::env::var("TENANTRY_BENCH_LITELLM") {

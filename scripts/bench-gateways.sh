@@ -7,7 +7,9 @@
 #   --no-peers   only the mock and tenantry (no LiteLLM/Portkey install)
 # Environment: TENANTRY_BENCH_SECONDS (per run, default 10), TENANTRY_BENCH_ROUNDS (default 2),
 # TENANTRY_BENCH_STREAMS (streamed requests per target, default 500), TENANTRY_BENCH_BIN (another
-# tenantry binary to measure instead of this tree's release build).
+# tenantry binary to measure instead of this tree's release build), TENANTRY_BENCH_SOAK_MINUTES
+# (a soak instead: tenantry alone under 16 connections that long, RSS every 30 s; implies
+# --no-peers).
 #
 # Installs, once: wrk (Debian package), LiteLLM into ${TENANTRY_CACHE:-~/.cache/tenantry}/py,
 # @portkey-ai/gateway into ${TENANTRY_CACHE:-~/.cache/tenantry}/node. Needs redis-server.
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/.."
 log() { printf 'bench-gateways: %s\n' "$*" >&2; }
 
 peers=1
-[[ "${1:-}" == "--no-peers" ]] && peers=0
+[[ "${1:-}" == "--no-peers" || -n ${TENANTRY_BENCH_SOAK_MINUTES:-} ]] && peers=0
 
 if ! command -v wrk >/dev/null 2>&1; then
     log "installing wrk (Debian package)"

@@ -10,8 +10,42 @@ use tenantry::tenants::{Catalog, KeySource};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// mimalloc's option numbers (`mi_option_e` in its `mimalloc.h`; libmimalloc-sys names neither).
+const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+/// mimalloc's default purge delay, in ms.
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+/// Start-up (the embedding model's weights read through a buffer, the tokenizers' tables
+/// built) frees far more than it keeps, and an idle thread never purges what it freed: so
+/// purge at once until the process is ready, commit arena memory only when used, and at
+/// ready return what start-up left ([`tenantry::runtime::started`]), then purge lazily again
+/// for speed. The crate's only `unsafe`: mimalloc's options have no safe binding.
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: mi_option_set and mi_collect only change mimalloc's settings and caches; they
+    // are safe to call from any thread at any time.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
+    // SAFETY: as above.
+    tenantry::runtime::on_started(|| unsafe {
+        libmimalloc_sys::mi_collect(true);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+    });
+}
+
+fn main() -> anyhow::Result<()> {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tenantry::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {

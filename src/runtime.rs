@@ -1,6 +1,7 @@
 //! What both long-running modes (`serve`, `operator`) need around their main job: the
 //! shutdown signal, the admin router of their metrics port (OpenMetrics `/metrics`, and for a
-//! leader-elected process `/healthz` and `/readyz`), and noticing that mounted files changed.
+//! leader-elected process `/healthz` and `/readyz`), noticing that mounted files changed, and
+//! the binary's hook for when start-up is done.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,6 +11,22 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::sync::watch;
+
+/// What the binary does once a long-running command has started (e.g. return the memory
+/// start-up freed to the OS; the binary knows its allocator, the library does not).
+static ON_STARTED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers what [`started`] runs (the first registration wins).
+pub fn on_started(hook: fn()) {
+    let _ = ON_STARTED.set(hook);
+}
+
+/// Called once start-up is done (models loaded, caches warm), before serving.
+pub fn started() {
+    if let Some(hook) = ON_STARTED.get() {
+        hook();
+    }
+}
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -80,6 +80,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let _ = tokio::task::spawn_blocking(move || r.reload()).await;
     let quota = build_quota(args, &config)?;
     let _ = tokio::task::spawn_blocking(crate::quota::tokens::warm_up).await;
+    crate::runtime::started();
 
     Ok(AppState {
         tenants,
