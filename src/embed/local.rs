@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::bert::{Bert, Config};
 use super::{EmbedError, Embedder};
 
 /// Name reported by [`LocalEmbedder::model`] (and recorded with cached answers).
@@ -52,7 +51,7 @@ pub struct LocalEmbedder {
 
 /// The loaded model; shared with the blocking tasks that run it.
 struct Inner {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     device: Device,
     dimension: usize,
@@ -90,7 +89,8 @@ impl LocalEmbedder {
     /// Loads the model from `dir`, a folder holding `config.json`, `tokenizer.json` and
     /// `model.safetensors` (as installed by `scripts/install-model.sh`).
     ///
-    /// Reads about 90 MB of weights: call it once at start-up. A missing folder or file is an
+    /// Reads about 90 MB of weights and keeps about half (the word embeddings stay in the file,
+    /// see [`super::bert`]): call it once at start-up. A missing folder or file is an
     /// [`EmbedError::Load`] that names it and points to the install script.
     pub fn load(dir: &Path) -> Result<Self, EmbedError> {
         let load_err = |reason: String| EmbedError::Load {
@@ -126,15 +126,8 @@ impl LocalEmbedder {
         tokenizer.with_padding(None);
 
         let device = Device::Cpu;
-        let weights = std::fs::read(dir.join(WEIGHTS_FILE))
-            .map_err(|e| load_err(format!("cannot read {WEIGHTS_FILE}: {e}")))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(|e| load_err(format!("invalid {WEIGHTS_FILE}: {e}")))?;
-        let model = BertModel::load(vb, &config).map_err(|e| {
-            load_err(format!(
-                "{WEIGHTS_FILE} does not match {CONFIG_FILE} (BERT): {e}"
-            ))
-        })?;
+        let model = Bert::load(&dir.join(WEIGHTS_FILE), &config, &device)
+            .map_err(|e| load_err(format!("{WEIGHTS_FILE} (with {CONFIG_FILE}): {e}")))?;
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -238,14 +231,12 @@ impl Inner {
             ids[start..start + row_ids.len()].copy_from_slice(row_ids);
             mask[start..start + row_mask.len()].copy_from_slice(row_mask);
         }
-        let ids = Tensor::from_vec(ids, (rows, width), &self.device)?;
-        let mask = Tensor::from_vec(mask, (rows, width), &self.device)?;
-        let token_types = ids.zeros_like()?;
-
         // (rows, width, hidden)
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &mask, rows, width)?;
         // Mean pooling over real tokens, as sentence-transformers' Pooling(mean_tokens).
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let mask = Tensor::from_vec(mask, (rows, width), &self.device)?
+            .to_dtype(DType::F32)?
+            .unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
         let pooled = summed.broadcast_div(&counts)?;

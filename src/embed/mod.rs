@@ -1,6 +1,7 @@
 //! Embeddings: the [`Embedder`] trait and its two implementations — the in-process
 //! all-MiniLM-L6-v2 model ([`local::LocalEmbedder`]) and any OpenAI-compatible
 //! `/v1/embeddings` endpoint ([`openai::OpenAiEmbedder`]).
+pub mod bert;
 pub mod local;
 pub mod openai;
 

@@ -333,8 +333,14 @@ mod tests {
     #[test]
     fn counts_exactly_as_tiktoken_does() {
         for (tokenizer, reference) in [
-            (Tokenizer::Cl100kBase, tiktoken_rs::cl100k_base().expect("cl100k")),
-            (Tokenizer::O200kBase, tiktoken_rs::o200k_base().expect("o200k")),
+            (
+                Tokenizer::Cl100kBase,
+                tiktoken_rs::cl100k_base().expect("cl100k"),
+            ),
+            (
+                Tokenizer::O200kBase,
+                tiktoken_rs::o200k_base().expect("o200k"),
+            ),
             (
                 Tokenizer::O200kHarmony,
                 tiktoken_rs::o200k_harmony().expect("harmony"),
