@@ -18,6 +18,8 @@
 //!   the offline responder.
 //! - [`cache`]: the tenant-scoped semantic cache of chat answers.
 //! - [`chunk`]: splitting documents into overlapping chunks.
+//! - [`documents`]: how a document is kept in the vector store (chunks and its text record) and
+//!   read back.
 //! - [`tenants`]: the tenant catalog `serve` reads from manifests on disk, reloaded on change.
 //! - [`rag`]: one chat request from question to answer (cache, retrieval, quota, model call,
 //!   settlement, cache store), whichever endpoint asked it; no HTTP.
@@ -47,6 +49,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod documents;
 pub mod domain;
 pub mod embed;
 pub mod healthcheck;
