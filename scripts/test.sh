@@ -12,6 +12,8 @@ export TENANTRY_MODEL_DIR
 scripts/python-env.sh sdk >/dev/null
 scripts/python-env.sh schemathesis >/dev/null
 scripts/python-env.sh llama >/dev/null
+# playwright-core (npm) for the console test in headless Chromium.
+scripts/node-env.sh playwright >/dev/null
 # The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build).
 eval "$(scripts/kube-test-env.sh start)"
 # Real Qdrant servers on 127.0.0.1 for the vector-store conformance suite (one node and a
