@@ -321,6 +321,28 @@ pub async fn export_to_file(
     finished
 }
 
+/// Non-empty lines of a file (for the progress total), read a block at a time.
+fn count_lines(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut lines, mut in_line) = (0, false);
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines + u64::from(in_line));
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                lines += u64::from(in_line);
+                in_line = false;
+            } else if !b.is_ascii_whitespace() {
+                in_line = true;
+            }
+        }
+    }
+}
+
 /// Imports one line: skipped when its id is present, stored otherwise.
 async fn import_line(http: &reqwest::Client, target: &Target, text: &str) -> Result<bool, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| format!("not a document: {e}"))?;
@@ -376,13 +398,9 @@ pub async fn import(
     let http = client()?;
     let bar = Arc::new(Progress::new(progress, "lines imported"));
     if let Some(p) = input
-        && let Ok(text) = std::fs::read(p)
+        && let Ok(n) = count_lines(p)
     {
-        bar.set_total(
-            text.split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count() as u64,
-        );
+        bar.set_total(n);
     }
     let mut lines = tokio::io::BufReader::new(reader).lines();
     let mut numbered = Vec::new();
@@ -433,6 +451,16 @@ pub async fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_non_empty_lines() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("x.jsonl");
+        std::fs::write(&p, "{}\n\n  \n{}\n{}").expect("write");
+        assert_eq!(count_lines(&p).expect("count"), 3);
+        std::fs::write(&p, "").expect("write");
+        assert_eq!(count_lines(&p).expect("count"), 0);
+    }
 
     #[test]
     fn lines_round_trip_and_refuse_unknown_fields() {

@@ -177,8 +177,15 @@ async fn the_console_uploads_answers_with_sources_and_shows_usage() {
         .and_then(|n| n.parse().ok())
         .expect("tokens today");
     assert!(tokens > 0, "{seen}");
-    let (_, usage) = server.get("/v1/usage", &dirs.token("acme", "check")).await;
+    let check = dirs.token("acme", "check");
+    let (_, usage) = server.get("/v1/usage", &check).await;
     assert_eq!(usage["storage"]["documents"], 2, "{usage}");
+    // The console derives ids from the content as `tenantry ingest` does.
+    let id = tenantry::ingest::content_id(&std::fs::read(&file).expect("read"));
+    let (s, doc) = server.get(&format!("/v1/documents/{id}"), &check).await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    assert_eq!(doc["title"], "refunds.md");
+    assert_eq!(doc["metadata"]["kind"], "markdown");
     // The pasted token works in a fresh tab, a bad one is refused, signing out forgets it.
     assert!(
         seen["bad_token"].as_str().expect("message").contains("401"),

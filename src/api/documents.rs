@@ -149,7 +149,7 @@ async fn stored_bytes(caller: &Caller, id: Uuid) -> Result<Option<u64>, ApiError
 pub async fn ingest(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<IngestRequest>,
+    ApiJson(mut body): ApiJson<IngestRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if body.text.trim().is_empty() {
         return Err(ApiError::Invalid("text must not be empty".to_string()));
@@ -206,7 +206,6 @@ pub async fn ingest(
     };
     let cfg = state.config.chunking.clone();
     let model = state.embedder.model().to_string();
-    let mut body = body;
     let text = std::mem::take(&mut body.text);
     let (text, chunks, used) = tokio::task::spawn_blocking(move || {
         let chunks = chunk(&text, cfg.size, cfg.overlap);
