@@ -67,6 +67,12 @@ export TENANTRY_MODEL_DIR
 if wants openai_sdk; then scripts/python-env.sh sdk >/dev/null; fi
 if wants openapi; then scripts/python-env.sh schemathesis >/dev/null; fi
 if wants llama; then scripts/python-env.sh llama >/dev/null; fi
+# The console test drives Debian's Chromium with playwright-core from npm (cached).
+if wants console; then
+    [[ -x /usr/bin/chromium ]] || install chromium "Chromium, for the console test"
+    need npm npm "npm, for playwright-core"
+    scripts/node-env.sh playwright >/dev/null
+fi
 # The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build; Go).
 if wants admission chart cluster credentials expose operator; then
     command -v go >/dev/null || { log "error: Go (1.26+) is needed once to build the test API server"; exit 1; }

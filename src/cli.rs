@@ -36,6 +36,51 @@ pub enum Command {
     /// Upload files and folders of documents (txt, md, html) to a tenant's chat API; files
     /// already uploaded with the same content are skipped, so an interrupted run resumes.
     Ingest(IngestArgs),
+    /// Write a tenant's documents (id, title, text, metadata) as JSONL, one document per line,
+    /// to stdout or a file.
+    Export(ExportArgs),
+    /// Store the documents of a JSONL export in a tenant; documents already there (same id)
+    /// are skipped, so an interrupted run resumes. Failed lines are reported, not fatal.
+    Import(ImportArgs),
+}
+
+/// The tenant API that `export` and `import` talk to.
+#[derive(Debug, Clone, Args)]
+pub struct TenantApiArgs {
+    /// Base URL of the tenant's chat API, e.g. http://127.0.0.1:8000.
+    #[arg(long, env = "TENANTRY_TENANT_URL")]
+    pub tenant_url: String,
+    /// The tenant JWT (prefer the environment variable: command lines are visible to others).
+    #[arg(long, env = "TENANTRY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Do not show progress on stderr.
+    #[arg(long, env = "TENANTRY_NO_PROGRESS", default_value_t = false)]
+    pub no_progress: bool,
+}
+
+/// Options of `tenantry export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The tenant's API.
+    #[command(flatten)]
+    pub api: TenantApiArgs,
+    /// File to write (replaced only once the export is complete). Unset or `-`: stdout.
+    #[arg(long, short, env = "TENANTRY_EXPORT_OUTPUT")]
+    pub output: Option<PathBuf>,
+}
+
+/// Options of `tenantry import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The tenant's API.
+    #[command(flatten)]
+    pub api: TenantApiArgs,
+    /// Documents stored at once.
+    #[arg(long, env = "TENANTRY_IMPORT_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// JSONL file to import (as `tenantry export` writes it); `-` or unset: stdin.
+    #[arg(env = "TENANTRY_IMPORT_INPUT")]
+    pub input: Option<PathBuf>,
 }
 
 /// Options of `tenantry ingest`.

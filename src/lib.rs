@@ -18,6 +18,8 @@
 //!   the offline responder.
 //! - [`cache`]: the tenant-scoped semantic cache of chat answers.
 //! - [`chunk`]: splitting documents into overlapping chunks.
+//! - [`documents`]: how a document is kept in the vector store (chunks and its text record) and
+//!   read back.
 //! - [`tenants`]: the tenant catalog `serve` reads from manifests on disk, reloaded on change.
 //! - [`rag`]: one chat request from question to answer (cache, retrieval, quota, model call,
 //!   settlement, cache store), whichever endpoint asked it; no HTTP.
@@ -30,8 +32,8 @@
 //!   (plus cleanup, signing keys, leader election, its metrics).
 //!
 //! Processes
-//! - [`cli`]: the command line (`serve`, `operator`, `token`, `ingest`, `crd`, `healthcheck`),
-//!   with typed flag values.
+//! - [`cli`]: the command line (`serve`, `operator`, `token`, `ingest`, `export`, `import`, `crd`,
+//!   `healthcheck`), with typed flag values.
 //! - [`serve`], [`operator`]: wiring of the two long-running modes.
 //! - [`runtime`]: what both need: shutdown signal, admin router (metrics, health), file watching.
 //! - [`config`]: the `serve` configuration file and its defaults.
@@ -39,6 +41,8 @@
 //! - [`listen`]: `serve`'s accept loop: connection cap, header-read and idle timeouts.
 //! - [`metrics`], [`telemetry`]: Prometheus metric families; logging and tracing setup.
 //! - [`ingest`], [`healthcheck`]: the `tenantry ingest` client and the image's HEALTHCHECK probe.
+//! - [`transfer`]: the `tenantry export` / `tenantry import` clients (a tenant's documents as
+//!   JSONL).
 pub mod api;
 pub mod auth;
 pub mod cache;
@@ -47,6 +51,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod documents;
 pub mod domain;
 pub mod embed;
 pub mod healthcheck;
@@ -62,6 +67,7 @@ pub mod serve;
 pub mod telemetry;
 pub mod tenants;
 pub mod tls;
+pub mod transfer;
 pub mod vector;
 
 /// Installs ring as the process-wide rustls crypto provider (idempotent). Every TLS client and

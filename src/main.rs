@@ -64,6 +64,8 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         Command::Ingest(args) => ingest(args).await?,
+        Command::Export(args) => export(args).await?,
+        Command::Import(args) => import(args).await?,
         Command::Operator(args) => {
             let telemetry = tenantry::telemetry::init();
             let ran = tenantry::operator::run(args).await;
@@ -101,6 +103,60 @@ async fn ingest(args: tenantry::cli::IngestArgs) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(anyhow!("{} file(s) failed", report.failed.len()))
+    }
+}
+
+/// Exports a tenant's documents; the summary goes to stderr (stdout may be the export).
+async fn export(args: tenantry::cli::ExportArgs) -> anyhow::Result<()> {
+    let target = tenantry::transfer::Target {
+        url: args.api.tenant_url,
+        token: args.api.token,
+    };
+    let progress = !args.api.no_progress;
+    let report = match args.output.filter(|p| p.as_os_str() != "-") {
+        Some(path) => tenantry::transfer::export_to_file(&target, &path, progress).await?,
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            tenantry::transfer::export(&target, &mut out, progress).await?
+        }
+    };
+    eprintln!("exported {} documents", report.documents);
+    if report.inexact > 0 {
+        eprintln!(
+            "{} of them were stored without their text: theirs is joined from their chunks",
+            report.inexact
+        );
+    }
+    Ok(())
+}
+
+/// Imports a JSONL export and prints a summary; fails when any line failed.
+async fn import(args: tenantry::cli::ImportArgs) -> anyhow::Result<()> {
+    let target = tenantry::transfer::Target {
+        url: args.api.tenant_url,
+        token: args.api.token,
+    };
+    let input = args.input.filter(|p| p.as_os_str() != "-");
+    let report = tenantry::transfer::import(
+        &target,
+        input.as_deref(),
+        args.concurrency,
+        !args.api.no_progress,
+    )
+    .await?;
+    for (line, reason) in &report.failed {
+        eprintln!("failed: line {line}: {reason}");
+    }
+    println!(
+        "imported {}, already present {}, failed {}",
+        report.imported,
+        report.skipped,
+        report.failed.len()
+    );
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{} line(s) failed", report.failed.len()))
     }
 }
 

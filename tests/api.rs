@@ -129,8 +129,10 @@ async fn isolation_in_both_modes() {
             .delete(&format!("/v1/documents/{foreign}"), &tb)
             .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
-        let (s, _) = server.get(&format!("/v1/documents/{foreign}"), &ta).await;
+        let (s, doc) = server.get(&format!("/v1/documents/{foreign}"), &ta).await;
         assert_eq!(s, StatusCode::OK, "the owner still has it");
+        assert!([ACME_REFUND, ACME_SHIPPING].contains(&doc["text"].as_str().expect("text")));
+        assert_eq!(doc["text_exact"], true);
 
         // Re-ingesting under a foreign document id cannot overwrite the owner's chunks.
         let (s, _) = server
@@ -156,6 +158,11 @@ async fn isolation_in_both_modes() {
                 .expect("text")
                 .contains("30 days")
         );
+        // Each reads back its own text under the shared id.
+        let (_, mine) = server.get(&format!("/v1/documents/{foreign}"), &tb).await;
+        assert_eq!(mine["text"], "Overwritten by someone else.");
+        let (_, theirs) = server.get(&format!("/v1/documents/{foreign}"), &ta).await;
+        assert_eq!(theirs["text"], doc["text"]);
     }
 }
 
@@ -215,6 +222,12 @@ async fn documents_can_be_listed_paged_replaced_and_deleted() {
     assert_eq!(s, StatusCode::CREATED);
     let id = body["id"].as_str().expect("id").to_string();
     assert!(body["chunks"].as_u64().expect("chunks") > 3);
+    // Read back exactly, though stored as overlapping, trimmed chunks.
+    let (s, doc) = server.get(&format!("/v1/documents/{id}"), &t).await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    assert_eq!(doc["text"], long.as_str());
+    assert_eq!(doc["text_exact"], true);
+    assert_eq!(doc["metadata"], json!({"lang": "en"}));
     let (s, body) = server
         .post(
             "/v1/documents",
@@ -228,6 +241,16 @@ async fn documents_can_be_listed_paged_replaced_and_deleted() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(doc["title"], "v2");
     assert_eq!(doc["chunks"], 1);
+    assert_eq!(doc["text"], "The short version.");
+    let (_, list) = server.get("/v1/documents", &t).await;
+    assert!(
+        list["documents"]
+            .as_array()
+            .expect("docs")
+            .iter()
+            .all(|d| d.get("text").is_none()),
+        "listings stay light: {list}"
+    );
     let (_, ans) = server
         .post(
             "/v1/chat",

@@ -193,6 +193,12 @@ async fn completions_with_and_without_streaming() {
         .map(|e| serde_json::from_str(e).expect("chunk json"))
         .collect();
     assert_eq!(parsed[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(
+        parsed[0]["tenantry"],
+        json!({"cached": false, "sources": []}),
+        "tenantry's additions on the first chunk"
+    );
+    assert!(parsed[1..].iter().all(|p| p.get("tenantry").is_none()));
     for p in &parsed {
         assert_eq!(p["object"], "chat.completion.chunk");
         assert_eq!(p["id"], parsed[0]["id"], "one id per stream");
@@ -265,6 +271,8 @@ async fn completion_cache_is_per_tenant_in(spec: &str) {
     let (events, x) = stream(&server, &acme, para).await;
     assert_eq!(x, "hit");
     assert_eq!(Value::String(streamed_text(&events)), answer);
+    let first: Value = serde_json::from_str(&events[0]).expect("chunk json");
+    assert_eq!(first["tenantry"]["cached"], true, "{first}");
     assert_eq!(llm.calls(), calls + 1);
 
     // Another tenant, same question: its own upstream call and its own answer.
@@ -346,6 +354,16 @@ async fn retrieval_adds_only_the_tenants_passages() {
         "another tenant's passage: {system}"
     );
     assert_eq!(body["tenantry"]["sources"][0]["document_id"], acme_doc);
+    // Streamed, the sources come with the first chunk.
+    let mut streamed = q(Some(true));
+    streamed["stream"] = json!(true);
+    let (events, _) = stream(&server, &acme, streamed).await;
+    let first: Value = serde_json::from_str(&events[0]).expect("chunk json");
+    assert_eq!(
+        first["tenantry"]["sources"][0]["document_id"], acme_doc,
+        "{first}"
+    );
+    assert_eq!(first["tenantry"]["cached"], false);
 
     // Globex retrieves by default (its own documents only) and can opt out per request.
     let (s, _, _) = complete(&server, &globex, q(None), true).await;

@@ -217,6 +217,10 @@ async fn serve_with_a_refused_key_answers_503_then_recovers() {
     .await;
     let (status, body) = server.post("/v1/documents", &token, doc).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_str().unwrap();
+    let (status, stored) = server.get(&format!("/v1/documents/{id}"), &token).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["text"], "Refunds take five days.", "{stored}");
     assert!(!logs().contains(WRONG));
     server.stop();
     drop(qdrant);

@@ -1,24 +1,24 @@
 //! `POST /v1/documents`, `GET /v1/documents`, `GET|DELETE /v1/documents/{id}`.
 //!
-//! A document is stored as chunks; each chunk is a point whose payload carries the document
-//! id, its index, the chunk text and the document's title and metadata. Chunk ids are derived
-//! from (document id, index), so re-ingesting a document under the same id replaces it in
-//! place. A document id of another tenant is indistinguishable from a missing one (404).
-use axum::extract::{Path, Query};
+//! How a document is kept in the store (chunks and a text record), and read back with its
+//! text: [`crate::documents`]. Re-ingesting a document under the same id replaces it in place.
+//! A document id of another tenant is indistinguishable from a missing one (404).
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use axum::extract::State;
-
 use super::{ApiError, ApiJson, AppState, Caller};
 use crate::auth::keys::unix_now;
 use crate::chunk::chunk;
+use crate::documents::{
+    DocumentInfo, NewDocument, chunks_only, document_points, info, read_document,
+};
 use crate::domain::TenantId;
 use crate::quota::{StorageChange, StorageDecision, StorageLimit, StorageLimits, tokens};
-use crate::vector::{Filter, Kind, Point, Record, payload_str};
+use crate::vector::{Filter, Kind};
 
 /// Body of `POST /v1/documents`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -56,30 +56,6 @@ pub struct IngestResponse {
     pub tenant_id: String,
     /// Number of chunks stored.
     pub chunks: usize,
-}
-
-/// One document in listings.
-#[derive(Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
-#[schemars(rename = "Document")]
-pub struct DocumentInfo {
-    /// Document id.
-    #[schemars(with = "String", extend("format" = "uuid"))]
-    pub id: Uuid,
-    /// Title, if given.
-    pub title: Option<String>,
-    /// The metadata given at ingestion.
-    pub metadata: Map<String, Value>,
-    /// Number of chunks.
-    pub chunks: u64,
-    /// Ingestion time (Unix seconds).
-    pub created_at: i64,
-}
-
-/// Chunk id: a UUIDv5 of `<tenant>/<index>` in the document id's namespace. The tenant is
-/// part of it so that, in a shared (Partition) collection, a caller who reuses another
-/// tenant's document id writes different points instead of overwriting theirs.
-pub fn chunk_id(tenant: &TenantId, document: Uuid, index: usize) -> Uuid {
-    Uuid::new_v5(&document, format!("{tenant}/{index}").as_bytes())
 }
 
 const MAX_TITLE: usize = 512;
@@ -173,7 +149,7 @@ async fn stored_bytes(caller: &Caller, id: Uuid) -> Result<Option<u64>, ApiError
 pub async fn ingest(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<IngestRequest>,
+    ApiJson(mut body): ApiJson<IngestRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if body.text.trim().is_empty() {
         return Err(ApiError::Invalid("text must not be empty".to_string()));
@@ -230,14 +206,15 @@ pub async fn ingest(
     };
     let cfg = state.config.chunking.clone();
     let model = state.embedder.model().to_string();
-    let text = body.text;
-    let (chunks, used) = tokio::task::spawn_blocking(move || {
+    let text = std::mem::take(&mut body.text);
+    let (text, chunks, used) = tokio::task::spawn_blocking(move || {
         let chunks = chunk(&text, cfg.size, cfg.overlap);
         let used: u64 = chunks.iter().map(|c| tokens::count(&model, c)).sum();
-        (chunks, used)
+        (text, chunks, used)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("chunking failed: {e}")))?;
+    body.text = text;
     let reservation = services.reserve(&tenant, used).await?;
     // Dropped while embedding (client gone), the reservation is charged and the hold reverted.
     let vectors = match state.embedder.embed(chunks.clone()).await {
@@ -261,33 +238,20 @@ pub async fn ingest(
             chunks.len()
         )));
     }
-    let now = unix_now();
     let count = chunks.len();
-    let points = chunks
-        .into_iter()
-        .zip(vectors)
-        .enumerate()
-        .map(|(i, (text, vector))| {
-            let payload = json!({
-                "document_id": id.to_string(),
-                "chunk_index": i,
-                "chunk_count": count,
-                "document_bytes": document_bytes,
-                "text": text,
-                "title": body.title,
-                "metadata": body.metadata,
-                "created_at": now,
-            });
-            Point {
-                id: chunk_id(&caller.principal.tenant, id, i),
-                vector,
-                payload: match payload {
-                    Value::Object(m) => m,
-                    _ => Map::new(),
-                },
-            }
-        })
-        .collect();
+    let doc = NewDocument {
+        text: &body.text,
+        title: body.title.as_deref(),
+        metadata: &body.metadata,
+    };
+    let points = document_points(
+        &caller.principal.tenant,
+        id,
+        &doc,
+        chunks,
+        vectors,
+        unix_now(),
+    );
     caller.vectors.ensure().await?;
     // From here the document may be stored, whatever happens to this request: the change
     // stays if the request is dropped, and is reverted only when the write fails.
@@ -302,7 +266,7 @@ pub async fn ingest(
         .vectors
         .count(
             Kind::Docs,
-            Filter::default().keyword("document_id", id.to_string()),
+            chunks_only(Filter::default().keyword("document_id", id.to_string())),
         )
         .await?;
     if stale > count as u64 {
@@ -360,21 +324,6 @@ pub struct ListQuery {
     pub cursor: Option<Uuid>,
 }
 
-fn info(r: &Record) -> Option<DocumentInfo> {
-    let p = &r.payload;
-    Some(DocumentInfo {
-        id: payload_str(p, "document_id")?.parse().ok()?,
-        title: payload_str(p, "title").map(str::to_string),
-        metadata: p
-            .get("metadata")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default(),
-        chunks: p.get("chunk_count").and_then(Value::as_u64).unwrap_or(0),
-        created_at: p.get("created_at").and_then(Value::as_i64).unwrap_or(0),
-    })
-}
-
 /// Lists the caller's documents, a page at a time.
 pub async fn list(
     caller: Caller,
@@ -408,30 +357,20 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::NotFound("document not found".to_string()))
 }
 
-/// One document's metadata.
+/// One document: its metadata and its text.
 pub async fn get_one(
+    State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let (page, _) = caller
-        .vectors
-        .scroll(
-            Kind::Docs,
-            Filter::default()
-                .keyword("document_id", id.to_string())
-                .integer("chunk_index", 0),
-            1,
-            None,
-        )
-        .await?;
-    page.first()
-        .and_then(info)
+    read_document(&caller.vectors, id, state.config.chunking.overlap)
+        .await?
         .map(ApiJson)
         .ok_or_else(|| ApiError::NotFound("document not found".to_string()))
 }
 
-/// Deletes a document and all its chunks (durable when 204 is returned); its count and bytes
+/// Deletes a document, its chunks and its text record (durable when 204 is returned); its count and bytes
 /// are freed.
 pub async fn delete(
     State(state): State<AppState>,
@@ -461,19 +400,4 @@ pub async fn delete(
     crate::cache::bump_docs_version(&caller.vectors).await?;
     tracing::info!(tenant_id = %caller.principal.tenant, document_id = %id, "document deleted");
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_ids_differ_per_tenant_for_the_same_document_id() {
-        let doc = Uuid::new_v4();
-        let a = TenantId::parse("a").expect("id");
-        let b = TenantId::parse("b").expect("id");
-        assert_ne!(chunk_id(&a, doc, 0), chunk_id(&b, doc, 0));
-        assert_eq!(chunk_id(&a, doc, 1), chunk_id(&a, doc, 1));
-        assert_ne!(chunk_id(&a, doc, 0), chunk_id(&a, doc, 1));
-    }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API of `serve`: state, the authenticated-caller extractor, the router and the
 //! cross-cutting middleware (request log, whole-request timeout, body limit, JSON 404/405).
 pub mod chat;
+pub mod console;
 pub mod documents;
 pub mod error;
 pub mod health;
@@ -167,6 +168,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/documents/{id}",
             get(documents::get_one).delete(documents::delete),
         )
+        .route("/", get(console::page))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
+        .route("/console/config.json", get(console::config))
+        .route("/favicon.ico", get(console::favicon))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))

@@ -11,8 +11,9 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::chat::{ChatAnswer, ChatBody};
-use super::documents::{DocumentInfo, IngestRequest, IngestResponse};
+use super::documents::{IngestRequest, IngestResponse};
 use super::openai::types::{ChatCompletion, Embedding, EmbeddingsBody, List, Model};
+use crate::documents::{DocumentInfo, StoredDocument};
 
 /// The error body of every failed request, as `ApiError::body` builds it (a rate-limited
 /// answer adds `limit`, the limit hit).
@@ -388,7 +389,7 @@ impl Builder {
         ingest.extend(bad_body);
         let uuid = json!({"type": "string", "format": "uuid"});
         let list = self.ok::<DocumentList>("A page of documents");
-        let one = self.ok::<DocumentInfo>("The document");
+        let one = self.ok::<StoredDocument>("The document with its text");
         let usage = self.ok::<UsageReport>("Usage");
         json!({
             "/v1/documents": {
@@ -412,7 +413,7 @@ impl Builder {
             "/v1/documents/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": uuid}],
                 "get": {
-                    "summary": "A document's metadata",
+                    "summary": "A document: its metadata and its text",
                     "responses": self.authed(vec![
                         ("200", one),
                         ("404", self.err("No such document for this tenant")),

@@ -373,7 +373,7 @@ impl Turn {
             .search(
                 Kind::Docs,
                 query,
-                Filter::default(),
+                crate::documents::chunks_only(Filter::default()),
                 usize::try_from(top_k).unwrap_or(1),
             )
             .instrument(tracing::info_span!("retrieve", top_k))

@@ -534,6 +534,27 @@ async fn filters(h: &dyn Harness) {
             .unwrap(),
         0
     );
+    // Numbers at or above a bound, in count, search and scroll.
+    assert_eq!(
+        b.count(&name, &Filter::default().at_least("n", 1))
+            .await
+            .unwrap(),
+        4
+    );
+    let acme_from_2 = Filter::default()
+        .keyword(TENANT_KEY, "acme")
+        .at_least("n", 2);
+    let hits = b
+        .search(&name, vec![1.0, 0.0, 0.0, 0.0], &acme_from_2, 10)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].payload["text"], "acme-2");
+    let (page, _) = b
+        .scroll(&name, &Filter::default().at_least("n", 3), 10, None)
+        .await
+        .unwrap();
+    assert!(page.is_empty());
     let acme_below_1 = Filter::default().keyword(TENANT_KEY, "acme").below("n", 1);
     let (page, _) = b.scroll(&name, &acme_below_1, 10, None).await.unwrap();
     assert_eq!(page.len(), 1);
@@ -1019,6 +1040,117 @@ async fn reconnects(h: &QdrantHarness) {
     b.drop_collection(&name).await.unwrap();
 }
 
+/// Documents as the API keeps them ([`crate::documents`]): each tenant reads back exactly the
+/// text it stored under a document id both use, never the other's; retrieval never returns a
+/// text record; a document without one (stored before they existed) reads back joined from its
+/// chunks; deleting a document removes its record too.
+async fn document_texts(h: &dyn Harness, isolation: Isolation) {
+    use crate::documents::{NewDocument, TEXT_INDEX, chunks_only, document_points, read_document};
+    let backend = h.open();
+    let a = TenantId::parse(&format!("{}-a", h.run())).unwrap();
+    let b = TenantId::parse(&format!("{}-b", h.run())).unwrap();
+    let c = TenantId::parse(&format!("{}-c", h.run())).unwrap();
+    let handle = |t: &TenantId| TenantVectors::new(backend.clone(), t.clone(), isolation, DIM);
+    let (va, vb, vc) = (handle(&a), handle(&b), handle(&c));
+    for v in [&va, &vb, &vc] {
+        v.ensure().await.unwrap();
+    }
+    let (size, overlap) = (120, 30);
+    let text_of = |who: &str| {
+        (0..40)
+            .map(|i| format!("{who} sentence {i}: naïve café, 東京.  Two spaces,\ttab."))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+            + "\n"
+    };
+    let metadata = serde_json::Map::from_iter([("source".to_string(), json!("conformance"))]);
+    let points = |t: &TenantId, doc: uuid::Uuid, text: &str| {
+        let chunks = crate::chunk::chunk(text, size, overlap);
+        let vectors = (0..chunks.len())
+            .map(|i| vec![1.0, i as f32, 0.5, 0.0])
+            .collect();
+        let new = NewDocument {
+            text,
+            title: Some("handbook"),
+            metadata: &metadata,
+        };
+        document_points(t, doc, &new, chunks, vectors, 1_700_000_000)
+    };
+    let doc = uuid::Uuid::new_v4();
+    let (text_a, text_b) = (text_of("Alpha"), text_of("Beta"));
+    let points_a = points(&a, doc, &text_a);
+    let chunks_a = points_a.len() - 1;
+    assert!(chunks_a > 5, "several chunks: {chunks_a}");
+    va.upsert(Kind::Docs, points_a).await.unwrap();
+    vb.upsert(Kind::Docs, points(&b, doc, &text_b))
+        .await
+        .unwrap();
+
+    let read_a = read_document(&va, doc, overlap).await.unwrap().unwrap();
+    assert_eq!(
+        read_a.text, text_a,
+        "exactly as stored, whitespace included"
+    );
+    assert!(read_a.text_exact);
+    assert_eq!(read_a.info.id, doc);
+    assert_eq!(read_a.info.title.as_deref(), Some("handbook"));
+    assert_eq!(read_a.info.metadata, metadata);
+    assert_eq!(read_a.info.chunks, chunks_a as u64);
+    let read_b = read_document(&vb, doc, overlap).await.unwrap().unwrap();
+    assert_eq!(read_b.text, text_b);
+    // Another tenant's id is unknown to this one; so is a random id.
+    assert!(read_document(&vc, doc, overlap).await.unwrap().is_none());
+    assert!(
+        read_document(&va, uuid::Uuid::new_v4(), overlap)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Retrieval sees chunks only, also with the text record's own vector as the query.
+    let hits = va
+        .search(
+            Kind::Docs,
+            vec![1.0, 0.0, 0.5, 0.0],
+            chunks_only(Filter::default()),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), chunks_a);
+    assert!(
+        hits.iter()
+            .all(|h| h.payload["chunk_index"].as_i64() >= Some(0)
+                && !h.payload.contains_key("document_text"))
+    );
+
+    // A document stored without its text record reads back from its chunks.
+    let legacy = uuid::Uuid::new_v4();
+    let plain = (0..300)
+        .map(|i| format!("word{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let chunk_points: Vec<Point> = points(&a, legacy, &plain)
+        .into_iter()
+        .filter(|p| p.payload["chunk_index"] != json!(TEXT_INDEX))
+        .collect();
+    va.upsert(Kind::Docs, chunk_points).await.unwrap();
+    let old = read_document(&va, legacy, overlap).await.unwrap().unwrap();
+    assert!(!old.text_exact);
+    assert_eq!(old.text, plain);
+
+    // Deleting a document removes its text record with its chunks; the other tenant's stays.
+    let of_doc = || Filter::default().keyword("document_id", doc.to_string());
+    va.delete(Kind::Docs, of_doc()).await.unwrap();
+    assert_eq!(va.count(Kind::Docs, of_doc()).await.unwrap(), 0);
+    assert!(read_document(&va, doc, overlap).await.unwrap().is_none());
+    let read_b = read_document(&vb, doc, overlap).await.unwrap().unwrap();
+    assert_eq!(read_b.text, text_b);
+    for v in [&va, &vb, &vc] {
+        v.purge().await.unwrap();
+    }
+}
+
 async fn isolation_collection(h: &dyn Harness) {
     isolation(h, Isolation::Collection).await;
 }
@@ -1036,6 +1168,12 @@ async fn data_owners_collection(h: &dyn Harness) {
 }
 async fn data_owners_partition(h: &dyn Harness) {
     data_owners(h, Isolation::Partition).await;
+}
+async fn document_texts_collection(h: &dyn Harness) {
+    document_texts(h, Isolation::Collection).await;
+}
+async fn document_texts_partition(h: &dyn Harness) {
+    document_texts(h, Isolation::Partition).await;
 }
 
 /// One test per case and backend: `both` cases on the embedded store, a Qdrant server and a
@@ -1086,6 +1224,8 @@ conformance!(
         deletion_policy_partition,
         data_owners_collection,
         data_owners_partition,
+        document_texts_collection,
+        document_texts_partition,
         durability,
         filters,
         search_order_and_scores,

@@ -233,6 +233,11 @@ fn to_edge_filter(filter: &Filter) -> Result<Option<qe::Filter>, VectorError> {
                 "range": {"lt": *i},
             }))
             .map_err(|e| VectorError::Invalid(format!("range condition on {key:?}: {e}")))?,
+            MatchValue::AtLeast(i) => serde_json::from_value(serde_json::json!({
+                "key": key,
+                "range": {"gte": *i},
+            }))
+            .map_err(|e| VectorError::Invalid(format!("range condition on {key:?}: {e}")))?,
         };
         conditions.push(qe::Condition::Field(condition));
     }

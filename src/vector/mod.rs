@@ -61,6 +61,8 @@ pub enum MatchValue {
     Integer(i64),
     /// A number strictly below this one.
     Below(i64),
+    /// A number at or above this one.
+    AtLeast(i64),
 }
 
 /// A conjunction of conditions on payload fields (all must hold).
@@ -88,6 +90,13 @@ impl Filter {
     /// Adds a condition: the number at `key` is below `value`.
     pub fn below(mut self, key: &str, value: i64) -> Self {
         self.must.push((key.to_string(), MatchValue::Below(value)));
+        self
+    }
+
+    /// Adds a condition: the number at `key` is at least `value`.
+    pub fn at_least(mut self, key: &str, value: i64) -> Self {
+        self.must
+            .push((key.to_string(), MatchValue::AtLeast(value)));
         self
     }
 }

@@ -426,6 +426,14 @@ fn to_qdrant_filter(filter: &Filter) -> Option<pb::Filter> {
                     ..Default::default()
                 },
             ),
+            #[allow(clippy::cast_precision_loss)] // chunk indexes and timestamps
+            MatchValue::AtLeast(i) => pb::Condition::range(
+                key.as_str(),
+                pb::Range {
+                    gte: Some(*i as f64),
+                    ..Default::default()
+                },
+            ),
         },
     )))
 }

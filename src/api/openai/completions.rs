@@ -115,7 +115,15 @@ fn from_cache(hit: CachedAnswer, p: &CompletionParams, headers: HeaderMap) -> Re
     };
     if p.stream {
         let model = answer.model.clone();
-        (headers, sse(one_shot(answer), model, p.include_usage)).into_response()
+        let extras = CompletionExtras {
+            cached: true,
+            sources: hit.sources,
+        };
+        (
+            headers,
+            sse(one_shot(answer), model, p.include_usage, extras),
+        )
+            .into_response()
     } else {
         let body = ChatCompletion::new(answer, true, hit.sources);
         (headers, axum::Json(body)).into_response()
@@ -162,7 +170,11 @@ async fn complete(
         return Ok((headers, axum::Json(body)).into_response());
     }
     let model = state.rag_services().asked_model(&request);
+    let extras = CompletionExtras {
+        cached: false,
+        sources: turn.sources().to_vec(),
+    };
     let chunks = turn.stream(request).await?;
     let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Miss));
-    Ok((headers, sse(chunks, model, p.include_usage)).into_response())
+    Ok((headers, sse(chunks, model, p.include_usage, extras)).into_response())
 }

@@ -1,6 +1,6 @@
 //! A streamed completion as OpenAI sends it: server-sent `chat.completion.chunk` events (the
-//! role first, then the text, then the finish reason), optionally a usage chunk, then
-//! `[DONE]`. A failure after the headers went out is an error event (what OpenAI's SDKs
+//! role first, with tenantry's `tenantry` object: cached or not, the sources; then the text,
+//! then the finish reason), optionally a usage chunk, then `[DONE]`. A failure after the headers went out is an error event (what OpenAI's SDKs
 //! raise).
 use std::convert::Infallible;
 
@@ -10,7 +10,7 @@ use axum::response::{IntoResponse as _, Response};
 use futures::StreamExt as _;
 
 use super::completions::{completion_id, unix_now};
-use super::types::{ChunkChoice, CompletionChunk, Delta, WireUsage};
+use super::types::{ChunkChoice, CompletionChunk, CompletionExtras, Delta, WireUsage};
 use crate::api::ApiError;
 use crate::llm::{ChatStream, Chunk};
 
@@ -29,14 +29,42 @@ impl ChunkWriter {
     }
 
     fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Option<WireUsage>>) -> Event {
-        Self::event(&CompletionChunk {
+        Self::event(&self.chunk_with(choices, usage, None))
+    }
+
+    fn chunk_with(
+        &self,
+        choices: Vec<ChunkChoice>,
+        usage: Option<Option<WireUsage>>,
+        tenantry: Option<CompletionExtras>,
+    ) -> CompletionChunk {
+        CompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk",
             created: self.created,
             model: self.model.clone(),
             choices,
             usage,
-        })
+            tenantry,
+        }
+    }
+
+    /// The first chunk: the role, and tenantry's additions.
+    fn first(&self, extras: CompletionExtras) -> Event {
+        let choice = ChunkChoice {
+            index: 0,
+            delta: Delta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            },
+            logprobs: None,
+            finish_reason: None,
+        };
+        Self::event(&self.chunk_with(
+            vec![choice],
+            self.include_usage.then_some(None),
+            Some(extras),
+        ))
     }
 
     /// A chunk of the one choice (with `usage: null` under `include_usage`).
@@ -57,15 +85,20 @@ impl ChunkWriter {
 }
 
 /// `chunks` as an SSE response; `model` names the answering model until the stream says
-/// which answers.
-pub(super) fn sse(chunks: ChatStream, model: String, include_usage: bool) -> Response {
+/// which answers; `extras` go with the first chunk.
+pub(super) fn sse(
+    chunks: ChatStream,
+    model: String,
+    include_usage: bool,
+    extras: CompletionExtras,
+) -> Response {
     let writer = ChunkWriter {
         id: completion_id(),
         created: unix_now(),
         include_usage,
         model,
     };
-    let events = events(chunks, writer).map(Ok::<_, Infallible>);
+    let events = events(chunks, writer, extras).map(Ok::<_, Infallible>);
     let mut resp = Sse::new(events).into_response();
     // Proxies (nginx) would otherwise buffer the events.
     resp.headers_mut()
@@ -73,7 +106,11 @@ pub(super) fn sse(chunks: ChatStream, model: String, include_usage: bool) -> Res
     resp
 }
 
-fn events(mut chunks: ChatStream, mut w: ChunkWriter) -> impl futures::Stream<Item = Event> + Send {
+fn events(
+    mut chunks: ChatStream,
+    mut w: ChunkWriter,
+    extras: CompletionExtras,
+) -> impl futures::Stream<Item = Event> + Send {
     async_stream::stream! {
         // Wait for the stream to name the model before the first chunk.
         let mut next = chunks.next().await;
@@ -81,8 +118,7 @@ fn events(mut chunks: ChatStream, mut w: ChunkWriter) -> impl futures::Stream<It
             w.model.clone_from(m);
             next = chunks.next().await;
         }
-        let role = Delta { role: Some("assistant"), content: Some(String::new()) };
-        yield w.choice(role, None);
+        yield w.first(extras);
         loop {
             match next {
                 Some(Ok(Chunk::Model(m))) => w.model = m,

@@ -269,6 +269,10 @@ pub struct CompletionChunk {
     /// whole request; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<WireUsage>>,
+    /// On the first chunk only: whether the answer comes from the semantic cache, and the
+    /// passages retrieved for it (as on a `chat.completion`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenantry: Option<CompletionExtras>,
 }
 
 /// One model of `GET /v1/models`.
