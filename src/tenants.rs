@@ -345,9 +345,10 @@ fn parse_manifests(file: &Path) -> Result<Vec<Doc>, String> {
         let at = format!("document {}", i + 1);
         let api_version = value.get("apiVersion").and_then(|v| v.as_str());
         let kind = value.get("kind").and_then(|v| v.as_str());
-        if api_version != Some("tenantry.dev/v1alpha1") {
+        let want = <Tenant as kube::Resource>::api_version(&());
+        if api_version != Some(&*want) {
             return Err(format!(
-                "{at}: apiVersion must be tenantry.dev/v1alpha1, got {api_version:?}"
+                "{at}: apiVersion must be {want}, got {api_version:?}"
             ));
         }
         match kind {
