@@ -529,18 +529,22 @@ pub struct Condition {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaTierSpec {
-    /// Tokens (prompt + completion) per UTC day.
+    /// Tokens (prompt + completion) per UTC day (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub daily_tokens: i64,
-    /// Requests per minute.
+    pub daily_tokens: Option<i64>,
+    /// Requests per minute (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub requests_per_minute: i64,
-    /// Tokens per minute.
+    pub requests_per_minute: Option<i64>,
+    /// Tokens per minute (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub tokens_per_minute: i64,
-    /// Requests in flight at once.
+    pub tokens_per_minute: Option<i64>,
+    /// Requests in flight at once (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub max_concurrent_requests: i64,
+    pub max_concurrent_requests: Option<i64>,
     /// Completion tokens per answer (unset: `llm.maxTokens` of the operator's `--api-config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_MAX_TOKENS))]
@@ -580,10 +584,10 @@ pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
         _ => return None,
     };
     Some(QuotaTierSpec {
-        daily_tokens: daily,
-        requests_per_minute: rpm,
-        tokens_per_minute: tpm,
-        max_concurrent_requests: conc,
+        daily_tokens: Some(daily),
+        requests_per_minute: Some(rpm),
+        tokens_per_minute: Some(tpm),
+        max_concurrent_requests: Some(conc),
         max_tokens: None,
         max_documents: Some(docs),
         max_stored_bytes: Some(bytes),
@@ -597,12 +601,10 @@ impl EffectiveQuota {
     pub fn resolve(tier: &QuotaTierSpec, overrides: Option<&QuotaOverrides>) -> Self {
         let o = overrides.cloned().unwrap_or_default();
         Self {
-            daily_tokens: o.daily_tokens.unwrap_or(tier.daily_tokens),
-            requests_per_minute: o.requests_per_minute.unwrap_or(tier.requests_per_minute),
-            tokens_per_minute: o.tokens_per_minute.unwrap_or(tier.tokens_per_minute),
-            max_concurrent_requests: o
-                .max_concurrent_requests
-                .unwrap_or(tier.max_concurrent_requests),
+            daily_tokens: o.daily_tokens.or(tier.daily_tokens),
+            requests_per_minute: o.requests_per_minute.or(tier.requests_per_minute),
+            tokens_per_minute: o.tokens_per_minute.or(tier.tokens_per_minute),
+            max_concurrent_requests: o.max_concurrent_requests.or(tier.max_concurrent_requests),
             max_tokens: o.max_tokens.or(tier.max_tokens),
             max_documents: o.max_documents.or(tier.max_documents),
             max_stored_bytes: o.max_stored_bytes.or(tier.max_stored_bytes),
@@ -1004,8 +1006,34 @@ mod tests {
                 ..Default::default()
             }),
         );
-        assert_eq!(q.daily_tokens, 7);
+        assert_eq!(q.daily_tokens, Some(7));
         assert_eq!(q.requests_per_minute, tier.requests_per_minute);
+        let partial = QuotaTierSpec {
+            daily_tokens: Some(500_000),
+            requests_per_minute: Some(600),
+            tokens_per_minute: None,
+            max_concurrent_requests: None,
+            ..tier
+        };
+        let q = EffectiveQuota::resolve(&partial, None);
+        assert_eq!(
+            (
+                q.daily_tokens,
+                q.requests_per_minute,
+                q.tokens_per_minute,
+                q.max_concurrent_requests
+            ),
+            (Some(500_000), Some(600), None, None),
+            "absent in the tier: no limit of that kind"
+        );
+        let q = EffectiveQuota::resolve(
+            &partial,
+            Some(&QuotaOverrides {
+                tokens_per_minute: Some(9),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(q.tokens_per_minute, Some(9), "a tenant may add a limit");
     }
 
     #[test]

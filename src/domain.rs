@@ -244,14 +244,18 @@ pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveQuota {
-    /// Tokens per UTC day.
-    pub daily_tokens: i64,
-    /// Requests per minute.
-    pub requests_per_minute: i64,
-    /// Tokens per minute.
-    pub tokens_per_minute: i64,
-    /// Requests in flight at once.
-    pub max_concurrent_requests: i64,
+    /// Tokens per UTC day (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_tokens: Option<i64>,
+    /// Requests per minute (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<i64>,
+    /// Tokens per minute (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<i64>,
+    /// Requests in flight at once (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<i64>,
     /// Completion tokens per answer (unset: `llm.maxTokens` of the serve configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<i64>,

@@ -1275,7 +1275,7 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     })
     .await;
     let q = t.status.expect("status").effective_quota.expect("quota");
-    assert_eq!(q.daily_tokens, 400_000, "the chart's pro tier");
+    assert_eq!(q.daily_tokens, Some(400_000), "the chart's pro tier");
 
     // What a kubelet + deployment controller would report; then Ready.
     let status = json!({"status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "updatedReplicas": 3,

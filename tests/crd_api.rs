@@ -145,6 +145,19 @@ fn the_api_server_accepts_valid_tenants_at_the_edges_of_the_rules() {
         let parsed: Tenant = serde_saphyr::from_str(&yaml).expect("parses");
         assert_eq!(parsed.validate(), Ok(()), "{spec}");
     }
+    // A QuotaTier needs none of its limits: one left out is no limit of that kind.
+    for spec in ["{dailyTokens: 500000, requestsPerMinute: 600}", "{}"] {
+        let yaml = format!(
+            "apiVersion: tenantry.dev/v1alpha1\nkind: QuotaTier\nmetadata: {{name: {}}}\nspec: {spec}\n",
+            unique("partial")
+        );
+        let out = dry_run(env, &yaml);
+        assert!(
+            out.status.success(),
+            "refused: {spec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// `kubectl get tn` says why a tenant is not Ready; `-o wide` adds where it lives; the

@@ -181,7 +181,10 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
         Some(format!("http://{name}-api.{ns}.svc:80"))
     );
     let q = status.effective_quota.clone().expect("effective quota");
-    assert_eq!((q.daily_tokens, q.requests_per_minute), (1000, 99));
+    assert_eq!(
+        (q.daily_tokens, q.requests_per_minute),
+        (Some(1000), Some(99))
+    );
     assert_eq!(status.observed_generation, t.metadata.generation);
     assert!(t.finalizers().iter().any(|f| f == "tenantry.dev/cleanup"));
     assert_eq!(
@@ -332,7 +335,7 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
         .expect("patch tier");
     eventually(30, "quota follows tier", || async {
         let t = api.get(&name).await.ok()?;
-        (t.status?.effective_quota?.daily_tokens == 777).then_some(())
+        (t.status?.effective_quota?.daily_tokens == Some(777)).then_some(())
     })
     .await;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);

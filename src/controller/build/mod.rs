@@ -656,7 +656,7 @@ mod tests {
             },
             operator
         );
-        assert_eq!(cfg.quota.daily_tokens, 42);
+        assert_eq!(cfg.quota.daily_tokens, Some(42));
         assert_eq!(
             cfg.data_owner.as_deref(),
             Some("uid-1"),
