@@ -1501,3 +1501,65 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
     cluster.delete_and_wait_gone(&name).await;
     op.stop();
 }
+
+/// Run from a laptop (no `--lease-namespace`, no `--vector-data-dir`): the operator says which
+/// namespace and Lease it uses, says once (not at every retry) that a missing namespace keeps
+/// it from leading, and writes nothing into its working directory.
+#[tokio::test]
+async fn a_missing_lease_namespace_is_said_once_and_nothing_lands_in_the_working_directory() {
+    let env = common::cluster::KubeEnv::get();
+    let missing = unique("no-such-ns");
+    let cwd = tempfile::tempdir().expect("tmp");
+    let state = tempfile::tempdir().expect("tmp");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"));
+    cmd.args([
+        "operator",
+        "--listen",
+        "127.0.0.1:0",
+        "--identity",
+        "op-laptop",
+    ])
+    .args(["--lease-duration", "3s", "--lease-namespace", &missing])
+    .current_dir(cwd.path())
+    .env("XDG_STATE_HOME", state.path())
+    .env_remove("POD_NAMESPACE")
+    .env_remove("TENANTRY_VECTOR_DATA_DIR")
+    // A laptop's kubeconfig: an admin's (the ServiceAccount may not even look there).
+    .env("KUBECONFIG", &env.kubeconfig)
+    .env_remove("RUST_LOG");
+    let op = Operator::spawn(&mut cmd);
+    let started = op
+        .logs()
+        .lines()
+        .find(|l| l.contains("operator started"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .expect("start line");
+    assert_eq!(started["lease_namespace"], missing.as_str(), "{started}");
+    assert_eq!(started["lease"], "tenantry-operator", "{started}");
+    // A 3 s Lease is tried every second: several attempts fail meanwhile.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let logs = op.logs();
+    let said: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("does not exist"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {logs}");
+    let line: serde_json::Value = serde_json::from_str(said[0]).expect("json");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let message = line["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("namespace {missing:?}"))
+            && message.contains("--lease-namespace"),
+        "{message}"
+    );
+    assert_eq!(op.log_count("lease update failed"), 0, "{logs}");
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).expect("cwd").count(),
+        0,
+        "nothing in the working directory"
+    );
+    assert!(
+        state.path().join("tenantry/operator-vectors").is_dir(),
+        "the embedded store is in the state folder"
+    );
+}

@@ -268,6 +268,8 @@ impl Operator {
         .args(["--api-env", "OPENAI_BASE_URL=http://llm.example/v1"])
         .args(extra)
         .env("KUBECONFIG", &env.operator_kubeconfig)
+        // What the chart's pod says (its own namespace), as the Downward API would.
+        .env("POD_NAMESPACE", SYSTEM_NAMESPACE)
         .env("RUST_LOG", "info,kube=warn");
         cmd
     }
