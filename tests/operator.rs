@@ -1563,3 +1563,29 @@ async fn a_missing_lease_namespace_is_said_once_and_nothing_lands_in_the_working
         "the embedded store is in the state folder"
     );
 }
+
+/// The default log filter on a real embedded store: creating a tenant's collections logs none
+/// of the store's per-collection noise; with `RUST_LOG=info` the same work shows it (so the
+/// filter, not a quiet store, is what keeps it out).
+#[tokio::test]
+async fn the_default_log_filter_keeps_the_embedded_stores_noise_out() {
+    let cluster = Cluster::new().await;
+    let noise = ["Feature flags not initialized!", ": opened"];
+    let mut seen = Vec::new();
+    for (identity, rust_log) in [("op-quiet", ""), ("op-loud", "info")] {
+        let op = Operator::start_with_env(cluster.env, identity, &[], &[("RUST_LOG", rust_log)]);
+        let name = unique("noise");
+        cluster.create_tenant(&name, json!({"tier": "pro"})).await;
+        cluster
+            .wait_condition(&name, "VectorStoreReady", "True")
+            .await;
+        seen.push(noise.map(|n| op.log_count(n)));
+        op.stop();
+    }
+    assert_eq!(seen[0], [0, 0], "default filter");
+    assert!(
+        seen[1].iter().all(|&n| n > 0),
+        "RUST_LOG=info shows the store's lines: {:?}",
+        seen[1]
+    );
+}
