@@ -44,6 +44,7 @@ async fn main() {
         .arg("--vector-data-dir")
         .arg(vdir.path())
         .env("KUBECONFIG", &env.kubeconfig)
+        .env("POD_NAMESPACE", "tenantry-system")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -22,12 +22,7 @@ use tenantry::quota::memory::MemoryStore;
 use tenantry::quota::redis::{RedisOptions, RedisStore};
 use tenantry::quota::{Decision, Limits, Outcome, QuotaStore, ReserveRequest, now_ms};
 
-const LIMITS: Limits = Limits {
-    daily_tokens: u64::MAX / 4,
-    requests_per_minute: u64::MAX / 4,
-    tokens_per_minute: u64::MAX / 4,
-    max_concurrent_requests: u64::MAX / 4,
-};
+const LIMITS: Limits = Limits::all(u64::MAX / 4, u64::MAX / 4, u64::MAX / 4, u64::MAX / 4);
 
 async fn pair(store: &dyn QuotaStore, tenant: &TenantId) {
     let d = store

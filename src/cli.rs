@@ -155,13 +155,11 @@ pub struct OperatorArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "TENANTRY_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Namespace of the leader-election Lease (the operator's own namespace).
-    #[arg(
-        long,
-        env = "TENANTRY_LEASE_NAMESPACE",
-        default_value = "tenantry-system"
-    )]
-    pub lease_namespace: String,
+    /// Namespace of the leader-election Lease and of the Secrets --api-env-from-secret names
+    /// (the operator's own namespace). Unset: `POD_NAMESPACE`, else the namespace of the
+    /// in-cluster ServiceAccount or of the kubeconfig's context, else `default`.
+    #[arg(long, env = "TENANTRY_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
     /// ClusterRole the operator binds to its own ServiceAccount in each tenant namespace it
     /// creates: its Secret rights there (it has none elsewhere).
     #[arg(
@@ -186,13 +184,11 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease (default: the pod's hostname).
     #[arg(long, env = "TENANTRY_IDENTITY")]
     pub identity: Option<String>,
-    /// Folder of the embedded vector store in which tenants' collections are provisioned.
-    #[arg(
-        long,
-        env = "TENANTRY_VECTOR_DATA_DIR",
-        default_value = "./operator-data"
-    )]
-    pub vector_data_dir: PathBuf,
+    /// Folder of the embedded vector store in which tenants' collections are provisioned
+    /// (only without --qdrant-url). Unset: `$XDG_STATE_HOME/tenantry/operator-vectors`, else
+    /// `~/.local/state/tenantry/operator-vectors`, else under the temporary folder.
+    #[arg(long, env = "TENANTRY_VECTOR_DATA_DIR")]
+    pub vector_data_dir: Option<PathBuf>,
     /// Dimension of the tenants' embedding vectors (all-MiniLM-L6-v2: 384).
     #[arg(long, env = "TENANTRY_EMBEDDING_DIMENSION", default_value_t = 384)]
     pub embedding_dimension: usize,

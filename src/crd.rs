@@ -46,6 +46,10 @@ pub mod condition {
     pub const QUOTA_READY: &str = "QuotaReady";
     /// The chat API Deployment is available.
     pub const API_READY: &str = "ApiReady";
+    /// Present (`True`) only while the Tenant cannot progress until its spec changes: the spec
+    /// breaks a rule only the operator checks. Problems that heal without a spec change (a
+    /// missing QuotaTier, an object in the way, a store down) are not stalls.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Reasons used in conditions and Events (PascalCase).
@@ -72,6 +76,8 @@ pub mod reason {
     pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
 }
 
+/// Why a QuotaTier name is refused (a Tenant's `spec.tier` must be able to name it).
+pub const TIER_NAME_RULE: &str = "metadata.name of a QuotaTier is what Tenants put in spec.tier: a DNS-1123 label of at most 40 characters";
 const NAME_RULE: &str = "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40";
 const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
@@ -88,17 +94,24 @@ const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
     status = "TenantStatus",
     doc = "A tenant of the tenantry chat API. The object's name is the tenant id.",
     validation = Rule::new(NAME_RULE).message(TENANT_ID_RULE),
+    category = "tenantry",
     printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier", description = "QuotaTier of the tenant"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Ready condition"),
-    printcolumn(name = "Replicas", type_ = "string", json_path = ".status.replicas", description = "API replica bounds; (pinned): one replica, as a store is not shared"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "In-cluster URL of the tenant's chat API"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Status of the Ready condition"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Reason of the Ready condition"),
+    printcolumn(name = "Replicas", type_ = "string", json_path = ".status.replicas", priority = 1, description = "API replica bounds; (pinned): one replica, as a store is not shared"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", priority = 1, description = "In-cluster URL of the tenant's chat API"),
+    printcolumn(name = "Isolation", type_ = "string", json_path = ".spec.retrieval.isolation", priority = 1, description = "Collection (own collections) or Partition (shared collection)"),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspend", priority = 1, description = "Whether the tenant is suspended"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".status.currentKeyId", priority = 1, description = "kid of the current signing key"),
+    printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace", priority = 1, description = "Namespace of the tenant's API and Secrets"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message", description = "Message of the Ready condition"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
     /// Name of the QuotaTier that sets this tenant's default limits (`free`, `pro`,
     /// `enterprise` are always known).
-    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 63))]
+    #[schemars(regex(pattern = NAME_PATTERN), length(min = 1, max = 40))]
     pub tier: String,
     /// Per-tenant overrides of the tier's limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,18 +275,21 @@ pub struct Auth {
     /// Rotate the signing key this often (Go-style duration, e.g. `720h`); unset: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(NON_ZERO_DURATION_CEL).message(ROTATE_EVERY_RULE))]
     pub rotate_every: Option<String>,
     /// Longest accepted token lifetime, `exp - iat` (Go-style duration, e.g. `1h`); tokens
     /// that live longer, or carry no `iat`, are refused. Unset: `24h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(NON_ZERO_DURATION_CEL).message(MAX_TOKEN_LIFETIME_RULE))]
     pub max_token_lifetime: Option<String>,
     /// Extra external OIDC issuers whose tokens are accepted for this tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_ISSUERS))]
     #[x_kube(
         validation = Rule::new(ISSUER_AUDIENCE_CEL).message(crate::domain::ISSUER_AUDIENCE_RULE),
-        validation = Rule::new(CLAIM_CONDITION_CEL).message(crate::domain::CLAIM_CONDITION_RULE)
+        validation = Rule::new(CLAIM_CONDITION_CEL).message(crate::domain::CLAIM_CONDITION_RULE),
+        validation = Rule::new(UNIQUE_ISSUERS_CEL).message(UNIQUE_ISSUERS_RULE)
     )]
     pub issuers: Vec<Issuer>,
 }
@@ -282,7 +298,24 @@ pub struct Auth {
 pub const MAX_ISSUERS: usize = 16;
 
 /// Every issuer names its audience (CEL of `spec.auth.issuers`).
-const ISSUER_AUDIENCE_CEL: &str = "self.all(i, has(i.audience) && size(i.audience) > 0)";
+const ISSUER_AUDIENCE_CEL: &str = "self.all(i, has(i.audience) && size(i.audience.trim()) > 0)";
+/// No issuer is listed twice (CEL of `spec.auth.issuers`).
+const UNIQUE_ISSUERS_CEL: &str = "self.all(i, self.exists_one(j, j.issuer == i.issuer))";
+/// Why a list of issuers with a repeated `issuer` is refused.
+pub const UNIQUE_ISSUERS_RULE: &str = "spec.auth.issuers: each issuer may be listed only once";
+/// A duration (already matching [`DURATION_PATTERN`]) that is not zero.
+const NON_ZERO_DURATION_CEL: &str = "!self.matches('^(0+(ms|s|m|h))+$')";
+/// Why a zero `rotateEvery` is refused.
+pub const ROTATE_EVERY_RULE: &str =
+    "spec.auth.rotateEvery must be a positive duration like 720h (unset: never rotate)";
+/// Why a zero `maxTokenLifetime` is refused.
+pub const MAX_TOKEN_LIFETIME_RULE: &str =
+    "spec.auth.maxTokenLifetime must be a positive duration like 24h";
+/// Every value of `requests`/`limits` is a Kubernetes quantity (CEL of those maps).
+const QUANTITIES_CEL: &str = "self.all(k, isQuantity(self[k]))";
+/// Why a resource value that is no quantity is refused.
+pub const QUANTITIES_RULE: &str =
+    "spec.api.resources: every value must be a Kubernetes quantity such as 250m or 512Mi";
 /// Every claim condition sets exactly one of `values` and `pattern`.
 const CLAIM_CONDITION_CEL: &str = "self.all(i, !has(i.claims) || i.claims.all(c, (has(c.values) && size(c.values) > 0) != has(c.pattern)))";
 
@@ -347,14 +380,32 @@ pub struct Replicas {
 }
 
 /// Container resources (Kubernetes quantities, e.g. `250m`, `512Mi`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
     /// Requested resources (`cpu`, `memory`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(schema_with = "quantity_map")]
+    #[x_kube(validation = Rule::new(QUANTITIES_CEL).message(QUANTITIES_RULE))]
     pub requests: std::collections::BTreeMap<String, String>,
     /// Resource limits (`cpu`, `memory`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(schema_with = "quantity_map")]
+    #[x_kube(validation = Rule::new(QUANTITIES_CEL).message(QUANTITIES_RULE))]
     pub limits: std::collections::BTreeMap<String, String>,
+}
+
+/// Most entries of `requests` or `limits`, and the longest name and value (bounds the cost of
+/// the CEL rule over them).
+pub const MAX_RESOURCES: usize = 16;
+const MAX_QUANTITY_LEN: usize = 64;
+
+/// The schema of `requests` and `limits`: a bounded map of short strings.
+fn quantity_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": MAX_RESOURCES,
+        "additionalProperties": {"type": "string", "maxLength": MAX_QUANTITY_LEN},
+    })
 }
 
 /// What happens to vector data when a Tenant is deleted.
@@ -368,14 +419,16 @@ pub enum DeletionPolicy {
 }
 
 /// Observed state of a Tenant, written by the operator.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `SigningKeyReady`, `VectorStoreReady`, `QuotaReady`, `ApiReady`.
+    /// `Ready`, `SigningKeyReady`, `VectorStoreReady`, `QuotaReady`, `ApiReady`, and `Stalled`
+    /// while the spec has a problem retrying cannot solve. One entry per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Namespace holding the tenant's API and Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -433,6 +486,7 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
+    #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
     pub status: String,
     /// PascalCase reason.
     #[serde(default)]
@@ -451,13 +505,15 @@ pub struct Condition {
 /// A named set of default limits tenants refer to by `spec.tier`.
 // Two printer columns share `type_ = "integer"`; clippy mistakes that for a repeated attribute.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[kube(
     group = "tenantry.dev",
     version = "v1alpha1",
     kind = "QuotaTier",
+    validation = Rule::new(NAME_RULE).message(TIER_NAME_RULE),
     plural = "quotatiers",
     shortname = "qt",
+    category = "tenantry",
     doc = "Default limits and models for the tenants that name it in spec.tier.",
     printcolumn(
         name = "DailyTokens",
@@ -473,18 +529,22 @@ pub struct Condition {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaTierSpec {
-    /// Tokens (prompt + completion) per UTC day.
+    /// Tokens (prompt + completion) per UTC day (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub daily_tokens: i64,
-    /// Requests per minute.
+    pub daily_tokens: Option<i64>,
+    /// Requests per minute (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub requests_per_minute: i64,
-    /// Tokens per minute.
+    pub requests_per_minute: Option<i64>,
+    /// Tokens per minute (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub tokens_per_minute: i64,
-    /// Requests in flight at once.
+    pub tokens_per_minute: Option<i64>,
+    /// Requests in flight at once (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub max_concurrent_requests: i64,
+    pub max_concurrent_requests: Option<i64>,
     /// Completion tokens per answer (unset: `llm.maxTokens` of the operator's `--api-config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_MAX_TOKENS))]
@@ -524,10 +584,10 @@ pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
         _ => return None,
     };
     Some(QuotaTierSpec {
-        daily_tokens: daily,
-        requests_per_minute: rpm,
-        tokens_per_minute: tpm,
-        max_concurrent_requests: conc,
+        daily_tokens: Some(daily),
+        requests_per_minute: Some(rpm),
+        tokens_per_minute: Some(tpm),
+        max_concurrent_requests: Some(conc),
         max_tokens: None,
         max_documents: Some(docs),
         max_stored_bytes: Some(bytes),
@@ -541,12 +601,10 @@ impl EffectiveQuota {
     pub fn resolve(tier: &QuotaTierSpec, overrides: Option<&QuotaOverrides>) -> Self {
         let o = overrides.cloned().unwrap_or_default();
         Self {
-            daily_tokens: o.daily_tokens.unwrap_or(tier.daily_tokens),
-            requests_per_minute: o.requests_per_minute.unwrap_or(tier.requests_per_minute),
-            tokens_per_minute: o.tokens_per_minute.unwrap_or(tier.tokens_per_minute),
-            max_concurrent_requests: o
-                .max_concurrent_requests
-                .unwrap_or(tier.max_concurrent_requests),
+            daily_tokens: o.daily_tokens.or(tier.daily_tokens),
+            requests_per_minute: o.requests_per_minute.or(tier.requests_per_minute),
+            tokens_per_minute: o.tokens_per_minute.or(tier.tokens_per_minute),
+            max_concurrent_requests: o.max_concurrent_requests.or(tier.max_concurrent_requests),
             max_tokens: o.max_tokens.or(tier.max_tokens),
             max_documents: o.max_documents.or(tier.max_documents),
             max_stored_bytes: o.max_stored_bytes.or(tier.max_stored_bytes),
@@ -713,6 +771,16 @@ fn check_auth(auth: &Auth, found: &mut Problems) {
         if issuer.issuer.is_empty() {
             found.add(&field("issuer"), "must not be empty");
         }
+        let max = crate::domain::MAX_ISSUER_FIELD_LEN;
+        for (name, value) in [
+            ("issuer", &issuer.issuer),
+            ("jwksUri", &issuer.jwks_uri),
+            ("audience", &issuer.audience),
+        ] {
+            if value.len() > max {
+                found.add(&field(name), format!("at most {max} characters"));
+            }
+        }
         if issuer.audience.trim().is_empty() {
             found.add(&field("audience"), crate::domain::ISSUER_AUDIENCE_RULE);
         }
@@ -746,7 +814,36 @@ fn check_auth(auth: &Auth, found: &mut Problems) {
     }
 }
 
+/// A Kubernetes quantity (`250m`, `1.5`, `512Mi`, `1e3`), as `isQuantity` of the CRD's CEL.
+pub fn quantity_ok(s: &str) -> bool {
+    static QUANTITY: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$",
+        )
+        .expect("valid regex")
+    });
+    QUANTITY.is_match(s)
+}
+
 fn check_api(api: &ApiSpec, found: &mut Problems) {
+    if let Some(r) = &api.resources {
+        for (kind, values) in [("requests", &r.requests), ("limits", &r.limits)] {
+            if values.len() > MAX_RESOURCES {
+                found.add(
+                    &format!("spec.api.resources.{kind}"),
+                    format!("at most {MAX_RESOURCES} entries"),
+                );
+            }
+            for (name, value) in values {
+                if value.len() > MAX_QUANTITY_LEN || !quantity_ok(value) {
+                    found.add(
+                        &format!("spec.api.resources.{kind}.{name}"),
+                        format!("{value:?}: {QUANTITIES_RULE}"),
+                    );
+                }
+            }
+        }
+    }
     if let Some(r) = &api.replicas
         && (r.min < 1 || r.max < 1 || r.min > r.max)
     {
@@ -849,6 +946,43 @@ mod tests {
     }
 
     #[test]
+    fn rules_of_the_schema_cel_are_checked_in_rust_too() {
+        let t = tenant(
+            "metadata: {name: acme}\nspec:\n  tier: pro\n  auth:\n    rotateEvery: 0h0m\n    maxTokenLifetime: 0s\n    issuers:\n    - {issuer: 'https://a', jwksUri: 'https://a/jwks', audience: '  '}\n    - {issuer: 'https://a', jwksUri: 'https://a/jwks', audience: api}\n  api: {resources: {requests: {cpu: lots, memory: 512Mi}, limits: {cpu: '1.5'}}}\n",
+        );
+        let errs = t.validate().expect_err("invalid");
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.auth.rotateEvery",
+                "spec.auth.maxTokenLifetime",
+                "spec.auth.issuers[0].audience",
+                "spec.auth.issuers[1].issuer",
+                "spec.api.resources.requests.cpu",
+            ]
+        );
+        for ok in [
+            "250m", "1", "1.5", ".5", "512Mi", "2Gi", "1e3", "100k", "+1",
+        ] {
+            assert!(quantity_ok(ok), "{ok}");
+        }
+        for bad in ["", "lots", "1 Gi", "1GB", "Mi", "1.2.3", "-"] {
+            assert!(!quantity_ok(bad), "{bad}");
+        }
+        let yaml = crd_yaml();
+        for rule in [
+            ROTATE_EVERY_RULE,
+            MAX_TOKEN_LIFETIME_RULE,
+            UNIQUE_ISSUERS_RULE,
+            QUANTITIES_RULE,
+            TIER_NAME_RULE,
+        ] {
+            assert!(yaml.contains(rule), "CRD lacks {rule}");
+        }
+    }
+
+    #[test]
     fn token_lifetime_defaults_to_a_day() {
         let mut auth = Auth::default();
         assert_eq!(
@@ -872,8 +1006,34 @@ mod tests {
                 ..Default::default()
             }),
         );
-        assert_eq!(q.daily_tokens, 7);
+        assert_eq!(q.daily_tokens, Some(7));
         assert_eq!(q.requests_per_minute, tier.requests_per_minute);
+        let partial = QuotaTierSpec {
+            daily_tokens: Some(500_000),
+            requests_per_minute: Some(600),
+            tokens_per_minute: None,
+            max_concurrent_requests: None,
+            ..tier
+        };
+        let q = EffectiveQuota::resolve(&partial, None);
+        assert_eq!(
+            (
+                q.daily_tokens,
+                q.requests_per_minute,
+                q.tokens_per_minute,
+                q.max_concurrent_requests
+            ),
+            (Some(500_000), Some(600), None, None),
+            "absent in the tier: no limit of that kind"
+        );
+        let q = EffectiveQuota::resolve(
+            &partial,
+            Some(&QuotaOverrides {
+                tokens_per_minute: Some(9),
+                ..Default::default()
+            }),
+        );
+        assert_eq!(q.tokens_per_minute, Some(9), "a tenant may add a limit");
     }
 
     #[test]

@@ -148,16 +148,19 @@ pub fn jwks_uri_ok(uri: &str) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct Issuer {
     /// Expected `iss` claim.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_ISSUER_FIELD_LEN))]
     pub issuer: String,
     /// URL of the issuer's JWKS: HTTPS (plain HTTP only on the loopback interface).
-    #[schemars(regex(
-        pattern = r"^(https://[^/?#]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/|$))"
-    ))]
+    #[schemars(
+        regex(
+            pattern = r"^(https://[^/?#]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/|$))"
+        ),
+        length(max = MAX_ISSUER_FIELD_LEN)
+    )]
     pub jwks_uri: String,
     /// Expected `aud` claim (required: without it every token the issuer signs for anyone
     /// would be accepted).
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_ISSUER_FIELD_LEN))]
     pub audience: String,
     /// Conditions on the token's claims, all of which must hold (e.g. `sub` or `repository`
     /// of a CI provider's tokens); none: any token of the issuer with the audience.
@@ -165,6 +168,10 @@ pub struct Issuer {
     #[schemars(length(max = 32))]
     pub claims: Vec<ClaimCondition>,
 }
+
+/// Longest `issuer`, `jwksUri` and `audience` of an external issuer (bounds the cost of the
+/// CRD's CEL rules over them).
+pub const MAX_ISSUER_FIELD_LEN: usize = 1024;
 
 /// Why an issuer without audience is refused (the CRD's validation message says the same).
 pub const ISSUER_AUDIENCE_RULE: &str = "spec.auth.issuers[].audience is required: without it any token of the issuer, minted for any client, would be accepted";
@@ -237,14 +244,18 @@ pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveQuota {
-    /// Tokens per UTC day.
-    pub daily_tokens: i64,
-    /// Requests per minute.
-    pub requests_per_minute: i64,
-    /// Tokens per minute.
-    pub tokens_per_minute: i64,
-    /// Requests in flight at once.
-    pub max_concurrent_requests: i64,
+    /// Tokens per UTC day (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_tokens: Option<i64>,
+    /// Requests per minute (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<i64>,
+    /// Tokens per minute (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<i64>,
+    /// Requests in flight at once (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<i64>,
     /// Completion tokens per answer (unset: `llm.maxTokens` of the serve configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<i64>,

@@ -67,22 +67,37 @@ pub enum OperatorError {
 
 /// Runs the operator until a shutdown signal (Ok) or loss of leadership (Err).
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    let build = build_config(&args)?;
+    let mut build = build_config(&args)?;
     let identity = identity(&args);
     let client = Client::try_default().await?;
+    let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+    let (namespace, from) = own_namespace(
+        args.lease_namespace.as_deref(),
+        pod_namespace.as_deref(),
+        client.default_namespace(),
+    );
+    build.operator_namespace = namespace.clone();
     let vectors = open_vectors(&args)?;
     let metrics = Arc::new(ReconcileMetrics::default());
 
     let (tx, mut rx) = watch::channel(false);
     let elector = Elector::new(
-        lease_api(client.clone(), &args.lease_namespace),
+        lease_api(client.clone(), &namespace),
+        &namespace,
         &args.lease_name,
         &identity,
         args.lease_duration,
     );
     let campaign = tokio::spawn(elector.clone().run(tx));
     let addr = serve_admin(args.listen, metrics.clone(), rx.clone()).await?;
-    tracing::info!(%addr, %identity, lease = %args.lease_name, "operator started; waiting for leadership");
+    tracing::info!(
+        %addr,
+        %identity,
+        lease = %args.lease_name,
+        lease_namespace = %namespace,
+        namespace_from = from,
+        "operator started; waiting for leadership"
+    );
 
     if !wait_for_leadership(&mut rx).await {
         campaign.abort();
@@ -134,7 +149,8 @@ fn build_config(args: &OperatorArgs) -> Result<BuildConfig, OperatorError> {
             .iter()
             .map(|r| (r.env.clone(), r.secret.clone(), r.key.clone()))
             .collect(),
-        operator_namespace: args.lease_namespace.clone(),
+        // Set once the client is there to say which namespace it runs in.
+        operator_namespace: String::new(),
         qdrant_url,
         qdrant_api_key_secret: args
             .qdrant_api_key_secret
@@ -222,6 +238,52 @@ fn api_config(args: &OperatorArgs, qdrant_url: Option<&str>) -> Result<ServeConf
     Ok(config)
 }
 
+/// The operator's own namespace (its Lease, the Secrets it copies) and where it came from:
+/// `--lease-namespace`, else `POD_NAMESPACE`, else the client's default namespace (the
+/// in-cluster ServiceAccount's, the kubeconfig context's, or `default`).
+pub fn own_namespace(
+    flag: Option<&str>,
+    pod_namespace: Option<&str>,
+    client_default: &str,
+) -> (String, &'static str) {
+    let set = |v: Option<&str>| {
+        v.map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    if let Some(ns) = set(flag) {
+        (ns, "--lease-namespace")
+    } else if let Some(ns) = set(pod_namespace) {
+        (ns, "POD_NAMESPACE")
+    } else {
+        let ns = set(Some(client_default)).unwrap_or_else(|| "default".to_string());
+        (
+            ns,
+            "the client's namespace (in-cluster ServiceAccount or kubeconfig context)",
+        )
+    }
+}
+
+/// The embedded store's folder when `--vector-data-dir` is unset: the user's state folder
+/// (`$XDG_STATE_HOME`, else `$HOME/.local/state`), else the temporary folder; never the
+/// working directory.
+pub fn default_vector_dir(
+    xdg_state_home: Option<&std::ffi::OsStr>,
+    home: Option<&std::ffi::OsStr>,
+) -> std::path::PathBuf {
+    let nonempty =
+        |v: Option<&std::ffi::OsStr>| v.filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    nonempty(xdg_state_home)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            nonempty(home)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local/state"))
+        })
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tenantry/operator-vectors")
+}
+
 /// This replica's name in the Lease: `--identity`, else the pod's hostname, else one made up.
 fn identity(args: &OperatorArgs) -> String {
     args.identity
@@ -233,7 +295,14 @@ fn identity(args: &OperatorArgs) -> String {
 /// The store tenants' collections are provisioned in: a Qdrant server, else the embedded one.
 fn open_vectors(args: &OperatorArgs) -> Result<Arc<dyn VectorBackend>, OperatorError> {
     let Some(url) = args.qdrant_url.clone().filter(|u| !u.is_empty()) else {
-        return Ok(Arc::new(EdgeBackend::open(&args.vector_data_dir)?));
+        let dir = args.vector_data_dir.clone().unwrap_or_else(|| {
+            default_vector_dir(
+                std::env::var_os("XDG_STATE_HOME").as_deref(),
+                std::env::var_os("HOME").as_deref(),
+            )
+        });
+        tracing::info!(dir = %dir.display(), "provisioning collections in the embedded vector store");
+        return Ok(Arc::new(EdgeBackend::open(&dir)?));
     };
     let backend = QdrantBackend::connect(QdrantConfig {
         url,
@@ -302,5 +371,38 @@ async fn lead(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) -> Result<(
     tokio::select! {
         () = controller::run(ctx, shutdown_signal()) => Ok(()),
         () = lost => Err(OperatorError::LostLeadership),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn the_own_namespace_is_the_flag_then_the_pods_then_the_clients() {
+        assert_eq!(own_namespace(Some("ops"), Some("pod-ns"), "ctx").0, "ops");
+        assert_eq!(
+            own_namespace(None, Some("pod-ns"), "ctx"),
+            ("pod-ns".to_string(), "POD_NAMESPACE")
+        );
+        assert_eq!(own_namespace(Some(" "), Some(""), "ctx").0, "ctx");
+        assert_eq!(own_namespace(None, None, "").0, "default");
+    }
+
+    #[test]
+    fn the_embedded_store_defaults_to_a_state_folder_not_the_working_directory() {
+        let state = default_vector_dir(Some(OsStr::new("/state")), Some(OsStr::new("/home/u")));
+        assert_eq!(state, PathBuf::from("/state/tenantry/operator-vectors"));
+        let home = default_vector_dir(Some(OsStr::new("relative")), Some(OsStr::new("/home/u")));
+        assert_eq!(
+            home,
+            PathBuf::from("/home/u/.local/state/tenantry/operator-vectors")
+        );
+        let tmp = default_vector_dir(None, Some(OsStr::new("")));
+        assert_eq!(tmp, std::env::temp_dir().join("tenantry/operator-vectors"));
+        assert!(tmp.is_absolute());
     }
 }

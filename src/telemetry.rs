@@ -1,6 +1,7 @@
 //! Logs and traces.
 //!
-//! Logs: one JSON object per line on stdout, filtered by `RUST_LOG` (default `info`), with the
+//! Logs: one JSON object per line on stdout, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]:
+//! `info`, without what the embedded vector store says that means nothing to an operator), with the
 //! fields log pipelines of the Python LangChain pattern already parse: `timestamp, level,
 //! logger, message, trace_id, tenant_id, model, latency_ms, tokens` (the last five where known)
 //! plus the event's own fields. `trace_id`, `tenant_id`
@@ -58,10 +59,27 @@ impl Telemetry {
     }
 }
 
+/// The log filter without `RUST_LOG`: `info`, but the embedded vector store (`qdrant_edge`)
+/// only from `warn` (it logs every WAL it opens at `info`: one line per collection), and not
+/// its two warnings about process-wide settings only a Qdrant server's `main` makes (feature
+/// flags, the multi-mmap check), which it repeats for every collection. `RUST_LOG` replaces it
+/// as a whole (e.g. `RUST_LOG=info` shows them all again).
+pub const DEFAULT_FILTER: &str =
+    "info,qdrant_edge=warn,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error";
+
+/// The filter of `rust_log` (the `RUST_LOG` value), else (unset or unparsable)
+/// [`DEFAULT_FILTER`].
+pub fn filter(rust_log: Option<&str>) -> EnvFilter {
+    rust_log
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER))
+}
+
 /// Installs the global subscriber (JSON logs, `RUST_LOG` filter, OTLP export when configured).
 /// Call once, first thing in `main`, inside the Tokio runtime.
 pub fn init() -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     let logs = tracing_subscriber::fmt::layer()
         .fmt_fields(JsonFields::new())
         .event_format(JsonLines)
@@ -322,6 +340,68 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// The targets and messages of the events `filter` lets through, of: the embedded store's
+    /// noise (as its `log` records arrive: the module path as target), one of its real
+    /// warnings, and tenantry's own info.
+    fn passed(filter: EnvFilter) -> Vec<String> {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(filter).with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLines)
+                .with_writer(move || out.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "qdrant_edge::common::flags", "Feature flags not initialized!");
+            tracing::warn!(target: "qdrant_edge::common::mmap::ops", "MULTI_MMAP_SUPPORT_CHECK_RESULT should be initialized before accessing MULTI_MMAP_IS_SUPPORTED");
+            tracing::info!(target: "qdrant_edge::wal", "Wal {{ path: \"/data/tenant_acme_docs/wal\" }}: opened");
+            tracing::warn!(target: "qdrant_edge::shard::segment_holder", "segment failed to load");
+            tracing::info!(target: "tenantry::operator", "operator started");
+            tracing::debug!(target: "tenantry::operator", "details");
+        });
+        let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+        text.lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("json line");
+                format!(
+                    "{} {}",
+                    v["logger"].as_str().unwrap_or_default(),
+                    v["message"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_default_filter_drops_the_vector_stores_noise_and_rust_log_brings_it_back() {
+        let default = passed(filter(None));
+        assert_eq!(
+            default,
+            [
+                "qdrant_edge::shard::segment_holder segment failed to load",
+                "tenantry::operator operator started",
+            ],
+            "the store's real warnings stay"
+        );
+        assert_eq!(passed(filter(Some(""))), default, "empty is unset");
+        assert_eq!(
+            passed(filter(Some("not a filter=="))),
+            default,
+            "unparsable"
+        );
+        let all = passed(filter(Some("info")));
+        assert_eq!(all.len(), 5, "{all:?}");
+        assert!(
+            all.iter()
+                .any(|l| l.contains("Feature flags not initialized!"))
+        );
+        assert!(all.iter().any(|l| l.ends_with(": opened")));
+        let debug = passed(filter(Some("warn,tenantry=debug")));
+        assert_eq!(debug.len(), 5, "{debug:?}");
+        assert!(debug.iter().any(|l| l.ends_with("details")), "{debug:?}");
     }
 
     #[test]

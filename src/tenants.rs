@@ -345,9 +345,10 @@ fn parse_manifests(file: &Path) -> Result<Vec<Doc>, String> {
         let at = format!("document {}", i + 1);
         let api_version = value.get("apiVersion").and_then(|v| v.as_str());
         let kind = value.get("kind").and_then(|v| v.as_str());
-        if api_version != Some("tenantry.dev/v1alpha1") {
+        let want = <Tenant as kube::Resource>::api_version(&());
+        if api_version != Some(&*want) {
             return Err(format!(
-                "{at}: apiVersion must be tenantry.dev/v1alpha1, got {api_version:?}"
+                "{at}: apiVersion must be {want}, got {api_version:?}"
             ));
         }
         match kind {
@@ -368,7 +369,7 @@ fn parse_manifests(file: &Path) -> Result<Vec<Doc>, String> {
                     ("tokensPerMinute", t.spec.tokens_per_minute),
                     ("maxConcurrentRequests", t.spec.max_concurrent_requests),
                 ] {
-                    if v < 0 {
+                    if v.is_some_and(|v| v < 0) {
                         return Err(format!(
                             "{at}: QuotaTier {name:?}: spec.{field} must be >= 0"
                         ));
@@ -417,11 +418,11 @@ mod tests {
         r.reload();
         assert!(r.problems().is_empty(), "{:?}", r.problems());
         let acme = r.get(&TenantId::parse("acme").expect("id")).expect("acme");
-        assert_eq!(acme.quota.daily_tokens, 9);
+        assert_eq!(acme.quota.daily_tokens, Some(9));
         assert_eq!(acme.chat_model, "m1");
         assert!(acme.model_allowed("m2") && !acme.model_allowed("m3"));
         let beta = r.get(&TenantId::parse("beta").expect("id")).expect("beta");
-        assert_eq!(beta.quota.daily_tokens, 50_000);
+        assert_eq!(beta.quota.daily_tokens, Some(50_000));
         assert!(dir.path().join("keys/acme.json").exists());
         assert!(dir.path().join("keys/beta.json").exists());
     }

@@ -812,6 +812,18 @@ fn argocd_health_check_of_the_docs_classifies_tenants() {
             "Progressing",
         ),
         (
+            "Stalled, whatever Ready's reason",
+            {
+                let mut t = tenant(pro.clone(), 1, Some(("False", "SomeNewReason", 1)));
+                t["status"]["conditions"].as_array_mut().expect("list").push(json!({
+                    "type": "Stalled", "status": "True", "reason": "InvalidSpec",
+                    "message": "spec.auth.issuers[0].claims[0].pattern: is not a regular expression",
+                    "observedGeneration": 1}));
+                t
+            },
+            "Degraded",
+        ),
+        (
             "no status at all",
             json!({"apiVersion": "tenantry.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "acme"}, "spec": pro}),
             "Progressing",
@@ -835,6 +847,11 @@ fn argocd_health_check_of_the_docs_classifies_tenants() {
         results[1].1.contains("TierNotFound"),
         "the reason is shown: {:?}",
         results[1]
+    );
+    assert!(
+        results[7].1.starts_with("InvalidSpec: spec.auth"),
+        "the stall is shown: {:?}",
+        results[7]
     );
 }
 
@@ -1258,7 +1275,7 @@ async fn installed_chart_runs_an_operator_that_reconciles_a_sample_tenant() {
     })
     .await;
     let q = t.status.expect("status").effective_quota.expect("quota");
-    assert_eq!(q.daily_tokens, 400_000, "the chart's pro tier");
+    assert_eq!(q.daily_tokens, Some(400_000), "the chart's pro tier");
 
     // What a kubelet + deployment controller would report; then Ready.
     let status = json!({"status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "updatedReplicas": 3,

@@ -70,12 +70,7 @@ fn store(url: &str, cluster: bool) -> RedisStore {
 fn request(tenant: &TenantId) -> ReserveRequest {
     ReserveRequest {
         tenant: tenant.clone(),
-        limits: Limits {
-            daily_tokens: 1_000,
-            requests_per_minute: 10,
-            tokens_per_minute: 1_000,
-            max_concurrent_requests: 5,
-        },
+        limits: Limits::all(1_000, 10, 1_000, 5),
         estimate: 10,
         now_ms: now_secs() * 1_000,
         lease: Duration::from_secs(60),

@@ -181,7 +181,10 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
         Some(format!("http://{name}-api.{ns}.svc:80"))
     );
     let q = status.effective_quota.clone().expect("effective quota");
-    assert_eq!((q.daily_tokens, q.requests_per_minute), (1000, 99));
+    assert_eq!(
+        (q.daily_tokens, q.requests_per_minute),
+        (Some(1000), Some(99))
+    );
     assert_eq!(status.observed_generation, t.metadata.generation);
     assert!(t.finalizers().iter().any(|f| f == "tenantry.dev/cleanup"));
     assert_eq!(
@@ -332,7 +335,7 @@ async fn tenant_becomes_its_objects_and_follows_its_tier() {
         .expect("patch tier");
     eventually(30, "quota follows tier", || async {
         let t = api.get(&name).await.ok()?;
-        (t.status?.effective_quota?.daily_tokens == 777).then_some(())
+        (t.status?.effective_quota?.daily_tokens == Some(777)).then_some(())
     })
     .await;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
@@ -1497,4 +1500,92 @@ async fn tenant_namespaces_are_confined_and_data_is_bound_to_the_uid() {
     );
     cluster.delete_and_wait_gone(&name).await;
     op.stop();
+}
+
+/// Run from a laptop (no `--lease-namespace`, no `--vector-data-dir`): the operator says which
+/// namespace and Lease it uses, says once (not at every retry) that a missing namespace keeps
+/// it from leading, and writes nothing into its working directory.
+#[tokio::test]
+async fn a_missing_lease_namespace_is_said_once_and_nothing_lands_in_the_working_directory() {
+    let env = common::cluster::KubeEnv::get();
+    let missing = unique("no-such-ns");
+    let cwd = tempfile::tempdir().expect("tmp");
+    let state = tempfile::tempdir().expect("tmp");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"));
+    cmd.args([
+        "operator",
+        "--listen",
+        "127.0.0.1:0",
+        "--identity",
+        "op-laptop",
+    ])
+    .args(["--lease-duration", "3s", "--lease-namespace", &missing])
+    .current_dir(cwd.path())
+    .env("XDG_STATE_HOME", state.path())
+    .env_remove("POD_NAMESPACE")
+    .env_remove("TENANTRY_VECTOR_DATA_DIR")
+    // A laptop's kubeconfig: an admin's (the ServiceAccount may not even look there).
+    .env("KUBECONFIG", &env.kubeconfig)
+    .env_remove("RUST_LOG");
+    let op = Operator::spawn(&mut cmd);
+    let started = op
+        .logs()
+        .lines()
+        .find(|l| l.contains("operator started"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .expect("start line");
+    assert_eq!(started["lease_namespace"], missing.as_str(), "{started}");
+    assert_eq!(started["lease"], "tenantry-operator", "{started}");
+    // A 3 s Lease is tried every second: several attempts fail meanwhile.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let logs = op.logs();
+    let said: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("does not exist"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {logs}");
+    let line: serde_json::Value = serde_json::from_str(said[0]).expect("json");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let message = line["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("namespace {missing:?}"))
+            && message.contains("--lease-namespace"),
+        "{message}"
+    );
+    assert_eq!(op.log_count("lease update failed"), 0, "{logs}");
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).expect("cwd").count(),
+        0,
+        "nothing in the working directory"
+    );
+    assert!(
+        state.path().join("tenantry/operator-vectors").is_dir(),
+        "the embedded store is in the state folder"
+    );
+}
+
+/// The default log filter on a real embedded store: creating a tenant's collections logs none
+/// of the store's per-collection noise; with `RUST_LOG=info` the same work shows it (so the
+/// filter, not a quiet store, is what keeps it out).
+#[tokio::test]
+async fn the_default_log_filter_keeps_the_embedded_stores_noise_out() {
+    let cluster = Cluster::new().await;
+    let noise = ["Feature flags not initialized!", ": opened"];
+    let mut seen = Vec::new();
+    for (identity, rust_log) in [("op-quiet", ""), ("op-loud", "info")] {
+        let op = Operator::start_with_env(cluster.env, identity, &[], &[("RUST_LOG", rust_log)]);
+        let name = unique("noise");
+        cluster.create_tenant(&name, json!({"tier": "pro"})).await;
+        cluster
+            .wait_condition(&name, "VectorStoreReady", "True")
+            .await;
+        seen.push(noise.map(|n| op.log_count(n)));
+        op.stop();
+    }
+    assert_eq!(seen[0], [0, 0], "default filter");
+    assert!(
+        seen[1].iter().all(|&n| n > 0),
+        "RUST_LOG=info shows the store's lines: {:?}",
+        seen[1]
+    );
 }

@@ -42,12 +42,7 @@ fn redis_store(redis: &dyn SharedRedis) -> Arc<dyn QuotaStore> {
 }
 
 fn limits(daily: u64, rpm: u64, tpm: u64, conc: u64) -> Limits {
-    Limits {
-        daily_tokens: daily,
-        requests_per_minute: rpm,
-        tokens_per_minute: tpm,
-        max_concurrent_requests: conc,
-    }
+    Limits::all(daily, rpm, tpm, conc)
 }
 
 fn tenant(name: &str) -> TenantId {
@@ -230,6 +225,45 @@ async fn store_behaviour(store: Arc<dyn QuotaStore>, prefix: &str) {
         &tenant(&format!("{prefix}-race")),
     )
     .await;
+    absent_limits_do_not_limit(s, prefix).await;
+}
+
+/// A limit that is not set (a QuotaTier that leaves it out) never refuses; the ones that are
+/// set still do.
+async fn absent_limits_do_not_limit(s: &dyn QuotaStore, prefix: &str) {
+    let t = tenant(&format!("{prefix}-rpm-only"));
+    let rpm_only = Limits {
+        daily_tokens: None,
+        requests_per_minute: Some(5),
+        tokens_per_minute: None,
+        max_concurrent_requests: None,
+    };
+    // Five huge reservations, all still in flight: no token or concurrency limit applies.
+    for _ in 0..5 {
+        admitted(reserve(s, &t, rpm_only, 1_000_000_000_000, T0).await);
+    }
+    let u = s.usage(&t, T0).await.expect("usage");
+    assert_eq!((u.daily_tokens, u.in_flight), (5_000_000_000_000, 5));
+    assert_eq!(
+        rejected(&reserve(s, &t, rpm_only, 0, T0).await),
+        Limit::RequestsPerMinute
+    );
+
+    let t = tenant(&format!("{prefix}-daily-only"));
+    let daily_only = Limits {
+        daily_tokens: Some(10),
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        max_concurrent_requests: None,
+    };
+    for _ in 0..100 {
+        admitted(reserve(s, &t, daily_only, 0, T0).await);
+    }
+    admitted(reserve(s, &t, daily_only, 10, T0).await);
+    assert_eq!(
+        rejected(&reserve(s, &t, daily_only, 1, T0).await),
+        Limit::DailyTokens
+    );
 }
 
 /// 300 concurrent reservations of 7 tokens against a budget of 1,000, spread over `stores`
@@ -664,6 +698,52 @@ async fn rpm_boundary(redis: Option<&dyn SharedRedis>) {
     let (s, h, body) = chat_full(&server, &token, "q4 [[usage:1:1]]").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(header(&h, "x-ratelimit-remaining-requests"), 2);
+}
+
+/// A QuotaTier with only some limits (here only `requestsPerMinute`): the others do not limit
+/// (no headers, null in `/v1/usage`), the one set does.
+async fn partial_tier(redis: Option<&dyn SharedRedis>) {
+    let llm = ScriptedLlm::start().await;
+    let dirs = Dirs::new();
+    dirs.write_manifest(
+        "open.yaml",
+        "apiVersion: tenantry.dev/v1alpha1\nkind: QuotaTier\nmetadata: {name: rpm-only}\nspec: {requestsPerMinute: 3}\n---\napiVersion: tenantry.dev/v1alpha1\nkind: Tenant\nmetadata: {name: open}\nspec:\n  tier: rpm-only\n  semanticCache: {enabled: false}\n",
+    );
+    let server = start(&dirs, &llm, redis, CONFIG);
+    let token = dirs.token("open", "alice");
+    fresh_minute(15).await;
+    for i in 0..3 {
+        let (s, h, body) = chat_full(&server, &token, &format!("q{i} [[usage:100000:50]]")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(header(&h, "x-ratelimit-limit-requests"), 3);
+        assert_eq!(header(&h, "x-ratelimit-remaining-requests"), 2 - i);
+        for absent in ["tokens-day", "tokens", "concurrent"] {
+            let name = format!("x-ratelimit-limit-{absent}");
+            assert!(h.get(&name).is_none(), "{name} without such a limit");
+        }
+    }
+    let u = usage(&server, &token).await;
+    assert_eq!(u["limits"]["requests_per_minute"], 3);
+    assert_eq!(u["remaining"]["requests_per_minute"], 0);
+    for absent in ["daily_tokens", "tokens_per_minute", "concurrent_requests"] {
+        assert_eq!(u["limits"][absent], Value::Null, "{u}");
+        assert_eq!(u["remaining"][absent], Value::Null, "{u}");
+    }
+    assert!(u["tokens_today"].as_u64().expect("tokens") > 0, "{u}");
+    let (s, _, body) = chat_full(&server, &token, "q3 [[usage:1:1]]").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["limit"], "requests_per_minute");
+}
+
+#[tokio::test]
+async fn a_partial_tier_limits_only_what_it_sets_in_process() {
+    partial_tier(None).await;
+}
+
+#[tokio::test]
+async fn a_partial_tier_limits_only_what_it_sets_redis() {
+    let redis = RedisServer::start();
+    partial_tier(Some(&redis)).await;
 }
 
 #[tokio::test]

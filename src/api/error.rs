@@ -52,7 +52,7 @@ pub enum ApiError {
     },
     /// 429: a quota or rate limit would be exceeded; `Retry-After` and `X-RateLimit-*` headers
     /// say when to retry.
-    #[error("{} limit exceeded: {} of {} used; retry in {} s", .0.limit, .0.used.get(.0.limit), .0.limits.get(.0.limit), retry_after(.0))]
+    #[error("{} limit exceeded: {} of {} used; retry in {} s", .0.limit, .0.used.get(.0.limit), .0.limits.get(.0.limit).unwrap_or_default(), retry_after(.0))]
     RateLimited(Box<RateLimited>),
     /// 403: storing the document would pass a storage limit (`maxDocuments`,
     /// `maxStoredBytes`); waiting does not help, deleting documents does.

@@ -93,9 +93,9 @@ struct UsageReport {
     /// What each limit has used.
     usage: PerLimit,
     /// Each limit's value.
-    limits: PerLimit,
+    limits: PerLimitOrNone,
     /// What is left of each limit.
-    remaining: PerLimit,
+    remaining: PerLimitOrNone,
     /// Unix seconds when each window resets (the concurrency limit has no window).
     resets_at: BTreeMap<String, u64>,
     /// What the tenant stores, and its storage limits.
@@ -134,6 +134,23 @@ struct PerLimit {
     tokens_per_minute: u64,
     /// Requests at once.
     concurrent_requests: u64,
+}
+
+/// One number per quota limit; null for a limit the tenant does not have.
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "describes a body built as JSON; never constructed"
+)]
+struct PerLimitOrNone {
+    /// Tokens per UTC day.
+    daily_tokens: Option<u64>,
+    /// Requests per minute.
+    requests_per_minute: Option<u64>,
+    /// Tokens per minute.
+    tokens_per_minute: Option<u64>,
+    /// Requests at once.
+    concurrent_requests: Option<u64>,
 }
 
 /// The quota store's kind.

@@ -29,13 +29,16 @@ pub async fn usage(
     let mut limit_map = Map::new();
     let mut remaining = Map::new();
     let mut resets = Map::new();
-    for s in statuses(&limits, &used, now_ms) {
-        let key = s.limit.as_str().to_string();
-        usage.insert(key.clone(), json!(used.get(s.limit)));
-        limit_map.insert(key.clone(), json!(s.max));
-        remaining.insert(key.clone(), json!(s.remaining));
-        if s.limit != Limit::ConcurrentRequests {
-            resets.insert(key, json!(reset_at_ms(s.limit, now_ms) / 1000));
+    // A limit the tenant does not have: null in `limits` and `remaining`.
+    let set = statuses(&limits, &used, now_ms);
+    for limit in Limit::ALL {
+        let key = limit.as_str().to_string();
+        let status = set.iter().find(|s| s.limit == limit);
+        usage.insert(key.clone(), json!(used.get(limit)));
+        limit_map.insert(key.clone(), json!(status.map(|s| s.max)));
+        remaining.insert(key.clone(), json!(status.map(|s| s.remaining)));
+        if limit != Limit::ConcurrentRequests {
+            resets.insert(key, json!(reset_at_ms(limit, now_ms) / 1000));
         }
     }
     Ok(ApiJson(json!({

@@ -191,7 +191,8 @@ impl ApiServerVerifier {
         let mut answer = serde_json::to_value(tenant).expect("tenant json");
         answer["metadata"]["resourceVersion"] = json!("2");
         let path = format!(
-            "/apis/tenantry.dev/v1alpha1/tenants/{}/status",
+            "/apis/{}/tenants/{}/status",
+            <Tenant as kube::Resource>::api_version(&()),
             tenant.name_any()
         );
         self.then(Method::PATCH, &path, Reply::Json(answer))

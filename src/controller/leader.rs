@@ -14,16 +14,24 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct Elector {
     api: Api<Lease>,
+    namespace: String,
     name: String,
     identity: String,
     lease_duration: Duration,
 }
 
 impl Elector {
-    /// A candidate `identity` for the Lease `name` behind `api` (its namespace).
-    pub fn new(api: Api<Lease>, name: &str, identity: &str, lease_duration: Duration) -> Self {
+    /// A candidate `identity` for the Lease `name` behind `api` (in `namespace`).
+    pub fn new(
+        api: Api<Lease>,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        lease_duration: Duration,
+    ) -> Self {
         Self {
             api,
+            namespace: namespace.to_string(),
             name: name.to_string(),
             identity: identity.to_string(),
             lease_duration,
@@ -96,6 +104,32 @@ impl Elector {
         }
     }
 
+    /// Logs why the Lease cannot be written (once per distinct problem; retried meanwhile).
+    fn report(&self, e: &kube::Error) {
+        let (namespace, lease) = (&self.namespace, &self.name);
+        match e {
+            kube::Error::Api(s) if s.code == 404 => tracing::error!(
+                %namespace,
+                %lease,
+                error = %e,
+                "leader election: namespace {namespace:?} does not exist, so the Lease cannot be \
+                 created and this operator never leads: create the namespace or run with \
+                 --lease-namespace (TENANTRY_LEASE_NAMESPACE) naming the operator's namespace; \
+                 retrying"
+            ),
+            kube::Error::Api(s) if s.code == 403 => tracing::error!(
+                %namespace,
+                %lease,
+                error = %e,
+                "leader election: not allowed to read or write Lease {namespace}/{lease} (RBAC); \
+                 retrying"
+            ),
+            _ => {
+                tracing::warn!(%namespace, %lease, error = %e, "leader election: lease update failed; retrying")
+            }
+        }
+    }
+
     /// Gives the Lease up (on shutdown), so another candidate takes over at once.
     pub async fn release(&self) {
         if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await
@@ -113,12 +147,29 @@ impl Elector {
 
     /// Campaigns forever: publishes `true` while leading, `false` otherwise. Leadership is
     /// considered lost as soon as a renewal is refused or no renewal succeeded for the lease
-    /// duration.
+    /// duration. A failure is logged when it starts (or changes), not at every retry, and its
+    /// end is logged too.
     pub async fn run(self, tx: watch::Sender<bool>) {
         let period = (self.lease_duration / 3).max(Duration::from_millis(200));
         let mut last_ok: Option<tokio::time::Instant> = None;
+        let mut failing: Option<String> = None;
         loop {
-            let leading = match self.try_acquire_or_renew().await {
+            let result = self.try_acquire_or_renew().await;
+            match (&result, &failing) {
+                (Ok(_), Some(_)) => {
+                    tracing::info!(namespace = %self.namespace, lease = %self.name, "leader election: the Lease can be written again");
+                    failing = None;
+                }
+                (Err(e), previous) => {
+                    let problem = e.to_string();
+                    if previous.as_ref() != Some(&problem) {
+                        self.report(e);
+                        failing = Some(problem);
+                    }
+                }
+                (Ok(_), None) => {}
+            }
+            let leading = match result {
                 Ok(true) => {
                     last_ok = Some(tokio::time::Instant::now());
                     true
@@ -127,10 +178,7 @@ impl Elector {
                     last_ok = None;
                     false
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leader election: lease update failed");
-                    last_ok.is_some_and(|t| t.elapsed() < self.lease_duration)
-                }
+                Err(_) => last_ok.is_some_and(|t| t.elapsed() < self.lease_duration),
             };
             if *tx.borrow() != leading {
                 tracing::info!(identity = %self.identity, leading, "leadership changed");

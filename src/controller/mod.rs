@@ -506,8 +506,16 @@ pub fn tenant_owner<K: Resource>(obj: &K) -> Option<ObjectRef<Tenant>> {
         .owner_references
         .as_ref()?
         .iter()
-        .find(|o| o.kind == "Tenant" && o.api_version == "tenantry.dev/v1alpha1")
+        .find(|o| o.kind == Tenant::kind(&()) && is_tenantry_group(&o.api_version))
         .map(|o| ObjectRef::new(&o.name))
+}
+
+/// Whether `api_version` (`group/version`) is of the Tenant's API group, whatever its version:
+/// owner references written under an older version still name the Tenant.
+fn is_tenantry_group(api_version: &str) -> bool {
+    api_version
+        .split_once('/')
+        .is_some_and(|(group, _)| group == Tenant::group(&()))
 }
 
 /// The Lease API for leader election in `namespace`.

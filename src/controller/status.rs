@@ -159,7 +159,16 @@ pub fn invalid(tenant: &Tenant, problem: &InvalidSpec, now: &str) -> TenantStatu
     // Ready carries the spec problem itself.
     if let Some(r) = conditions.iter_mut().find(|c| c.type_ == condition::READY) {
         r.reason = reason.to_string();
-        r.message = message;
+        r.message = message.clone();
+    }
+    if problem.stalled() {
+        let stalled = ComponentOutcome::ok(reason, message);
+        conditions.extend(self::conditions(
+            &prev.conditions,
+            &[(condition::STALLED, &stalled)],
+            tenant.metadata.generation,
+            now,
+        ));
     }
     TenantStatus {
         observed_generation: tenant.metadata.generation,
@@ -351,8 +360,8 @@ pub async fn patch(ctx: &Context, tenant: &Tenant, status: TenantStatus) -> Resu
     }
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     let patch = serde_json::json!({
-        "apiVersion": "tenantry.dev/v1alpha1",
-        "kind": "Tenant",
+        "apiVersion": <Tenant as kube::Resource>::api_version(&()),
+        "kind": <Tenant as kube::Resource>::kind(&()),
         "status": status,
     });
     api.patch_status(

@@ -25,6 +25,28 @@ fn owned_namespaced_objects_map_to_the_cluster_scoped_tenant() {
     assert!(tenant_owner(&orphan).is_none());
 }
 
+#[test]
+fn an_owner_reference_of_another_version_of_the_group_still_names_the_tenant() {
+    let owned = |api_version: &str| -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s", "namespace": "tenant-acme", "ownerReferences": [
+                {"apiVersion": api_version, "kind": "Tenant", "name": "acme", "uid": "2"}]},
+        }))
+        .expect("secret")
+    };
+    let this = Tenant::api_version(&()).to_string();
+    let group = Tenant::group(&());
+    for api_version in [this, format!("{group}/v1"), format!("{group}/v9beta3")] {
+        assert_eq!(
+            tenant_owner(&owned(&api_version)),
+            Some(ObjectRef::new("acme")),
+            "{api_version}"
+        );
+    }
+    assert_eq!(tenant_owner(&owned("example.com/v1alpha1")), None);
+    assert_eq!(tenant_owner(&owned("v1")), None);
+}
+
 mod scenarios {
     use axum::http::{Method, StatusCode};
     use serde_json::{Value, json};
@@ -35,7 +57,13 @@ mod scenarios {
     };
     use crate::crd::TenantStatus;
 
-    const TIERS: &str = "/apis/tenantry.dev/v1alpha1/quotatiers";
+    static TIERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use kube::Resource as _;
+        format!(
+            "/apis/{}/quotatiers",
+            crate::crd::QuotaTier::api_version(&())
+        )
+    });
     const CORE: &str = "/api/v1/namespaces/tenant-acme";
     const NAMESPACES: &str = "/api/v1/namespaces";
     const BINDING: &str =
@@ -114,7 +142,7 @@ mod scenarios {
         let v = v
             .then(
                 Method::GET,
-                &format!("{TIERS}/pro"),
+                &format!("{}/pro", *TIERS),
                 Reply::Error(StatusCode::NOT_FOUND),
             )
             .then(Method::GET, CORE, Reply::Error(StatusCode::NOT_FOUND))
@@ -295,7 +323,7 @@ mod scenarios {
     ) -> ApiServerVerifier {
         v.then(
             Method::GET,
-            &format!("{TIERS}/pro"),
+            &format!("{}/pro", *TIERS),
             Reply::Error(StatusCode::NOT_FOUND),
         )
         .then(Method::GET, CORE, Reply::Json(namespace))
@@ -340,7 +368,7 @@ mod scenarios {
             let verifier = verifier
                 .then(
                     Method::GET,
-                    &format!("{TIERS}/pro"),
+                    &format!("{}/pro", *TIERS),
                     Reply::Error(StatusCode::NOT_FOUND),
                 )
                 .then(Method::GET, CORE, Reply::Json(existing))
@@ -374,7 +402,7 @@ mod scenarios {
         let verifier = verifier
             .then(
                 Method::GET,
-                &format!("{TIERS}/pro"),
+                &format!("{}/pro", *TIERS),
                 Reply::Error(StatusCode::NOT_FOUND),
             )
             .then(
@@ -526,6 +554,13 @@ mod scenarios {
             "not reconciled: the spec is invalid"
         );
         assert_eq!(status.namespace, None, "nothing was applied");
+        let stalled = condition(&status, "Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "InvalidSpec"),
+            "retrying cannot help: GitOps tools fail fast on Stalled"
+        );
+        assert_eq!(stalled.message, ready.message);
         assert!(
             ctx.metrics
                 .encode()
@@ -540,7 +575,7 @@ mod scenarios {
         let verifier = verifier
             .then(
                 Method::GET,
-                &format!("{TIERS}/gold"),
+                &format!("{}/gold", *TIERS),
                 Reply::Error(StatusCode::NOT_FOUND),
             )
             .then_event()
@@ -563,6 +598,10 @@ mod scenarios {
             )
         );
         assert_eq!(condition(&status, "QuotaReady").reason, "TierNotFound");
+        assert!(
+            status.conditions.iter().all(|c| c.type_ != "Stalled"),
+            "creating the tier heals it: not stalled"
+        );
     }
 
     #[tokio::test]
@@ -574,7 +613,7 @@ mod scenarios {
                 "maxConcurrentRequests": 1},
         });
         let verifier = verifier
-            .then(Method::GET, &format!("{TIERS}/pro"), Reply::Json(tier))
+            .then(Method::GET, &format!("{}/pro", *TIERS), Reply::Json(tier))
             .then(Method::GET, CORE, Reply::Error(StatusCode::NOT_FOUND))
             // Someone created the namespace meanwhile: refused, and looked at again at once.
             .then(Method::POST, NAMESPACES, Reply::Error(StatusCode::CONFLICT));

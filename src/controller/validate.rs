@@ -25,6 +25,13 @@ impl InvalidSpec {
             InvalidSpec::TierNotFound(_) => reason::TIER_NOT_FOUND,
         }
     }
+
+    /// Whether only a change of the Tenant's spec can solve it (the `Stalled` condition): a
+    /// rule the schema does not check is broken. A missing tier is not a stall: the Tenant
+    /// reconciles as soon as the QuotaTier is created.
+    pub fn stalled(&self) -> bool {
+        matches!(self, InvalidSpec::Spec(_))
+    }
 }
 
 /// A Tenant whose spec passed validation, with what the later steps derive from it.
@@ -106,6 +113,7 @@ mod tests {
         let t = Tenant::test().with_quota(-1).with_top_k(0);
         let err = spec(&t).expect_err("invalid");
         assert_eq!(err.reason(), reason::INVALID_SPEC);
+        assert!(err.stalled(), "a spec problem needs a spec change");
         let message = err.to_string();
         assert!(
             message.contains("spec.quota.dailyTokens: must be >= 0"),
@@ -120,6 +128,7 @@ mod tests {
         let id = spec(&t).expect("valid spec");
         let err = with_tier(&t, id, builtin_tier("gold")).expect_err("no such tier");
         assert_eq!(err.reason(), reason::TIER_NOT_FOUND);
+        assert!(!err.stalled(), "creating the tier heals it");
         assert_eq!(err.to_string(), r#"QuotaTier "gold" does not exist"#);
     }
 

@@ -117,22 +117,35 @@ impl fmt::Display for Limit {
     }
 }
 
-/// A tenant's limits (its effective quota; negative values count as 0).
+/// A tenant's limits (its effective quota; negative values count as 0; `None`: no limit of
+/// that kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Tokens per UTC day.
-    pub daily_tokens: u64,
+    pub daily_tokens: Option<u64>,
     /// Requests per minute.
-    pub requests_per_minute: u64,
+    pub requests_per_minute: Option<u64>,
     /// Tokens per minute.
-    pub tokens_per_minute: u64,
+    pub tokens_per_minute: Option<u64>,
     /// Requests in flight at once.
-    pub max_concurrent_requests: u64,
+    pub max_concurrent_requests: Option<u64>,
+}
+
+impl Limits {
+    /// Every limit set (`daily`, `rpm`, `tpm`, `concurrent`).
+    pub const fn all(daily: u64, rpm: u64, tpm: u64, concurrent: u64) -> Self {
+        Self {
+            daily_tokens: Some(daily),
+            requests_per_minute: Some(rpm),
+            tokens_per_minute: Some(tpm),
+            max_concurrent_requests: Some(concurrent),
+        }
+    }
 }
 
 impl From<&EffectiveQuota> for Limits {
     fn from(q: &EffectiveQuota) -> Self {
-        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        let u = |v: Option<i64>| v.map(|v| u64::try_from(v).unwrap_or(0));
         Self {
             daily_tokens: u(q.daily_tokens),
             requests_per_minute: u(q.requests_per_minute),
@@ -143,8 +156,8 @@ impl From<&EffectiveQuota> for Limits {
 }
 
 impl Limits {
-    /// The value of one limit.
-    pub fn get(&self, limit: Limit) -> u64 {
+    /// The value of one limit (`None`: no limit of that kind).
+    pub fn get(&self, limit: Limit) -> Option<u64> {
         match limit {
             Limit::DailyTokens => self.daily_tokens,
             Limit::RequestsPerMinute => self.requests_per_minute,
@@ -183,7 +196,9 @@ impl Counters {
 /// with `estimate` tokens is admitted when, for every limit, usage plus its share stays within
 /// the limit. Returns the first limit (in [`Limit::ALL`] order) it would break.
 pub fn first_exceeded(used: &Counters, limits: &Limits, estimate: u64) -> Option<Limit> {
-    let fits = |used: u64, add: u64, limit: u64| used.saturating_add(add) <= limit;
+    let fits = |used: u64, add: u64, limit: Option<u64>| {
+        limit.is_none_or(|limit| used.saturating_add(add) <= limit)
+    };
     if !fits(used.daily_tokens, estimate, limits.daily_tokens) {
         Some(Limit::DailyTokens)
     } else if !fits(used.minute_requests, 1, limits.requests_per_minute) {
@@ -428,7 +443,7 @@ pub enum FailMode {
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// A limit would be exceeded (HTTP 429).
-    #[error("{} limit of {} exceeded", .0.limit, .0.limits.get(.0.limit))]
+    #[error("{} limit of {} exceeded", .0.limit, .0.limits.get(.0.limit).unwrap_or_default())]
     Limited(Box<RateLimited>),
     /// The store is unreachable and the fail mode is `failClosed` (HTTP 503).
     #[error(transparent)]
@@ -461,18 +476,21 @@ pub struct LimitStatus {
     pub reset_seconds: u64,
 }
 
-/// The status of every limit, given usage at `now_ms`.
+/// The status of every limit that is set, given usage at `now_ms`.
 pub fn statuses(limits: &Limits, used: &Counters, now_ms: u64) -> Vec<LimitStatus> {
     Limit::ALL
         .iter()
-        .map(|&limit| LimitStatus {
-            limit,
-            max: limits.get(limit),
-            remaining: limits.get(limit).saturating_sub(used.get(limit)),
-            reset_seconds: reset_at_ms(limit, now_ms)
-                .saturating_sub(now_ms)
-                .div_ceil(1000)
-                .max(1),
+        .filter_map(|&limit| {
+            let max = limits.get(limit)?;
+            Some(LimitStatus {
+                limit,
+                max,
+                remaining: max.saturating_sub(used.get(limit)),
+                reset_seconds: reset_at_ms(limit, now_ms)
+                    .saturating_sub(now_ms)
+                    .div_ceil(1000)
+                    .max(1),
+            })
         })
         .collect()
 }
@@ -735,12 +753,7 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits {
-            daily_tokens: 100,
-            requests_per_minute: 3,
-            tokens_per_minute: 60,
-            max_concurrent_requests: 2,
-        }
+        Limits::all(100, 3, 60, 2)
     }
 
     #[test]
@@ -767,7 +780,7 @@ mod tests {
         };
         assert_eq!(first_exceeded(&c, &l, 0), Some(Limit::ConcurrentRequests));
         let zero = Limits {
-            daily_tokens: 0,
+            daily_tokens: Some(0),
             ..l
         };
         assert_eq!(
@@ -779,6 +792,33 @@ mod tests {
             first_exceeded(&Counters::default(), &zero, 1),
             Some(Limit::DailyTokens)
         );
+    }
+
+    #[test]
+    fn an_absent_limit_does_not_limit_and_reports_no_status() {
+        let l = Limits {
+            tokens_per_minute: None,
+            max_concurrent_requests: None,
+            ..limits()
+        };
+        let busy = Counters {
+            minute_tokens: u64::MAX / 2,
+            in_flight: 1_000_000,
+            ..Default::default()
+        };
+        assert_eq!(first_exceeded(&busy, &l, 60), None);
+        let c = Counters {
+            minute_requests: 3,
+            ..busy
+        };
+        assert_eq!(
+            first_exceeded(&c, &l, 0),
+            Some(Limit::RequestsPerMinute),
+            "the limits that are set still hold"
+        );
+        let s = statuses(&l, &busy, 0);
+        let kinds: Vec<_> = s.iter().map(|s| s.limit).collect();
+        assert_eq!(kinds, [Limit::DailyTokens, Limit::RequestsPerMinute]);
     }
 
     #[test]
@@ -812,17 +852,18 @@ mod tests {
     #[test]
     fn limits_from_effective_quota_clamp_negatives() {
         let q = EffectiveQuota {
-            daily_tokens: 5,
-            requests_per_minute: -1,
-            tokens_per_minute: 7,
-            max_concurrent_requests: 2,
+            daily_tokens: Some(5),
+            requests_per_minute: Some(-1),
+            tokens_per_minute: Some(7),
+            max_concurrent_requests: None,
             max_tokens: None,
             max_documents: None,
             max_stored_bytes: None,
         };
         let l = Limits::from(&q);
-        assert_eq!(l.requests_per_minute, 0);
-        assert_eq!(l.get(Limit::TokensPerMinute), 7);
+        assert_eq!(l.requests_per_minute, Some(0));
+        assert_eq!(l.get(Limit::TokensPerMinute), Some(7));
+        assert_eq!(l.get(Limit::ConcurrentRequests), None);
     }
 
     #[test]
@@ -864,8 +905,8 @@ mod tests {
             "a dropped reservation is charged its estimate and stays a request"
         );
         let roomy = Limits {
-            requests_per_minute: 10,
-            tokens_per_minute: 1_000,
+            requests_per_minute: Some(10),
+            tokens_per_minute: Some(1_000),
             ..limits()
         };
         let r = quota.reserve(&t, roomy, 5).await.expect("admitted");

@@ -44,8 +44,8 @@ const DAY_TTL_SECONDS: u64 = 2 * 86_400;
 const MINUTE_TTL_SECONDS: u64 = 120;
 
 /// KEYS: day tokens, minute requests, minute tokens, in-flight set.
-/// ARGV: estimate, daily limit, rpm, tpm, max concurrent, now ms, lease expiry ms, id,
-/// day ttl s, minute ttl s.
+/// ARGV: estimate, daily limit, rpm, tpm, max concurrent (each limit -1: none), now ms,
+/// lease expiry ms, id, day ttl s, minute ttl s.
 /// Returns {admitted 1/0, index of the limit hit (-1), day tokens, minute requests,
 /// minute tokens, in flight} — usage after the reservation when admitted. An id already in
 /// flight (the same call run twice) is answered as admitted without reserving again.
@@ -58,11 +58,15 @@ local req = tonumber(redis.call('GET', KEYS[2]) or '0')
 local tok = tonumber(redis.call('GET', KEYS[3]) or '0')
 local inflight = redis.call('ZCARD', KEYS[4])
 if redis.call('ZSCORE', KEYS[4], ARGV[8]) then return {1, -1, day, req, tok, inflight} end
+local function over(n, limit)
+  limit = tonumber(limit)
+  return limit >= 0 and n > limit
+end
 local hit = -1
-if day + est > tonumber(ARGV[2]) then hit = 0
-elseif req + 1 > tonumber(ARGV[3]) then hit = 1
-elseif tok + est > tonumber(ARGV[4]) then hit = 2
-elseif inflight + 1 > tonumber(ARGV[5]) then hit = 3
+if over(day + est, ARGV[2]) then hit = 0
+elseif over(req + 1, ARGV[3]) then hit = 1
+elseif over(tok + est, ARGV[4]) then hit = 2
+elseif over(inflight + 1, ARGV[5]) then hit = 3
 end
 if hit >= 0 then return {0, hit, day, req, tok, inflight} end
 day = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -447,17 +451,18 @@ impl QuotaStore for RedisStore {
         };
         let lease_ms = u64::try_from(req.lease.as_millis()).unwrap_or(u64::MAX / 2);
         let l = &req.limits;
+        // No limit of a kind: -1, which the script never compares against.
+        let limit = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
         let args = [
-            req.estimate,
-            l.daily_tokens,
-            l.requests_per_minute,
-            l.tokens_per_minute,
-            l.max_concurrent_requests,
-            req.now_ms,
-            req.now_ms.saturating_add(lease_ms),
+            req.estimate.to_string(),
+            limit(l.daily_tokens),
+            limit(l.requests_per_minute),
+            limit(l.tokens_per_minute),
+            limit(l.max_concurrent_requests),
+            req.now_ms.to_string(),
+            req.now_ms.saturating_add(lease_ms).to_string(),
         ]
-        .iter()
-        .map(u64::to_string)
+        .into_iter()
         .chain([
             ticket.id.clone(),
             DAY_TTL_SECONDS.to_string(),

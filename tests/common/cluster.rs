@@ -268,6 +268,8 @@ impl Operator {
         .args(["--api-env", "OPENAI_BASE_URL=http://llm.example/v1"])
         .args(extra)
         .env("KUBECONFIG", &env.operator_kubeconfig)
+        // What the chart's pod says (its own namespace), as the Downward API would.
+        .env("POD_NAMESPACE", SYSTEM_NAMESPACE)
         .env("RUST_LOG", "info,kube=warn");
         cmd
     }
@@ -390,24 +392,22 @@ impl Cluster {
         Operator::start(self.env, identity, extra)
     }
 
-    /// The `Replicas` column of `kubectl get tenant <name>` (the API server's table output).
+    /// The `Replicas` column of `kubectl get tenant <name> -o wide` (the API server's table
+    /// output).
     pub fn replicas_column(&self, name: &str) -> String {
-        let table = self.env.kubectl(&["get", "tenant", name], None);
-        let mut lines = table.lines();
-        let header = lines.next().unwrap_or_default();
-        let row = lines.next().unwrap_or_default();
-        let start = header
-            .find("REPLICAS")
-            .unwrap_or_else(|| panic!("no REPLICAS column in:\n{table}"));
-        let end = header[start..]
-            .find("ENDPOINT")
-            .map_or(header.len(), |i| start + i);
-        row.get(start..end.min(row.len()))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
+        self.column(name, "REPLICAS", true)
     }
 
+    /// Column `column` (its header, e.g. `REASON`) of `kubectl get tenant <name>` (with
+    /// `-o wide` when `wide`); panics when the table has no such column.
+    pub fn column(&self, name: &str, column: &str, wide: bool) -> String {
+        let mut args = vec!["get", "tenant", name];
+        if wide {
+            args.extend(["-o", "wide"]);
+        }
+        let table = self.env.kubectl(&args, None);
+        table_column(&table, column).unwrap_or_else(|| panic!("no {column} column in:\n{table}"))
+    }
     /// Removes `kind/name` (in `namespace`, if namespaced) when the test ends.
     pub fn remove_on_drop(&self, kind: &'static str, namespace: Option<&str>, name: &str) {
         self.created.lock().expect("lock").push((
@@ -550,6 +550,28 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The value of column `column` in the first row of a kubectl table (columns start where
+/// their header starts; headers hold no spaces).
+pub fn table_column(table: &str, column: &str) -> Option<String> {
+    let mut lines = table.lines();
+    let header = lines.next()?;
+    let row = lines.next().unwrap_or_default();
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
+        .collect();
+    let at = starts
+        .iter()
+        .position(|&i| header[i..].split(' ').next() == Some(column))?;
+    let end = starts
+        .get(at + 1)
+        .copied()
+        .unwrap_or(row.len())
+        .min(row.len());
+    Some(row.get(starts[at].min(end)..end)?.trim().to_string())
 }
 
 /// `prefix` with a unique lowercase suffix, for object names.

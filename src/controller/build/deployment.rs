@@ -166,7 +166,7 @@ fn port(name: &str, container_port: i32) -> ContainerPort {
 /// `--api-env` and the copied credentials; one entry per name (server-side apply refuses
 /// duplicates), a later one winning, so `--api-env RUST_LOG=debug` replaces the default.
 fn env(names: &Names, cfg: &BuildConfig) -> Vec<EnvVar> {
-    let mut env = vec![value_env("RUST_LOG", "info")];
+    let mut env = vec![value_env("RUST_LOG", crate::telemetry::DEFAULT_FILTER)];
     if let Some(url) = &cfg.qdrant_url {
         env.push(value_env("TENANTRY_QDRANT_URL", url));
         if let Some((name, key)) = &cfg.qdrant_api_key_secret {
@@ -366,6 +366,25 @@ mod tests {
         assert_eq!(names.len(), unique.len(), "{names:?}");
         let log = env.iter().find(|e| e.name == "RUST_LOG").expect("RUST_LOG");
         assert_eq!(log.value.as_deref(), Some("debug"));
+        let plain = deployment(
+            &Tenant::test(),
+            &n,
+            &BuildConfig::test(),
+            &PodInputs::test(),
+        );
+        let plain_env = plain.spec.template.spec.expect("pod").containers[0]
+            .env
+            .clone()
+            .expect("env");
+        let plain_log = plain_env
+            .iter()
+            .find(|e| e.name == "RUST_LOG")
+            .expect("RUST_LOG");
+        assert_eq!(
+            plain_log.value.as_deref(),
+            Some(crate::telemetry::DEFAULT_FILTER),
+            "by default the pods filter as the binary does"
+        );
         let key = env
             .iter()
             .find(|e| e.name == "OPENAI_API_KEY")

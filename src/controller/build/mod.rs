@@ -429,15 +429,16 @@ pub fn tenant_manifest(
     if let Some(adopt) = owner.filter(|o| Some(o) != tenant.metadata.uid.as_ref()) {
         metadata["annotations"] = serde_json::json!({ crate::crd::ADOPT_DATA_ANNOTATION: adopt });
     }
+    use kube::Resource as _;
     let doc = serde_json::json!({
-        "apiVersion": "tenantry.dev/v1alpha1",
-        "kind": "Tenant",
+        "apiVersion": Tenant::api_version(&()),
+        "kind": Tenant::kind(&()),
         "metadata": metadata,
         "spec": tenant.spec,
     });
     let tier_doc = serde_json::json!({
-        "apiVersion": "tenantry.dev/v1alpha1",
-        "kind": "QuotaTier",
+        "apiVersion": crate::crd::QuotaTier::api_version(&()),
+        "kind": crate::crd::QuotaTier::kind(&()),
         "metadata": {"name": tier_name},
         "spec": tier,
     });
@@ -655,7 +656,7 @@ mod tests {
             },
             operator
         );
-        assert_eq!(cfg.quota.daily_tokens, 42);
+        assert_eq!(cfg.quota.daily_tokens, Some(42));
         assert_eq!(
             cfg.data_owner.as_deref(),
             Some("uid-1"),
