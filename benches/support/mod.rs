@@ -10,7 +10,7 @@ use crate::common::server::{Dirs, Server, Start};
 pub const TENANTS: [&str; 2] = ["acme", "globex"];
 
 /// The quota every sample tenant gets instead of its own.
-const UNLIMITED: &str = "  quota: {dailyTokens: 1000000000, requestsPerMinute: 1000000, tokensPerMinute: 1000000000, maxConcurrentRequests: 1000}\n";
+const UNLIMITED: &str = "  quota: {dailyTokens: 1000000000, requestsPerMinute: 1000000000, tokensPerMinute: 1000000000, maxConcurrentRequests: 1000}\n";
 
 /// The `p` quantile (0..=1) of sorted samples (nearest rank).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
