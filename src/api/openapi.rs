@@ -198,11 +198,120 @@ pub(crate) struct IgnoredParams {
     metadata: Option<Value>,
     /// Accepted and ignored.
     service_tier: Option<Value>,
-    /// Accepted and ignored.
-    parallel_tool_calls: Option<Value>,
 }
 
-/// `input` of an embeddings request: a non-empty string or 1 to 2048 of them.
+/// A tool a completion request offers the model (passed through; other fields too).
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct Tool {
+    /// Always `function`.
+    #[schemars(rename = "type", extend("const" = "function"))]
+    kind: String,
+    /// The function.
+    function: FunctionDef,
+}
+
+/// A function the model may call.
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct FunctionDef {
+    /// 1 to 64 letters, digits, `_` or `-`.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,64}$"))]
+    name: String,
+    /// What the function does.
+    description: Option<String>,
+    /// Its parameters, as a JSON Schema object.
+    parameters: Option<Map<String, Value>>,
+    /// Whether the model must follow `parameters` exactly.
+    strict: Option<bool>,
+}
+
+/// `tool_choice`: a mode, or the one function to call.
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) enum ToolChoice {
+    /// `none`, `auto` or `required`.
+    Mode(#[schemars(extend("enum" = ["none", "auto", "required"]))] String),
+    /// `{"type": "function", "function": {"name": ...}}`.
+    Named(NamedToolChoice),
+}
+
+/// A `tool_choice` naming the function to call.
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct NamedToolChoice {
+    /// Always `function`.
+    #[schemars(rename = "type", extend("const" = "function"))]
+    kind: String,
+    /// The function.
+    function: ToolName,
+}
+
+/// The name of a function.
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct ToolName {
+    /// Its name.
+    name: String,
+}
+
+/// A tool call of an assistant message (as the model asked for it).
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct ToolCall {
+    /// The call's id (a `tool` message answers it).
+    id: String,
+    /// Always `function`.
+    #[schemars(rename = "type", extend("const" = "function"))]
+    kind: String,
+    /// The function called.
+    function: FunctionCall,
+}
+
+/// The function of a [`ToolCall`].
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct FunctionCall {
+    /// Its name.
+    name: String,
+    /// Its arguments, as JSON text.
+    arguments: String,
+}
+
+/// `response_format` of a completion request (passed through; other fields too).
+#[derive(JsonSchema)]
+#[schemars(tag = "type", rename_all = "snake_case")]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) enum ResponseFormat {
+    /// Text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON following a schema (structured outputs).
+    JsonSchema {
+        /// The schema.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// The `json_schema` of a `response_format`.
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct JsonSchemaFormat {
+    /// 1 to 64 letters, digits, `_` or `-`.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,64}$"))]
+    name: String,
+    /// What the format is for.
+    description: Option<String>,
+    /// The JSON Schema the answer follows.
+    schema: Option<Map<String, Value>>,
+    /// Whether the model must follow it exactly.
+    strict: Option<bool>,
+}
+
+/// `input` of an embeddings request: a non-empty string or 1 to 2048 of them, or token
+/// arrays (cl100k_base text token ids, as OpenAI clients send them): one, or 1 to 2048.
 #[derive(JsonSchema)]
 #[schemars(untagged)]
 #[allow(
@@ -212,7 +321,25 @@ pub(crate) struct IgnoredParams {
 pub(crate) enum EmbeddingInput {
     One(#[schemars(length(min = 1))] String),
     Many(#[schemars(length(min = 1, max = 2048), inner(length(min = 1)))] Vec<String>),
+    Tokens(#[schemars(length(min = 1))] Vec<TokenId>),
+    TokenArrays(#[schemars(length(min = 1, max = 2048))] Vec<TokenArray>),
 }
+
+/// A cl100k_base text token id.
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "documents a field read as JSON; never constructed"
+)]
+pub(crate) struct TokenId(#[schemars(range(min = 0, max = 100_255))] u32);
+
+/// A non-empty array of token ids.
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "documents a field read as JSON; never constructed"
+)]
+pub(crate) struct TokenArray(#[schemars(length(min = 1))] Vec<TokenId>);
 
 /// Builds the document: the schema generators (request bodies as they are read, responses as
 /// they are written) and the error reference every failure points at.

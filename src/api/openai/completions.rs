@@ -11,7 +11,7 @@ use super::stream::sse;
 use super::types::{AssistantMessage, ChatCompletion, Choice, CompletionBody, CompletionExtras};
 use crate::api::chat::{self, CacheUse, answer_headers};
 use crate::api::{ApiError, ApiJson, AppState, Caller};
-use crate::llm::{ChatRequest, ChatResponse, Message, Usage, one_shot};
+use crate::llm::{ChatRequest, ChatResponse, Message, one_shot};
 use crate::rag::{CachedAnswer, Source, Turn};
 
 /// A new completion id, `chatcmpl-<uuid>`.
@@ -38,8 +38,12 @@ impl ChatCompletion {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: answer.content,
-                    refusal: None,
+                    // OpenAI's shape: null content when the model only calls tools or refuses.
+                    content: (!answer.content.is_empty()
+                        || (answer.tool_calls.is_none() && answer.refusal.is_none()))
+                    .then_some(answer.content),
+                    refusal: answer.refusal,
+                    tool_calls: answer.tool_calls,
                 },
                 logprobs: None,
                 finish_reason: answer.finish_reason,
@@ -111,7 +115,7 @@ fn from_cache(hit: CachedAnswer, p: &CompletionParams, headers: HeaderMap) -> Re
         content: hit.answer,
         model: hit.model,
         finish_reason: "stop".to_string(),
-        usage: Usage::default(),
+        ..ChatResponse::default()
     };
     if p.stream {
         let model = answer.model.clone();
@@ -128,8 +132,13 @@ async fn complete(
     body: CompletionBody,
 ) -> Result<Response, ApiError> {
     let mut p = params::validate(state, turn.tenant(), body)?;
-    // The offline responder can only answer from retrieved passages.
+    // The offline responder can only answer from retrieved passages (it answers in text: it
+    // calls no tools and follows no response format).
     p.rag |= state.llm.offline();
+    if p.structured {
+        // Tool calls and structured outputs are not answers to a question to reuse.
+        turn.bypass_cache();
+    }
     // The question: the last message, when it is the user's (the cache and retrieval use it).
     let question = p
         .messages

@@ -81,13 +81,19 @@ fn events(mut chunks: ChatStream, mut w: ChunkWriter) -> impl futures::Stream<It
             w.model.clone_from(m);
             next = chunks.next().await;
         }
-        let role = Delta { role: Some("assistant"), content: Some(String::new()) };
+        let role = Delta { role: Some("assistant"), content: Some(String::new()), ..Delta::default() };
         yield w.choice(role, None);
         loop {
             match next {
                 Some(Ok(Chunk::Model(m))) => w.model = m,
                 Some(Ok(Chunk::Delta(text))) => {
-                    yield w.choice(Delta { role: None, content: Some(text) }, None);
+                    yield w.choice(Delta { content: Some(text), ..Delta::default() }, None);
+                }
+                Some(Ok(Chunk::Refusal(text))) => {
+                    yield w.choice(Delta { refusal: Some(text), ..Delta::default() }, None);
+                }
+                Some(Ok(Chunk::ToolCalls(calls))) => {
+                    yield w.choice(Delta { tool_calls: Some(calls), ..Delta::default() }, None);
                 }
                 Some(Ok(Chunk::Done { model, finish_reason, usage })) => {
                     if !model.is_empty() {
