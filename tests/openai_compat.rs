@@ -368,8 +368,8 @@ async fn errors_are_openai_shaped() {
     let cases = [
         (
             json!({"model": "gpt-4o", "messages": ok_messages}),
-            403,
-            "permission_error",
+            404,
+            "invalid_request_error",
             Some("model"),
         ),
         (
@@ -754,7 +754,7 @@ async fn models_and_embeddings() {
     for (body, status, param) in [
         (
             json!({"input": "x", "model": "text-embedding-3-small"}),
-            403,
+            404,
             "model",
         ),
         (json!({"input": ""}), 400, "input[0]"),
@@ -1024,4 +1024,155 @@ async fn offline_the_extractive_responder_answers_tool_requests_in_text() {
             .is_some_and(|c| c.contains("30 days")),
         "{r}"
     );
+}
+
+#[tokio::test]
+async fn every_response_names_its_request() {
+    let llm = ScriptedLlm::start().await;
+    let (dirs, server) = start(&[("acme", "")], &llm).await;
+    let token = dirs.token("acme", "alice");
+    let post = |path: &str, token: &str, body: Value| {
+        server
+            .http
+            .post(server.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let responses = [
+        post(
+            "/v1/chat/completions",
+            &token,
+            json!({"messages": [user("hi")]}),
+        )
+        .await,
+        post("/v1/chat/completions", &token, json!({"messages": []})).await,
+        post(
+            "/v1/chat/completions",
+            "bad",
+            json!({"messages": [user("hi")]}),
+        )
+        .await,
+        post("/v1/embeddings", &token, json!({"input": "hi"})).await,
+        post(
+            "/v1/embeddings",
+            &token,
+            json!({"input": "hi", "model": "nope"}),
+        )
+        .await,
+        server
+            .http
+            .get(server.url("/v1/models"))
+            .bearer_auth(&token)
+            .send()
+            .await,
+        server
+            .http
+            .get(server.url("/v1/models/nope"))
+            .bearer_auth(&token)
+            .send()
+            .await,
+        server.http.get(server.url("/no/such/route")).send().await,
+    ];
+    let mut ids = std::collections::HashSet::new();
+    let mut logged = Vec::new();
+    for r in responses {
+        let r = r.expect("response");
+        let id = header(&r, "x-request-id");
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{} {}: {id:?}",
+            r.url(),
+            r.status()
+        );
+        assert!(ids.insert(id.clone()), "ids are per request");
+        logged.push(id);
+    }
+    // The id is the trace id of the request's log lines (the unmatched route logs none).
+    let logged_ids = || -> std::collections::HashSet<String> {
+        server
+            .logs
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["trace_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    for _ in 0..50 {
+        if logged[..logged.len() - 1]
+            .iter()
+            .all(|id| logged_ids().contains(id))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let in_logs = logged_ids();
+    for id in &logged[..logged.len() - 1] {
+        assert!(
+            in_logs.contains(id),
+            "request id {id} is no trace id of the logs"
+        );
+    }
+    // The OpenAI error codes clients branch on.
+    let (s, _, err) = complete(
+        &server,
+        &token,
+        json!({"model": "nope", "messages": [user("hi")]}),
+        false,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{err}");
+    assert_eq!(err["error"]["code"], "model_not_found");
+    let (s, _, err) = complete(&server, "bad", json!({"messages": [user("hi")]}), false).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_api_key");
+}
+
+#[tokio::test]
+async fn slow_streams_get_keep_alive_comments() {
+    let llm = ScriptedLlm::start().await;
+    let dirs = Dirs::new();
+    dirs.add_tenant("acme", "");
+    let server = Server::start(
+        &dirs,
+        Start {
+            llm: Some(&llm),
+            config: Some(dirs.config("llm:\n  streamKeepAliveSeconds: 1\n")),
+            ..Default::default()
+        },
+    );
+    let token = dirs.token("acme", "alice");
+    server.wait_for_token(&token).await;
+    let body = |q: &str| json!({"model": MODEL, "messages": [user(q)], "stream": true});
+    let raw = |q: &str| {
+        server
+            .http
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("cache-control", "no-cache")
+            .json(&body(q))
+            .send()
+    };
+    // 2.5 s between chunks: comments in between, and the answer intact.
+    let text = raw("slow [[chunk-delay:2500]]")
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(text.lines().any(|l| l == ": keep-alive"), "{text}");
+    assert_eq!(
+        streamed_text(&data_lines(&text)),
+        format!("ANSWER[{MODEL}]: slow [[chunk-delay:2500]]")
+    );
+    // A fast stream needs none.
+    let text = raw("fast")
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(!text.contains("keep-alive"), "{text}");
 }

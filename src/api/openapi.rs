@@ -395,6 +395,7 @@ impl Builder {
                 "X-RateLimit-Limit": int("Value of the limit hit"),
                 "X-RateLimit-Remaining": int("What is left of it"),
                 "X-RateLimit-Reset": int("Seconds until it resets"),
+                "X-Should-Retry": {"description": "`false` when the daily token budget is spent (`insufficient_quota`): retrying before midnight UTC cannot succeed", "schema": {"type": "string", "enum": ["false"]}},
             },
             "content": {"application/json": {"schema": self.error}},
         })
@@ -417,9 +418,9 @@ impl Builder {
     }
 
     /// The failures of a JSON-bodied model call.
-    fn model_call_errors(&self, forbidden: &str) -> Vec<(&'static str, Value)> {
+    fn model_call_errors(&self, not_found: &str) -> Vec<(&'static str, Value)> {
         vec![
-            ("403", self.err(forbidden)),
+            ("404", self.err(not_found)),
             ("413", self.err("Body too large")),
             ("415", self.err("Body is not JSON")),
             ("429", self.rate_limited()),
@@ -436,10 +437,14 @@ impl Builder {
             ("502", self.err("Upstream model failed")),
             ("504", self.err("Upstream model timed out")),
         ];
-        let mut chat = self.model_call_errors("Tenant suspended or model not allowed");
+        let mut chat = self.model_call_errors(
+            "The model does not exist or is not allowed for this tenant (`model_not_found`)",
+        );
         chat.extend([("200", answer), ("422", self.err("Invalid body"))]);
         chat.extend(upstream.clone());
-        let mut completions = self.model_call_errors("Tenant suspended or model not allowed");
+        let mut completions = self.model_call_errors(
+            "The model does not exist or is not allowed for this tenant (`model_not_found`)",
+        );
         completions.extend([
             ("200", json!({
                 "description": "A `chat.completion` object, or an event stream ending with `data: [DONE]`",
@@ -460,7 +465,7 @@ impl Builder {
             }},
             "/v1/chat/completions": {"post": {
                 "summary": "OpenAI-compatible chat completion (JSON, or server-sent `chat.completion.chunk` events with `stream: true`)",
-                "description": "OpenAI's request and response shapes; an OpenAI SDK works with `base_url=<endpoint>/v1` and the tenant JWT as API key. Text messages only (no tools, no images), n = 1. The `tenantry` object decides retrieval (`rag`, `top_k`); responses carry `tenantry.cached` and `tenantry.sources`. Invalid requests are 400 here.",
+                "description": "OpenAI's request and response shapes; an OpenAI SDK works with `base_url=<endpoint>/v1` and the tenant JWT as API key. Text messages (no images), tools and tool round trips, response formats (passed through to the upstream), n = 1. The `tenantry` object decides retrieval (`rag`, `top_k`); responses carry `tenantry.cached` and `tenantry.sources`. Invalid requests are 400 here.",
                 "requestBody": self.body::<super::openai::types::CompletionBody>(),
                 "responses": self.authed(completions),
             }},
@@ -469,7 +474,8 @@ impl Builder {
 
     /// `/v1/models`, `/v1/models/{model}` and `/v1/embeddings`.
     fn openai_paths(&mut self) -> Value {
-        let mut embeddings = self.model_call_errors("Tenant suspended or model not served");
+        let mut embeddings = self
+            .model_call_errors("Not the embedding model this server serves (`model_not_found`)");
         embeddings.extend([
             ("200", self.ok::<List<Embedding>>("`{\"object\": \"list\", \"data\": [{\"object\": \"embedding\", \"index\", \"embedding\"}], \"model\", \"usage\"}`")),
             ("400", self.err("Invalid request (`error.param` names the parameter)")),
@@ -663,18 +669,20 @@ mod tests {
         assert_eq!(
             statuses("/v1/chat", "post"),
             [
-                "200", "401", "403", "413", "415", "422", "429", "502", "503", "504"
+                "200", "401", "403", "404", "413", "415", "422", "429", "502", "503", "504"
             ]
         );
         assert_eq!(
             statuses("/v1/chat/completions", "post"),
             [
-                "200", "400", "401", "403", "413", "415", "429", "502", "503", "504"
+                "200", "400", "401", "403", "404", "413", "415", "429", "502", "503", "504"
             ]
         );
         assert_eq!(
             statuses("/v1/embeddings", "post"),
-            ["200", "400", "401", "403", "413", "415", "429", "503"]
+            [
+                "200", "400", "401", "403", "404", "413", "415", "429", "503"
+            ]
         );
         assert_eq!(
             statuses("/v1/documents/{id}", "delete"),

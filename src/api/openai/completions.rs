@@ -97,6 +97,11 @@ fn augment(messages: &mut Vec<Message>, sources: &[Source]) {
     );
 }
 
+/// The interval of a stream's keep-alive comments (`llm.streamKeepAliveSeconds`).
+fn keep_alive(state: &AppState) -> std::time::Duration {
+    std::time::Duration::from_secs(state.config.llm.stream_keep_alive_seconds)
+}
+
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -110,7 +115,12 @@ pub async fn chat_completions(
 }
 
 /// A cached answer, as JSON or as a stream.
-fn from_cache(hit: CachedAnswer, p: &CompletionParams, headers: HeaderMap) -> Response {
+fn from_cache(
+    state: &AppState,
+    hit: CachedAnswer,
+    p: &CompletionParams,
+    headers: HeaderMap,
+) -> Response {
     let answer = ChatResponse {
         content: hit.answer,
         model: hit.model,
@@ -119,7 +129,12 @@ fn from_cache(hit: CachedAnswer, p: &CompletionParams, headers: HeaderMap) -> Re
     };
     if p.stream {
         let model = answer.model.clone();
-        (headers, sse(one_shot(answer), model, p.include_usage)).into_response()
+        let keep_alive = keep_alive(state);
+        (
+            headers,
+            sse(one_shot(answer), model, p.include_usage, keep_alive),
+        )
+            .into_response()
     } else {
         let body = ChatCompletion::new(answer, true, hit.sources);
         (headers, axum::Json(body)).into_response()
@@ -152,7 +167,7 @@ async fn complete(
             turn.limit_statuses(),
             Some(CacheUse::Hit { exact: hit.exact }),
         );
-        return Ok(from_cache(hit, &p, headers));
+        return Ok(from_cache(state, hit, &p, headers));
     }
     if p.rag {
         augment(&mut p.messages, turn.retrieve(p.top_k).await?);
@@ -173,5 +188,6 @@ async fn complete(
     let model = state.rag_services().asked_model(&request);
     let chunks = turn.stream(request).await?;
     let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Miss));
-    Ok((headers, sse(chunks, model, p.include_usage)).into_response())
+    let keep_alive = keep_alive(state);
+    Ok((headers, sse(chunks, model, p.include_usage, keep_alive)).into_response())
 }

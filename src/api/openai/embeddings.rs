@@ -36,7 +36,13 @@ fn token_array(items: &[Value], param: &str) -> Result<Vec<u32>, ApiError> {
     items
         .iter()
         .map(|v| {
+            // An integral float (`3908.0`) is an integer too, as JSON Schema counts them.
             v.as_u64()
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                        .map(|f| f as u64)
+                })
                 .and_then(|id| u32::try_from(id).ok())
                 .filter(|&id| id <= tokens::CL100K_MAX_TEXT_TOKEN)
                 .ok_or_else(|| {

@@ -3,9 +3,10 @@
 //! `[DONE]`. A failure after the headers went out is an error event (what OpenAI's SDKs
 //! raise).
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::http::HeaderValue;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse as _, Response};
 use futures::StreamExt as _;
 
@@ -57,8 +58,14 @@ impl ChunkWriter {
 }
 
 /// `chunks` as an SSE response; `model` names the answering model until the stream says
-/// which answers.
-pub(super) fn sse(chunks: ChatStream, model: String, include_usage: bool) -> Response {
+/// which answers. While it waits for a chunk, a `: keep-alive` comment goes out every
+/// `keep_alive` (none when zero).
+pub(super) fn sse(
+    chunks: ChatStream,
+    model: String,
+    include_usage: bool,
+    keep_alive: Duration,
+) -> Response {
     let writer = ChunkWriter {
         id: completion_id(),
         created: unix_now(),
@@ -66,7 +73,13 @@ pub(super) fn sse(chunks: ChatStream, model: String, include_usage: bool) -> Res
         model,
     };
     let events = events(chunks, writer).map(Ok::<_, Infallible>);
-    let mut resp = Sse::new(events).into_response();
+    let sse = Sse::new(events);
+    let mut resp = if keep_alive.is_zero() {
+        sse.into_response()
+    } else {
+        sse.keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+            .into_response()
+    };
     // Proxies (nginx) would otherwise buffer the events.
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
