@@ -279,6 +279,36 @@ pub(crate) struct FunctionCall {
     arguments: String,
 }
 
+/// A tool call of an answer, as the upstream sent it (the response's own name for
+/// [`ToolCall`]: requests and responses do not share schemas).
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "documents fields written as JSON; never constructed"
+)]
+pub(crate) struct AnswerToolCall {
+    /// The call's id (a `tool` message answers it).
+    id: String,
+    /// Always `function`.
+    #[schemars(rename = "type", extend("const" = "function"))]
+    kind: String,
+    /// The function called.
+    function: AnswerFunctionCall,
+}
+
+/// The function of an [`AnswerToolCall`].
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "documents fields written as JSON; never constructed"
+)]
+pub(crate) struct AnswerFunctionCall {
+    /// Its name.
+    name: String,
+    /// Its arguments, as JSON text.
+    arguments: String,
+}
+
 /// `response_format` of a completion request (passed through; other fields too).
 #[derive(JsonSchema)]
 #[schemars(tag = "type", rename_all = "snake_case")]

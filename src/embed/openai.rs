@@ -367,6 +367,25 @@ mod tests {
         items.iter().map(|t| t.to_string()).collect()
     }
 
+    #[tokio::test]
+    async fn token_arrays_are_sent_as_they_are() {
+        let (base, server) = start(Reply::PerInput { dim: 4 }).await;
+        let e = embedder(&base, None, 4);
+        let tokens = vec![vec![1116, 60, 82], vec![9906]];
+        let out = e
+            .embed_tokens(tokens.clone(), texts(&["refunds", "Hello"]))
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        let seen = server.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].body["input"],
+            json!(tokens),
+            "the ids, not the texts"
+        );
+    }
+
     #[test]
     fn openai_embedder_is_shareable_across_threads() {
         fn assert_send_sync<T: Send + Sync + 'static>() {}

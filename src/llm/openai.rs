@@ -499,6 +499,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tool_call_and_refusal_deltas_pass_through() {
+        let calls = r#"[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]"#;
+        let chunks = decode(&[
+            "data: {\"model\": \"m\", \"choices\": [{\"delta\": {\"role\": \"assistant\", \"content\": null, \"tool_calls\": ",
+            calls,
+            "}}]}\n\n",
+            "data: {\"choices\": [{\"delta\": {\"refusal\": \"no \\u00e9\"}}]}\n\n",
+            "data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"tool_calls\"}], \"usage\": null}\n\n",
+            "data: [DONE]\n\n",
+        ])
+        .await;
+        assert_eq!(
+            chunks,
+            vec![
+                Ok(Chunk::Model("m".to_string())),
+                Ok(Chunk::ToolCalls(
+                    serde_json::from_str(calls).unwrap_or_default()
+                )),
+                Ok(Chunk::Refusal("no \u{e9}".to_string())),
+                Ok(Chunk::Done {
+                    model: "m".to_string(),
+                    finish_reason: "tool_calls".to_string(),
+                    usage: None,
+                }),
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_cut_stream_is_an_error_unless_it_said_why_it_stopped() {
         let cut = decode(&["data: {\"choices\": [{\"delta\": {\"content\": \"a\"}}]}\n\n"]).await;
         assert_eq!(cut.len(), 2);

@@ -232,7 +232,7 @@ pub struct AssistantMessage {
     pub refusal: Option<String>,
     /// The tools the model calls, as the upstream sent them (absent when none).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<Vec<crate::api::openapi::ToolCall>>")]
+    #[schemars(with = "Option<Vec<crate::api::openapi::AnswerToolCall>>")]
     pub tool_calls: Option<Value>,
 }
 
