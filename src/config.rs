@@ -239,6 +239,10 @@ pub struct LlmConfig {
     /// Circuit breaker of each upstream.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Seconds between SSE keep-alive comments (`: keep-alive`) while a stream waits for the
+    /// upstream's next chunk, so that proxies do not cut an idle stream; 0: none.
+    #[serde(default = "default_stream_keep_alive")]
+    pub stream_keep_alive_seconds: u64,
 }
 
 /// A fallback OpenAI-compatible endpoint.
@@ -323,6 +327,7 @@ impl Default for LlmConfig {
             retry_max_ms: default_retry_max_ms(),
             fallbacks: Vec::new(),
             breaker: BreakerConfig::default(),
+            stream_keep_alive_seconds: default_stream_keep_alive(),
         }
     }
 }
@@ -332,6 +337,9 @@ fn default_api_key_env() -> String {
 }
 fn default_chat_model() -> String {
     "gpt-4o-mini".to_string()
+}
+fn default_stream_keep_alive() -> u64 {
+    15
 }
 fn default_max_tokens() -> u32 {
     512

@@ -113,12 +113,13 @@ pub fn init() -> Telemetry {
 /// The span of one HTTP request: every log line and child span of the request runs inside it.
 /// Its `trace_id` is the OpenTelemetry trace id when traces are exported (continuing an
 /// incoming `traceparent`), else a fresh random id in the same format (32 hex digits);
-/// `tenant_id` is recorded once the caller is authenticated.
+/// `tenant_id` is recorded once the caller is authenticated. Returns the span and its trace id
+/// (answered as `X-Request-Id`).
 pub fn request_span(
     method: &axum::http::Method,
     route: &str,
     headers: &axum::http::HeaderMap,
-) -> tracing::Span {
+) -> (tracing::Span, String) {
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{method} {route}"),
@@ -128,22 +129,18 @@ pub fn request_span(
         trace_id = tracing::field::Empty,
         tenant_id = tracing::field::Empty,
     );
-    if span.is_disabled() {
-        return span;
-    }
     #[cfg(feature = "telemetry")]
-    if tracing_enabled()
+    if !span.is_disabled()
+        && tracing_enabled()
         && let Some(id) = otel::start_trace(&span, headers)
     {
         span.record("trace_id", id.as_str());
-        return span;
+        return (span, id);
     }
     let _ = headers;
-    span.record(
-        "trace_id",
-        uuid::Uuid::new_v4().simple().to_string().as_str(),
-    );
-    span
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    span.record("trace_id", id.as_str());
+    (span, id)
 }
 
 /// The W3C trace-context headers (`traceparent`, `tracestate`) of the current span, to send
@@ -420,7 +417,7 @@ mod tests {
                 "/v1/chat",
                 &axum::http::HeaderMap::new(),
             );
-            let _request = span.enter();
+            let _request = span.0.enter();
             tracing::Span::current().record("tenant_id", "acme");
             let llm = tracing::info_span!("llm", gen_ai.system = "openai");
             let _llm = llm.enter();

@@ -467,7 +467,7 @@ async fn bad_tokens_are_refused() {
         }
         let (status, body) = common::server::status_json(req.send().await.expect("send")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
-        assert_eq!(body["error"]["code"], "unauthorized", "{name}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{name}: {body}");
         assert!(
             body["error"]["message"]
                 .as_str()
@@ -609,8 +609,8 @@ async fn bad_input_is_refused_with_json_errors() {
     let (s, body) = server
         .post("/v1/chat", &t, json!({"question": "q", "model": "gpt-4o"}))
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["error"]["code"], "model_not_allowed");
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found");
     let (s, body) = server.get("/v1/nope", &t).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"]["code"], "not_found");

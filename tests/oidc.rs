@@ -147,7 +147,7 @@ async fn tenant_of(server: &Server, token: &str) -> Result<String, (StatusCode, 
 }
 
 fn refused() -> Result<String, (StatusCode, String)> {
-    Err((StatusCode::UNAUTHORIZED, "unauthorized".to_string()))
+    Err((StatusCode::UNAUTHORIZED, "invalid_api_key".to_string()))
 }
 
 #[tokio::test]

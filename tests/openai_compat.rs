@@ -386,8 +386,8 @@ async fn errors_are_openai_shaped() {
     let cases = [
         (
             json!({"model": "gpt-4o", "messages": ok_messages}),
-            403,
-            "permission_error",
+            404,
+            "invalid_request_error",
             Some("model"),
         ),
         (
@@ -406,7 +406,61 @@ async fn errors_are_openai_shaped() {
             json!({"messages": ok_messages, "tools": [{"type": "function"}]}),
             400,
             "invalid_request_error",
+            Some("tools[0].function"),
+        ),
+        (
+            json!({"messages": ok_messages, "tools": {"type": "function"}}),
+            400,
+            "invalid_request_error",
             Some("tools"),
+        ),
+        (
+            json!({"messages": ok_messages, "tools": [{"type": "function", "function": {"name": "no spaces"}}]}),
+            400,
+            "invalid_request_error",
+            Some("tools[0].function.name"),
+        ),
+        (
+            json!({"messages": ok_messages, "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}),
+            400,
+            "invalid_request_error",
+            Some("tools[0].function.parameters"),
+        ),
+        (
+            json!({"messages": ok_messages, "tool_choice": "sometimes"}),
+            400,
+            "invalid_request_error",
+            Some("tool_choice"),
+        ),
+        (
+            json!({"messages": ok_messages, "parallel_tool_calls": "yes"}),
+            400,
+            "invalid_request_error",
+            Some("parallel_tool_calls"),
+        ),
+        (
+            json!({"messages": ok_messages, "response_format": {"type": "xml"}}),
+            400,
+            "invalid_request_error",
+            Some("response_format.type"),
+        ),
+        (
+            json!({"messages": ok_messages, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}),
+            400,
+            "invalid_request_error",
+            Some("response_format.json_schema.name"),
+        ),
+        (
+            json!({"messages": [user("hi"), {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}]}]}),
+            400,
+            "invalid_request_error",
+            Some("messages[1].tool_calls[0].function.arguments"),
+        ),
+        (
+            json!({"messages": [{"role": "function", "content": "x", "name": "f"}]}),
+            400,
+            "invalid_request_error",
+            Some("messages[0].role"),
         ),
         (
             json!({"messages": ok_messages, "n": 2}),
@@ -418,7 +472,7 @@ async fn errors_are_openai_shaped() {
             json!({"messages": [{"role": "tool", "content": "x"}]}),
             400,
             "invalid_request_error",
-            Some("messages[0].role"),
+            Some("messages[0].tool_call_id"),
         ),
         (
             json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
@@ -685,14 +739,48 @@ async fn models_and_embeddings() {
         .collect();
     assert_eq!(decoded, vecs[0]);
 
+    // Token arrays (cl100k_base, as OpenAI clients encode): decoded and embedded as the texts,
+    // charged the tokens sent.
+    let bpe = tiktoken_rs::cl100k_base_singleton();
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| bpe.encode_with_special_tokens(t))
+        .collect();
+    let before = tokens_today(&server, &acme).await;
+    for (input, expected) in [(json!(ids), &vecs[..]), (json!(ids[2]), &vecs[2..])] {
+        let (s, t) = server
+            .post("/v1/embeddings", &acme, json!({"input": input}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{t}");
+        let got: Vec<Vec<f32>> = t["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|d| serde_json::from_value(d["embedding"].clone()).expect("floats"))
+            .collect();
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(expected) {
+            assert!(
+                g.iter().zip(e).all(|(a, b)| (a - b).abs() < 1e-5),
+                "same vector"
+            );
+        }
+    }
+    let sent = ids.iter().map(Vec::len).sum::<usize>() + ids[2].len();
+    assert_eq!(tokens_today(&server, &acme).await - before, sent as u64);
+
     for (body, status, param) in [
         (
             json!({"input": "x", "model": "text-embedding-3-small"}),
-            403,
+            404,
             "model",
         ),
         (json!({"input": ""}), 400, "input[0]"),
-        (json!({"input": [1, 2, 3]}), 400, "input"),
+        (json!({"input": [1, "a"]}), 400, "input"),
+        (json!({"input": [100_256]}), 400, "input"),
+        (json!({"input": [[1, 2], [-1]]}), 400, "input"),
+        (json!({"input": [[1, 2], []]}), 400, "input[1]"),
+        (json!({"input": [1.5]}), 400, "input"),
         (json!({"input": "x", "dimensions": 128}), 400, "dimensions"),
         (
             json!({"input": "x", "encoding_format": "int8"}),
@@ -705,4 +793,404 @@ async fn models_and_embeddings() {
         assert_eq!(err["error"]["param"], param, "{err}");
     }
     assert_eq!(llm.calls(), 0);
+}
+
+const WEATHER_TOOL: &str = r#"{"type": "function", "function": {"name": "get_weather",
+    "description": "The current weather in a city.", "strict": true,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"], "additionalProperties": false}},
+    "x-extension": {"kept": true}}"#;
+
+fn weather_tool() -> Value {
+    serde_json::from_str(WEATHER_TOOL).expect("tool")
+}
+
+/// The `tool_calls` deltas of a stream's events, in order.
+fn tool_call_deltas(events: &[String]) -> Vec<Value> {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| v["choices"][0]["delta"].get("tool_calls").cloned())
+        .collect()
+}
+
+#[tokio::test]
+async fn tools_and_structured_outputs_pass_through() {
+    let llm = ScriptedLlm::start().await;
+    let (dirs, server) = start(&[("acme", "")], &llm).await;
+    let token = dirs.token("acme", "alice");
+    let tools = json!([weather_tool()]);
+    let ask = json!({"model": MODEL, "messages": [user("Oslo")], "tools": tools,
+                     "tool_choice": "required", "parallel_tool_calls": false});
+
+    // The model's tool call comes back as the upstream sent it; tools reach it unchanged.
+    let (s, x_cache, r) = complete(&server, &token, ask.clone(), false).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(x_cache, "miss");
+    let sent = llm
+        .requests
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a request");
+    assert_eq!(sent["tools"], tools, "tools forwarded unchanged");
+    assert_eq!(sent["tool_choice"], "required");
+    assert_eq!(sent["parallel_tool_calls"], false);
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+    assert_eq!(choice["message"]["content"], Value::Null, "{r}");
+    let calls = choice["message"]["tool_calls"].clone();
+    assert_eq!(calls[0]["function"]["name"], "get_weather", "{r}");
+    let args: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().expect("args"))
+            .expect("JSON arguments");
+    assert_eq!(args, json!({"city": "Oslo"}));
+    // Not cached: the same request reaches the upstream again.
+    let before = llm.calls();
+    let (s, x_cache, _) = complete(&server, &token, ask.clone(), false).await;
+    assert_eq!((s, x_cache.as_str()), (StatusCode::OK, "miss"));
+    assert_eq!(
+        llm.calls(),
+        before + 1,
+        "requests with tools bypass the semantic cache"
+    );
+
+    // The round trip: the assistant's call (content null) and the tool's result, forwarded
+    // as sent.
+    let messages = json!([
+        user("Oslo"),
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "12 degrees"},
+    ]);
+    let (s, _, r) = complete(
+        &server,
+        &token,
+        json!({"model": MODEL, "messages": messages, "tools": tools}),
+        false,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let sent = llm
+        .requests
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a request");
+    assert_eq!(
+        sent["messages"], messages,
+        "the round trip's messages forwarded unchanged"
+    );
+    assert_eq!(
+        r["choices"][0]["message"]["content"],
+        format!(
+            "TOOL-RESULT[{}]: 12 degrees",
+            calls[0]["id"].as_str().unwrap_or_default()
+        )
+    );
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    assert!(
+        r["choices"][0]["message"].get("tool_calls").is_none(),
+        "{r}"
+    );
+
+    // Streamed: the tool-call deltas are the upstream's, unchanged and in order.
+    let (events, x_cache) = stream(
+        &server,
+        &token,
+        json!({"model": MODEL, "messages": [user("Bergen")], "tools": tools, "stream": true}),
+    )
+    .await;
+    assert_eq!(x_cache, "miss");
+    let ours = tool_call_deltas(&events);
+    let sent = llm
+        .requests
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a request");
+    let direct = server
+        .http
+        .post(format!("{}/chat/completions", llm.base_url()))
+        .json(&sent)
+        .send()
+        .await
+        .expect("upstream")
+        .text()
+        .await
+        .expect("body");
+    let theirs = tool_call_deltas(&data_lines(&direct));
+    assert!(ours.len() > 2, "{events:?}");
+    assert_eq!(ours, theirs, "tool-call deltas passed through unchanged");
+    let finishes: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .map(|v| v["choices"][0]["finish_reason"].clone())
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, vec![json!("tool_calls")]);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+
+    // Structured outputs: the schema reaches the upstream unchanged, the JSON comes back.
+    let format = json!({"type": "json_schema", "json_schema": {"name": "Weather", "strict": true,
+        "schema": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                   "required": ["city", "days"], "additionalProperties": false}}});
+    let ask =
+        json!({"model": MODEL, "messages": [user("Rain in Lima")], "response_format": format});
+    for _ in 0..2 {
+        let before = llm.calls();
+        let (s, x_cache, r) = complete(&server, &token, ask.clone(), false).await;
+        assert_eq!((s, x_cache.as_str()), (StatusCode::OK, "miss"), "{r}");
+        assert_eq!(
+            llm.calls(),
+            before + 1,
+            "a response_format bypasses the cache"
+        );
+        let sent = llm
+            .requests
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("a request");
+        assert_eq!(sent["response_format"], format);
+        let content: Value = serde_json::from_str(
+            r["choices"][0]["message"]["content"]
+                .as_str()
+                .expect("text"),
+        )
+        .expect("JSON content");
+        assert_eq!(content, json!({"city": "Rain in Lima", "days": 3}));
+    }
+    // A refusal comes back as the refusal, streamed too.
+    let refuse =
+        json!({"model": MODEL, "messages": [user("[[refuse]]")], "response_format": format});
+    let (_, _, r) = complete(&server, &token, refuse.clone(), false).await;
+    assert_eq!(
+        r["choices"][0]["message"]["refusal"], "I cannot help with that.",
+        "{r}"
+    );
+    assert_eq!(r["choices"][0]["message"]["content"], Value::Null, "{r}");
+    let mut streamed = refuse;
+    streamed["stream"] = json!(true);
+    let (events, _) = stream(&server, &token, streamed).await;
+    let refusal: String = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["refusal"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(refusal, "I cannot help with that.");
+}
+
+#[tokio::test]
+async fn tool_definitions_count_in_the_prompt_estimate() {
+    let llm = ScriptedLlm::start().await;
+    let (dirs, server) = start(&[("acme", "  quota: {tokensPerMinute: 2000}\n")], &llm).await;
+    let token = dirs.token("acme", "alice");
+    // A tool whose definition alone is more tokens than the tenant's minute allows.
+    let mut tool = weather_tool();
+    tool["function"]["description"] = json!("weather ".repeat(2500));
+    let ask = json!({"model": MODEL, "messages": [user("Oslo")], "max_tokens": 10});
+    let mut with_tools = ask.clone();
+    with_tools["tools"] = json!([tool]);
+    let (s, _, err) = complete(&server, &token, with_tools, false).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{err}");
+    assert_eq!(llm.calls(), 0, "refused before the upstream");
+    let mut with_schema = ask.clone();
+    with_schema["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "W",
+        "schema": {"type": "object", "description": "weather ".repeat(2500)}}});
+    let (s, _, err) = complete(&server, &token, with_schema, false).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{err}");
+    assert_eq!(llm.calls(), 0, "refused before the upstream");
+    // The same request without them fits.
+    let (s, _, r) = complete(&server, &token, ask, false).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+}
+
+#[tokio::test]
+async fn offline_the_extractive_responder_answers_tool_requests_in_text() {
+    let dirs = Dirs::new();
+    dirs.add_tenant("acme", "");
+    let server = Server::start(&dirs, Start::default());
+    let token = dirs.token("acme", "alice");
+    server.wait_for_token(&token).await;
+    server.ingest(&token, "refunds", ACME_DOC).await;
+    let (s, _, r) = complete(
+        &server,
+        &token,
+        json!({"messages": [user("How do refunds work?")], "tools": [weather_tool()],
+               "response_format": {"type": "json_object"}}),
+        false,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["model"], "extractive");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    assert!(
+        r["choices"][0]["message"].get("tool_calls").is_none(),
+        "{r}"
+    );
+    assert!(
+        r["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("30 days")),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn every_response_names_its_request() {
+    let llm = ScriptedLlm::start().await;
+    let (dirs, server) = start(&[("acme", "")], &llm).await;
+    let token = dirs.token("acme", "alice");
+    let post = |path: &str, token: &str, body: Value| {
+        server
+            .http
+            .post(server.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let responses = [
+        post(
+            "/v1/chat/completions",
+            &token,
+            json!({"messages": [user("hi")]}),
+        )
+        .await,
+        post("/v1/chat/completions", &token, json!({"messages": []})).await,
+        post(
+            "/v1/chat/completions",
+            "bad",
+            json!({"messages": [user("hi")]}),
+        )
+        .await,
+        post("/v1/embeddings", &token, json!({"input": "hi"})).await,
+        post(
+            "/v1/embeddings",
+            &token,
+            json!({"input": "hi", "model": "nope"}),
+        )
+        .await,
+        server
+            .http
+            .get(server.url("/v1/models"))
+            .bearer_auth(&token)
+            .send()
+            .await,
+        server
+            .http
+            .get(server.url("/v1/models/nope"))
+            .bearer_auth(&token)
+            .send()
+            .await,
+        server.http.get(server.url("/no/such/route")).send().await,
+    ];
+    let mut ids = std::collections::HashSet::new();
+    let mut logged = Vec::new();
+    for r in responses {
+        let r = r.expect("response");
+        let id = header(&r, "x-request-id");
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{} {}: {id:?}",
+            r.url(),
+            r.status()
+        );
+        assert!(ids.insert(id.clone()), "ids are per request");
+        logged.push(id);
+    }
+    // The id is the trace id of the request's log lines (the unmatched route logs none).
+    let logged_ids = || -> std::collections::HashSet<String> {
+        server
+            .logs
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["trace_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    for _ in 0..50 {
+        if logged[..logged.len() - 1]
+            .iter()
+            .all(|id| logged_ids().contains(id))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let in_logs = logged_ids();
+    for id in &logged[..logged.len() - 1] {
+        assert!(
+            in_logs.contains(id),
+            "request id {id} is no trace id of the logs"
+        );
+    }
+    // The OpenAI error codes clients branch on.
+    let (s, _, err) = complete(
+        &server,
+        &token,
+        json!({"model": "nope", "messages": [user("hi")]}),
+        false,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{err}");
+    assert_eq!(err["error"]["code"], "model_not_found");
+    let (s, _, err) = complete(&server, "bad", json!({"messages": [user("hi")]}), false).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_api_key");
+}
+
+#[tokio::test]
+async fn slow_streams_get_keep_alive_comments() {
+    let llm = ScriptedLlm::start().await;
+    let dirs = Dirs::new();
+    dirs.add_tenant("acme", "");
+    let server = Server::start(
+        &dirs,
+        Start {
+            llm: Some(&llm),
+            config: Some(dirs.config("llm:\n  streamKeepAliveSeconds: 1\n")),
+            ..Default::default()
+        },
+    );
+    let token = dirs.token("acme", "alice");
+    server.wait_for_token(&token).await;
+    let body = |q: &str| json!({"model": MODEL, "messages": [user(q)], "stream": true});
+    let raw = |q: &str| {
+        server
+            .http
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("cache-control", "no-cache")
+            .json(&body(q))
+            .send()
+    };
+    // 2.5 s between chunks: comments in between, and the answer intact.
+    let text = raw("slow [[chunk-delay:2500]]")
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(text.lines().any(|l| l == ": keep-alive"), "{text}");
+    assert_eq!(
+        streamed_text(&data_lines(&text)),
+        format!("ANSWER[{MODEL}]: slow [[chunk-delay:2500]]")
+    );
+    // A fast stream needs none.
+    let text = raw("fast")
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(!text.contains("keep-alive"), "{text}");
 }

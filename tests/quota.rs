@@ -427,6 +427,23 @@ async fn chat_full(
     (s, headers, body)
 }
 
+/// A header's text.
+fn header_text<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name)
+        .unwrap_or_else(|| panic!("missing header {name}: {h:?}"))
+        .to_str()
+        .expect("ascii")
+}
+
+/// Seconds of a duration in OpenAI's format (`1s`, `6m0s`), checking the format.
+fn openai_seconds(text: &str) -> u64 {
+    let (m, s) = text
+        .strip_suffix('s')
+        .and_then(|t| t.split_once('m').or(Some(("0", t))))
+        .unwrap_or_else(|| panic!("not an OpenAI duration: {text}"));
+    m.parse::<u64>().expect("minutes") * 60 + s.parse::<u64>().expect("seconds")
+}
+
 fn header(h: &reqwest::header::HeaderMap, name: &str) -> u64 {
     h.get(name)
         .unwrap_or_else(|| panic!("missing header {name}: {h:?}"))
@@ -509,7 +526,9 @@ async fn http_behaviour(redis: Option<&dyn SharedRedis>) {
     assert_eq!(header(&h, "x-ratelimit-limit-requests"), 1_000);
     assert_eq!(header(&h, "x-ratelimit-remaining-requests"), 999);
     assert_eq!(header(&h, "x-ratelimit-limit-concurrent"), 2);
-    assert!(header(&h, "x-ratelimit-reset-requests") <= 60);
+    assert!(openai_seconds(header_text(&h, "x-ratelimit-reset-requests")) <= 60);
+    assert!(openai_seconds(header_text(&h, "x-ratelimit-reset-tokens")) <= 60);
+    assert!(header(&h, "x-ratelimit-reset-tokens-day") <= 86_400);
     let (s, _, body) = chat_full(&server, &acme, "two [[usage:30:5]]").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let (s, _, body) = chat_full(&server, &acme, "three [[fail]]").await;
@@ -577,7 +596,7 @@ async fn http_behaviour(redis: Option<&dyn SharedRedis>) {
     }
     let (s, h, body) = chat_full(&server, &acme, "third [[usage:1:1]]").await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     assert_eq!(body["error"]["limit"], "concurrent_requests");
     assert!(
         body["error"]["message"]
@@ -611,6 +630,9 @@ async fn http_behaviour(redis: Option<&dyn SharedRedis>) {
     let (s, h, body) = last;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["limit"], "daily_tokens");
+    // OpenAI's code for a spent quota, and its SDKs are told not to retry.
+    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+    assert_eq!(header_text(&h, "x-should-retry"), "false");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -680,12 +702,20 @@ async fn rpm_boundary(redis: Option<&dyn SharedRedis>) {
     let (s, h, body) = chat_full(&server, &token, "q3 [[usage:1:1]]").await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["limit"], "requests_per_minute");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert!(
+        h.get("x-should-retry").is_none(),
+        "a per-minute limit may be retried"
+    );
     let retry = header(&h, "retry-after");
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(header(&h, "x-ratelimit-limit"), 3);
     assert_eq!(header(&h, "x-ratelimit-remaining"), 0);
     assert_eq!(header(&h, "x-ratelimit-reset"), retry);
-    assert_eq!(header(&h, "x-ratelimit-reset-requests"), retry);
+    assert_eq!(
+        openai_seconds(header_text(&h, "x-ratelimit-reset-requests")),
+        retry
+    );
     let u = usage(&server, &token).await;
     assert_eq!(u["requests_this_minute"], 3);
     let reset = u["resets_at"]["requests_per_minute"]

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::llm::LlmError;
-use crate::quota::{QuotaError, RateLimited, StorageLimit, statuses};
+use crate::quota::{Limit, QuotaError, RateLimited, StorageLimit, statuses};
 use crate::vector::VectorError;
 
 /// Every error the API returns.
@@ -24,8 +24,8 @@ pub enum ApiError {
     /// 403: the tenant is suspended.
     #[error("tenant is suspended")]
     Suspended,
-    /// 403: the model is not in the tenant's allow-list.
-    #[error("model {0:?} is not allowed for this tenant")]
+    /// 404 (as OpenAI answers an unknown model): the model is not in the tenant's allow-list.
+    #[error("the model {0:?} does not exist or is not available to this tenant")]
     ModelNotAllowed(String),
     /// 404: no such resource (for this tenant).
     #[error("{0}")]
@@ -134,10 +134,8 @@ impl ApiError {
         match self {
             Self::Unauthorized(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Suspended | Self::ModelNotAllowed(_) | Self::StorageLimited { .. } => {
-                StatusCode::FORBIDDEN
-            }
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Suspended | Self::StorageLimited { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound(_) | Self::ModelNotAllowed(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -156,9 +154,9 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized(AuthError::KeysUnavailable) => "issuer_keys_unavailable",
-            Self::Unauthorized(_) => "unauthorized",
+            Self::Unauthorized(_) => "invalid_api_key",
             Self::Suspended => "tenant_suspended",
-            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::ModelNotAllowed(_) => "model_not_found",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge => "payload_too_large",
@@ -166,7 +164,9 @@ impl ApiError {
             Self::Invalid(_) | Self::BadParam { .. } => "invalid_request",
             Self::Upstream(LlmError::Timeout) => "upstream_timeout",
             Self::Upstream(_) => "upstream_error",
-            Self::RateLimited(_) => "rate_limited",
+            // OpenAI's codes: the daily budget is a quota (waiting a minute does not help).
+            Self::RateLimited(r) if r.limit == Limit::DailyTokens => "insufficient_quota",
+            Self::RateLimited(_) => "rate_limit_exceeded",
             Self::StorageLimited { .. } => "storage_limit_exceeded",
             Self::QuotaUnavailable(_) => "quota_unavailable",
             Self::Store(_) => "store_unavailable",
@@ -184,15 +184,15 @@ impl ApiError {
         match self {
             Self::Unauthorized(AuthError::KeysUnavailable) => "server_error",
             Self::Unauthorized(_) => "authentication_error",
-            Self::Suspended | Self::ModelNotAllowed(_) | Self::StorageLimited { .. } => {
-                "permission_error"
-            }
+            Self::Suspended | Self::StorageLimited { .. } => "permission_error",
             Self::NotFound(_) => "not_found_error",
+            Self::ModelNotAllowed(_) => "invalid_request_error",
             Self::MethodNotAllowed
             | Self::TooLarge
             | Self::UnsupportedMediaType
             | Self::Invalid(_)
             | Self::BadParam { .. } => "invalid_request_error",
+            Self::RateLimited(r) if r.limit == Limit::DailyTokens => "insufficient_quota",
             Self::RateLimited(_) => "rate_limit_error",
             Self::Upstream(_) | Self::Timeout => "upstream_error",
             Self::QuotaUnavailable(_) | Self::Store(_) | Self::Embedding(_) | Self::Internal(_) => {
@@ -277,22 +277,50 @@ fn rate_limit_headers(r: &RateLimited) -> HeaderMap {
         h.insert("x-ratelimit-reset", HeaderValue::from(s.reset_seconds));
     }
     h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after(r)));
+    // The daily budget resets at midnight UTC: OpenAI's SDKs should not retry (they do on a
+    // 429 unless told so).
+    if r.limit == Limit::DailyTokens {
+        h.insert("x-should-retry", HeaderValue::from_static("false"));
+    }
     h
 }
 
-/// The per-limit `X-RateLimit-{Limit,Remaining,Reset}-<limit>` headers (reset in seconds).
+/// A duration in OpenAI's rate-limit header format (Go's): `20ms`, `1s`, `6m0s`, `1h2m3s`.
+pub fn openai_duration(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = ms.div_ceil(1000);
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// The per-limit `X-RateLimit-{Limit,Remaining,Reset}-<limit>` headers. Resets are in seconds,
+/// but for `-Requests` and `-Tokens`, which OpenAI's clients read: OpenAI's duration format
+/// ([`openai_duration`]).
 pub fn statuses_headers(statuses: &[crate::quota::LimitStatus]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for s in statuses {
         let suffix = s.limit.header_suffix().to_ascii_lowercase();
-        for (name, value) in [
-            ("limit", s.max),
-            ("remaining", s.remaining),
-            ("reset", s.reset_seconds),
-        ] {
+        for (name, value) in [("limit", s.max), ("remaining", s.remaining)] {
             if let Ok(n) = HeaderName::try_from(format!("x-ratelimit-{name}-{suffix}")) {
                 h.insert(n, HeaderValue::from(value));
             }
+        }
+        let reset = match s.limit {
+            Limit::RequestsPerMinute | Limit::TokensPerMinute => {
+                openai_duration(s.reset_seconds.saturating_mul(1000))
+            }
+            _ => s.reset_seconds.to_string(),
+        };
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(format!("x-ratelimit-reset-{suffix}")),
+            HeaderValue::try_from(reset),
+        ) {
+            h.insert(n, v);
         }
     }
     h
@@ -365,6 +393,20 @@ impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
 #[cfg(test)]
 mod store_error_tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_as_openai_writes_them() {
+        for (ms, text) in [
+            (20, "20ms"),
+            (1000, "1s"),
+            (1001, "2s"),
+            (59_000, "59s"),
+            (360_000, "6m0s"),
+            (3_723_000, "1h2m3s"),
+        ] {
+            assert_eq!(openai_duration(ms), text);
+        }
+    }
 
     #[test]
     fn store_outages_are_503_and_refusals_are_500() {

@@ -199,6 +199,31 @@ pub fn layers<S: Clone + Send + Sync + 'static>(
             Duration::from_secs(limits.request_timeout_seconds),
             timeout,
         ))
+        .layer(middleware::from_fn(request_id))
+}
+
+/// Response header naming the request: its trace id, as in the logs (`trace_id`).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Where [`access_log`] puts the trace id of the request, for [`request_id`].
+#[derive(Clone, Default)]
+struct RequestId(std::sync::Arc<parking_lot::Mutex<Option<String>>>);
+
+/// Every response, errors and timeouts included, carries `X-Request-Id`: the trace id of the
+/// request's logs (a fresh id for requests that match no route).
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let slot = RequestId::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut resp = next.run(req).await;
+    let id = slot
+        .0
+        .lock()
+        .take()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
 }
 
 /// Runs the request; a panic on the way to the response becomes a 500 with the JSON error body
@@ -256,7 +281,10 @@ async fn access_log(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let span = crate::telemetry::request_span(&method, &route, req.headers());
+    let (span, trace_id) = crate::telemetry::request_span(&method, &route, req.headers());
+    if let Some(slot) = req.extensions().get::<RequestId>() {
+        *slot.0.lock() = Some(trace_id);
+    }
     async move {
         let resp = next.run(req).await;
         tracing::info!(

@@ -216,11 +216,150 @@ pub(crate) struct IgnoredParams {
     metadata: Option<Value>,
     /// Accepted and ignored.
     service_tier: Option<Value>,
-    /// Accepted and ignored.
-    parallel_tool_calls: Option<Value>,
 }
 
-/// `input` of an embeddings request: a non-empty string or 1 to 2048 of them.
+/// A tool a completion request offers the model (passed through; other fields too).
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct Tool {
+    /// Always `function`.
+    #[schemars(rename = "type", extend("const" = "function"))]
+    kind: String,
+    /// The function.
+    function: FunctionDef,
+}
+
+/// A function the model may call.
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct FunctionDef {
+    /// 1 to 64 letters, digits, `_` or `-`.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,64}$"))]
+    name: String,
+    /// What the function does.
+    description: Option<String>,
+    /// Its parameters, as a JSON Schema object.
+    parameters: Option<Map<String, Value>>,
+    /// Whether the model must follow `parameters` exactly.
+    strict: Option<bool>,
+}
+
+/// `tool_choice`: a mode, or the one function to call.
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) enum ToolChoice {
+    /// `none`, `auto` or `required`.
+    Mode(#[schemars(extend("enum" = ["none", "auto", "required"]))] String),
+    /// `{"type": "function", "function": {"name": ...}}`.
+    Named(NamedToolChoice),
+}
+
+/// A `tool_choice` naming the function to call.
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct NamedToolChoice {
+    /// Always `function`.
+    #[schemars(rename = "type", extend("const" = "function"))]
+    kind: String,
+    /// The function.
+    function: ToolName,
+}
+
+/// The name of a function.
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct ToolName {
+    /// Its name.
+    name: String,
+}
+
+/// A tool call of an assistant message (as the model asked for it).
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct ToolCall {
+    /// The call's id (a `tool` message answers it).
+    id: String,
+    /// Always `function`.
+    #[schemars(rename = "type", extend("const" = "function"))]
+    kind: String,
+    /// The function called.
+    function: FunctionCall,
+}
+
+/// The function of a [`ToolCall`].
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct FunctionCall {
+    /// Its name.
+    name: String,
+    /// Its arguments, as JSON text.
+    arguments: String,
+}
+
+/// A tool call of an answer, as the upstream sent it (the response's own name for
+/// [`ToolCall`]: requests and responses do not share schemas).
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "documents fields written as JSON; never constructed"
+)]
+pub(crate) struct AnswerToolCall {
+    /// The call's id (a `tool` message answers it).
+    id: String,
+    /// Always `function`.
+    #[schemars(rename = "type", extend("const" = "function"))]
+    kind: String,
+    /// The function called.
+    function: AnswerFunctionCall,
+}
+
+/// The function of an [`AnswerToolCall`].
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "documents fields written as JSON; never constructed"
+)]
+pub(crate) struct AnswerFunctionCall {
+    /// Its name.
+    name: String,
+    /// Its arguments, as JSON text.
+    arguments: String,
+}
+
+/// `response_format` of a completion request (passed through; other fields too).
+#[derive(JsonSchema)]
+#[schemars(tag = "type", rename_all = "snake_case")]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) enum ResponseFormat {
+    /// Text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON following a schema (structured outputs).
+    JsonSchema {
+        /// The schema.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// The `json_schema` of a `response_format`.
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "documents fields read as JSON; never constructed")]
+pub(crate) struct JsonSchemaFormat {
+    /// 1 to 64 letters, digits, `_` or `-`.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,64}$"))]
+    name: String,
+    /// What the format is for.
+    description: Option<String>,
+    /// The JSON Schema the answer follows.
+    schema: Option<Map<String, Value>>,
+    /// Whether the model must follow it exactly.
+    strict: Option<bool>,
+}
+
+/// `input` of an embeddings request: a non-empty string or 1 to 2048 of them, or token
+/// arrays (cl100k_base text token ids, as OpenAI clients send them): one, or 1 to 2048.
 #[derive(JsonSchema)]
 #[schemars(untagged)]
 #[allow(
@@ -230,7 +369,25 @@ pub(crate) struct IgnoredParams {
 pub(crate) enum EmbeddingInput {
     One(#[schemars(length(min = 1))] String),
     Many(#[schemars(length(min = 1, max = 2048), inner(length(min = 1)))] Vec<String>),
+    Tokens(#[schemars(length(min = 1))] Vec<TokenId>),
+    TokenArrays(#[schemars(length(min = 1, max = 2048))] Vec<TokenArray>),
 }
+
+/// A cl100k_base text token id.
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "documents a field read as JSON; never constructed"
+)]
+pub(crate) struct TokenId(#[schemars(range(min = 0, max = 100_255))] u32);
+
+/// A non-empty array of token ids.
+#[derive(JsonSchema)]
+#[allow(
+    dead_code,
+    reason = "documents a field read as JSON; never constructed"
+)]
+pub(crate) struct TokenArray(#[schemars(length(min = 1))] Vec<TokenId>);
 
 /// Builds the document: the schema generators (request bodies as they are read, responses as
 /// they are written) and the error reference every failure points at.
@@ -286,6 +443,7 @@ impl Builder {
                 "X-RateLimit-Limit": int("Value of the limit hit"),
                 "X-RateLimit-Remaining": int("What is left of it"),
                 "X-RateLimit-Reset": int("Seconds until it resets"),
+                "X-Should-Retry": {"description": "`false` when the daily token budget is spent (`insufficient_quota`): retrying before midnight UTC cannot succeed", "schema": {"type": "string", "enum": ["false"]}},
             },
             "content": {"application/json": {"schema": self.error}},
         })
@@ -308,9 +466,9 @@ impl Builder {
     }
 
     /// The failures of a JSON-bodied model call.
-    fn model_call_errors(&self, forbidden: &str) -> Vec<(&'static str, Value)> {
+    fn model_call_errors(&self, not_found: &str) -> Vec<(&'static str, Value)> {
         vec![
-            ("403", self.err(forbidden)),
+            ("404", self.err(not_found)),
             ("413", self.err("Body too large")),
             ("415", self.err("Body is not JSON")),
             ("429", self.rate_limited()),
@@ -327,10 +485,14 @@ impl Builder {
             ("502", self.err("Upstream model failed")),
             ("504", self.err("Upstream model timed out")),
         ];
-        let mut chat = self.model_call_errors("Tenant suspended or model not allowed");
+        let mut chat = self.model_call_errors(
+            "The model does not exist or is not allowed for this tenant (`model_not_found`)",
+        );
         chat.extend([("200", answer), ("422", self.err("Invalid body"))]);
         chat.extend(upstream.clone());
-        let mut completions = self.model_call_errors("Tenant suspended or model not allowed");
+        let mut completions = self.model_call_errors(
+            "The model does not exist or is not allowed for this tenant (`model_not_found`)",
+        );
         completions.extend([
             ("200", json!({
                 "description": "A `chat.completion` object, or an event stream ending with `data: [DONE]`",
@@ -351,7 +513,7 @@ impl Builder {
             }},
             "/v1/chat/completions": {"post": {
                 "summary": "OpenAI-compatible chat completion (JSON, or server-sent `chat.completion.chunk` events with `stream: true`)",
-                "description": "OpenAI's request and response shapes; an OpenAI SDK works with `base_url=<endpoint>/v1` and the tenant JWT as API key. Text messages only (no tools, no images), n = 1. The `tenantry` object decides retrieval (`rag`, `top_k`); responses carry `tenantry.cached` and `tenantry.sources`. Invalid requests are 400 here.",
+                "description": "OpenAI's request and response shapes; an OpenAI SDK works with `base_url=<endpoint>/v1` and the tenant JWT as API key. Text messages (no images), tools and tool round trips, response formats (passed through to the upstream), n = 1. The `tenantry` object decides retrieval (`rag`, `top_k`); responses carry `tenantry.cached` and `tenantry.sources`. Invalid requests are 400 here.",
                 "requestBody": self.body::<super::openai::types::CompletionBody>(),
                 "responses": self.authed(completions),
             }},
@@ -360,7 +522,8 @@ impl Builder {
 
     /// `/v1/models`, `/v1/models/{model}` and `/v1/embeddings`.
     fn openai_paths(&mut self) -> Value {
-        let mut embeddings = self.model_call_errors("Tenant suspended or model not served");
+        let mut embeddings = self
+            .model_call_errors("Not the embedding model this server serves (`model_not_found`)");
         embeddings.extend([
             ("200", self.ok::<List<Embedding>>("`{\"object\": \"list\", \"data\": [{\"object\": \"embedding\", \"index\", \"embedding\"}], \"model\", \"usage\"}`")),
             ("400", self.err("Invalid request (`error.param` names the parameter)")),
@@ -554,18 +717,20 @@ mod tests {
         assert_eq!(
             statuses("/v1/chat", "post"),
             [
-                "200", "401", "403", "413", "415", "422", "429", "502", "503", "504"
+                "200", "401", "403", "404", "413", "415", "422", "429", "502", "503", "504"
             ]
         );
         assert_eq!(
             statuses("/v1/chat/completions", "post"),
             [
-                "200", "400", "401", "403", "413", "415", "429", "502", "503", "504"
+                "200", "400", "401", "403", "404", "413", "415", "429", "502", "503", "504"
             ]
         );
         assert_eq!(
             statuses("/v1/embeddings", "post"),
-            ["200", "400", "401", "403", "413", "415", "429", "503"]
+            [
+                "200", "400", "401", "403", "404", "413", "415", "429", "503"
+            ]
         );
         assert_eq!(
             statuses("/v1/documents/{id}", "delete"),

@@ -47,4 +47,15 @@ pub trait Embedder: Send + Sync + 'static {
     fn dimension(&self) -> usize;
     /// Embeds each text; the result has one vector per input, in order.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// Embeds inputs sent as token arrays (cl100k_base ids, as OpenAI clients encode them);
+    /// `texts` are the same inputs decoded. The default embeds the texts (a local model has
+    /// a tokenizer of its own); an OpenAI-compatible endpoint gets the tokens as they are.
+    async fn embed_tokens(
+        &self,
+        tokens: Vec<Vec<u32>>,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        drop(tokens);
+        self.embed(texts).await
+    }
 }

@@ -106,9 +106,19 @@ impl OpenAiEmbedder {
     /// Sends one request for `texts` (at most [`MAX_INPUTS_PER_REQUEST`]) and checks the answer.
     async fn embed_chunk(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         let count = texts.len();
+        self.embed_input(EmbeddingInput::StringArray(texts), count)
+            .await
+    }
+
+    /// Sends one request for `input` (`count` inputs) and checks the answer.
+    async fn embed_input(
+        &self,
+        input: EmbeddingInput,
+        count: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let request = CreateEmbeddingRequest {
             model: self.model.clone(),
-            input: EmbeddingInput::StringArray(texts),
+            input,
             ..CreateEmbeddingRequest::default()
         };
         let embeddings = self.client.embeddings();
@@ -222,6 +232,20 @@ impl Embedder for OpenAiEmbedder {
         while texts.peek().is_some() {
             let chunk: Vec<String> = texts.by_ref().take(MAX_INPUTS_PER_REQUEST).collect();
             out.extend(self.embed_chunk(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    /// The token arrays go to the endpoint as they are (it tokenizes as the client did).
+    async fn embed_tokens(
+        &self,
+        tokens: Vec<Vec<u32>>,
+        _texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut out = Vec::with_capacity(tokens.len());
+        for chunk in tokens.chunks(MAX_INPUTS_PER_REQUEST) {
+            let input = EmbeddingInput::ArrayOfIntegerArray(chunk.to_vec());
+            out.extend(self.embed_input(input, chunk.len()).await?);
         }
         Ok(out)
     }
@@ -341,6 +365,25 @@ mod tests {
 
     fn texts(items: &[&str]) -> Vec<String> {
         items.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn token_arrays_are_sent_as_they_are() {
+        let (base, server) = start(Reply::PerInput { dim: 4 }).await;
+        let e = embedder(&base, None, 4);
+        let tokens = vec![vec![1116, 60, 82], vec![9906]];
+        let out = e
+            .embed_tokens(tokens.clone(), texts(&["refunds", "Hello"]))
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        let seen = server.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].body["input"],
+            json!(tokens),
+            "the ids, not the texts"
+        );
     }
 
     #[test]

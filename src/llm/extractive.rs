@@ -2,7 +2,7 @@
 //! passages and say so, so the API works end to end with no key and no network.
 use async_trait::async_trait;
 
-use super::{ChatModel, ChatRequest, ChatResponse, LlmError, Usage};
+use super::{ChatModel, ChatRequest, ChatResponse, LlmError};
 
 /// Model name reported for offline answers.
 pub const MODEL: &str = "extractive";
@@ -35,7 +35,7 @@ impl ChatModel for Extractive {
             content,
             model: MODEL.to_string(),
             finish_reason: "stop".to_string(),
-            usage: Usage::default(),
+            ..ChatResponse::default()
         })
     }
 }
@@ -59,6 +59,6 @@ mod tests {
         assert_eq!(r.model, MODEL);
         assert!(r.content.contains("No language model is configured"));
         assert!(r.content.ends_with("Refunds within 30 days."));
-        assert_eq!(r.usage, Usage::default());
+        assert_eq!(r.usage, crate::llm::Usage::default());
     }
 }

@@ -103,12 +103,41 @@ impl Attempts for Unmetered {
 }
 
 /// A chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// The message text.
+    /// The message text (empty for an assistant message that only calls tools, whose
+    /// `content` is null on the wire).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
+    /// The other fields of a tool round trip, passed to the upstream as sent: an assistant
+    /// message's `tool_calls`, a `tool` message's `tool_call_id`, a `name`.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+impl Serialize for Message {
+    /// `role`, `content` (null for an assistant message with `tool_calls` and no text, as
+    /// OpenAI writes it), then the other fields.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(2 + self.extra.len()))?;
+        map.serialize_entry("role", &self.role)?;
+        if self.content.is_empty() && self.extra.contains_key("tool_calls") {
+            map.serialize_entry("content", &())?;
+        } else {
+            map.serialize_entry("content", &self.content)?;
+        }
+        for (k, v) in &self.extra {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 impl Message {
@@ -117,6 +146,7 @@ impl Message {
         Self {
             role: role.to_string(),
             content: content.into(),
+            extra: serde_json::Map::new(),
         }
     }
 }
@@ -133,8 +163,8 @@ pub struct ChatRequest {
     /// The retrieved passages the messages were built from (for responders that answer from
     /// them directly); best first.
     pub passages: Vec<String>,
-    /// Sampling parameters passed to the upstream as they are (`temperature`, `top_p`, `stop`,
-    /// `seed`, ...), already validated by the API.
+    /// Parameters passed to the upstream as they are (`temperature`, `top_p`, `stop`, `seed`,
+    /// `tools`, `tool_choice`, `response_format`, ...), already validated by the API.
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -151,10 +181,14 @@ pub struct Usage {
 }
 
 /// One completion.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatResponse {
-    /// The answer text.
+    /// The answer text (empty when the model only calls tools).
     pub content: String,
+    /// The tool calls the model asks for, as the upstream sent them.
+    pub tool_calls: Option<serde_json::Value>,
+    /// The model's refusal, when it refused (structured outputs).
+    pub refusal: Option<String>,
     /// Model that answered.
     pub model: String,
     /// Why generation stopped (`stop`, `length`, ...).
@@ -170,6 +204,10 @@ pub enum Chunk {
     Model(String),
     /// More answer text.
     Delta(String),
+    /// Tool-call deltas (the `tool_calls` of a streamed delta), as the upstream sent them.
+    ToolCalls(serde_json::Value),
+    /// More of the model's refusal.
+    Refusal(String),
     /// The end of the answer: the model that answered, why it stopped, and the usage when the
     /// upstream reported it.
     Done {
@@ -193,12 +231,35 @@ pub fn one_shot(resp: ChatResponse) -> ChatStream {
     if !resp.content.is_empty() {
         chunks.push(Ok(Chunk::Delta(resp.content)));
     }
+    if let Some(refusal) = resp.refusal {
+        chunks.push(Ok(Chunk::Refusal(refusal)));
+    }
+    if let Some(calls) = resp.tool_calls.as_ref().and_then(indexed_tool_calls) {
+        chunks.push(Ok(Chunk::ToolCalls(calls)));
+    }
     chunks.push(Ok(Chunk::Done {
         model: resp.model,
         finish_reason: resp.finish_reason,
         usage: Some(resp.usage),
     }));
     Box::pin(futures::stream::iter(chunks))
+}
+
+/// The `tool_calls` of a whole answer as one stream delta: each call with its `index`.
+fn indexed_tool_calls(calls: &serde_json::Value) -> Option<serde_json::Value> {
+    let calls: Vec<serde_json::Value> = calls
+        .as_array()?
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut c = c.clone();
+            if let Some(o) = c.as_object_mut() {
+                o.entry("index").or_insert(serde_json::Value::from(i));
+            }
+            c
+        })
+        .collect();
+    Some(serde_json::Value::Array(calls))
 }
 
 /// A chat-completion model.

@@ -1,15 +1,21 @@
 //! Any OpenAI-compatible `/v1/chat/completions` endpoint (OpenAI, vLLM, Ollama, llama.cpp's
-//! server, ...): requests and responses use `async-openai`'s types, sent with `reqwest`
-//! directly so that retries are decided in one place ([`super::resilient`]) rather than also
-//! inside the client library (whose executor retries 429/5xx on its own).
+//! server, ...), called with `reqwest` directly so that retries are decided in one place
+//! ([`super::resilient`]) rather than also inside a client library.
+//!
+//! The request is written as JSON as it was validated (tools, `response_format` and the
+//! messages of a tool round trip pass through unchanged). Answers are read into small borrowed
+//! structs that pick out only what tenantry needs (text, tool calls, refusal, model, finish
+//! reason, usage) and skip the rest unparsed.
+use std::borrow::Cow;
 use std::time::Duration;
 
-use async_openai::types::chat::{CreateChatCompletionRequest, CreateChatCompletionResponse};
 use async_trait::async_trait;
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 
 use super::{
-    Attempt, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, Cost, LlmError, Usage,
+    Attempt, ChatModel, ChatRequest, ChatResponse, ChatStream, Chunk, Cost, LlmError, Message,
+    Usage,
 };
 
 /// Client of one OpenAI-compatible endpoint.
@@ -107,30 +113,24 @@ impl OpenAiChat {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::Response, Attempt> {
-        let mut body = serde_json::json!({
-            "model": request.model,
-            "messages": request.messages,
+        let body = UpstreamRequest {
+            model: &request.model,
+            messages: &request.messages,
             // `max_tokens` rather than `max_completion_tokens`: every OpenAI-compatible server
             // (vLLM, llama.cpp, Ollama) understands it.
-            "max_tokens": request.max_tokens,
-        });
-        for (k, v) in &request.params {
-            body[k] = v.clone();
-        }
-        if stream {
-            body["stream"] = serde_json::Value::Bool(true);
-            body["stream_options"] = serde_json::json!({"include_usage": true});
-        }
-        // Typed through async-openai: a parameter it cannot represent is refused here.
-        let req: CreateChatCompletionRequest = serde_json::from_value(body).map_err(|e| {
-            Attempt::Fatal(LlmError::Upstream(format!("cannot build request: {e}")))
-        })?;
+            max_tokens: request.max_tokens,
+            params: &request.params,
+            stream: stream.then_some(true),
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+        };
         let client = if stream {
             &self.stream_http
         } else {
             &self.http
         };
-        let mut builder = client.post(self.url.clone()).json(&req);
+        let mut builder = client.post(self.url.clone()).json(&body);
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
@@ -173,6 +173,101 @@ impl OpenAiChat {
     }
 }
 
+/// The body sent upstream.
+#[derive(Serialize)]
+struct UpstreamRequest<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    max_tokens: u32,
+    #[serde(flatten)]
+    params: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// `usage` of an answer or of a stream's last chunk.
+#[derive(Deserialize)]
+struct UsageIn {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+impl From<UsageIn> for Usage {
+    fn from(u: UsageIn) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens.unwrap_or(0),
+            completion_tokens: u.completion_tokens.unwrap_or(0),
+        }
+    }
+}
+
+/// A whole answer: what tenantry reads of it.
+#[derive(Deserialize)]
+struct CompletionIn {
+    #[serde(default)]
+    model: String,
+    choices: Vec<CompletionChoiceIn>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+}
+
+#[derive(Deserialize)]
+struct CompletionChoiceIn {
+    #[serde(default)]
+    finish_reason: Option<String>,
+    message: AnswerIn,
+}
+
+#[derive(Deserialize)]
+struct AnswerIn {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<serde_json::Value>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+/// One event of a stream: what tenantry reads of it (borrowed from the event's text).
+#[derive(Deserialize)]
+struct EventIn<'a> {
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<EventChoiceIn<'a>>>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct EventChoiceIn<'a> {
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+}
+
 /// What a streamed answer has told so far, turning each `data:` payload into [`Chunk`]s.
 #[derive(Debug, Default)]
 struct StreamDecoder {
@@ -199,37 +294,46 @@ impl StreamDecoder {
 
     /// Interprets one `data:` payload: what it carries (the model, first; a delta), in order.
     fn event(&mut self, data: &str) -> Result<Vec<Chunk>, LlmError> {
-        let v: serde_json::Value = serde_json::from_str(data)
+        let v: EventIn<'_> = serde_json::from_str(data)
             .map_err(|e| LlmError::Upstream(format!("unreadable upstream stream event: {e}")))?;
-        if let Some(msg) = v.get("error") {
-            let detail = msg["message"].as_str().unwrap_or("unknown error");
+        if let Some(error) = v.error {
+            let detail = error["message"]
+                .as_str()
+                .or_else(|| error.as_str())
+                .unwrap_or("unknown error");
             return Err(LlmError::Upstream(format!(
                 "upstream stream failed: {detail}"
             )));
         }
         let mut out = Vec::new();
-        if let Some(m) = v["model"].as_str().filter(|m| !m.is_empty()) {
-            self.model = m.to_string();
+        if let Some(m) = v.model.filter(|m| !m.is_empty()) {
+            if *m != *self.model {
+                self.model = m.into_owned();
+            }
             if !self.announced {
                 self.announced = true;
-                out.push(Chunk::Model(m.to_string()));
+                out.push(Chunk::Model(self.model.clone()));
             }
         }
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(Usage {
-                prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
-                completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
-            });
+        if let Some(u) = v.usage {
+            self.usage = Some(u.into());
         }
-        let choice = &v["choices"][0];
-        if let Some(r) = choice["finish_reason"].as_str() {
-            self.finish_reason = Some(r.to_string());
+        let Some(choice) = v.choices.and_then(|c| c.into_iter().next()) else {
+            return Ok(out);
+        };
+        if let Some(r) = choice.finish_reason {
+            self.finish_reason = Some(r.into_owned());
         }
-        if let Some(c) = choice["delta"]["content"]
-            .as_str()
-            .filter(|c| !c.is_empty())
-        {
-            out.push(Chunk::Delta(c.to_string()));
+        if let Some(delta) = choice.delta {
+            if let Some(c) = delta.content.filter(|c| !c.is_empty()) {
+                out.push(Chunk::Delta(c.into_owned()));
+            }
+            if let Some(r) = delta.refusal.filter(|r| !r.is_empty()) {
+                out.push(Chunk::Refusal(r.into_owned()));
+            }
+            if let Some(calls) = delta.tool_calls {
+                out.push(Chunk::ToolCalls(calls));
+            }
         }
         Ok(out)
     }
@@ -320,38 +424,31 @@ impl ChatModel for OpenAiChat {
             .bytes()
             .await
             .map_err(transport_error)?;
-        let resp: CreateChatCompletionResponse = serde_json::from_slice(&bytes).map_err(|e| {
+        let resp: CompletionIn = serde_json::from_slice(&bytes).map_err(|e| {
             Attempt::Failed(LlmError::Upstream(format!(
                 "unreadable upstream response: {e}"
             )))
         })?;
-        let choice = resp.choices.into_iter().next().ok_or_else(|| {
+        let no_answer = || {
             Attempt::Failed(LlmError::Upstream(
                 "upstream returned no answer".to_string(),
             ))
-        })?;
-        let content = choice.message.content.ok_or_else(|| {
-            Attempt::Failed(LlmError::Upstream(
-                "upstream returned no answer".to_string(),
-            ))
-        })?;
-        let finish_reason = choice
-            .finish_reason
-            .and_then(|r| serde_json::to_value(r).ok())
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "stop".to_string());
-        let usage = resp
-            .usage
-            .map(|u| Usage {
-                prompt_tokens: u64::from(u.prompt_tokens),
-                completion_tokens: u64::from(u.completion_tokens),
-            })
-            .unwrap_or_default();
+        };
+        let choice = resp.choices.into_iter().next().ok_or_else(no_answer)?;
+        let message = choice.message;
+        let tool_calls = message
+            .tool_calls
+            .filter(|c| c.as_array().is_none_or(|a| !a.is_empty()));
+        if message.content.is_none() && tool_calls.is_none() && message.refusal.is_none() {
+            return Err(no_answer());
+        }
         Ok(ChatResponse {
-            content,
+            content: message.content.unwrap_or_default(),
+            tool_calls,
+            refusal: message.refusal,
             model: resp.model,
-            finish_reason,
-            usage,
+            finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".to_string()),
+            usage: resp.usage.map(Usage::from).unwrap_or_default(),
         })
     }
 }
@@ -396,6 +493,35 @@ mod tests {
                         prompt_tokens: 3,
                         completion_tokens: 1,
                     }),
+                }),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn tool_call_and_refusal_deltas_pass_through() {
+        let calls = r#"[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]"#;
+        let chunks = decode(&[
+            "data: {\"model\": \"m\", \"choices\": [{\"delta\": {\"role\": \"assistant\", \"content\": null, \"tool_calls\": ",
+            calls,
+            "}}]}\n\n",
+            "data: {\"choices\": [{\"delta\": {\"refusal\": \"no \\u00e9\"}}]}\n\n",
+            "data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"tool_calls\"}], \"usage\": null}\n\n",
+            "data: [DONE]\n\n",
+        ])
+        .await;
+        assert_eq!(
+            chunks,
+            vec![
+                Ok(Chunk::Model("m".to_string())),
+                Ok(Chunk::ToolCalls(
+                    serde_json::from_str(calls).unwrap_or_default()
+                )),
+                Ok(Chunk::Refusal("no \u{e9}".to_string())),
+                Ok(Chunk::Done {
+                    model: "m".to_string(),
+                    finish_reason: "tool_calls".to_string(),
+                    usage: None,
                 }),
             ]
         );

@@ -334,7 +334,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::llm::Usage;
 
     /// Fails its first `fail` calls with `kind`, then answers.
     struct Fake {
@@ -381,7 +380,7 @@ mod tests {
                 content: "ok".into(),
                 model: request.model,
                 finish_reason: "stop".into(),
-                usage: Usage::default(),
+                ..ChatResponse::default()
             })
         }
     }

@@ -237,9 +237,51 @@ pub fn vocab(tokenizer: Tokenizer) -> &'static Vocab {
     }
 }
 
+/// The largest cl100k_base id of a text token (ids above are special tokens or unassigned).
+pub const CL100K_MAX_TEXT_TOKEN: u32 = 100_255;
+
+/// The text of cl100k_base token ids (what OpenAI clients encode embedding inputs with);
+/// None when an id is not a text token. A sequence that splits a character is decoded with
+/// U+FFFD in its place.
+pub fn decode_cl100k(ids: &[u32]) -> Option<String> {
+    if ids.iter().any(|&id| id > CL100K_MAX_TEXT_TOKEN) {
+        return None;
+    }
+    let bytes = vocab(Tokenizer::Cl100kBase).decode(ids).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Tokens of `text` for `model`.
 pub fn count(model: &str, text: &str) -> u64 {
     vocab(tokenizer_for(model)).count(text)
+}
+
+/// Tokens of the JSON text of a message's other fields (tool calls, tool call id).
+fn extra_tokens(vocab: &Vocab, extra: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    if extra.is_empty() {
+        return 0;
+    }
+    vocab.count(&serde_json::to_string(extra).unwrap_or_default())
+}
+
+/// Request parameters that are part of the prompt the model reads: the tool definitions, the
+/// tool choice and the response format's schema.
+pub const PROMPT_PARAMS: [&str; 3] = ["tools", "tool_choice", "response_format"];
+
+/// Prompt tokens of a whole chat request: its messages ([`prompt_tokens`]) plus the JSON text
+/// of its [`PROMPT_PARAMS`] (an upstream puts tool definitions and schemas in the prompt).
+pub fn request_prompt_tokens(
+    model: &str,
+    messages: &[Message],
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> u64 {
+    let vocab = vocab(tokenizer_for(model));
+    let params: u64 = PROMPT_PARAMS
+        .iter()
+        .filter_map(|k| params.get(*k))
+        .map(|v| vocab.count(&serde_json::to_string(v).unwrap_or_default()))
+        .sum();
+    prompt_tokens(model, messages) + params
 }
 
 /// Prompt tokens of a chat request: every message's role and content plus the framing, as
@@ -248,7 +290,12 @@ pub fn prompt_tokens(model: &str, messages: &[Message]) -> u64 {
     let vocab = vocab(tokenizer_for(model));
     let per_message: u64 = messages
         .iter()
-        .map(|m| TOKENS_PER_MESSAGE + vocab.count(&m.role) + vocab.count(&m.content))
+        .map(|m| {
+            TOKENS_PER_MESSAGE
+                + vocab.count(&m.role)
+                + vocab.count(&m.content)
+                + extra_tokens(vocab, &m.extra)
+        })
         .sum();
     per_message + TOKENS_PER_REPLY
 }

@@ -223,6 +223,11 @@ impl Turn {
         }
     }
 
+    /// Serves this turn without the semantic cache (nothing looked up, nothing stored).
+    pub fn bypass_cache(&mut self) {
+        self.use_cache = false;
+    }
+
     /// The tenant served.
     pub fn tenant(&self) -> &TenantConfig {
         &self.tenant
@@ -449,7 +454,8 @@ impl Turn {
         match result {
             Ok(resp) => {
                 settlement.finish(&resp.model, Some(resp.usage)).await;
-                if let Some(store) = self.cache_store() {
+                let text_only = resp.tool_calls.is_none() && resp.refusal.is_none();
+                if let Some(store) = self.cache_store().filter(|_| text_only) {
                     store.remember(&resp.content, &resp.model, resp.usage).await;
                 }
                 Ok(resp)

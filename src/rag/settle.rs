@@ -44,7 +44,7 @@ pub(super) fn estimate(llm: &dyn ChatModel, request: &ChatRequest) -> Estimate {
             total: 0,
         };
     }
-    let prompt = tokens::prompt_tokens(&request.model, &request.messages);
+    let prompt = tokens::request_prompt_tokens(&request.model, &request.messages, &request.params);
     Estimate {
         prompt,
         total: tokens::with_margin(prompt) + u64::from(request.max_tokens),
@@ -234,8 +234,17 @@ impl Settlement {
     /// Adds streamed answer text, unless it would take the answer past its reservation: then
     /// returns false (the text is counted as generated, and the stream is to be stopped).
     pub(super) fn push_text(&mut self, text: &str) -> bool {
+        if !self.push_generated(text) {
+            return false;
+        }
+        self.text.push_str(text);
+        true
+    }
+
+    /// Counts streamed output that is not answer text (tool-call deltas, a refusal) as
+    /// generated, as [`Settlement::push_text`] does.
+    pub(super) fn push_generated(&mut self, text: &str) -> bool {
         if self.services().llm.offline() {
-            self.text.push_str(text);
             return true;
         }
         self.completion_tokens += tokens::count(&self.model, text);
@@ -244,7 +253,6 @@ impl Settlement {
             self.completion_tokens = allowance;
             return false;
         }
-        self.text.push_str(text);
         true
     }
 

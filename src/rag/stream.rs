@@ -47,6 +47,8 @@ pub(super) fn settled(
     Box::pin(async_stream::stream! {
         // The model answering: the one asked for until the stream names another.
         let mut model = settlement.model().to_string();
+        // Tool calls or a refusal make the answer no text to reuse: it is not cached.
+        let mut store = store;
         while let Some(item) = chunks.next().await {
             match item {
                 Ok(Chunk::Model(m)) => {
@@ -64,6 +66,22 @@ pub(super) fn settled(
                         return;
                     }
                     yield Ok(Chunk::Delta(text));
+                }
+                Ok(chunk @ (Chunk::ToolCalls(_) | Chunk::Refusal(_))) => {
+                    store = None;
+                    let generated = match &chunk {
+                        Chunk::ToolCalls(calls) => calls.to_string(),
+                        Chunk::Refusal(text) => text.clone(),
+                        _ => String::new(),
+                    };
+                    if !settlement.push_generated(&generated) {
+                        tracing::warn!(target: LOG_TARGET, model = %model, "stream stopped at its reservation");
+                        drop(chunks);
+                        let usage = settlement.finish(&model, None).await;
+                        yield Ok(Chunk::Done { model, finish_reason: "length".to_string(), usage: Some(usage) });
+                        return;
+                    }
+                    yield Ok(chunk);
                 }
                 Ok(Chunk::Done { model: done_model, finish_reason, usage }) => {
                     if !done_model.is_empty() {

@@ -153,19 +153,32 @@ def main():
 
     # Refusals raise the SDK's matching exceptions.
     e = expect(
-        openai.PermissionDeniedError,
+        openai.NotFoundError,
         lambda: acme.chat.completions.create(model="gpt-4o", messages=user("hi")),
     )
-    assert e.status_code == 403 and e.body["param"] == "model", e.body
+    assert e.status_code == 404 and e.body["param"] == "model", e.body
+    assert e.body["code"] == "model_not_found", e.body
+    assert e.response.headers["x-request-id"], e.response.headers
     e = expect(
         openai.BadRequestError,
         lambda: acme.chat.completions.create(model=MODEL, messages=user("hi"), temperature=5),
     )
     assert e.body["type"] == "invalid_request_error" and e.body["param"] == "temperature"
-    expect(
+    e = expect(
         openai.AuthenticationError,
         lambda: client("not-a-token").chat.completions.create(model=MODEL, messages=user("hi")),
     )
+    assert e.code == "invalid_api_key", e.body
+    # Every response names its request (the SDK reads `x-request-id`).
+    raw = acme.chat.completions.with_raw_response.create(model=MODEL, messages=user("id?"))
+    assert len(raw.headers.get("x-request-id", "")) == 32, raw.headers
+    assert raw.parse()._request_id == raw.headers["x-request-id"]
+    raw = acme.models.with_raw_response.list()
+    assert raw.headers.get("x-request-id"), raw.headers
+    raw = acme.embeddings.with_raw_response.create(model=EMBEDDING_MODEL, input="id")
+    assert raw.headers.get("x-request-id"), raw.headers
+    e = expect(openai.NotFoundError, lambda: acme.models.retrieve("nope"))
+    assert e.request_id, e.response.headers
     expect(
         openai.InternalServerError,
         lambda: acme.chat.completions.create(model=MODEL, messages=user("x [[fail]]")),
@@ -180,6 +193,9 @@ def main():
         lambda: limited.chat.completions.create(model=MODEL, messages=user("one too many")),
     )
     assert int(e.response.headers["retry-after"]) >= 1, e.response.headers
+    assert e.code == "rate_limit_exceeded", e.body
+    reset = e.response.headers["x-ratelimit-reset-requests"]
+    assert reset.endswith("s") and reset[:-1].replace("m", "").isdigit(), reset
 
     print("ok")
 

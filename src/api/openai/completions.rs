@@ -11,7 +11,7 @@ use super::stream::sse;
 use super::types::{AssistantMessage, ChatCompletion, Choice, CompletionBody, CompletionExtras};
 use crate::api::chat::{self, CacheUse, answer_headers};
 use crate::api::{ApiError, ApiJson, AppState, Caller};
-use crate::llm::{ChatRequest, ChatResponse, Message, Usage, one_shot};
+use crate::llm::{ChatRequest, ChatResponse, Message, one_shot};
 use crate::rag::{CachedAnswer, Source, Turn};
 
 /// A new completion id, `chatcmpl-<uuid>`.
@@ -38,8 +38,12 @@ impl ChatCompletion {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: answer.content,
-                    refusal: None,
+                    // OpenAI's shape: null content when the model only calls tools or refuses.
+                    content: (!answer.content.is_empty()
+                        || (answer.tool_calls.is_none() && answer.refusal.is_none()))
+                    .then_some(answer.content),
+                    refusal: answer.refusal,
+                    tool_calls: answer.tool_calls,
                 },
                 logprobs: None,
                 finish_reason: answer.finish_reason,
@@ -93,6 +97,11 @@ fn augment(messages: &mut Vec<Message>, sources: &[Source]) {
     );
 }
 
+/// The interval of a stream's keep-alive comments (`llm.streamKeepAliveSeconds`).
+fn keep_alive(state: &AppState) -> std::time::Duration {
+    std::time::Duration::from_secs(state.config.llm.stream_keep_alive_seconds)
+}
+
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -106,12 +115,17 @@ pub async fn chat_completions(
 }
 
 /// A cached answer, as JSON or as a stream.
-fn from_cache(hit: CachedAnswer, p: &CompletionParams, headers: HeaderMap) -> Response {
+fn from_cache(
+    state: &AppState,
+    hit: CachedAnswer,
+    p: &CompletionParams,
+    headers: HeaderMap,
+) -> Response {
     let answer = ChatResponse {
         content: hit.answer,
         model: hit.model,
         finish_reason: "stop".to_string(),
-        usage: Usage::default(),
+        ..ChatResponse::default()
     };
     if p.stream {
         let model = answer.model.clone();
@@ -119,9 +133,10 @@ fn from_cache(hit: CachedAnswer, p: &CompletionParams, headers: HeaderMap) -> Re
             cached: true,
             sources: hit.sources,
         };
+        let keep_alive = keep_alive(state);
         (
             headers,
-            sse(one_shot(answer), model, p.include_usage, extras),
+            sse(one_shot(answer), model, p.include_usage, extras, keep_alive),
         )
             .into_response()
     } else {
@@ -136,8 +151,13 @@ async fn complete(
     body: CompletionBody,
 ) -> Result<Response, ApiError> {
     let mut p = params::validate(state, turn.tenant(), body)?;
-    // The offline responder can only answer from retrieved passages.
+    // The offline responder can only answer from retrieved passages (it answers in text: it
+    // calls no tools and follows no response format).
     p.rag |= state.llm.offline();
+    if p.structured {
+        // Tool calls and structured outputs are not answers to a question to reuse.
+        turn.bypass_cache();
+    }
     // The question: the last message, when it is the user's (the cache and retrieval use it).
     let question = p
         .messages
@@ -151,7 +171,7 @@ async fn complete(
             turn.limit_statuses(),
             Some(CacheUse::Hit { exact: hit.exact }),
         );
-        return Ok(from_cache(hit, &p, headers));
+        return Ok(from_cache(state, hit, &p, headers));
     }
     if p.rag {
         augment(&mut p.messages, turn.retrieve(p.top_k).await?);
@@ -176,5 +196,6 @@ async fn complete(
     };
     let chunks = turn.stream(request).await?;
     let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Miss));
-    Ok((headers, sse(chunks, model, p.include_usage, extras)).into_response())
+    let keep_alive = keep_alive(state);
+    Ok((headers, sse(chunks, model, p.include_usage, extras, keep_alive)).into_response())
 }

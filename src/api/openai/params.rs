@@ -9,13 +9,10 @@ use crate::llm::Message;
 use crate::tenants::TenantConfig;
 
 /// Parameters accepted and ignored: they change nothing about the answer here.
-const IGNORED: &[&str] = &[
-    "user",
-    "store",
-    "metadata",
-    "service_tier",
-    "parallel_tool_calls",
-];
+const IGNORED: &[&str] = &["user", "store", "metadata", "service_tier"];
+
+/// Most tools one request may offer (OpenAI's limit).
+const MAX_TOOLS: usize = 128;
 
 /// A refusal of one parameter.
 pub(super) fn invalid_param(param: &str, message: impl Into<String>) -> ApiError {
@@ -33,8 +30,11 @@ pub(super) struct CompletionParams {
     pub messages: Vec<Message>,
     /// Most completion tokens, within the server's limit.
     pub max_tokens: u32,
-    /// Sampling parameters passed to the upstream as they are.
+    /// Sampling parameters, tools and `response_format`, passed to the upstream as they are.
     pub params: serde_json::Map<String, Value>,
+    /// Whether the request offers tools or asks for a `response_format`: such an answer is not
+    /// a text to reuse, so the semantic cache is bypassed.
+    pub structured: bool,
     /// Answer with server-sent events.
     pub stream: bool,
     /// Send a last chunk with the usage of the whole request.
@@ -73,23 +73,79 @@ fn content_text(i: usize, content: Option<&MessageContent>) -> Result<String, Ap
     }
 }
 
-/// One message, its role normalised.
+/// Whether `name` is a valid function name (1 to 64 letters, digits, `_` or `-`).
+fn function_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A required string field of `o`, named `param` in errors.
+fn string_field<'a>(
+    o: &'a serde_json::Map<String, Value>,
+    key: &str,
+    param: &str,
+) -> Result<&'a str, ApiError> {
+    match o.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(invalid_param(
+            &format!("{param}.{key}"),
+            format!("{key} must be a string"),
+        )),
+    }
+}
+
+/// An object, named `param` in errors.
+fn object<'a>(v: &'a Value, param: &str) -> Result<&'a serde_json::Map<String, Value>, ApiError> {
+    v.as_object()
+        .ok_or_else(|| invalid_param(param, format!("{param} must be an object")))
+}
+
+/// The `tool_calls` of an assistant message: `{id, type: function, function: {name,
+/// arguments}}` each (other fields pass through).
+fn tool_calls(i: usize, calls: &Value) -> Result<(), ApiError> {
+    let param = format!("messages[{i}].tool_calls");
+    let calls = calls
+        .as_array()
+        .ok_or_else(|| invalid_param(&param, "tool_calls must be an array"))?;
+    for (j, call) in calls.iter().enumerate() {
+        let param = format!("{param}[{j}]");
+        let call = object(call, &param)?;
+        string_field(call, "id", &param)?;
+        if call.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(invalid_param(
+                &format!("{param}.type"),
+                "type must be \"function\"",
+            ));
+        }
+        let fparam = format!("{param}.function");
+        let function = object(call.get("function").unwrap_or(&Value::Null), &fparam)?;
+        string_field(function, "name", &fparam)?;
+        string_field(function, "arguments", &fparam)?;
+    }
+    Ok(())
+}
+
+/// One message, its role normalised; the fields of a tool round trip (an assistant message's
+/// `tool_calls` and `refusal`, a `tool` message's `tool_call_id`) are kept to pass upstream.
 fn message(i: usize, m: &RequestMessage) -> Result<Message, ApiError> {
     let role_param = format!("messages[{i}].role");
     let role = match m.role.as_deref() {
         Some("system" | "developer") => "system",
         Some("user") => "user",
         Some("assistant") => "assistant",
-        Some(r @ ("tool" | "function")) => {
+        Some("tool") => "tool",
+        Some("function") => {
             return Err(invalid_param(
                 &role_param,
-                format!("{r} messages are not supported (no tool calling)"),
+                "function messages (the legacy function calling) are not supported; use tool messages",
             ));
         }
         Some(r) => {
             return Err(invalid_param(
                 &role_param,
-                format!("unknown role {r:?}; expected system, developer, user or assistant"),
+                format!("unknown role {r:?}; expected system, developer, user, assistant or tool"),
             ));
         }
         None => return Err(invalid_param(&role_param, "role is required")),
@@ -100,7 +156,198 @@ fn message(i: usize, m: &RequestMessage) -> Result<Message, ApiError> {
             format!("unsupported message field {k:?}"),
         ));
     }
-    Ok(Message::new(role, content_text(i, m.content.as_ref())?))
+    if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+        tool_calls(i, calls)?;
+    }
+    let text = match (role, &m.content) {
+        // An assistant message may carry only tool calls (or nothing).
+        ("assistant", None) => String::new(),
+        _ => content_text(i, m.content.as_ref())?,
+    };
+    let mut out = Message::new(role, text);
+    match role {
+        "assistant" => {
+            if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+                out.extra.insert("tool_calls".to_string(), calls.clone());
+            }
+            if let Some(refusal) = &m.refusal {
+                out.extra
+                    .insert("refusal".to_string(), Value::from(refusal.as_str()));
+            }
+        }
+        "tool" => {
+            let id = m.tool_call_id.as_ref().ok_or_else(|| {
+                invalid_param(
+                    &format!("messages[{i}].tool_call_id"),
+                    "a tool message needs the tool_call_id it answers",
+                )
+            })?;
+            out.extra
+                .insert("tool_call_id".to_string(), Value::from(id.as_str()));
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// `tools`: at most [`MAX_TOOLS`] `{type: function, function: {name, description?,
+/// parameters?, strict?}}` (other fields pass through). Returns whether any tool is offered.
+fn tools(tools: Option<&Value>) -> Result<bool, ApiError> {
+    let tools = match tools {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(invalid_param("tools", "tools must be an array")),
+    };
+    if tools.len() > MAX_TOOLS {
+        return Err(invalid_param(
+            "tools",
+            format!("at most {MAX_TOOLS} tools may be offered"),
+        ));
+    }
+    for (i, tool) in tools.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        let tool = object(tool, &param)?;
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(invalid_param(
+                &format!("{param}.type"),
+                "type must be \"function\"",
+            ));
+        }
+        let fparam = format!("{param}.function");
+        let function = object(tool.get("function").unwrap_or(&Value::Null), &fparam)?;
+        let name = string_field(function, "name", &fparam)?;
+        if !function_name_ok(name) {
+            return Err(invalid_param(
+                &format!("{fparam}.name"),
+                "a function name is 1 to 64 letters, digits, '_' or '-'",
+            ));
+        }
+        optional(
+            function,
+            "description",
+            &fparam,
+            Value::is_string,
+            "a string",
+        )?;
+        optional(
+            function,
+            "parameters",
+            &fparam,
+            Value::is_object,
+            "an object",
+        )?;
+        optional(function, "strict", &fparam, Value::is_boolean, "a boolean")?;
+    }
+    Ok(!tools.is_empty())
+}
+
+/// An optional field of `o`: null or absent, or of the kind `ok` accepts (`what`).
+fn optional(
+    o: &serde_json::Map<String, Value>,
+    key: &str,
+    param: &str,
+    ok: fn(&Value) -> bool,
+    what: &str,
+) -> Result<(), ApiError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if ok(v) => Ok(()),
+        Some(_) => Err(invalid_param(
+            &format!("{param}.{key}"),
+            format!("{key} must be {what}"),
+        )),
+    }
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or `{type: function, function: {name}}`.
+fn tool_choice(choice: &Value) -> Result<(), ApiError> {
+    let refused = || {
+        invalid_param(
+            "tool_choice",
+            "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+        )
+    };
+    match choice {
+        Value::String(s) if matches!(s.as_str(), "none" | "auto" | "required") => Ok(()),
+        Value::Object(o) => {
+            if o.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(refused());
+            }
+            let function = o
+                .get("function")
+                .and_then(Value::as_object)
+                .ok_or_else(refused)?;
+            string_field(function, "name", "tool_choice.function")?;
+            Ok(())
+        }
+        _ => Err(refused()),
+    }
+}
+
+/// `response_format`: `{type: text}`, `{type: json_object}` or `{type: json_schema,
+/// json_schema: {name, description?, schema?, strict?}}` (other fields pass through).
+fn response_format(format: &Value) -> Result<(), ApiError> {
+    let o = object(format, "response_format")?;
+    match o.get("type").and_then(Value::as_str) {
+        Some("text" | "json_object") => Ok(()),
+        Some("json_schema") => {
+            let param = "response_format.json_schema";
+            let schema = object(o.get("json_schema").unwrap_or(&Value::Null), param)?;
+            let name = string_field(schema, "name", param)?;
+            if !function_name_ok(name) {
+                return Err(invalid_param(
+                    &format!("{param}.name"),
+                    "a schema name is 1 to 64 letters, digits, '_' or '-'",
+                ));
+            }
+            optional(schema, "description", param, Value::is_string, "a string")?;
+            optional(schema, "schema", param, Value::is_object, "an object")?;
+            optional(schema, "strict", param, Value::is_boolean, "a boolean")?;
+            Ok(())
+        }
+        _ => Err(invalid_param(
+            "response_format.type",
+            "type must be \"text\", \"json_object\" or \"json_schema\"",
+        )),
+    }
+}
+
+/// Tools and `response_format`, checked and added to the parameters passed upstream.
+/// `tool_choice` and `parallel_tool_calls` go only with tools. Returns whether the request is
+/// structured (offers tools or asks for a response format).
+fn structured(
+    body: &CompletionBody,
+    params: &mut serde_json::Map<String, Value>,
+) -> Result<bool, ApiError> {
+    let offers_tools = tools(body.tools.as_ref())?;
+    let choice = body.tool_choice.as_ref().filter(|c| !c.is_null());
+    if let Some(choice) = choice {
+        tool_choice(choice)?;
+    }
+    let parallel = body.parallel_tool_calls.as_ref().filter(|p| !p.is_null());
+    if parallel.is_some_and(|p| !p.is_boolean()) {
+        return Err(invalid_param(
+            "parallel_tool_calls",
+            "parallel_tool_calls must be a boolean",
+        ));
+    }
+    let format = body.response_format.as_ref().filter(|f| !f.is_null());
+    if let Some(format) = format {
+        response_format(format)?;
+        params.insert("response_format".to_string(), format.clone());
+    }
+    if offers_tools {
+        for (k, v) in [
+            ("tools", body.tools.as_ref()),
+            ("tool_choice", choice),
+            ("parallel_tool_calls", parallel),
+        ] {
+            if let Some(v) = v {
+                params.insert(k.to_string(), v.clone());
+            }
+        }
+    }
+    Ok(offers_tools || format.is_some())
 }
 
 /// The conversation, within its length limit.
@@ -113,7 +360,17 @@ fn messages(state: &AppState, raw: &[RequestMessage]) -> Result<Vec<Message>, Ap
         .enumerate()
         .map(|(i, m)| message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-    let total: usize = out.iter().map(|m| m.content.chars().count()).sum();
+    let total: usize = out
+        .iter()
+        .map(|m| {
+            let extra = if m.extra.is_empty() {
+                0
+            } else {
+                serde_json::to_string(&m.extra).map_or(0, |s| s.chars().count())
+            };
+            m.content.chars().count() + extra
+        })
+        .sum();
     // A conversation may be longer than one question, within reason.
     let max = state.config.limits.max_question_chars.saturating_mul(8);
     if total > max {
@@ -259,7 +516,8 @@ pub(super) fn validate(
         return Err(invalid_param("n", "only n = 1 is supported"));
     }
     let max_tokens = max_tokens(state, tenant, &body)?;
-    let params = sampling(&body)?;
+    let mut params = sampling(&body)?;
+    let structured = structured(&body, &mut params)?;
     let stream = body.stream.unwrap_or(false);
     let ext = extension(body.tenantry)?;
     let top_k = ext.top_k.unwrap_or(tenant.spec.retrieval.top_k);
@@ -272,6 +530,7 @@ pub(super) fn validate(
         messages,
         max_tokens,
         params,
+        structured,
         stream,
         include_usage,
         rag: ext.rag.unwrap_or(tenant.spec.retrieval.augment_completions),

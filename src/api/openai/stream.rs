@@ -1,11 +1,12 @@
 //! A streamed completion as OpenAI sends it: server-sent `chat.completion.chunk` events (the
-//! role first, with tenantry's `tenantry` object: cached or not, the sources; then the text,
-//! then the finish reason), optionally a usage chunk, then `[DONE]`. A failure after the headers went out is an error event (what OpenAI's SDKs
-//! raise).
+//! role first, with tenantry's `tenantry` object: cached or not, the sources; then the text
+//! or tool-call deltas, then the finish reason), optionally a usage chunk, then `[DONE]`. A
+//! failure after the headers went out is an error event (what OpenAI's SDKs raise).
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::http::HeaderValue;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse as _, Response};
 use futures::StreamExt as _;
 
@@ -56,6 +57,7 @@ impl ChunkWriter {
             delta: Delta {
                 role: Some("assistant"),
                 content: Some(String::new()),
+                ..Delta::default()
             },
             logprobs: None,
             finish_reason: None,
@@ -85,12 +87,14 @@ impl ChunkWriter {
 }
 
 /// `chunks` as an SSE response; `model` names the answering model until the stream says
-/// which answers; `extras` go with the first chunk.
+/// which answers; `extras` go with the first chunk. While it waits for a chunk, a
+/// `: keep-alive` comment goes out every `keep_alive` (none when zero).
 pub(super) fn sse(
     chunks: ChatStream,
     model: String,
     include_usage: bool,
     extras: CompletionExtras,
+    keep_alive: Duration,
 ) -> Response {
     let writer = ChunkWriter {
         id: completion_id(),
@@ -99,7 +103,13 @@ pub(super) fn sse(
         model,
     };
     let events = events(chunks, writer, extras).map(Ok::<_, Infallible>);
-    let mut resp = Sse::new(events).into_response();
+    let sse = Sse::new(events);
+    let mut resp = if keep_alive.is_zero() {
+        sse.into_response()
+    } else {
+        sse.keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+            .into_response()
+    };
     // Proxies (nginx) would otherwise buffer the events.
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -123,7 +133,13 @@ fn events(
             match next {
                 Some(Ok(Chunk::Model(m))) => w.model = m,
                 Some(Ok(Chunk::Delta(text))) => {
-                    yield w.choice(Delta { role: None, content: Some(text) }, None);
+                    yield w.choice(Delta { content: Some(text), ..Delta::default() }, None);
+                }
+                Some(Ok(Chunk::Refusal(text))) => {
+                    yield w.choice(Delta { refusal: Some(text), ..Delta::default() }, None);
+                }
+                Some(Ok(Chunk::ToolCalls(calls))) => {
+                    yield w.choice(Delta { tool_calls: Some(calls), ..Delta::default() }, None);
                 }
                 Some(Ok(Chunk::Done { model, finish_reason, usage })) => {
                     if !model.is_empty() {

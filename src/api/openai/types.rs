@@ -29,24 +29,52 @@ pub struct Extension {
 }
 
 /// One message of a completion request's conversation, as sent. Fields are optional here so
-/// that validation can name the one at fault; the document describes the message clients must
-/// send (role and content required, no other fields), which is all validation lets through
-/// (other fields pass only when null).
+/// that validation can name the one at fault; the document describes the messages clients
+/// may send, which is all validation lets through (other fields pass only when null).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[schemars(deny_unknown_fields, extend("required" = ["role", "content"]))]
+#[schemars(
+    deny_unknown_fields,
+    extend(
+        "required" = ["role"],
+        "allOf" = [
+            {
+                "if": {"required": ["role"], "properties": {"role": {"enum": ["system", "developer", "user", "tool"]}}},
+                "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}
+            },
+            {
+                "if": {"required": ["role"], "properties": {"role": {"const": "tool"}}},
+                "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string"}}}
+            }
+        ]
+    )
+)]
 pub struct RequestMessage {
-    /// `system`, `developer`, `user` or `assistant` (others are refused).
+    /// `system`, `developer`, `user`, `assistant` or `tool` (others are refused).
     #[serde(default)]
-    #[schemars(with = "String", extend("enum" = ["system", "developer", "user", "assistant"]))]
+    #[schemars(
+        with = "String",
+        extend("enum" = ["system", "developer", "user", "assistant", "tool"])
+    )]
     pub role: Option<String>,
-    /// The text, as a string or as text parts.
+    /// The text, as a string or as text parts; required but for an assistant message with
+    /// `tool_calls`, where it may be null.
     #[serde(default)]
-    #[schemars(with = "MessageContent")]
+    #[schemars(with = "Option<MessageContent>")]
     pub content: Option<MessageContent>,
     /// The author's name (accepted, not used).
     #[serde(default)]
     pub name: Option<String>,
-    /// Every other field: refused unless null (e.g. `tool_calls`).
+    /// An assistant message's tool calls (as the model asked for them), passed through.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<crate::api::openapi::ToolCall>>")]
+    pub tool_calls: Option<Value>,
+    /// A `tool` message's answer to this tool call id (required for `tool` messages).
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// An assistant message's refusal (structured outputs), passed through.
+    #[serde(default)]
+    pub refusal: Option<String>,
+    /// Every other field: refused unless null (e.g. `function_call`).
     #[serde(flatten)]
     #[schemars(skip)]
     pub other: BTreeMap<String, Value>,
@@ -144,6 +172,24 @@ pub struct CompletionBody {
     #[serde(default)]
     #[schemars(range(min = -2, max = 2))]
     pub frequency_penalty: Option<f64>,
+    /// Tools the model may call (`type: function`), passed through.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<crate::api::openapi::Tool>>")]
+    pub tools: Option<Value>,
+    /// Which tool the model must call: `none`, `auto`, `required` or
+    /// `{"type": "function", "function": {"name": ...}}`; only with `tools`.
+    #[serde(default)]
+    #[schemars(with = "Option<crate::api::openapi::ToolChoice>")]
+    pub tool_choice: Option<Value>,
+    /// Whether the model may call several tools at once (passed through with `tools`).
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub parallel_tool_calls: Option<Value>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or
+    /// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`, passed through.
+    #[serde(default)]
+    #[schemars(with = "Option<crate::api::openapi::ResponseFormat>")]
+    pub response_format: Option<Value>,
     /// tenantry's own options (an [`Extension`]).
     #[serde(default)]
     #[schemars(with = "Option<Extension>")]
@@ -180,10 +226,14 @@ impl From<Usage> for WireUsage {
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: &'static str,
-    /// The answer text.
-    pub content: String,
-    /// Always null: tenantry never refuses in-band.
+    /// The answer text; null when the model only calls tools.
+    pub content: Option<String>,
+    /// The model's refusal (structured outputs), as the upstream sent it; else null.
     pub refusal: Option<String>,
+    /// The tools the model calls, as the upstream sent them (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<crate::api::openapi::AnswerToolCall>>")]
+    pub tool_calls: Option<Value>,
 }
 
 /// The one choice of a [`ChatCompletion`].
@@ -195,7 +245,7 @@ pub struct Choice {
     pub message: AssistantMessage,
     /// Always null (not supported).
     pub logprobs: Option<()>,
-    /// Why generation stopped (`stop`, `length`, ...).
+    /// Why generation stopped (`stop`, `length`, `tool_calls`, ...).
     pub finish_reason: String,
 }
 
@@ -228,7 +278,7 @@ pub struct ChatCompletion {
     pub tenantry: CompletionExtras,
 }
 
-/// The `delta` of a [`ChunkChoice`]: the role first, then text.
+/// The `delta` of a [`ChunkChoice`]: the role first, then text, tool calls or a refusal.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Delta {
     /// `assistant`, in the first chunk only.
@@ -237,6 +287,12 @@ pub struct Delta {
     /// More answer text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// More of the model's refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// Tool-call deltas, as the upstream sent them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Value>,
 }
 
 /// The one choice of a [`CompletionChunk`].
@@ -310,7 +366,7 @@ pub struct List<T> {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "EmbeddingsRequest")]
 pub struct EmbeddingsBody {
-    /// A string or an array of strings.
+    /// A string or an array of strings, or token ids (an array, or an array of arrays).
     #[schemars(with = "crate::api::openapi::EmbeddingInput")]
     pub input: Value,
     /// The embedding model; `serve`'s when absent.
