@@ -197,5 +197,9 @@ async fn complete(
     let chunks = turn.stream(request).await?;
     let headers = answer_headers(turn.limit_statuses(), Some(CacheUse::Miss));
     let keep_alive = keep_alive(state);
-    Ok((headers, sse(chunks, model, p.include_usage, extras, keep_alive)).into_response())
+    Ok((
+        headers,
+        sse(chunks, model, p.include_usage, extras, keep_alive),
+    )
+        .into_response())
 }
