@@ -164,13 +164,7 @@ async fn completions_with_and_without_streaming() {
     assert_eq!(body["tenantry"]["cached"], false);
     // What reached the upstream: the conversation as sent, the sampling parameters, and
     // max_tokens lowered to the server's limit.
-    let sent = llm
-        .requests
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("sent");
+    let sent = llm.last_request();
     assert_eq!(sent["messages"][0]["content"], "Be brief.");
     assert_eq!(sent["temperature"], 0.2);
     assert_eq!(sent["seed"], 7);
@@ -313,13 +307,7 @@ async fn retrieval_adds_only_the_tenants_passages() {
     let acme_doc = server.ingest(&acme, "refunds", ACME_DOC).await;
     server.ingest(&globex, "refunds", GLOBEX_DOC).await;
     let sent_system = |llm: &ScriptedLlm| -> String {
-        let body = llm
-            .requests
-            .lock()
-            .expect("lock")
-            .last()
-            .cloned()
-            .expect("sent");
+        let body = llm.last_request();
         body["messages"]
             .as_array()
             .expect("messages")
@@ -827,13 +815,7 @@ async fn tools_and_structured_outputs_pass_through() {
     let (s, x_cache, r) = complete(&server, &token, ask.clone(), false).await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(x_cache, "miss");
-    let sent = llm
-        .requests
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("a request");
+    let sent = llm.last_request();
     assert_eq!(sent["tools"], tools, "tools forwarded unchanged");
     assert_eq!(sent["tool_choice"], "required");
     assert_eq!(sent["parallel_tool_calls"], false);
@@ -871,13 +853,7 @@ async fn tools_and_structured_outputs_pass_through() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    let sent = llm
-        .requests
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("a request");
+    let sent = llm.last_request();
     assert_eq!(
         sent["messages"], messages,
         "the round trip's messages forwarded unchanged"
@@ -904,13 +880,7 @@ async fn tools_and_structured_outputs_pass_through() {
     .await;
     assert_eq!(x_cache, "miss");
     let ours = tool_call_deltas(&events);
-    let sent = llm
-        .requests
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("a request");
+    let sent = llm.last_request();
     let direct = server
         .http
         .post(format!("{}/chat/completions", llm.base_url()))
@@ -948,13 +918,7 @@ async fn tools_and_structured_outputs_pass_through() {
             before + 1,
             "a response_format bypasses the cache"
         );
-        let sent = llm
-            .requests
-            .lock()
-            .expect("lock")
-            .last()
-            .cloned()
-            .expect("a request");
+        let sent = llm.last_request();
         assert_eq!(sent["response_format"], format);
         let content: Value = serde_json::from_str(
             r["choices"][0]["message"]["content"]

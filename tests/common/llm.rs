@@ -448,6 +448,16 @@ impl ScriptedLlm {
         self.requests.lock().expect("lock").len()
     }
 
+    /// The body of the last request received (panics when none came).
+    pub fn last_request(&self) -> Value {
+        self.requests
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("the upstream received a request")
+    }
+
     /// The user messages received so far.
     pub fn user_messages(&self) -> Vec<String> {
         self.requests
