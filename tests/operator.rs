@@ -1130,7 +1130,11 @@ async fn api_config_and_pod_defaults_reach_the_tenant_pods() {
     let third_hash = eventually(30, "new config rendered", || async {
         let (text, hash) = rendered_serve_config(&cms, &deps, &name).await;
         let serve = load_serve_config(&text);
-        (serve.limits.max_question_chars == 2000 && serve.llm.max_tokens == 1200).then_some(hash)
+        // The ConfigMap is applied before the Deployment: wait until the hash names this text.
+        (serve.limits.max_question_chars == 2000
+            && serve.llm.max_tokens == 1200
+            && hash == sha256_hex(&text))
+        .then_some(hash)
     })
     .await;
     assert_ne!(third_hash, second_hash);
