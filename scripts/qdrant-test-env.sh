@@ -20,14 +20,14 @@
 #
 # Environment:
 #   TENANTRY_CACHE             cache root (default ~/.cache/tenantry)
-#   TENANTRY_QDRANT_START_TIMEOUT  seconds to wait for readiness (default 60)
+#   TENANTRY_QDRANT_START_TIMEOUT  seconds to wait for readiness (default 120)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${TENANTRY_CACHE:-$HOME/.cache/tenantry}
 RUN=$CACHE/qdrant-run
 LOCK=$CACHE/qdrant.lock
-START_TIMEOUT=${TENANTRY_QDRANT_START_TIMEOUT:-60}
+START_TIMEOUT=${TENANTRY_QDRANT_START_TIMEOUT:-120}
 SINGLE_PORT=${TENANTRY_QDRANT_HTTP_PORT:-16333}
 CLUSTER_PORT=${TENANTRY_QDRANT_CLUSTER_PORT:-16341}
 NODES=(single cluster-0 cluster-1 cluster-2)

@@ -76,10 +76,18 @@ fi
 # The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build; Go).
 if wants admission chart cluster credentials crd_api expose operator; then
     command -v go >/dev/null || { log "error: Go (1.26+) is needed once to build the test API server"; exit 1; }
-    eval "$(scripts/kube-test-env.sh start)"
+    kube_env=$(scripts/kube-test-env.sh start) || { log "error: the test API server did not start (above)"; exit 1; }
+    eval "$kube_env"
 fi
 # Real Qdrant servers on 127.0.0.1 for the vector-store conformance suite (one node and a
 # three-node cluster; the binary is $QDRANT_BIN or the one $QDRANT_SRC/build.sh installs, default
-# ../shared/qdrant). A QDRANT_URL given by the caller is used instead.
-[[ -n ${QDRANT_URL:-} ]] || eval "$(scripts/qdrant-test-env.sh start)"
+# ../shared/qdrant). Servers the caller names (QDRANT_URL and QDRANT_CLUSTER_URL) are used instead.
+# A start that fails stops here: under CI the conformance cases would fail without them.
+if [[ -z ${QDRANT_URL:-} || -z ${QDRANT_CLUSTER_URL:-} ]]; then
+    qdrant_env=$(scripts/qdrant-test-env.sh start) || {
+        log "error: the Qdrant test servers did not start (above; logs in ${TENANTRY_CACHE:-$HOME/.cache/tenantry}/qdrant-run)"
+        exit 1
+    }
+    eval "$qdrant_env"
+fi
 cargo test --locked "$@"
