@@ -4,6 +4,7 @@
 //! Static rules (ranges, enums, patterns, cross-field CEL rules) live in the generated schema so
 //! the API server refuses a bad manifest with a message; [`Tenant::validate`] re-checks the same
 //! rules in Rust for the embedded default, where no API server reads the manifests.
+use std::collections::BTreeMap;
 use std::fmt;
 
 use kube::{CustomResource, KubeSchema};
@@ -177,6 +178,7 @@ pub struct QuotaOverrides {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.chat) || !has(self.allowed) || size(self.allowed) == 0 || self.chat in self.allowed").message("models.chat must be one of models.allowed"))]
+#[x_kube(validation = Rule::new("!has(self.aliases) || !has(self.allowed) || self.allowed.all(m, !(m in self.aliases))").message(ALIAS_SHADOW_RULE))]
 pub struct Models {
     /// Default chat model (used when a request names none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,6 +193,55 @@ pub struct Models {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allowed: Vec<String>,
+    /// Other names callers may use for a model, e.g. `{text-embedding-3-small:
+    /// all-MiniLM-L6-v2, gpt-4o-mini: llama3}`: a request naming an alias is served by the model
+    /// it maps to (which must itself be allowed, or be the embedding model). Listed in
+    /// `/v1/models`; answers name the model that served them. Merged over the tier's
+    /// `modelAliases` (the tenant's entry wins).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "alias_map")]
+    #[x_kube(validation = Rule::new(ALIASES_CEL).message(ALIASES_RULE))]
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// Why an alias that is also an allowed model was refused.
+pub const ALIAS_SHADOW_RULE: &str = "an alias must not shadow a model of models.allowed";
+/// Most model aliases a Tenant or QuotaTier may declare.
+pub const MAX_ALIASES: usize = 64;
+const MAX_MODEL_NAME_LEN: usize = 256;
+const ALIASES_CEL: &str = "self.all(k, size(k) >= 1 && size(k) <= 256 && self[k] != k)";
+/// Why an alias map was refused (API server and [`Tenant::validate`]).
+pub const ALIASES_RULE: &str =
+    "model alias names must be 1 to 256 characters and must not map a name to itself";
+
+fn alias_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": MAX_ALIASES,
+        "additionalProperties": {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_NAME_LEN},
+    })
+}
+
+/// The problem with an alias map, if any (the Rust twin of [`ALIASES_CEL`], for manifests
+/// read from files).
+pub fn alias_problem(aliases: &BTreeMap<String, String>, allowed: &[String]) -> Option<String> {
+    if aliases.len() > MAX_ALIASES {
+        return Some(format!("at most {MAX_ALIASES} aliases"));
+    }
+    for (alias, target) in aliases {
+        if alias.is_empty()
+            || alias.len() > MAX_MODEL_NAME_LEN
+            || target.is_empty()
+            || target.len() > MAX_MODEL_NAME_LEN
+            || alias == target
+        {
+            return Some(ALIASES_RULE.to_string());
+        }
+        if allowed.contains(alias) {
+            return Some(format!("{ALIAS_SHADOW_RULE} ({alias:?})"));
+        }
+    }
+    None
 }
 
 /// How a tenant's documents are stored and retrieved.
@@ -560,6 +611,12 @@ pub struct QuotaTierSpec {
     /// Models tenants of this tier may request (when the tenant lists none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_models: Vec<String>,
+    /// Model aliases for the tenants of this tier (see a Tenant's `models.aliases`, which
+    /// override entries of the same name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "alias_map")]
+    #[x_kube(validation = Rule::new(ALIASES_CEL).message(ALIASES_RULE))]
+    pub model_aliases: BTreeMap<String, String>,
     /// Default replica bounds of a tenant's API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Replicas>,
@@ -592,6 +649,7 @@ pub fn builtin_tier(name: &str) -> Option<QuotaTierSpec> {
         max_documents: Some(docs),
         max_stored_bytes: Some(bytes),
         allowed_models: Vec::new(),
+        model_aliases: BTreeMap::new(),
         replicas: Some(Replicas { min, max }),
     })
 }
@@ -722,6 +780,11 @@ fn check_tier_and_models(s: &TenantSpec, found: &mut Problems) {
             "spec.models.chat",
             "models.chat must be one of models.allowed",
         );
+    }
+    if let Some(m) = &s.models
+        && let Some(problem) = alias_problem(&m.aliases, &m.allowed)
+    {
+        found.add("spec.models.aliases", problem);
     }
     if !top_k_ok(s.retrieval.top_k) {
         found.add(

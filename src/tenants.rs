@@ -30,6 +30,9 @@ pub struct TenantConfig {
     pub chat_model: String,
     /// Models callers may request.
     pub allowed_models: Vec<String>,
+    /// Other names for models (alias → model): the tier's `modelAliases` with the tenant's
+    /// `models.aliases` over them.
+    pub model_aliases: BTreeMap<String, String>,
     /// Semantic-cache time to live.
     pub cache_ttl: Duration,
     /// Token verification keys.
@@ -45,6 +48,11 @@ impl TenantConfig {
     /// Whether `model` may be requested by this tenant's callers.
     pub fn model_allowed(&self, model: &str) -> bool {
         self.allowed_models.iter().any(|m| m == model)
+    }
+
+    /// The model that serves a request naming `model`: its alias target, or `model` itself.
+    pub fn resolve_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_aliases.get(model).map_or(model, String::as_str)
     }
 }
 
@@ -264,6 +272,13 @@ impl Catalog {
         if !allowed_models.contains(&chat_model) {
             allowed_models.insert(0, chat_model.clone());
         }
+        let mut model_aliases = tier.model_aliases.clone();
+        model_aliases.extend(models.aliases.clone());
+        // An alias never shadows a model the tenant may request by its own name.
+        model_aliases.retain(|alias, _| !allowed_models.contains(alias));
+        if let Some(problem) = crate::crd::alias_problem(&model_aliases, &allowed_models) {
+            return Err(format!("model aliases: {problem}"));
+        }
         let cache_ttl = parse_duration(&spec.semantic_cache.ttl)
             .ok_or_else(|| "spec.semanticCache.ttl is invalid".to_string())?;
         let keyring = self.keyring(&id, &spec).map_err(|e| e.to_string())?;
@@ -274,6 +289,7 @@ impl Catalog {
             quota,
             chat_model,
             allowed_models,
+            model_aliases,
             cache_ttl,
             keys,
             keyring,
@@ -404,6 +420,37 @@ mod tests {
     }
 
     const ACME: &str = "apiVersion: tenantry.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {tier: gold, models: {chat: m1, allowed: [m1, m2]}}\n---\napiVersion: tenantry.dev/v1alpha1\nkind: QuotaTier\nmetadata: {name: gold}\nspec: {dailyTokens: 9, requestsPerMinute: 1, tokensPerMinute: 2, maxConcurrentRequests: 3}\n";
+
+    /// The tier's aliases, with the tenant's over them; a tier alias naming one of the tenant's
+    /// own models gives way to the model; a tenant alias shadowing one is a problem.
+    #[test]
+    fn model_aliases_merge_tier_and_tenant() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(
+            dir.path(),
+            "a.yaml",
+            "apiVersion: tenantry.dev/v1alpha1\nkind: QuotaTier\nmetadata: {name: gold}\nspec: {modelAliases: {gpt-4o-mini: t1, gpt-4o: t2, m2: t3}}\n---\napiVersion: tenantry.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {tier: gold, models: {chat: m1, allowed: [m1, m2], aliases: {gpt-4o-mini: m1}}}\n---\napiVersion: tenantry.dev/v1alpha1\nkind: Tenant\nmetadata: {name: bad}\nspec: {tier: gold, models: {allowed: [m1], aliases: {m1: m2}}}\n",
+        );
+        let r = registry(dir.path());
+        r.reload();
+        let acme = r.get(&TenantId::parse("acme").expect("id")).expect("acme");
+        assert_eq!(acme.resolve_model("gpt-4o-mini"), "m1", "the tenant's wins");
+        assert_eq!(acme.resolve_model("gpt-4o"), "t2", "the tier's");
+        assert_eq!(
+            acme.resolve_model("m2"),
+            "m2",
+            "a model is never aliased away"
+        );
+        assert_eq!(acme.resolve_model("other"), "other");
+        assert!(r.get(&TenantId::parse("bad").expect("id")).is_none());
+        let problems = r.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains(crate::crd::ALIAS_SHADOW_RULE)),
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn loads_tenants_tiers_and_keys() {

@@ -92,6 +92,16 @@ fn the_api_server_refuses_each_invalid_tenant_with_its_message() {
             "  tier: pro\n  models: {chat: a, allowed: [b]}\n".into(),
             "models.chat must be one of models.allowed",
         ),
+        (
+            "an alias that shadows an allowed model",
+            "  tier: pro\n  models: {allowed: [a, b], aliases: {b: a}}\n".into(),
+            tenantry::crd::ALIAS_SHADOW_RULE,
+        ),
+        (
+            "an alias naming itself",
+            "  tier: pro\n  models: {aliases: {gpt-4o-mini: gpt-4o-mini}}\n".into(),
+            tenantry::crd::ALIASES_RULE,
+        ),
     ];
     for (what, spec, message) in &cases {
         let yaml = tenant_yaml(&unique("bad"), spec);
@@ -133,6 +143,7 @@ fn the_api_server_accepts_valid_tenants_at_the_edges_of_the_rules() {
         "  tier: pro\n  api: {resources: {requests: {cpu: 250m, memory: 512Mi}, limits: {cpu: '1.5', memory: '1e9'}}}\n".into(),
         format!("  tier: {}\n", "t".repeat(40)),
         "  tier: pro\n  models: {chat: a, allowed: [a, b]}\n  api: {replicas: {min: 1, max: 1}}\n".into(),
+        "  tier: pro\n  models: {allowed: [a], aliases: {gpt-4o-mini: a, text-embedding-3-small: all-MiniLM-L6-v2}}\n".into(),
     ];
     for spec in &cases {
         let yaml = tenant_yaml(&unique("good"), spec);
@@ -146,7 +157,11 @@ fn the_api_server_accepts_valid_tenants_at_the_edges_of_the_rules() {
         assert_eq!(parsed.validate(), Ok(()), "{spec}");
     }
     // A QuotaTier needs none of its limits: one left out is no limit of that kind.
-    for spec in ["{dailyTokens: 500000, requestsPerMinute: 600}", "{}"] {
+    for spec in [
+        "{dailyTokens: 500000, requestsPerMinute: 600}",
+        "{}",
+        "{modelAliases: {gpt-4o-mini: llama3}}",
+    ] {
         let yaml = format!(
             "apiVersion: tenantry.dev/v1alpha1\nkind: QuotaTier\nmetadata: {{name: {}}}\nspec: {spec}\n",
             unique("partial")

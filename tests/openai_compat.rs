@@ -783,6 +783,142 @@ async fn models_and_embeddings() {
     assert_eq!(llm.calls(), 0);
 }
 
+/// Model aliases (the tier's, with the tenant's over them): an OpenAI model name is served by
+/// the model it maps to, upstream and in the answer; `/v1/models` lists the aliases it can
+/// serve; an alias of a model the tenant may not use, or another tenant's alias, is refused.
+#[tokio::test]
+async fn model_aliases_serve_openai_names_with_the_tenants_models() {
+    let llm = ScriptedLlm::start().await;
+    let dirs = Dirs::new();
+    dirs.write_manifest(
+        "acme.yaml",
+        "apiVersion: tenantry.dev/v1alpha1\nkind: QuotaTier\nmetadata: {name: aliased}\n\
+         spec: {modelAliases: {gpt-4o-mini: m-b, gpt-4o: m-z}}\n---\n\
+         apiVersion: tenantry.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+         spec:\n  tier: aliased\n  models:\n    chat: m-a\n    allowed: [m-a]\n    aliases: \
+         {gpt-4o-mini: m-a, text-embedding-3-small: all-MiniLM-L6-v2, gpt-4: m-y}\n",
+    );
+    dirs.add_tenant("globex", "");
+    let server = Server::start(
+        &dirs,
+        Start {
+            llm: Some(&llm),
+            ..Default::default()
+        },
+    );
+    let acme = dirs.token("acme", "alice");
+    let globex = dirs.token("globex", "bob");
+    server.wait_for_token(&acme).await;
+    server.wait_for_token(&globex).await;
+
+    let (s, list) = server.get("/v1/models", &acme).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id"))
+        .collect();
+    // gpt-4o (tier) and gpt-4 (tenant) name models acme may not use: not listed.
+    assert_eq!(
+        ids,
+        [
+            "m-a",
+            "all-MiniLM-L6-v2",
+            "gpt-4o-mini",
+            "text-embedding-3-small"
+        ]
+    );
+    let (s, m) = server.get("/v1/models/gpt-4o-mini", &acme).await;
+    assert_eq!((s, m["id"].clone()), (StatusCode::OK, json!("gpt-4o-mini")));
+
+    // The tenant's alias wins over the tier's (gpt-4o-mini → m-a, not m-b); the upstream is
+    // asked for the served model, and the answer names it.
+    let questions = [
+        "Summarise the Rotterdam harbour report",
+        "Which colour is the Oslo ferry?",
+    ];
+    for (streamed, question) in [false, true].into_iter().zip(questions) {
+        let calls = llm.calls();
+        let body =
+            json!({"model": "gpt-4o-mini", "messages": [user(question)], "stream": streamed});
+        if streamed {
+            let (events, _) = stream(&server, &acme, body).await;
+            let first: Value = serde_json::from_str(&events[0]).expect("chunk");
+            assert_eq!(first["model"], "m-a", "{first}");
+        } else {
+            let (s, _, v) = complete(&server, &acme, body, true).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            assert_eq!(v["model"], "m-a", "{v}");
+        }
+        assert_eq!(llm.calls(), calls + 1, "answered by the upstream");
+        assert_eq!(llm.last_request()["model"], "m-a");
+    }
+    // /v1/chat (the RAG question) takes aliases too.
+    let calls = llm.calls();
+    let (s, v) = server
+        .post(
+            "/v1/chat",
+            &acme,
+            json!({"question": "How long do refunds take?", "model": "gpt-4o-mini"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(llm.calls(), calls + 1, "answered by the upstream: {v}");
+    assert_eq!(llm.last_request()["model"], "m-a");
+
+    // An embedding alias: the same vector as the model's own name.
+    let embed = |token: String, model: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .post(
+                    "/v1/embeddings",
+                    &token,
+                    json!({"input": "refunds", "model": model}),
+                )
+                .await
+        }
+    };
+    let (s, by_alias) = embed(acme.clone(), "text-embedding-3-small").await;
+    assert_eq!(s, StatusCode::OK, "{by_alias}");
+    assert_eq!(by_alias["model"], "all-MiniLM-L6-v2");
+    let (_, by_name) = embed(acme.clone(), "all-MiniLM-L6-v2").await;
+    assert_eq!(by_alias["data"], by_name["data"]);
+
+    let calls = llm.calls();
+    for (token, model, url) in [
+        (&acme, "gpt-4", "/v1/chat/completions"),
+        (&acme, "gpt-4o", "/v1/chat/completions"),
+        (&globex, "text-embedding-3-small", "/v1/embeddings"),
+    ] {
+        let body = if url == "/v1/embeddings" {
+            json!({"input": "x", "model": model})
+        } else {
+            json!({"model": model, "messages": [user("Hi")]})
+        };
+        let (s, err) = server.post(url, token, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{model}: {err}");
+        assert_eq!(err["error"]["code"], "model_not_found", "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(model),
+            "the refusal names what was asked for: {err}"
+        );
+    }
+    let (s, _) = server
+        .get("/v1/models/text-embedding-3-small", &globex)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another tenant's alias");
+    assert_eq!(
+        llm.calls(),
+        calls,
+        "refused requests never reach the upstream"
+    );
+}
+
 const WEATHER_TOOL: &str = r#"{"type": "function", "function": {"name": "get_weather",
     "description": "The current weather in a city.", "strict": true,
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},

@@ -197,9 +197,12 @@ fn validate(state: &AppState, turn: &Turn, body: ChatBody) -> Result<Question, A
         )));
     }
     let tenant = turn.tenant();
-    let model = body.model.unwrap_or_else(|| tenant.chat_model.clone());
+    let model = match body.model.as_deref() {
+        Some(asked) => tenant.resolve_model(asked).to_string(),
+        None => tenant.chat_model.clone(),
+    };
     if !tenant.model_allowed(&model) {
-        return Err(ApiError::ModelNotAllowed(model));
+        return Err(ApiError::ModelNotAllowed(body.model.unwrap_or(model)));
     }
     let top_k = body.top_k.unwrap_or(tenant.spec.retrieval.top_k);
     if !top_k_ok(top_k) {

@@ -152,10 +152,13 @@ pub async fn embeddings(
     ApiJson(body): ApiJson<EmbeddingsBody>,
 ) -> Result<(HeaderMap, ApiJson<List<Embedding>>), ApiError> {
     let embedding_model = state.embedder.model().to_string();
-    let model = body.model.unwrap_or_else(|| embedding_model.clone());
-    if model != embedding_model {
-        return Err(ApiError::ModelNotAllowed(model));
+    // An alias names the embedding model too (`text-embedding-3-small` → the local model).
+    if let Some(asked) = &body.model
+        && caller.tenant.resolve_model(asked) != embedding_model
+    {
+        return Err(ApiError::ModelNotAllowed(asked.clone()));
     }
+    let model = embedding_model.clone();
     let inputs = inputs(body.input)?;
     let base64 = base64_format(body.encoding_format.as_deref())?;
     let dimension = state.embedder.dimension();

@@ -1,16 +1,24 @@
 //! `GET /v1/models` and `GET /v1/models/{model}`: the models the caller's tenant may use (its
-//! chat models, then the embedding model).
+//! chat models, the embedding model, then their aliases).
 use axum::Json;
 use axum::extract::{Path, State};
 
 use super::types::{List, Model};
 use crate::api::{ApiError, AppState, Caller};
 
+/// The tenant's chat models, the embedding model, then the aliases of either (an alias whose
+/// model the tenant may not use is not listed: requesting it is refused).
 fn model_ids(state: &AppState, caller: &Caller) -> Vec<String> {
-    let mut ids = caller.tenant.allowed_models.clone();
+    let tenant = &caller.tenant;
+    let mut ids = tenant.allowed_models.clone();
     let embedding = state.embedder.model().to_string();
     if !ids.contains(&embedding) {
-        ids.push(embedding);
+        ids.push(embedding.clone());
+    }
+    for (alias, target) in &tenant.model_aliases {
+        if (tenant.model_allowed(target) || *target == embedding) && !ids.contains(alias) {
+            ids.push(alias.clone());
+        }
     }
     ids
 }
@@ -26,7 +34,7 @@ impl Model {
     }
 }
 
-/// `GET /v1/models`: the chat models the tenant may use, then the embedding model.
+/// `GET /v1/models`: the chat models the tenant may use, the embedding model, then aliases.
 pub async fn models(State(state): State<AppState>, caller: Caller) -> Json<List<Model>> {
     Json(List {
         object: "list",

@@ -504,12 +504,14 @@ pub(super) fn validate(
     {
         return Err(invalid_param(k, format!("unsupported parameter {k:?}")));
     }
-    let model = body
-        .model
-        .clone()
-        .unwrap_or_else(|| tenant.chat_model.clone());
+    let model = match body.model.as_deref() {
+        Some(asked) => tenant.resolve_model(asked).to_string(),
+        None => tenant.chat_model.clone(),
+    };
     if !tenant.model_allowed(&model) {
-        return Err(ApiError::ModelNotAllowed(model));
+        return Err(ApiError::ModelNotAllowed(
+            body.model.clone().unwrap_or(model),
+        ));
     }
     let messages = messages(state, &body.messages)?;
     if body.n.is_some_and(|n| n != 1) {
