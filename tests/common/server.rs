@@ -306,12 +306,12 @@ fn collect_logs(
     let sink = logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["message"] == ready
-            {
+            let parsed = serde_json::from_str::<Value>(&line).ok();
+            // Stored before the ready line is announced: whoever waited for it finds it logged.
+            sink.lock().expect("lock").push(line);
+            if let Some(v) = parsed.filter(|v| v["message"] == ready) {
                 let _ = tx.send(v);
             }
-            sink.lock().expect("lock").push(line);
         }
     });
     (logs, rx)
