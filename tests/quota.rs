@@ -501,7 +501,19 @@ async fn metric_value(server: &Server, needle: &str) -> Option<f64> {
 /// The HTTP behaviour both backends must have: settle to actual usage (successes, upstream
 /// failures, client cancellations), concurrency limit, budget exhaustion, headers, metrics,
 /// `/v1/usage` scoped to the caller.
+/// Waits, if the UTC day ends within 3 minutes, until it has begun again: a test that uses up
+/// a daily budget must not straddle midnight, where the budget rightly starts over (and a run
+/// across it admits a second day's worth).
+async fn clear_of_midnight() {
+    const MARGIN_MS: u64 = 3 * 60_000;
+    let left = DAY_MS - tenantry::quota::now_ms() % DAY_MS;
+    if left < MARGIN_MS {
+        tokio::time::sleep(Duration::from_millis(left + 1_000)).await;
+    }
+}
+
 async fn http_behaviour(redis: Option<&dyn SharedRedis>) {
+    clear_of_midnight().await;
     let llm = ScriptedLlm::start().await;
     let dirs = Dirs::new();
     dirs.add_tenant("acme", &quota_spec(100_000, 1_000, 10_000_000, 2));
@@ -792,6 +804,7 @@ async fn rpm_window_boundary_redis() {
 /// within one request's estimate; nothing stays reserved.
 async fn concurrent_budget(redis: Option<&dyn SharedRedis>, replicas: usize) {
     const BUDGET: u64 = 5_000;
+    clear_of_midnight().await;
     let llm = ScriptedLlm::start().await;
     let spec = quota_spec(BUDGET, 1_000_000, 1_000_000_000, 1_000_000);
     let all_dirs: Vec<Dirs> = (0..replicas).map(|_| Dirs::new()).collect();
