@@ -103,7 +103,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         campaign.abort();
         return Ok(());
     }
-    tracing::info!(%identity, "leading: starting the Tenant controller");
+    tracing::info!(%identity, "leading: starting the Tenant and TenantCredential controllers");
     let parts = ContextParts {
         build,
         vectors,
@@ -368,8 +368,29 @@ async fn lead(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) -> Result<(
             }
         }
     };
+    let credentials = Arc::new(controller::tenant_credential::CredentialContext {
+        client: ctx.client.clone(),
+        namespace_prefix: ctx.build.namespace_prefix.clone(),
+    });
+    // One shutdown signal stops both controllers.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let controllers = async {
+        tokio::join!(
+            controller::run(ctx, stopped(stop_rx.clone())),
+            controller::tenant_credential::run(credentials, stopped(stop_rx)),
+        )
+    };
+    let signal = async {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        std::future::pending::<()>().await
+    };
     tokio::select! {
-        () = controller::run(ctx, shutdown_signal()) => Ok(()),
+        _ = controllers => Ok(()),
+        () = signal => Ok(()),
         () = lost => Err(OperatorError::LostLeadership),
     }
 }

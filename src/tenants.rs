@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::auth::keys::{KeyError, Keyring, keyring_path};
+use crate::auth::keys::{KeyError, Keyring, Revocations, keyring_path, revocations_path};
 use crate::auth::{KeyLookup, TenantKeys};
 use crate::crd::{QuotaTier, QuotaTierSpec, Tenant, TenantSpec, builtin_tier};
 use crate::domain::{EffectiveQuota, Issuer, TenantId, parse_duration};
@@ -282,7 +282,11 @@ impl Catalog {
         let cache_ttl = parse_duration(&spec.semantic_cache.ttl)
             .ok_or_else(|| "spec.semanticCache.ttl is invalid".to_string())?;
         let keyring = self.keyring(&id, &spec).map_err(|e| e.to_string())?;
-        let keys = Arc::new(TenantKeys::from_keyring(&keyring, spec.auth.algorithm));
+        let revoked =
+            Revocations::read(&revocations_path(&self.keys.dir, &id)).map_err(|e| e.to_string())?;
+        let keys = Arc::new(
+            TenantKeys::from_keyring(&keyring, spec.auth.algorithm).with_revocations(revoked),
+        );
         Ok(TenantConfig {
             id,
             spec,
@@ -472,6 +476,52 @@ mod tests {
         assert_eq!(beta.quota.daily_tokens, Some(50_000));
         assert!(dir.path().join("keys/acme.json").exists());
         assert!(dir.path().join("keys/beta.json").exists());
+    }
+
+    #[test]
+    fn a_revocation_list_next_to_the_keyring_refuses_its_tokens_after_a_reload() {
+        use crate::auth::keys::unix_now;
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), "acme.yaml", ACME);
+        let r = registry(dir.path());
+        r.reload();
+        let id = TenantId::parse("acme").expect("id");
+        let ring = r.get(&id).expect("acme").keyring.clone();
+        let mint = |jti: &str| {
+            ring.mint_with_id(&id, "app", 600, Some(jti.to_string()))
+                .expect("mint")
+                .0
+        };
+        let (revoked, kept) = (mint("cred-1.a"), mint("cred-2.a"));
+        assert!(
+            crate::auth::verify(&revoked, &r).is_ok(),
+            "verified (and remembered)"
+        );
+        let mut list = Revocations::default();
+        list.revoke("cred-1", unix_now() + 600, unix_now());
+        let path = revocations_path(&dir.path().join("keys"), &id);
+        std::fs::write(&path, serde_json::to_vec(&list).expect("json")).expect("write");
+        assert!(r.reload_if_changed(), "the keys folder changed");
+        assert_eq!(
+            crate::auth::verify(&revoked, &r),
+            Err(crate::auth::AuthError::Revoked),
+            "refused although remembered before"
+        );
+        assert!(crate::auth::verify(&kept, &r).is_ok());
+        // A list that cannot be read keeps the last good state and says why.
+        std::fs::write(&path, "not json").expect("write");
+        assert!(r.reload_if_changed());
+        assert!(
+            r.problems()
+                .iter()
+                .any(|p| format!("{p:?}").contains("revocation")),
+            "{:?}",
+            r.problems()
+        );
+        assert_eq!(
+            crate::auth::verify(&revoked, &r),
+            Err(crate::auth::AuthError::Revoked)
+        );
     }
 
     #[test]

@@ -296,3 +296,69 @@ async fn the_operator_reads_no_secret_outside_its_namespaces() {
         "",
     );
 }
+
+/// Outside the tenant namespaces the operator writes only TenantCredential Secrets (labelled
+/// `tenantry.dev/credential` before and after), and only where a namespace bound it the
+/// credentials role.
+#[tokio::test]
+async fn the_operator_writes_only_credential_secrets_where_it_was_granted_them() {
+    let cluster = Cluster::new().await;
+    let env = cluster.env;
+    let granted = unique("team-creds");
+    let other = unique("team-nocreds");
+    for ns in [&granted, &other] {
+        cluster.remove_on_drop("namespace", None, ns);
+        env.apply_yaml(&namespace(ns, false));
+    }
+    env.apply_yaml(&format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: tenantry-credentials, namespace: {granted}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: tenantry-operator-credentials}}\nsubjects: [{{kind: ServiceAccount, name: tenantry-operator, namespace: {SYSTEM_NAMESPACE}}}]\n"
+    ));
+    let secret = |ns: &str, name: &str, labelled: bool| {
+        let labels = if labelled {
+            "labels: {tenantry.dev/credential: app}, "
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}, {labels}}}\nstringData: {{token: t}}\n"
+        )
+    };
+    refused(
+        &apply(env, &secret(&granted, "plain", false)),
+        "an unlabelled Secret in a granted namespace",
+        POLICY,
+    );
+    allowed(
+        &apply(env, &secret(&granted, "app-token", true)),
+        "a credential Secret in a granted namespace",
+    );
+    allowed(
+        &apply(env, &secret(&granted, "app-token", true)),
+        "updating it",
+    );
+    refused(
+        &apply(env, &secret(&other, "app-token", true)),
+        "a credential Secret where it was not granted Secrets",
+        "forbidden",
+    );
+    // Someone else's Secret cannot be taken over by labelling it.
+    env.apply_yaml(&secret(&granted, "db", false));
+    refused(
+        &apply(env, &secret(&granted, "db", true)),
+        "labelling a foreign Secret as a credential's",
+        POLICY,
+    );
+    refused(
+        &as_operator(env, &["delete", "secret", "db", "-n", &granted], None),
+        "deleting a foreign Secret",
+        POLICY,
+    );
+    allowed(
+        &as_operator(
+            env,
+            &["delete", "secret", "app-token", "-n", &granted],
+            None,
+        ),
+        "deleting a credential Secret",
+    );
+}

@@ -312,10 +312,14 @@ async fn chart_crds_and_rbac_are_those_of_the_repo() {
             .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))
             .clone()
     };
-    assert_eq!(of_kind(&docs, "ClusterRole").len(), 2);
+    assert_eq!(of_kind(&docs, "ClusterRole").len(), 3);
     for (name, path) in [
         ("tenantry-operator", "config/rbac/role.yaml"),
         ("tenantry-operator-tenant", "config/rbac/tenant_role.yaml"),
+        (
+            "tenantry-operator-credentials",
+            "config/rbac/credentials_role.yaml",
+        ),
     ] {
         assert_eq!(
             named("ClusterRole", name)["rules"],

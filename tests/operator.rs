@@ -544,7 +544,9 @@ async fn key_rotation_and_serve_with_rendered_config() {
         .volumes
         .iter()
         .flatten()
-        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .filter_map(|v| v.projected.as_ref()?.sources.as_ref())
+        .flatten()
+        .filter_map(|s| Some(s.secret.as_ref()?.name.clone()))
         .collect();
     assert_eq!(mounted_secrets, std::slice::from_ref(&verify_keys));
     render(

@@ -172,6 +172,9 @@ pub struct Claims {
     /// Issued at (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Token id, for revocation (`<issuer id>.<serial>` for the operator's credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 impl Keyring {
@@ -234,6 +237,18 @@ impl Keyring {
 
     /// Signs a token for `sub` in `tenant`, valid for `ttl_secs`.
     pub fn mint(&self, tenant: &TenantId, sub: &str, ttl_secs: u64) -> Result<String, KeyError> {
+        self.mint_with_id(tenant, sub, ttl_secs, None)
+            .map(|(token, _)| token)
+    }
+
+    /// [`Keyring::mint`] with a token id (`jti`); also returns the claims signed.
+    pub fn mint_with_id(
+        &self,
+        tenant: &TenantId,
+        sub: &str,
+        ttl_secs: u64,
+        jti: Option<String>,
+    ) -> Result<(String, Claims), KeyError> {
         let key = self.current_key().ok_or_else(|| KeyError::Sign {
             kid: self.current.clone(),
             reason: "the current key is missing from the keyring".to_string(),
@@ -244,16 +259,20 @@ impl Keyring {
             tenant_id: tenant.as_str().to_string(),
             exp: now + ttl_secs,
             iat: Some(now),
+            jti,
         };
         let mut header = Header::new(match key.algorithm {
             Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
             Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
         });
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &key.encoding_key()?).map_err(|e| KeyError::Sign {
-            kid: key.kid.clone(),
-            reason: e.to_string(),
-        })
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding_key()?).map_err(|e| {
+            KeyError::Sign {
+                kid: key.kid.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok((token, claims))
     }
 
     /// Reads a keyring file.
@@ -331,6 +350,70 @@ impl Keyring {
     }
 }
 
+/// Tokens of a tenant refused before they expire, as the file next to its keyring
+/// (`<tenant>.revoked.json`) holds them. An entry names a token id (`jti`) or an issuer of
+/// ids: it matches a `jti` equal to it or starting with it and a `.` (every token a deleted
+/// `TenantCredential` issued), until `until`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Revocations {
+    /// The entries.
+    #[serde(default)]
+    pub revoked: Vec<Revoked>,
+}
+
+/// One revoked token id or issuer of ids.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Revoked {
+    /// A `jti`, or the part of it before the first `.`.
+    pub id: String,
+    /// Unix seconds after which no token it matches can verify anyway (the entry can go).
+    pub until: i64,
+}
+
+impl Revocations {
+    /// Whether a token with `jti` is revoked at `now`.
+    pub fn revokes(&self, jti: &str, now: i64) -> bool {
+        let issuer = jti.split_once('.').map_or(jti, |(i, _)| i);
+        self.revoked
+            .iter()
+            .any(|r| r.until >= now && (r.id == jti || r.id == issuer))
+    }
+
+    /// Adds (or extends) an entry and drops those past `now`. Returns whether anything changed.
+    pub fn revoke(&mut self, id: &str, until: i64, now: i64) -> bool {
+        let before = self.revoked.clone();
+        self.revoked.retain(|r| r.until >= now);
+        match self.revoked.iter_mut().find(|r| r.id == id) {
+            Some(r) => r.until = r.until.max(until),
+            None => self.revoked.push(Revoked {
+                id: id.to_string(),
+                until,
+            }),
+        }
+        self.revoked != before
+    }
+
+    /// Reads `path`; a missing file is no revocations.
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| KeyError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("not a revocation list: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(KeyError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Path of `tenant`'s revocation list in a keys folder.
+pub fn revocations_path(keys_dir: &Path, tenant: &TenantId) -> PathBuf {
+    keys_dir.join(format!("{}.revoked.json", tenant.as_str()))
+}
+
 /// Path of `tenant`'s keyring in a keys folder (`<data-dir>/keys` on the embedded default).
 pub fn keyring_path(keys_dir: &Path, tenant: &TenantId) -> PathBuf {
     keys_dir.join(format!("{}.json", tenant.as_str()))
@@ -391,6 +474,37 @@ mod tests {
         v.required_spec_claims.clear();
         jsonwebtoken::decode::<Claims>(&token, &key.expect("public key verifies"), &v)
             .expect("verified with the public key");
+    }
+
+    #[test]
+    fn revocations_match_ids_and_issuers_until_they_lapse() {
+        let mut r = Revocations::default();
+        assert!(r.revoke("cred-uid", 100, 0));
+        assert!(r.revoke("one.token", 50, 0));
+        assert!(r.revokes("cred-uid.7", 10) && r.revokes("cred-uid", 10));
+        assert!(r.revokes("one.token", 10) && !r.revokes("one.other", 10));
+        assert!(!r.revokes("cred-uidx.7", 10) && !r.revokes("other", 10));
+        assert!(!r.revokes("cred-uid.7", 101), "past until");
+        assert!(
+            !r.revoke("cred-uid", 90, 0),
+            "an earlier until changes nothing"
+        );
+        assert!(r.revoke("new", 200, 60), "lapsed entries go");
+        assert_eq!(
+            r.revoked.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["cred-uid", "new"]
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = TenantId::parse("acme").expect("id");
+        let path = revocations_path(dir.path(), &t);
+        assert_eq!(
+            Revocations::read(&path).expect("missing"),
+            Revocations::default()
+        );
+        std::fs::write(&path, serde_json::to_vec(&r).expect("json")).expect("write");
+        assert_eq!(Revocations::read(&path).expect("read"), r);
+        std::fs::write(&path, "{").expect("write");
+        assert!(Revocations::read(&path).is_err());
     }
 
     #[test]

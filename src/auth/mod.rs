@@ -85,6 +85,9 @@ pub enum AuthError {
     /// An external issuer's token fails one of the issuer's claim conditions.
     #[error("claim {0:?} does not satisfy the issuer's conditions")]
     Condition(String),
+    /// The token's id is on the tenant's revocation list.
+    #[error("token revoked")]
+    Revoked,
     /// A required claim is missing or malformed.
     #[error("invalid token claims: {0}")]
     Claims(String),
@@ -102,6 +105,8 @@ pub struct TenantKeys {
     pub keys: Vec<(String, Option<i64>, DecodingKey)>,
     /// Tokens these keys verified (a clone starts empty).
     verified: VerifiedTokens,
+    /// Token ids refused although their signature verifies.
+    pub revoked: keys::Revocations,
 }
 
 /// Most tokens remembered per tenant; when full, expired ones are dropped, then the whole
@@ -170,7 +175,14 @@ impl TenantKeys {
             algorithm,
             keys,
             verified: VerifiedTokens::default(),
+            revoked: keys::Revocations::default(),
         }
+    }
+
+    /// These keys, refusing the tokens `revoked` names.
+    pub fn with_revocations(mut self, revoked: keys::Revocations) -> Self {
+        self.revoked = revoked;
+        self
     }
 }
 
@@ -318,6 +330,11 @@ fn verify_claimed(
         lookup.max_token_lifetime(&tenant),
         now,
     )?;
+    if let Some(jti) = claims.jti.as_deref()
+        && keys.revoked.revokes(jti, now)
+    {
+        return Err(AuthError::Revoked);
+    }
     let principal = principal(tenant, Some(&claims.tenant_id), claims.sub)?;
     let exp = i64::try_from(claims.exp).unwrap_or(i64::MAX);
     let until = key_expires.map_or(exp, |k| k.min(exp));

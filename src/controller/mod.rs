@@ -21,6 +21,7 @@ pub mod keys;
 pub mod leader;
 pub mod metrics;
 pub mod status;
+pub mod tenant_credential;
 #[cfg(test)]
 mod tests;
 pub mod validate;

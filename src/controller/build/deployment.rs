@@ -7,10 +7,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretProjection, SecurityContext, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::serve_config::{CONFIG_HASH_ANNOTATION, CONFIG_MOUNT, SERVE_CONFIG_KEY};
 use super::{
-    API_PORT, BuildConfig, KEYRING_KEY, KEYS_MOUNT, METRICS_PORT, Names, Scope,
+    API_PORT, BuildConfig, KEYRING_KEY, KEYS_MOUNT, METRICS_PORT, Names, REVOCATIONS_KEY, Scope,
     TENANT_MANIFEST_KEY, TENANTS_MOUNT, api_labels, api_selector, meta,
 };
 use crate::crd::Tenant;
@@ -316,16 +316,37 @@ fn volumes(names: &Names, cfg: &BuildConfig) -> Vec<Volume> {
     vec![
         config_key("tenant-config", TENANT_MANIFEST_KEY),
         config_key("serve-config", SERVE_CONFIG_KEY),
+        // The verify-only keyring and, once a TenantCredential was revoked, the revoked ids.
         Volume {
             name: "signing-key".to_string(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(names.verify_keys.clone()),
+            projected: Some(ProjectedVolumeSource {
                 default_mode: Some(0o400),
-                items: Some(vec![KeyToPath {
-                    key: KEYRING_KEY.to_string(),
-                    path: format!("{}.json", names.tenant),
-                    ..Default::default()
-                }]),
+                sources: Some(vec![
+                    VolumeProjection {
+                        secret: Some(SecretProjection {
+                            name: names.verify_keys.clone(),
+                            items: Some(vec![KeyToPath {
+                                key: KEYRING_KEY.to_string(),
+                                path: format!("{}.json", names.tenant),
+                                ..Default::default()
+                            }]),
+                            optional: Some(false),
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: names.revoked.clone(),
+                            items: Some(vec![KeyToPath {
+                                key: REVOCATIONS_KEY.to_string(),
+                                path: format!("{}.revoked.json", names.tenant),
+                                ..Default::default()
+                            }]),
+                            optional: Some(true),
+                        }),
+                        ..Default::default()
+                    },
+                ]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -548,16 +569,24 @@ mod tests {
             "{args}"
         );
         let volumes = pod.volumes.expect("volumes");
-        let secret_vol = volumes
+        assert!(volumes.iter().all(|v| v.secret.is_none()));
+        let sources = volumes
             .iter()
-            .find_map(|v| v.secret.clone())
-            .expect("secret volume");
+            .find_map(|v| v.projected.clone())
+            .and_then(|p| p.sources)
+            .expect("projected keys volume");
+        let secret = sources[0].secret.clone().expect("secret");
         assert_eq!(
-            secret_vol.secret_name.as_deref(),
-            Some("acme-verify-keys"),
+            secret.name, "acme-verify-keys",
             "the pods mount the verify-only keyring, never the signing key"
         );
-        assert_eq!(secret_vol.items.expect("items")[0].path, "acme.json");
+        assert_eq!(secret.items.expect("items")[0].path, "acme.json");
+        let revoked = sources[1].config_map.clone().expect("revocations");
+        assert_eq!(
+            (revoked.name.as_str(), revoked.optional),
+            ("acme-revoked-tokens", Some(true))
+        );
+        assert_eq!(revoked.items.expect("items")[0].path, "acme.revoked.json");
         for v in volumes.iter().filter_map(|v| v.empty_dir.as_ref()) {
             assert!(v.size_limit.is_some(), "every emptyDir is bounded: {v:?}");
         }

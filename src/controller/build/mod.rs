@@ -259,6 +259,9 @@ pub struct Names {
     pub api: String,
     /// Secret with the API pods' copied credentials.
     pub credentials: String,
+    /// ConfigMap with the revoked token ids the API pods refuse (written by the
+    /// TenantCredential controller; mounted next to the keyring).
+    pub revoked: String,
 }
 
 impl Names {
@@ -272,6 +275,7 @@ impl Names {
             config: format!("{tenant}-api-config"),
             api: format!("{tenant}-api"),
             credentials: format!("{tenant}-api-credentials"),
+            revoked: format!("{tenant}-revoked-tokens"),
         }
     }
 
@@ -394,6 +398,24 @@ pub fn verify_keys_secret(
             KEYRING_KEY.to_string(),
             ByteString(public),
         )])),
+        ..Default::default()
+    })
+}
+
+/// Key of the revocation list in the tenant's revoked-tokens ConfigMap.
+pub const REVOCATIONS_KEY: &str = "revoked.json";
+
+/// The ConfigMap with the tenant's revoked token ids (not secret: ids only), mounted by the API
+/// pods as `<tenant>.revoked.json` next to the keyring.
+pub fn revocations_config_map(
+    tenant: &Tenant,
+    names: &Names,
+    list: &crate::auth::keys::Revocations,
+) -> Result<ConfigMap, BuildError> {
+    let json = serde_json::to_string_pretty(list).map_err(BuildError::Keyring)?;
+    Ok(ConfigMap {
+        metadata: meta(tenant, names, &names.revoked, Scope::Tenant),
+        data: Some(BTreeMap::from([(REVOCATIONS_KEY.to_string(), json)])),
         ..Default::default()
     })
 }
