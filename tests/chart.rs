@@ -653,6 +653,7 @@ async fn rendered_chart_passes_the_api_servers_validation() {
         "quotatier.tenantry.dev/startup",
         "tenant.tenantry.dev/acme",
         "tenant.tenantry.dev/globex",
+        "tenantcredential.tenantry.dev/acme-reports",
     ] {
         assert!(text(&out).contains(obj), "{obj}: {}", text(&out));
     }
