@@ -1,6 +1,6 @@
 //! A stand-in for the kubelet (`Pod`): runs the chat API container of a Deployment the
 //! operator wrote, as a local `tenantry` process with exactly the pod's arguments, environment
-//! and mounted files. ConfigMap and Secret volumes become folders filled from the API server's
+//! and mounted files. ConfigMap, Secret and projected volumes become folders filled from the API server's
 //! objects (and refreshed by [`Pod::sync`], as a kubelet refreshes them), emptyDirs become
 //! empty folders, `valueFrom` variables are resolved from the tenant namespace, and the
 //! container's `0.0.0.0:<port>` listen addresses become `127.0.0.1:0` (each pod has its own
@@ -62,33 +62,61 @@ impl Pod {
         pod
     }
 
-    /// Writes the current contents of every ConfigMap and Secret volume (each file replaced
-    /// atomically, like the kubelet's symlink swap).
+    /// Writes the current contents of every ConfigMap, Secret and projected volume (each file
+    /// replaced atomically, like the kubelet's symlink swap; a missing optional source
+    /// contributes nothing).
     pub async fn sync(&self) {
         for v in &self.volumes {
             let dir = self.root.path().join("volumes").join(&v.name);
             if let Some(cm) = &v.config_map {
-                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-                let data = api.get(&cm.name).await.expect("get configmap").data;
-                let bytes = data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                write_files(&dir, bytes, cm.items.as_deref(), 0o644);
+                let data = self.config_map(&cm.name, cm.optional).await;
+                write_files(&dir, data, cm.items.as_deref(), 0o644);
             }
             if let Some(s) = &v.secret {
                 let name = s.secret_name.as_deref().expect("secret name");
-                let secret = self.secret(name).await;
+                let data = self.secret(name, s.optional).await;
                 let mode = s.default_mode.unwrap_or(0o644);
-                write_files(&dir, secret, s.items.as_deref(), mode as u32);
+                write_files(&dir, data, s.items.as_deref(), mode as u32);
+            }
+            if let Some(p) = &v.projected {
+                let mode = p.default_mode.unwrap_or(0o644) as u32;
+                for source in p.sources.iter().flatten() {
+                    if let Some(cm) = &source.config_map {
+                        let data = self.config_map(&cm.name, cm.optional).await;
+                        write_files(&dir, data, cm.items.as_deref(), mode);
+                    }
+                    if let Some(s) = &source.secret {
+                        let data = self.secret(&s.name, s.optional).await;
+                        write_files(&dir, data, s.items.as_deref(), mode);
+                    }
+                }
             }
         }
     }
 
-    async fn secret(&self, name: &str) -> BTreeMap<String, Vec<u8>> {
+    /// A ConfigMap's data; empty when it is absent and `optional`.
+    async fn config_map(&self, name: &str, optional: Option<bool>) -> BTreeMap<String, Vec<u8>> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let cm = match api.get_opt(name).await.expect("get configmap") {
+            Some(cm) => cm,
+            None if optional == Some(true) => return BTreeMap::new(),
+            None => panic!("configmap {name} is missing"),
+        };
+        cm.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect()
+    }
+
+    /// A Secret's data; empty when it is absent and `optional`.
+    async fn secret(&self, name: &str, optional: Option<bool>) -> BTreeMap<String, Vec<u8>> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let s = api.get(name).await.expect("get secret");
+        let s = match api.get_opt(name).await.expect("get secret") {
+            Some(s) => s,
+            None if optional == Some(true) => return BTreeMap::new(),
+            None => panic!("secret {name} is missing"),
+        };
         s.data
             .unwrap_or_default()
             .into_iter()
@@ -132,7 +160,7 @@ impl Pod {
         }
         let from = e.value_from.as_ref().expect("value or valueFrom");
         if let Some(r) = &from.secret_key_ref {
-            let data = self.secret(&r.name).await;
+            let data = self.secret(&r.name, r.optional).await;
             let v = data
                 .get(&r.key)
                 .unwrap_or_else(|| panic!("{}/{}", r.name, r.key));
@@ -183,7 +211,9 @@ fn write_files(
     let files: Vec<(String, &Vec<u8>)> = match items {
         Some(items) => items
             .iter()
-            .map(|i| (i.path.clone(), data.get(&i.key).expect("item key present")))
+            // A key that is absent is skipped (the kubelet refuses it unless the source is
+            // optional; an absent optional source has no data at all).
+            .filter_map(|i| data.get(&i.key).map(|v| (i.path.clone(), v)))
             .collect(),
         None => data.iter().map(|(k, v)| (k.clone(), v)).collect(),
     };
