@@ -74,7 +74,7 @@ if wants console; then
     scripts/node-env.sh playwright >/dev/null
 fi
 # The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build; Go).
-if wants admission chart cluster credentials crd_api expose operator; then
+if wants admission chart cluster credentials crd_api expose kubectl_plugin operator; then
     command -v go >/dev/null || { log "error: Go (1.26+) is needed once to build the test API server"; exit 1; }
     kube_env=$(scripts/kube-test-env.sh start) || { log "error: the test API server did not start (above)"; exit 1; }
     eval "$kube_env"

@@ -32,7 +32,7 @@
 //!   (plus cleanup, signing keys, leader election, its metrics).
 //!
 //! Processes
-//! - [`cli`]: the command line (`serve`, `operator`, `token`, `ingest`, `export`, `import`, `crd`,
+//! - [`cli`]: the command line (`serve`, `operator`, `token`, `kubectl`, `ingest`, `export`, `import`, `crd`,
 //!   `healthcheck`), with typed flag values.
 //! - [`serve`], [`operator`]: wiring of the two long-running modes.
 //! - [`runtime`]: what both need: shutdown signal, admin router (metrics, health), file watching.
@@ -41,6 +41,8 @@
 //! - [`listen`]: `serve`'s accept loop: connection cap, header-read and idle timeouts.
 //! - [`metrics`], [`telemetry`]: Prometheus metric families; logging and tracing setup.
 //! - [`ingest`], [`healthcheck`]: the `tenantry ingest` client and the image's HEALTHCHECK probe.
+//! - [`kubectl`]: `tenantry kubectl`, the kubectl plugin `kubectl tenantry` (tenants through the
+//!   user's kubeconfig).
 //! - [`transfer`]: the `tenantry export` / `tenantry import` clients (a tenant's documents as
 //!   JSONL).
 pub mod api;
@@ -56,6 +58,7 @@ pub mod domain;
 pub mod embed;
 pub mod healthcheck;
 pub mod ingest;
+pub mod kubectl;
 pub mod listen;
 pub mod llm;
 pub mod metrics;
