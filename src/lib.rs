@@ -40,6 +40,8 @@
 //! - [`tls`]: HTTPS for `serve`: certificate loading and reload on change.
 //! - [`listen`]: `serve`'s accept loop: connection cap, header-read and idle timeouts.
 //! - [`metrics`], [`telemetry`]: Prometheus metric families; logging and tracing setup.
+//! - [`tenant_gauges`]: the operator's per-tenant gauges (ready, signing-key age), from the
+//!   Tenants' status.
 //! - [`ingest`], [`healthcheck`]: the `tenantry ingest` client and the image's HEALTHCHECK probe.
 //! - [`kubectl`]: `tenantry kubectl`, the kubectl plugin `kubectl tenantry` (tenants through the
 //!   user's kubeconfig).
@@ -68,6 +70,7 @@ pub mod rag;
 pub mod runtime;
 pub mod serve;
 pub mod telemetry;
+pub mod tenant_gauges;
 pub mod tenants;
 pub mod tls;
 pub mod transfer;
