@@ -50,6 +50,8 @@ need curl curl "curl, for the model download and the TLS tests"
 need openssl openssl "openssl, for the test certificates"
 # The quota, budget and cluster suites start their own redis-server processes on 127.0.0.1.
 if wants quota budgets chart cluster credentials; then need redis-server redis-server "redis-server, for the quota tests"; fi
+# The chart suite checks its alerting rules with promtool (in Debian's prometheus package).
+if wants chart; then need promtool prometheus "promtool, for the chart's alerting rules"; fi
 # The SDK, schemathesis and llama.cpp peers live in Python venvs.
 if wants openai_sdk openapi llama; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || install python3-venv "Python's venv module"

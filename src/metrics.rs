@@ -56,7 +56,7 @@ pub struct TenantLabels {
     pub tenant_id: String,
 }
 
-/// Labels of `llm_upstream_circuit_open`.
+/// Labels of `tenantry_upstream_circuit_open`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     /// The upstream: `primary`, `fallback-1`, ... (`llm.fallbacks` in order).
@@ -93,8 +93,12 @@ pub struct Metrics {
     /// `quota_daily_tokens_remaining{tenant_id}`: tokens left of the tenant's daily budget, as
     /// of the last reservation, refusal or usage read (tenants without a daily limit have none).
     pub daily_tokens_remaining: Family<TenantLabels, Gauge>,
-    /// `llm_upstream_circuit_open{upstream}`: 1 while the upstream's circuit breaker is open
-    /// (calls fail fast or wait for the one trial call), else 0.
+    /// `quota_daily_tokens_limit{tenant_id}`: the daily budget those are left of.
+    pub daily_tokens_limit: Family<TenantLabels, Gauge>,
+    /// `tenantry_upstream_circuit_open{upstream}`: 1 while the upstream's circuit breaker is
+    /// open (calls fail fast or wait for the one trial call), else 0. Not per tenant: the
+    /// upstreams, and their breakers, are the process's (`tenantry_`, unlike the per-tenant
+    /// `llm_` families).
     pub upstream_circuit_open: Family<UpstreamLabels, Gauge>,
 }
 
@@ -176,9 +180,15 @@ impl Default for Metrics {
             "Tokens left of the tenant's daily budget, as of its last reservation, refusal or usage read",
             daily_tokens_remaining.clone(),
         );
+        let daily_tokens_limit = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "quota_daily_tokens_limit",
+            "The tenant's daily token budget (with quota_daily_tokens_remaining)",
+            daily_tokens_limit.clone(),
+        );
         let upstream_circuit_open = Family::<UpstreamLabels, Gauge>::default();
         registry.register(
-            "llm_upstream_circuit_open",
+            "tenantry_upstream_circuit_open",
             "1 while the upstream's circuit breaker is open, else 0",
             upstream_circuit_open.clone(),
         );
@@ -195,6 +205,7 @@ impl Default for Metrics {
             cache_misses,
             time_to_first_token,
             daily_tokens_remaining,
+            daily_tokens_limit,
             upstream_circuit_open,
         }
     }
@@ -256,8 +267,8 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Sets what is left of `tenant`'s daily token budget, from the status of its limits
-    /// (`None`: the tenant has no daily limit, and no series).
+    /// Sets what is left of `tenant`'s daily token budget and the budget, from the status of
+    /// its limits (without a daily limit among them: no series).
     pub fn record_daily_remaining(&self, tenant: &str, statuses: &[crate::quota::LimitStatus]) {
         let labels = TenantLabels {
             tenant_id: tenant.to_string(),
@@ -267,12 +278,17 @@ impl Metrics {
             .find(|s| s.limit == crate::quota::Limit::DailyTokens)
         {
             Some(s) => {
+                let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 self.daily_tokens_remaining
                     .get_or_create(&labels)
-                    .set(i64::try_from(s.remaining).unwrap_or(i64::MAX));
+                    .set(gauge(s.remaining));
+                self.daily_tokens_limit
+                    .get_or_create(&labels)
+                    .set(gauge(s.max));
             }
             None => {
                 self.daily_tokens_remaining.remove(&labels);
+                self.daily_tokens_limit.remove(&labels);
             }
         }
     }
@@ -416,8 +432,9 @@ mod tests {
             r#"llm_time_to_first_token_seconds_bucket{le="0.25",tenant_id="acme",model="gpt-4o-mini"} 0"#,
             r#"llm_time_to_first_token_seconds_bucket{le="0.5",tenant_id="acme",model="gpt-4o-mini"} 1"#,
             r#"quota_daily_tokens_remaining{tenant_id="acme"} 750"#,
-            r#"llm_upstream_circuit_open{upstream="primary"} 1"#,
-            r#"llm_upstream_circuit_open{upstream="fallback-1"} 0"#,
+            r#"quota_daily_tokens_limit{tenant_id="acme"} 1000"#,
+            r#"tenantry_upstream_circuit_open{upstream="primary"} 1"#,
+            r#"tenantry_upstream_circuit_open{upstream="fallback-1"} 0"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -47,7 +47,7 @@ async fn metric(server: &Server, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-const PRIMARY_OPEN: &str = r#"llm_upstream_circuit_open{upstream="primary"}"#;
+const PRIMARY_OPEN: &str = r#"tenantry_upstream_circuit_open{upstream="primary"}"#;
 
 fn assert_upstream_error(status: StatusCode, body: &Value) {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -282,7 +282,7 @@ async fn streams_are_retried_and_fall_back() {
     assert_eq!(
         metric(
             &server,
-            r#"llm_upstream_circuit_open{upstream="fallback-1"}"#
+            r#"tenantry_upstream_circuit_open{upstream="fallback-1"}"#
         )
         .await,
         Some(0.0)
