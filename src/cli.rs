@@ -113,9 +113,9 @@ pub enum KubectlCommand {
     /// Tokens used today against the daily limit, and the other limits, per tenant. Usage is
     /// read from the tenant's API (`GET /v1/usage`, with a token minted from the tenant's
     /// signing key), limits from the Tenant's status.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["tenant", "all"])))]
     Usage {
         /// Tenant (the Tenant's name).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
         tenant: Option<String>,
         /// Every tenant.
         #[arg(long)]
