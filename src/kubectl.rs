@@ -382,7 +382,7 @@ async fn rotate(api: &Api<Tenant>, t: &Tenant, now: Timestamp) -> anyhow::Result
     ))
 }
 
-/// What `GET /v1/usage` says, with where it was asked.
+/// What a tenant's `GET /v1/usage` answered.
 #[derive(Debug, Clone)]
 pub struct Usage {
     /// The answer (`tokens_today`, `limits`, `storage`, ...).

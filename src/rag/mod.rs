@@ -106,9 +106,11 @@ impl Services {
             }
             Err(Refusal::Unavailable(e)) => return Err(Error::QuotaUnavailable(e)),
         };
-        match reservation.statuses() {
-            Some(limits) => self.metrics.record_daily_remaining(tenant_id, &limits),
-            None => self.metrics.record_fail_open(tenant_id),
+        if !reservation.metered() {
+            self.metrics.record_fail_open(tenant_id);
+        }
+        if let Some(limits) = reservation.statuses() {
+            self.metrics.record_daily_remaining(tenant_id, &limits);
         }
         Ok(reservation)
     }
