@@ -30,7 +30,7 @@ COPY benches ./benches
 COPY scripts/build-image.sh ./scripts/
 # Newer than the stub build, so cargo rebuilds the crate itself.
 RUN touch src/main.rs src/lib.rs \
-    && scripts/build-image.sh build --profile release --out /out \
+    && scripts/build-image.sh build --profile release --out /out/bin \
     && mkdir -p /out/data
 
 FROM ${PYTHON_IMAGE} AS model
@@ -45,7 +45,9 @@ FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="tenantry" \
       org.opencontainers.image.description="Kubernetes operator and tenant-aware RAG chat API in one binary" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/tenantry /usr/local/bin/tenantry
+# The binary and kubectl-tenantry, a symlink to it: the kubectl plugin `kubectl tenantry` (a
+# folder copy keeps the symlink a symlink).
+COPY --from=build /out/bin/ /usr/local/bin/
 COPY --from=model /models /models
 # The only writable path: mount a volume here (emptyDir, PVC, `docker run -v`). Everything
 # else may be read-only (`readOnlyRootFilesystem: true`, `docker run --read-only`).

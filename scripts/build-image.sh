@@ -5,7 +5,8 @@
 # Usage:
 #   scripts/build-image.sh build [--profile P] [--out DIR]
 #       cargo build --locked --profile P (default release) --bin tenantry; copies the binary
-#       to DIR/tenantry when --out is given.
+#       to DIR/tenantry when --out is given, with DIR/kubectl-tenantry, a symlink to it (the
+#       kubectl plugin `kubectl tenantry`).
 #   scripts/build-image.sh model DIR
 #       installs the embedding model into DIR/all-MiniLM-L6-v2 (scripts/install-model.sh).
 #   scripts/build-image.sh stage DIR [--profile P] [--no-model]
@@ -13,10 +14,10 @@
 #       DIR/usr/local/bin/tenantry, DIR/models/all-MiniLM-L6-v2, DIR/data (the volume).
 #       The model is copied from $TENANTRY_MODEL_DIR when that holds one, else installed.
 #   scripts/build-image.sh check DIR
-#       smoke-tests a staged filesystem: --version, `healthcheck` against a closed port (must
-#       fail), then `serve` from it as uid 65532 with DIR mounted read-only (a private mount
-#       namespace; skipped without root/unshare) and only a data volume writable, until
-#       `healthcheck` passes; then SIGTERM and a clean exit.
+#       smoke-tests a staged filesystem: --version, the kubectl plugin's --help, `healthcheck`
+#       against a closed port (must fail), then `serve` from it as uid 65532 with DIR mounted
+#       read-only (a private mount namespace; skipped without root/unshare) and only a data
+#       volume writable, until `healthcheck` passes; then SIGTERM and a clean exit.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,7 +53,8 @@ cmd_build() {
     if [[ -n "$out" ]]; then
         mkdir -p "$out"
         install -m 0755 "$(profile_dir "$profile")/tenantry" "$out/tenantry"
-        log "binary in $out/tenantry"
+        ln -sfn tenantry "$out/kubectl-tenantry"
+        log "binary in $out/tenantry (and the kubectl plugin $out/kubectl-tenantry)"
     fi
 }
 
@@ -103,6 +105,11 @@ cmd_check() {
     local bin="$dir/usr/local/bin/tenantry"
     [[ -x "$bin" ]] || die "no binary at $bin"
     log "tenantry --version: $("$bin" --version)"
+    local plugin_help
+    plugin_help="$("$dir/usr/local/bin/kubectl-tenantry" --help)"
+    [[ $plugin_help == *"Usage: kubectl tenantry "* ]] \
+        || die "kubectl-tenantry does not run as the kubectl plugin: $plugin_help"
+    log "kubectl-tenantry runs as the kubectl plugin"
     local port
     port="$(free_port)"
     if "$bin" healthcheck --url "http://127.0.0.1:$port/healthz" 2>/dev/null; then

@@ -50,6 +50,8 @@ need curl curl "curl, for the model download and the TLS tests"
 need openssl openssl "openssl, for the test certificates"
 # The quota, budget and cluster suites start their own redis-server processes on 127.0.0.1.
 if wants quota budgets chart cluster credentials; then need redis-server redis-server "redis-server, for the quota tests"; fi
+# The chart suite checks its alerting rules with promtool (in Debian's prometheus package).
+if wants chart; then need promtool prometheus "promtool, for the chart's alerting rules"; fi
 # The SDK, schemathesis and llama.cpp peers live in Python venvs.
 if wants openai_sdk openapi llama; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || install python3-venv "Python's venv module"
@@ -74,7 +76,7 @@ if wants console; then
     scripts/node-env.sh playwright >/dev/null
 fi
 # The operator tests run against a real API server on 127.0.0.1 (first run: ~8 min build; Go).
-if wants admission chart cluster credentials crd_api expose operator; then
+if wants admission chart cluster credentials crd_api expose kubectl_plugin operator; then
     command -v go >/dev/null || { log "error: Go (1.26+) is needed once to build the test API server"; exit 1; }
     kube_env=$(scripts/kube-test-env.sh start) || { log "error: the test API server did not start (above)"; exit 1; }
     eval "$kube_env"

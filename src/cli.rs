@@ -42,6 +42,109 @@ pub enum Command {
     /// Store the documents of a JSONL export in a tenant; documents already there (same id)
     /// are skipped, so an interrupted run resumes. Failed lines are reported, not fatal.
     Import(ImportArgs),
+    /// Tenants in a cluster, through your kubeconfig: their status, usage, tokens and key
+    /// rotation. Also run as the kubectl plugin `kubectl tenantry` (this binary under the name
+    /// `kubectl-tenantry` on PATH).
+    Kubectl(KubectlArgs),
+}
+
+/// Basename under which the binary acts as the kubectl plugin `kubectl tenantry`.
+pub const PLUGIN_NAME: &str = "kubectl-tenantry";
+
+/// Whether the program was run as [`PLUGIN_NAME`] (its `argv[0]`): kubectl runs plugins by
+/// that name, with the arguments after `kubectl tenantry`, which [`Plugin`] parses.
+pub fn invoked_as_plugin(argv0: Option<&std::ffi::OsStr>) -> bool {
+    argv0.is_some_and(|a| {
+        std::path::Path::new(a)
+            .file_stem()
+            .is_some_and(|stem| stem == PLUGIN_NAME)
+    })
+}
+
+/// The kubectl plugin `kubectl tenantry`: the commands of `tenantry kubectl`.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl-tenantry", bin_name = "kubectl tenantry", version)]
+#[command(
+    about = "Tenants of tenantry through your kubeconfig: status, usage, tokens, key rotation."
+)]
+pub struct Plugin {
+    /// The cluster and the command.
+    #[command(flatten)]
+    pub args: KubectlArgs,
+}
+
+/// Options of `tenantry kubectl` (`kubectl tenantry`): which cluster, and what to do.
+#[derive(Debug, Clone, Args)]
+pub struct KubectlArgs {
+    /// The cluster to talk to.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: KubectlCommand,
+}
+
+/// The cluster of `tenantry kubectl`, chosen like kubectl chooses it: the kubeconfig
+/// (`--kubeconfig`, else `KUBECONFIG`, else `~/.kube/config`, else the in-cluster
+/// ServiceAccount) and its context.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Kubeconfig file to use (unset: `KUBECONFIG`, else `~/.kube/config`, else in-cluster).
+    #[arg(long, global = true, env = "TENANTRY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (unset: its current context).
+    #[arg(long, global = true, env = "TENANTRY_KUBE_CONTEXT")]
+    pub context: Option<String>,
+    /// Only the tenant whose namespace (`status.namespace`, e.g. tenant-acme) this is.
+    /// Tenants are cluster-scoped; this selects a tenant by the namespace its API runs in.
+    #[arg(long, short = 'n', global = true, env = "TENANTRY_KUBE_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// Subcommands of `tenantry kubectl`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KubectlCommand {
+    /// A tenant's phase, endpoint, signing key and conditions; without TENANT, one line per
+    /// tenant.
+    Status {
+        /// Tenant (the Tenant's name); unset: every tenant.
+        tenant: Option<String>,
+    },
+    /// Tokens used today against the daily limit, and the other limits, per tenant. Usage is
+    /// read from the tenant's API (`GET /v1/usage`, with a token minted from the tenant's
+    /// signing key), limits from the Tenant's status.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["tenant", "all"])))]
+    Usage {
+        /// Tenant (the Tenant's name).
+        tenant: Option<String>,
+        /// Every tenant.
+        #[arg(long)]
+        all: bool,
+        /// Base URL of the tenant's API instead of its `status.endpoint` (an in-cluster URL
+        /// unless the operator exposes the API), e.g. http://127.0.0.1:8000 after
+        /// `kubectl port-forward -n tenant-acme svc/acme-api 8000:80`. Only with TENANT.
+        #[arg(long, env = "TENANTRY_TENANT_URL", conflicts_with = "all")]
+        url: Option<String>,
+    },
+    /// Print a JWT for a user of a tenant, signed with the tenant's current key read from its
+    /// signing-key Secret.
+    Token {
+        /// Tenant (the Tenant's name).
+        tenant: String,
+        /// User the token is for (`sub` claim).
+        #[arg(long, env = "TENANTRY_SUB")]
+        subject: String,
+        /// Validity, as a duration like `1h`, `30m` (at most the tenant's
+        /// `spec.auth.maxTokenLifetime`).
+        #[arg(long, env = "TENANTRY_TTL", default_value = "1h", value_parser = token_ttl)]
+        ttl: Duration,
+    },
+    /// Ask the operator for a new signing key now: sets the Tenant's
+    /// `tenantry.dev/rotate-key` annotation to a new value.
+    Rotate {
+        /// Tenant (the Tenant's name).
+        tenant: String,
+    },
 }
 
 /// The tenant API that `export` and `import` talk to.
@@ -545,6 +648,36 @@ mod tests {
         .expect_err("zero ttl")
         .to_string();
         assert!(err.contains("is not a duration like 1h"), "{err}");
+    }
+
+    #[test]
+    fn as_kubectl_tenantry_the_binary_parses_the_plugins_commands() {
+        assert!(invoked_as_plugin(Some(
+            "/usr/local/bin/kubectl-tenantry".as_ref()
+        )));
+        assert!(!invoked_as_plugin(Some("/usr/local/bin/tenantry".as_ref())));
+        assert!(!invoked_as_plugin(None));
+        let p = Plugin::try_parse_from(["kubectl-tenantry", "status", "-n", "x"]).expect("parses");
+        assert_eq!(p.args.kube.namespace.as_deref(), Some("x"));
+        assert!(matches!(
+            p.args.command,
+            KubectlCommand::Status { tenant: None }
+        ));
+        let err = Plugin::try_parse_from(["kubectl-tenantry", "usage"])
+            .expect_err("usage without a tenant")
+            .to_string();
+        assert!(
+            err.contains("--all") && err.contains("kubectl tenantry usage"),
+            "{err}"
+        );
+        Plugin::command().debug_assert();
+        // The same commands under `tenantry kubectl`.
+        let cli = Cli::try_parse_from(["tenantry", "kubectl", "--context", "c", "rotate", "acme"])
+            .expect("parses");
+        let Command::Kubectl(args) = cli.command else {
+            panic!("not kubectl");
+        };
+        assert_eq!(args.kube.context.as_deref(), Some("c"));
     }
 
     #[test]

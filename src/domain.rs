@@ -67,6 +67,16 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// A duration the way [`parse_duration`] reads it back, in its largest whole unit (`24h`,
+/// `90m`, `45s`).
+pub fn format_duration(d: Duration) -> String {
+    match d.as_secs() {
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Parses a Go-style duration made of `<n>ms`, `<n>s`, `<n>m`, `<n>h` parts (e.g. `1h30m`).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;

@@ -32,7 +32,7 @@
 //!   (plus cleanup, signing keys, leader election, its metrics).
 //!
 //! Processes
-//! - [`cli`]: the command line (`serve`, `operator`, `token`, `ingest`, `export`, `import`, `crd`,
+//! - [`cli`]: the command line (`serve`, `operator`, `token`, `kubectl`, `ingest`, `export`, `import`, `crd`,
 //!   `healthcheck`), with typed flag values.
 //! - [`serve`], [`operator`]: wiring of the two long-running modes.
 //! - [`runtime`]: what both need: shutdown signal, admin router (metrics, health), file watching.
@@ -40,7 +40,11 @@
 //! - [`tls`]: HTTPS for `serve`: certificate loading and reload on change.
 //! - [`listen`]: `serve`'s accept loop: connection cap, header-read and idle timeouts.
 //! - [`metrics`], [`telemetry`]: Prometheus metric families; logging and tracing setup.
+//! - [`tenant_gauges`]: the operator's per-tenant gauges (ready, signing-key age), from the
+//!   Tenants' status.
 //! - [`ingest`], [`healthcheck`]: the `tenantry ingest` client and the image's HEALTHCHECK probe.
+//! - [`kubectl`]: `tenantry kubectl`, the kubectl plugin `kubectl tenantry` (tenants through the
+//!   user's kubeconfig).
 //! - [`transfer`]: the `tenantry export` / `tenantry import` clients (a tenant's documents as
 //!   JSONL).
 pub mod api;
@@ -56,6 +60,7 @@ pub mod domain;
 pub mod embed;
 pub mod healthcheck;
 pub mod ingest;
+pub mod kubectl;
 pub mod listen;
 pub mod llm;
 pub mod metrics;
@@ -65,6 +70,7 @@ pub mod rag;
 pub mod runtime;
 pub mod serve;
 pub mod telemetry;
+pub mod tenant_gauges;
 pub mod tenants;
 pub mod tls;
 pub mod transfer;

@@ -47,7 +47,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     tenantry::install_crypto_provider();
-    let cli = Cli::parse();
+    // Run as `kubectl-tenantry` (kubectl's plugin name), the binary is `tenantry kubectl`.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if tenantry::cli::invoked_as_plugin(argv.first().map(|a| a.as_os_str())) {
+        let plugin = tenantry::cli::Plugin::parse_from(argv);
+        return tenantry::kubectl::run(plugin.args).await;
+    }
+    let cli = Cli::parse_from(argv);
     match cli.command {
         Command::Serve(args) => {
             let telemetry = tenantry::telemetry::init();
@@ -57,6 +63,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Token(args) => println!("{}", token(&args)?),
         Command::Crd => print!("{}", tenantry::crd::crd_yaml()),
+        Command::Kubectl(args) => tenantry::kubectl::run(args).await?,
         Command::Healthcheck(args) => {
             if let Err(e) = tenantry::healthcheck::check(&args).await {
                 eprintln!("unhealthy: {e}");
@@ -160,15 +167,6 @@ async fn import(args: tenantry::cli::ImportArgs) -> anyhow::Result<()> {
     }
 }
 
-/// A duration as `tenantry token --ttl` takes it (`24h`, `90m`, `45s`).
-fn go_duration(d: std::time::Duration) -> String {
-    match d.as_secs() {
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
 /// Mints a token with the tenant's current key (creating the key like `serve` would).
 fn token(args: &TokenArgs) -> anyhow::Result<String> {
     let tenant = TenantId::parse(&args.tenant)?;
@@ -187,15 +185,12 @@ fn token(args: &TokenArgs) -> anyhow::Result<String> {
             args.tenants.display()
         )
     })?;
-    let max = config.spec.auth.max_token_lifetime();
-    if args.ttl > max {
-        anyhow::bail!(
-            "--ttl {} is longer than tenant {tenant}'s maximum token lifetime of {} (spec.auth.maxTokenLifetime): serve would refuse the token",
-            go_duration(args.ttl),
-            go_duration(max)
-        );
-    }
-    Ok(config
-        .keyring
-        .mint(&tenant, &args.sub, args.ttl.as_secs())?)
+    tenantry::auth::keys::mint_checked(
+        &config.keyring,
+        &tenant,
+        &args.sub,
+        args.ttl,
+        config.spec.auth.max_token_lifetime(),
+    )
+    .map_err(|e| anyhow!(e))
 }

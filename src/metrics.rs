@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -55,6 +56,13 @@ pub struct TenantLabels {
     pub tenant_id: String,
 }
 
+/// Labels of `tenantry_upstream_circuit_open`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The upstream: `primary`, `fallback-1`, ... (`llm.fallbacks` in order).
+    pub upstream: String,
+}
+
 /// Every metric family of `serve`, registered in one registry.
 pub struct Metrics {
     registry: Registry,
@@ -79,10 +87,26 @@ pub struct Metrics {
     pub cache_hits: Family<TenantLabels, Counter>,
     /// `llm_cache_misses_total{tenant_id}`: chat requests the semantic cache could not answer.
     pub cache_misses: Family<TenantLabels, Counter>,
+    /// `llm_time_to_first_token_seconds{tenant_id,model}`: time from a streamed call's start
+    /// to its first output.
+    pub time_to_first_token: Family<ModelLabels, Histogram>,
+    /// `quota_daily_tokens_remaining{tenant_id}`: tokens left of the tenant's daily budget, as
+    /// of the last reservation, refusal or usage read (tenants without a daily limit have none).
+    pub daily_tokens_remaining: Family<TenantLabels, Gauge>,
+    /// `quota_daily_tokens_limit{tenant_id}`: the daily budget those are left of.
+    pub daily_tokens_limit: Family<TenantLabels, Gauge>,
+    /// `tenantry_upstream_circuit_open{upstream}`: 1 while the upstream's circuit breaker is
+    /// open (calls fail fast or wait for the one trial call), else 0. Not per tenant: the
+    /// upstreams, and their breakers, are the process's (`tenantry_`, unlike the per-tenant
+    /// `llm_` families).
+    pub upstream_circuit_open: Family<UpstreamLabels, Gauge>,
 }
 
 /// The seed's latency buckets (seconds).
 pub const LATENCY_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+
+/// Buckets of `llm_time_to_first_token_seconds` (50 ms to 30 s).
+pub const FIRST_TOKEN_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0];
 
 /// Buckets of `llm_gateway_overhead_seconds` (0.5 ms to 0.5 s).
 pub const OVERHEAD_BUCKETS: [f64; 10] = [
@@ -142,6 +166,32 @@ impl Default for Metrics {
             "Chat requests the semantic cache could not answer",
             cache_misses.clone(),
         );
+        let time_to_first_token = Family::<ModelLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(FIRST_TOKEN_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register(
+            "llm_time_to_first_token_seconds",
+            "Time from a streamed model call's start to its first output",
+            time_to_first_token.clone(),
+        );
+        let daily_tokens_remaining = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "quota_daily_tokens_remaining",
+            "Tokens left of the tenant's daily budget, as of its last reservation, refusal or usage read",
+            daily_tokens_remaining.clone(),
+        );
+        let daily_tokens_limit = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "quota_daily_tokens_limit",
+            "The tenant's daily token budget (with quota_daily_tokens_remaining)",
+            daily_tokens_limit.clone(),
+        );
+        let upstream_circuit_open = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "tenantry_upstream_circuit_open",
+            "1 while the upstream's circuit breaker is open, else 0",
+            upstream_circuit_open.clone(),
+        );
         Self {
             registry,
             requests,
@@ -153,6 +203,10 @@ impl Default for Metrics {
             gateway_overhead,
             cache_hits,
             cache_misses,
+            time_to_first_token,
+            daily_tokens_remaining,
+            daily_tokens_limit,
+            upstream_circuit_open,
         }
     }
 }
@@ -201,6 +255,51 @@ impl Metrics {
                 tenant_id: tenant.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Records the time to the first output of a streamed call.
+    pub fn record_first_token(&self, tenant: &str, model: &str, seconds: f64) {
+        self.time_to_first_token
+            .get_or_create(&ModelLabels {
+                tenant_id: tenant.to_string(),
+                model: model.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Sets what is left of `tenant`'s daily token budget and the budget, from the status of
+    /// its limits (without a daily limit among them: no series).
+    pub fn record_daily_remaining(&self, tenant: &str, statuses: &[crate::quota::LimitStatus]) {
+        let labels = TenantLabels {
+            tenant_id: tenant.to_string(),
+        };
+        match statuses
+            .iter()
+            .find(|s| s.limit == crate::quota::Limit::DailyTokens)
+        {
+            Some(s) => {
+                let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                self.daily_tokens_remaining
+                    .get_or_create(&labels)
+                    .set(gauge(s.remaining));
+                self.daily_tokens_limit
+                    .get_or_create(&labels)
+                    .set(gauge(s.max));
+            }
+            None => {
+                self.daily_tokens_remaining.remove(&labels);
+                self.daily_tokens_limit.remove(&labels);
+            }
+        }
+    }
+
+    /// Sets the state of `upstream`'s circuit breaker.
+    pub fn record_circuit(&self, upstream: &str, open: bool) {
+        self.upstream_circuit_open
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_string(),
+            })
+            .set(i64::from(open));
     }
 
     /// Counts a semantic-cache hit (`true`) or miss (`false`).
@@ -304,7 +403,21 @@ mod tests {
         m.record_cache("acme", true);
         m.record_cache("acme", false);
         m.record_cache("acme", false);
+        m.record_first_token("acme", "gpt-4o-mini", 0.3);
+        m.record_circuit("primary", true);
+        m.record_circuit("fallback-1", false);
+        let status = |limit, remaining| crate::quota::LimitStatus {
+            limit,
+            max: 1000,
+            remaining,
+            reset_seconds: 1,
+        };
+        m.record_daily_remaining("acme", &[status(crate::quota::Limit::DailyTokens, 750)]);
+        m.record_daily_remaining("solo", &[status(crate::quota::Limit::DailyTokens, 5)]);
+        // A tenant whose daily limit went away loses its series.
+        m.record_daily_remaining("solo", &[status(crate::quota::Limit::RequestsPerMinute, 5)]);
         let text = m.encode();
+        assert!(!text.contains(r#"tenant_id="solo""#), "{text}");
         for needle in [
             r#"llm_requests_total{tenant_id="acme",model="gpt-4o-mini",status="success"} 1"#,
             r#"llm_request_latency_seconds_bucket{le="0.5",tenant_id="acme",model="gpt-4o-mini"} 1"#,
@@ -316,6 +429,12 @@ mod tests {
             r#"llm_cache_misses_total{tenant_id="acme"} 2"#,
             r#"llm_gateway_overhead_seconds_bucket{le="0.0025",tenant_id="acme"} 1"#,
             r#"llm_gateway_overhead_seconds_bucket{le="0.001",tenant_id="acme"} 0"#,
+            r#"llm_time_to_first_token_seconds_bucket{le="0.25",tenant_id="acme",model="gpt-4o-mini"} 0"#,
+            r#"llm_time_to_first_token_seconds_bucket{le="0.5",tenant_id="acme",model="gpt-4o-mini"} 1"#,
+            r#"quota_daily_tokens_remaining{tenant_id="acme"} 750"#,
+            r#"quota_daily_tokens_limit{tenant_id="acme"} 1000"#,
+            r#"tenantry_upstream_circuit_open{upstream="primary"} 1"#,
+            r#"tenantry_upstream_circuit_open{upstream="fallback-1"} 0"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -1,7 +1,7 @@
 //! `tenantry operator`: connects to the cluster, campaigns for the leader Lease, serves
-//! `/metrics`, `/healthz` and `/readyz`, and runs the Tenant controller while it leads. A
-//! replica that loses the Lease exits (its pod restarts and campaigns again), so two replicas
-//! never write at the same time.
+//! `/metrics` (the reconciler's families and the per-tenant gauges), `/healthz` and `/readyz`,
+//! and runs the Tenant controller while it leads. A replica that loses the Lease exits (its pod
+//! restarts and campaigns again), so two replicas never write at the same time.
 //!
 //! Wiring only: flags → [`Context`] → leader gate → [`controller::run`].
 use std::net::SocketAddr;
@@ -22,6 +22,7 @@ use crate::controller::credentials::StoreCredentials;
 use crate::controller::leader::Elector;
 use crate::controller::{self, Context, ContextParts, ReconcileMetrics, lease_api};
 use crate::runtime::{admin_router, shutdown_signal};
+use crate::tenant_gauges::{TenantGauges, join_expositions};
 use crate::vector::edge::EdgeBackend;
 use crate::vector::qdrant::{QdrantBackend, QdrantConfig};
 use crate::vector::{VectorBackend, VectorError};
@@ -79,6 +80,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     build.operator_namespace = namespace.clone();
     let vectors = open_vectors(&args)?;
     let metrics = Arc::new(ReconcileMetrics::default());
+    let gauges = Arc::new(TenantGauges::default());
+    let watched = gauges.clone();
+    let watch_client = client.clone();
+    tokio::spawn(async move { watched.watch(watch_client).await });
 
     let (tx, mut rx) = watch::channel(false);
     let elector = Elector::new(
@@ -89,7 +94,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         args.lease_duration,
     );
     let campaign = tokio::spawn(elector.clone().run(tx));
-    let addr = serve_admin(args.listen, metrics.clone(), rx.clone()).await?;
+    let addr = serve_admin(args.listen, metrics.clone(), gauges, rx.clone()).await?;
     tracing::info!(
         %addr,
         %identity,
@@ -325,6 +330,7 @@ fn open_vectors(args: &OperatorArgs) -> Result<Arc<dyn VectorBackend>, OperatorE
 async fn serve_admin(
     listen: SocketAddr,
     metrics: Arc<ReconcileMetrics>,
+    gauges: Arc<TenantGauges>,
     leading: watch::Receiver<bool>,
 ) -> Result<SocketAddr, OperatorError> {
     let listen_err = |source| OperatorError::Listen {
@@ -335,7 +341,11 @@ async fn serve_admin(
         .await
         .map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
-    let app = admin_router(move || metrics.encode(), Some(leading));
+    let encode = move || {
+        let now = crate::auth::keys::unix_now();
+        join_expositions(&[metrics.encode(), gauges.encode(now)])
+    };
+    let app = admin_router(encode, Some(leading));
     tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())

@@ -74,7 +74,8 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
     let vectors = build_vectors(args, &config).await?;
 
     let embedder = build_embedder(args, &config).await?;
-    let llm = build_chat_model(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let llm = build_chat_model(&config, &metrics)?;
     let tenants = Arc::new(build_catalog(args, &config));
     let r = tenants.clone();
     let _ = tokio::task::spawn_blocking(move || r.reload()).await;
@@ -87,7 +88,7 @@ pub async fn build_state(args: &ServeArgs) -> Result<AppState, ServeError> {
         vectors,
         embedder,
         llm,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         config: Arc::new(config),
         dev: args.dev,
         quota,
@@ -129,8 +130,12 @@ async fn build_embedder(
 }
 
 /// The chat model: the configured endpoint and its fallbacks behind retries and circuit
-/// breakers, or the offline extractive responder when no endpoint is configured.
-fn build_chat_model(config: &ServeConfig) -> Result<Arc<dyn ChatModel>, ServeError> {
+/// breakers (their state in `metrics`), or the offline extractive responder when no endpoint
+/// is configured.
+fn build_chat_model(
+    config: &ServeConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn ChatModel>, ServeError> {
     let Some(url) = config.llm_base_url() else {
         tracing::warn!(
             "no chat model endpoint configured (llm.baseUrl / OPENAI_BASE_URL): answers come from the offline extractive responder"
@@ -160,7 +165,12 @@ fn build_chat_model(config: &ServeConfig) -> Result<Arc<dyn ChatModel>, ServeErr
             .with_model(f.model.clone()),
         );
     }
-    Ok(Arc::new(ResilientChat::new(upstreams, config.llm.policy())))
+    let metrics = metrics.clone();
+    Ok(Arc::new(
+        ResilientChat::new(upstreams, config.llm.policy()).with_observer(Arc::new(
+            move |upstream, open| metrics.record_circuit(upstream, open),
+        )),
+    ))
 }
 
 /// The tenant catalog (not loaded yet): manifests from `--tenants`, keys from `--keys-dir`

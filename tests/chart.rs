@@ -379,7 +379,11 @@ async fn chart_crds_and_rbac_are_those_of_the_repo() {
 /// Prometheus exposes them under.
 fn code_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for file in ["src/metrics.rs", "src/controller/metrics.rs"] {
+    for file in [
+        "src/metrics.rs",
+        "src/controller/metrics.rs",
+        "src/tenant_gauges.rs",
+    ] {
         let src = std::fs::read_to_string(root().join(file)).expect("source");
         for part in src.split("register(").skip(1) {
             let name = part
@@ -411,10 +415,12 @@ fn expr_metrics(expr: &str) -> BTreeSet<String> {
         "increase",
         "histogram_quantile",
         "clamp_min",
+        "bool",
         "topk",
         "on",
         "ignoring",
         "group_left",
+        "group_right",
         "and",
         "or",
         "unless",
@@ -443,15 +449,23 @@ fn expr_metrics(expr: &str) -> BTreeSet<String> {
             cleaned.push(' ');
         }
     }
-    // Drop the label lists of `by (...)` / `without (...)`.
+    // Drop the label lists of `by (...)` / `without (...)` and of the vector matchings
+    // `on (...)`, `ignoring (...)`, `group_left (...)`, `group_right (...)`.
     let mut out = String::new();
     let mut rest = cleaned.as_str();
-    while let Some(i) = rest.find(['b', 'w']) {
+    while let Some(i) = rest.find(['b', 'w', 'o', 'i', 'g']) {
         let (head, tail) = rest.split_at(i);
         out.push_str(head);
-        let keyword = ["by", "without"]
-            .into_iter()
-            .find(|k| tail.starts_with(k) && tail[k.len()..].trim_start().starts_with('('));
+        let keyword = [
+            "by",
+            "without",
+            "on",
+            "ignoring",
+            "group_left",
+            "group_right",
+        ]
+        .into_iter()
+        .find(|k| tail.starts_with(k) && tail[k.len()..].trim_start().starts_with('('));
         let boundary = head
             .chars()
             .last()
@@ -536,6 +550,14 @@ fn dashboard_is_valid_json_and_queries_only_metrics_of_the_code() {
         "tenantry_reconcile_total",
         "tenantry_reconcile_duration_seconds_bucket",
         "tenantry_tenants",
+        "llm_time_to_first_token_seconds_bucket",
+        "llm_gateway_overhead_seconds_bucket",
+        "quota_daily_tokens_remaining",
+        "quota_daily_tokens_limit",
+        "tenantry_upstream_circuit_open",
+        "tenantry_tenant_ready",
+        "tenantry_tenant_signing_key_age_seconds",
+        "tenantry_tenant_signing_key_rotation_period_seconds",
     ] {
         assert!(used.contains(m), "no panel shows {m}");
     }
@@ -554,6 +576,172 @@ fn dashboard_is_valid_json_and_queries_only_metrics_of_the_code() {
     let shipped: Value =
         serde_json::from_str(cm["data"]["tenantry.json"].as_str().expect("data")).expect("json");
     assert_eq!(shipped, dash);
+}
+
+/// `promtool` (Debian's `prometheus` package; `scripts/test.sh` installs it).
+fn promtool(args: &[&str], dir: &Path) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run promtool (apt-get install prometheus)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}: {text}");
+    text
+}
+
+/// The PrometheusRule: off by default; its rules are valid for Prometheus (`promtool check
+/// rules`), every expression names only metrics of the code, and each alert fires for the
+/// series it is about and not for healthy ones (`promtool test rules`).
+#[test]
+fn prometheus_rule_parses_and_alerts_on_metrics_of_the_code() {
+    let env = KubeEnv::get();
+    let docs = yaml_docs(&template(env, "monitoring", &[]));
+    assert!(
+        of_kind(&docs, "PrometheusRule").is_empty(),
+        "off by default"
+    );
+    let docs = yaml_docs(&template(
+        env,
+        "monitoring",
+        &[
+            "prometheusRule.enabled=true",
+            "prometheusRule.labels.release=kps",
+        ],
+    ));
+    let rules = of_kind(&docs, "PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    let rule = rules[0];
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    assert_eq!(rule["metadata"]["labels"]["release"], "kps");
+    let known = code_metrics();
+    let mut alerts = BTreeSet::new();
+    for group in rule["spec"]["groups"].as_array().expect("groups") {
+        for r in group["rules"].as_array().expect("rules") {
+            let name = r["alert"].as_str().expect("alert name");
+            alerts.insert(name.to_string());
+            let expr = r["expr"].as_str().expect("expr");
+            let metrics = expr_metrics(expr);
+            assert!(!metrics.is_empty(), "{name}: no metric in {expr}");
+            for m in &metrics {
+                assert!(
+                    known.contains(m),
+                    "{name}: {m} is not a metric of the code ({expr})"
+                );
+            }
+            assert_eq!(r["labels"]["severity"], "warning", "{name}");
+            assert!(r["annotations"]["summary"].is_string(), "{name}");
+        }
+    }
+    assert_eq!(
+        alerts,
+        [
+            "GatewayOverheadHigh",
+            "SigningKeyOld",
+            "TenantBudgetNearlyExhausted",
+            "TenantHighErrorRate",
+            "TenantNotReady",
+            "UpstreamBreakerOpen",
+        ]
+        .map(String::from)
+        .into()
+    );
+
+    // JSON is YAML: promtool reads the spec (a rule file) as it is.
+    let dir = tempfile::tempdir().expect("tmp");
+    let write = |file: &str, v: &Value| {
+        std::fs::write(
+            dir.path().join(file),
+            serde_json::to_vec_pretty(v).expect("json"),
+        )
+        .expect("write");
+    };
+    write("rules.json", &rule["spec"]);
+    let checked = promtool(&["check", "rules", "rules.json"], dir.path());
+    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+
+    // Which alerts fire: the expressions only (annotations would have to be matched verbatim).
+    let mut bare = rule["spec"].clone();
+    for group in bare["groups"].as_array_mut().expect("groups") {
+        for r in group["rules"].as_array_mut().expect("rules") {
+            r.as_object_mut().expect("rule").remove("annotations");
+        }
+    }
+    write("bare.json", &bare);
+    let series = |s: &str, values: &str| json!({"series": s, "values": values});
+    let alert = |labels: Value| {
+        let mut l = labels;
+        l["severity"] = json!("warning");
+        json!({"exp_labels": l})
+    };
+    let at = |minutes: u32, name: &str, exp: Vec<Value>| json!({"eval_time": format!("{minutes}m"), "alertname": name, "exp_alerts": exp});
+    let bucket = |tenant: &str, le: &str, values: &str| {
+        series(
+            &format!(r#"llm_gateway_overhead_seconds_bucket{{tenant_id="{tenant}",le="{le}"}}"#),
+            values,
+        )
+    };
+    let test = json!({
+        "rule_files": ["bare.json"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                // Two operator replicas report the same tenants.
+                series(r#"tenantry_tenant_ready{tenant_id="down",pod="op-0"}"#, "0x90"),
+                series(r#"tenantry_tenant_ready{tenant_id="down",pod="op-1"}"#, "0x90"),
+                series(r#"tenantry_tenant_ready{tenant_id="up",pod="op-0"}"#, "1x90"),
+                series(r#"tenantry_tenant_ready{tenant_id="up",pod="op-1"}"#, "1x90"),
+                // Past 1.5 rotation periods; within one; no rotateEvery and older than 90 days.
+                series(r#"tenantry_tenant_signing_key_age_seconds{tenant_id="overdue"}"#, "1600000x90"),
+                series(r#"tenantry_tenant_signing_key_rotation_period_seconds{tenant_id="overdue"}"#, "1000000x90"),
+                series(r#"tenantry_tenant_signing_key_age_seconds{tenant_id="fresh"}"#, "900000x90"),
+                series(r#"tenantry_tenant_signing_key_rotation_period_seconds{tenant_id="fresh"}"#, "1000000x90"),
+                series(r#"tenantry_tenant_signing_key_age_seconds{tenant_id="unrotated"}"#, "8000000x90"),
+                series(r#"tenantry_tenant_signing_key_age_seconds{tenant_id="young"}"#, "86400x90"),
+                // 5 % and 90 % of the daily budget left.
+                series(r#"quota_daily_tokens_remaining{tenant_id="low"}"#, "50x90"),
+                series(r#"quota_daily_tokens_limit{tenant_id="low"}"#, "1000x90"),
+                series(r#"quota_daily_tokens_remaining{tenant_id="ok"}"#, "900x90"),
+                series(r#"quota_daily_tokens_limit{tenant_id="ok"}"#, "1000x90"),
+                // Half the requests fail; one in a hundred does.
+                series(r#"llm_requests_total{tenant_id="flaky",model="m",status="error"}"#, "0+10x90"),
+                series(r#"llm_requests_total{tenant_id="flaky",model="m",status="success"}"#, "0+10x90"),
+                series(r#"llm_requests_total{tenant_id="fine",model="m",status="error"}"#, "0+1x90"),
+                series(r#"llm_requests_total{tenant_id="fine",model="m",status="success"}"#, "0+99x90"),
+                series(r#"tenantry_upstream_circuit_open{namespace="tenant-a",pod="a-1",upstream="primary"}"#, "1x90"),
+                series(r#"tenantry_upstream_circuit_open{namespace="tenant-b",pod="b-1",upstream="primary"}"#, "0x90"),
+                // Overhead between 0.25 s and 0.5 s; under 5 ms.
+                bucket("slow", "0.25", "0x90"),
+                bucket("slow", "0.5", "0+10x90"),
+                bucket("slow", "+Inf", "0+10x90"),
+                bucket("fast", "0.005", "0+10x90"),
+                bucket("fast", "0.25", "0+10x90"),
+                bucket("fast", "0.5", "0+10x90"),
+                bucket("fast", "+Inf", "0+10x90"),
+            ],
+            "alert_rule_test": [
+                at(25, "TenantNotReady", vec![alert(json!({"tenant_id": "down"}))]),
+                at(10, "TenantNotReady", vec![]),
+                at(70, "SigningKeyOld", vec![
+                    alert(json!({"tenant_id": "overdue"})),
+                    alert(json!({"tenant_id": "unrotated"})),
+                ]),
+                at(30, "SigningKeyOld", vec![]),
+                at(25, "TenantBudgetNearlyExhausted", vec![alert(json!({"tenant_id": "low"}))]),
+                at(25, "TenantHighErrorRate", vec![alert(json!({"tenant_id": "flaky"}))]),
+                at(25, "UpstreamBreakerOpen", vec![alert(json!({"namespace": "tenant-a", "upstream": "primary"}))]),
+                at(25, "GatewayOverheadHigh", vec![alert(json!({"tenant_id": "slow"}))]),
+            ],
+        }],
+    });
+    write("test.json", &test);
+    let tested = promtool(&["test", "rules", "test.json"], dir.path());
+    assert!(tested.contains("SUCCESS"), "{tested}");
 }
 
 #[tokio::test]

@@ -1595,3 +1595,76 @@ async fn the_default_log_filter_keeps_the_embedded_stores_noise_out() {
         seen[1]
     );
 }
+
+/// The value of the metric line that starts with `series` (its name and labels).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The per-tenant gauges of the operator's `/metrics` follow the Tenant: not ready, then ready
+/// once its API is available; its signing key's age from `status.keyCreatedAt`; its rotation
+/// period from `spec.auth.rotateEvery`; gone with the Tenant.
+#[tokio::test]
+async fn the_operator_reports_each_tenants_readiness_and_key_age() {
+    let cluster = Cluster::new().await;
+    let op = cluster.operator("op-gauges", &[]);
+    let name = unique("gauge");
+    cluster
+        .create_tenant(
+            &name,
+            json!({"tier": "pro", "auth": {"rotateEvery": "720h"}}),
+        )
+        .await;
+    let t = cluster
+        .wait_condition(&name, "SigningKeyReady", "True")
+        .await;
+    let ready = format!(r#"tenantry_tenant_ready{{tenant_id="{name}"}}"#);
+    let age = format!(r#"tenantry_tenant_signing_key_age_seconds{{tenant_id="{name}"}}"#);
+    let period =
+        format!(r#"tenantry_tenant_signing_key_rotation_period_seconds{{tenant_id="{name}"}}"#);
+    let text = eventually(30, "the tenant's gauges", || async {
+        let text = op.metrics().await;
+        metric(&text, &age).is_some().then_some(text)
+    })
+    .await;
+    assert_eq!(metric(&text, &ready), Some(0.0), "{text}");
+    assert_eq!(metric(&text, &period), Some(720.0 * 3600.0), "{text}");
+    // The age is the scrape's time minus the key's creation (from the status).
+    let created: k8s_openapi::jiff::Timestamp = t
+        .status
+        .as_ref()
+        .and_then(|s| s.key_created_at.as_deref())
+        .expect("keyCreatedAt")
+        .parse()
+        .expect("rfc3339");
+    let before = k8s_openapi::jiff::Timestamp::now().as_second() - created.as_second();
+    let seen = metric(&op.metrics().await, &age).expect("age");
+    let after = k8s_openapi::jiff::Timestamp::now().as_second() - created.as_second();
+    assert!(
+        (before as f64) <= seen && seen <= after as f64,
+        "{before} <= {seen} <= {after}"
+    );
+    // The exposition stays one OpenMetrics document: one EOF, at the end.
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    cluster
+        .mark_available(&format!("tenant-{name}"), &format!("{name}-api"))
+        .await;
+    cluster.wait_condition(&name, "Ready", "True").await;
+    eventually(30, "tenantry_tenant_ready 1", || async {
+        (metric(&op.metrics().await, &ready) == Some(1.0)).then_some(())
+    })
+    .await;
+
+    cluster.delete_and_wait_gone(&name).await;
+    eventually(30, "the gauges of a deleted tenant gone", || async {
+        let text = op.metrics().await;
+        (!text.contains(&format!(r#"tenant_id="{name}""#))).then_some(())
+    })
+    .await;
+    op.stop();
+}

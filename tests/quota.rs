@@ -569,6 +569,11 @@ async fn http_behaviour(redis: Option<&dyn SharedRedis>) {
     );
     assert_eq!(u["limits"]["daily_tokens"], 100_000);
     assert_eq!(u["remaining"]["daily_tokens"], 100_000 - charged);
+    // The usage read set the gauge of what is left.
+    assert_eq!(
+        metric_value(&server, r#"quota_daily_tokens_remaining{tenant_id="acme"}"#).await,
+        Some((100_000 - charged) as f64)
+    );
     assert_eq!(u["tenant_id"], "acme");
     assert!(u["resets_at"]["daily_tokens"].as_u64().expect("reset") % 86_400 == 0);
     if let Some(r) = redis {
@@ -664,6 +669,11 @@ async fn http_behaviour(redis: Option<&dyn SharedRedis>) {
     assert!(
         retry >= to_midnight.saturating_sub(5) && retry <= to_midnight + 5,
         "{retry}"
+    );
+    // The refusal set the gauge of what is left, as the usage read does.
+    assert_eq!(
+        metric_value(&server, r#"quota_daily_tokens_remaining{tenant_id="tiny"}"#).await,
+        Some((300 - admitted_tokens) as f64)
     );
     assert_eq!(usage(&server, &tiny).await["tokens_today"], admitted_tokens);
     assert_eq!(

@@ -38,6 +38,17 @@ fn closed_port_url() -> String {
     format!("http://{addr}/v1")
 }
 
+/// The value of the metric line that starts with `series` (its name and labels).
+async fn metric(server: &Server, series: &str) -> Option<f64> {
+    let text = server.metrics().await;
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+const PRIMARY_OPEN: &str = r#"tenantry_upstream_circuit_open{upstream="primary"}"#;
+
 fn assert_upstream_error(status: StatusCode, body: &Value) {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(body["error"]["code"], "upstream_error", "{body}");
@@ -138,11 +149,17 @@ async fn breaker_opens_then_closes_when_the_upstream_recovers() {
         llm.base_url()
     );
     let (_dirs, server, token) = start("fail-first-3", &yaml).await;
+    assert_eq!(
+        metric(&server, PRIMARY_OPEN).await,
+        Some(0.0),
+        "closed at start"
+    );
     for _ in 0..3 {
         let (s, body) = server.chat(&token, "What is the refund policy?").await;
         assert_upstream_error(s, &body);
     }
     assert_eq!(llm.calls(), 3);
+    assert_eq!(metric(&server, PRIMARY_OPEN).await, Some(1.0), "open");
     let (s, body) = server.chat(&token, "What is the refund policy?").await;
     assert_upstream_error(s, &body);
     assert_eq!(llm.calls(), 3, "open: failed fast without a call");
@@ -150,6 +167,11 @@ async fn breaker_opens_then_closes_when_the_upstream_recovers() {
     let (s, body) = server.chat(&token, "What is the refund policy?").await;
     assert_eq!(s, StatusCode::OK, "half-open trial: {body}");
     assert_eq!(llm.calls(), 4);
+    assert_eq!(
+        metric(&server, PRIMARY_OPEN).await,
+        Some(0.0),
+        "closed again"
+    );
     for i in 0..3 {
         let (s, body) = server.chat(&token, &format!("Another question {i}")).await;
         assert_eq!(s, StatusCode::OK, "closed again: {body}");
@@ -244,6 +266,27 @@ async fn streams_are_retried_and_fall_back() {
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(answer, "ANSWER[fallback-ok]: Stream it");
+    // One time to first token, under the model that answered.
+    assert_eq!(
+        metric(
+            &server,
+            r#"llm_time_to_first_token_seconds_count{tenant_id="acme",model="fallback-ok@fallback-1"}"#
+        )
+        .await,
+        Some(1.0),
+        "{}",
+        server.metrics().await
+    );
+    // Two failures do not open the primary's circuit (threshold 5); the fallback's is closed.
+    assert_eq!(metric(&server, PRIMARY_OPEN).await, Some(0.0));
+    assert_eq!(
+        metric(
+            &server,
+            r#"tenantry_upstream_circuit_open{upstream="fallback-1"}"#
+        )
+        .await,
+        Some(0.0)
+    );
     // Every chunk, the first included, names the fallback that answered.
     for c in &chunks {
         assert_eq!(c["model"], "fallback-ok@fallback-1", "{c}");

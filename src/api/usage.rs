@@ -31,6 +31,9 @@ pub async fn usage(
     let mut resets = Map::new();
     // A limit the tenant does not have: null in `limits` and `remaining`.
     let set = statuses(&limits, &used, now_ms);
+    state
+        .metrics
+        .record_daily_remaining(tenant.id.as_str(), &set);
     for limit in Limit::ALL {
         let key = limit.as_str().to_string();
         let status = set.iter().find(|s| s.limit == limit);

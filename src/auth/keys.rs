@@ -414,6 +414,28 @@ pub fn revocations_path(keys_dir: &Path, tenant: &TenantId) -> PathBuf {
     keys_dir.join(format!("{}.revoked.json", tenant.as_str()))
 }
 
+/// Signs a token for `sub` in `tenant` valid for `ttl` with the keyring's current key, as
+/// `tenantry token` and `kubectl tenantry token` do: a `ttl` longer than the tenant's
+/// `max_lifetime` (`spec.auth.maxTokenLifetime`) is refused, since `serve` would refuse the
+/// token.
+pub fn mint_checked(
+    ring: &Keyring,
+    tenant: &TenantId,
+    sub: &str,
+    ttl: std::time::Duration,
+    max_lifetime: std::time::Duration,
+) -> Result<String, String> {
+    if ttl > max_lifetime {
+        return Err(format!(
+            "--ttl {} is longer than tenant {tenant}'s maximum token lifetime of {} (spec.auth.maxTokenLifetime): serve would refuse the token",
+            crate::domain::format_duration(ttl),
+            crate::domain::format_duration(max_lifetime)
+        ));
+    }
+    ring.mint(tenant, sub, ttl.as_secs())
+        .map_err(|e| e.to_string())
+}
+
 /// Path of `tenant`'s keyring in a keys folder (`<data-dir>/keys` on the embedded default).
 pub fn keyring_path(keys_dir: &Path, tenant: &TenantId) -> PathBuf {
     keys_dir.join(format!("{}.json", tenant.as_str()))

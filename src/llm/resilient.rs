@@ -141,17 +141,43 @@ impl Breaker {
     }
 }
 
+/// Told the state of an upstream's circuit (its name, whether it is open) whenever a call
+/// may have changed it, and once per upstream at start (closed).
+pub type CircuitObserver = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
 /// A [`ChatModel`] over an ordered list of upstreams (primary first): each is retried per the
 /// [`Policy`], skipped while its circuit is open, and the next one is tried when it fails.
 pub struct ResilientChat {
     upstreams: Vec<Upstream>,
     policy: Policy,
+    observer: Option<CircuitObserver>,
 }
 
 impl ResilientChat {
     /// Upstreams in the order they are tried.
     pub fn new(upstreams: Vec<Upstream>, policy: Policy) -> Self {
-        Self { upstreams, policy }
+        Self {
+            upstreams,
+            policy,
+            observer: None,
+        }
+    }
+
+    /// Reports every upstream's circuit state to `observer` (e.g. a gauge), starting now.
+    #[must_use]
+    pub fn with_observer(mut self, observer: CircuitObserver) -> Self {
+        for up in &self.upstreams {
+            observer(&up.name, up.breaker.is_open());
+        }
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer the state of `up`'s circuit.
+    fn report(&self, up: &Upstream) {
+        if let Some(observe) = &self.observer {
+            observe(&up.name, up.breaker.is_open());
+        }
     }
 
     fn backoff(&self, retry: u32) -> Duration {
@@ -202,6 +228,7 @@ impl ResilientChat {
             let failure = match call(up.chat.as_ref(), req).await {
                 Ok(resp) => {
                     up.breaker.success();
+                    self.report(up);
                     return Tried::Answer(resp);
                 }
                 Err(failure) => failure,
@@ -211,10 +238,12 @@ impl ResilientChat {
                 Attempt::Fatal(e) => {
                     // The upstream answered (e.g. 400): it is healthy, the request is not.
                     up.breaker.success();
+                    self.report(up);
                     return Tried::GiveUp(e);
                 }
                 Attempt::Failed(e) => {
                     up.breaker.failure(p.failure_threshold);
+                    self.report(up);
                     tracing::warn!(upstream = %up.name, error = %e, "upstream call failed; not retried");
                     return Tried::Next(e);
                 }
@@ -222,6 +251,7 @@ impl ResilientChat {
                     error, retry_after, ..
                 } => {
                     up.breaker.failure(p.failure_threshold);
+                    self.report(up);
                     tracing::warn!(upstream = %up.name, attempt, error = %error, "upstream call failed");
                     last = Some(error);
                     if attempt == p.retries || up.breaker.is_open() {

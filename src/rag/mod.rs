@@ -28,7 +28,9 @@ use crate::cache;
 use crate::embed::{EmbedError, Embedder};
 use crate::llm::{ChatModel, ChatRequest, ChatResponse, ChatStream, LlmError};
 use crate::metrics::{Metrics, RequestRecord, RequestStatus};
-use crate::quota::{LimitStatus, Limits, Quota, QuotaError, RateLimited, Refusal, Reservation};
+use crate::quota::{
+    LimitStatus, Limits, Quota, QuotaError, RateLimited, Refusal, Reservation, statuses,
+};
 use crate::tenants::TenantConfig;
 use crate::vector::{Filter, Kind, TenantVectors, VectorError, payload_str};
 use settle::Settlement;
@@ -97,6 +99,8 @@ impl Services {
             Err(Refusal::Limited(r)) => {
                 let limit = r.limit.as_str();
                 self.metrics.record_rate_limited(tenant_id, limit);
+                self.metrics
+                    .record_daily_remaining(tenant_id, &statuses(&r.limits, &r.used, r.now_ms));
                 tracing::info!(target: LOG_TARGET, tenant_id, limit, estimate, "rate limited");
                 return Err(Error::RateLimited(r));
             }
@@ -104,6 +108,9 @@ impl Services {
         };
         if !reservation.metered() {
             self.metrics.record_fail_open(tenant_id);
+        }
+        if let Some(limits) = reservation.statuses() {
+            self.metrics.record_daily_remaining(tenant_id, &limits);
         }
         Ok(reservation)
     }
@@ -121,6 +128,8 @@ impl Services {
             Err(Refusal::Limited(r)) => {
                 let limit = r.limit.as_str();
                 self.metrics.record_rate_limited(tenant_id, limit);
+                self.metrics
+                    .record_daily_remaining(tenant_id, &statuses(&r.limits, &r.used, r.now_ms));
                 tracing::info!(target: LOG_TARGET, tenant_id, limit, floor, "rate limited before any work");
                 Err(Error::RateLimited(r))
             }

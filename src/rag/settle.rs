@@ -224,6 +224,14 @@ impl Settlement {
         &self.model
     }
 
+    /// The stream's first output arrived: records its time to first token.
+    pub(super) fn first_output(&self, model: &str) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.services()
+            .metrics
+            .record_first_token(self.tenant_id(), model, seconds);
+    }
+
     /// The answer is now streamed: from here on, an unfinished end is charged what was
     /// generated.
     pub(super) fn streaming(mut self) -> Self {

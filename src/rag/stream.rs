@@ -49,7 +49,13 @@ pub(super) fn settled(
         let mut model = settlement.model().to_string();
         // Tool calls or a refusal make the answer no text to reuse: it is not cached.
         let mut store = store;
+        // Time to first token: to the first output of any kind (text, tool calls, refusal).
+        let mut first_output = true;
         while let Some(item) = chunks.next().await {
+            if first_output && matches!(item, Ok(Chunk::Delta(_) | Chunk::ToolCalls(_) | Chunk::Refusal(_))) {
+                first_output = false;
+                settlement.first_output(&model);
+            }
             match item {
                 Ok(Chunk::Model(m)) => {
                     model.clone_from(&m);
