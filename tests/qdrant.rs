@@ -226,6 +226,32 @@ async fn serve_with_a_refused_key_answers_503_then_recovers() {
     drop(qdrant);
 }
 
+/// A collection of one tenant is created small (a 4 MiB WAL, two segments) so that hundreds
+/// of tenants created at once do not time out; a collection many tenants share keeps
+/// Qdrant's defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_collection_is_created_small_a_shared_one_with_the_defaults() {
+    let server = QdrantServer::start(Some(KEY));
+    let b = QdrantBackend::connect(config(server.grpc_url(), KEY)).unwrap();
+    let own = CollectionSpec {
+        multi_tenant: false,
+        ..spec()
+    };
+    b.ensure_collection("own", &own).await.unwrap();
+    b.ensure_collection("shared", &spec()).await.unwrap();
+    let own = &server.get_json("/collections/own")["result"]["config"];
+    assert_eq!(own["wal_config"]["wal_capacity_mb"], 4, "{own}");
+    assert_eq!(own["optimizer_config"]["default_segment_number"], 2, "{own}");
+    let shared = &server.get_json("/collections/shared")["result"]["config"];
+    assert_eq!(shared["wal_config"]["wal_capacity_mb"], 32, "{shared}");
+    assert_eq!(shared["optimizer_config"]["default_segment_number"], 0, "{shared}");
+    // Both answer reads and writes alike.
+    for name in ["own", "shared"] {
+        b.upsert(name, points(10, 0)).await.unwrap();
+        assert_eq!(b.count(name, &Filter::default()).await.unwrap(), 10);
+    }
+}
+
 /// Three nodes in distributed mode, collections with two replicas per shard: with one node
 /// killed, reads see every point and writes are acknowledged and readable; after it
 /// returns, everything is still there.

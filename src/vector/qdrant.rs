@@ -21,9 +21,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use qdrant_client::qdrant::{
     self as pb, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, KeywordIndexParamsBuilder, PointStruct,
-    QueryPointsBuilder, ScalarQuantizationBuilder, ScrollPointsBuilder, UpsertPointsBuilder,
-    VectorParamsBuilder,
+    DeletePointsBuilder, Distance, FieldType, KeywordIndexParamsBuilder,
+    OptimizersConfigDiffBuilder, PointStruct, QueryPointsBuilder, ScalarQuantizationBuilder,
+    ScrollPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder, WalConfigDiffBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde::{Deserialize, Serialize};
@@ -297,6 +297,12 @@ impl QdrantBackend {
     }
 }
 
+/// WAL segment size of a collection of one tenant, in MiB (Qdrant's default is 32).
+const TENANT_WAL_MB: u64 = 4;
+/// Segments a collection of one tenant starts with (Qdrant's default: one per CPU of the
+/// server).
+const TENANT_SEGMENTS: u64 = 2;
+
 impl QdrantBackend {
     /// Creates collection `name` for `spec` with this backend's storage and replication
     /// settings and returns its info. Another replica creating it meanwhile is success.
@@ -312,6 +318,16 @@ impl QdrantBackend {
                     .on_disk(cfg.on_disk),
             )
             .on_disk_payload(cfg.on_disk);
+        if !spec.multi_tenant {
+            // One tenant's collection is small: Qdrant's defaults (a 32 MiB WAL segment, mapped
+            // twice, and a segment per CPU) cost a creation ~230 MiB of mappings and, with
+            // hundreds of tenants created at once, make creations time out.
+            create = create
+                .wal_config(WalConfigDiffBuilder::default().wal_capacity_mb(TENANT_WAL_MB))
+                .optimizers_config(
+                    OptimizersConfigDiffBuilder::default().default_segment_number(TENANT_SEGMENTS),
+                );
+        }
         if cfg.quantization == Quantization::Scalar {
             create =
                 create.quantization_config(ScalarQuantizationBuilder::default().always_ram(true));
