@@ -61,6 +61,69 @@ async fn until(seen: &Mutex<Seen>, limit: Duration, done: impl Fn(&Seen) -> bool
     start.elapsed()
 }
 
+/// The operator's reconcile counters: by result, and the duration histogram's sum and count.
+#[derive(Clone, Default)]
+struct Reconciles {
+    by_result: std::collections::BTreeMap<String, f64>,
+    seconds: f64,
+    count: f64,
+}
+
+impl Reconciles {
+    fn since(&self, before: &Self) -> Self {
+        let mut by_result = self.by_result.clone();
+        for (k, v) in &mut by_result {
+            *v -= before.by_result.get(k).copied().unwrap_or(0.0);
+        }
+        Self {
+            by_result,
+            seconds: self.seconds - before.seconds,
+            count: self.count - before.count,
+        }
+    }
+
+    fn show(&self) -> String {
+        let results: Vec<String> = self
+            .by_result
+            .iter()
+            .filter(|(_, v)| **v > 0.0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        format!(
+            "{} ({}), mean {:.0} ms",
+            self.count,
+            results.join(", "),
+            1000.0 * self.seconds / self.count.max(1.0)
+        )
+    }
+}
+
+/// Scrapes the operator's `/metrics` for its reconcile counters.
+async fn reconciles(listen: &str) -> Reconciles {
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .expect("scrape operator")
+        .text()
+        .await
+        .expect("metrics body");
+    let mut r = Reconciles::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if let Some(rest) = series.strip_prefix("tenantry_reconcile_total{result=\"") {
+            r.by_result
+                .insert(rest.trim_end_matches("\"}").to_string(), value);
+        } else if series == "tenantry_reconcile_duration_seconds_sum" {
+            r.seconds = value;
+        } else if series == "tenantry_reconcile_duration_seconds_count" {
+            r.count = value;
+        }
+    }
+    r
+}
+
 #[tokio::main]
 async fn main() {
     tenantry::install_crypto_provider();
@@ -70,11 +133,12 @@ async fn main() {
     let vdir = tempfile::tempdir().expect("tmp");
     // The operator's log (warnings and errors), kept for reading after the run.
     let log_path = std::env::temp_dir().join("tenantry-operator-bench.log");
+    let listen = format!("127.0.0.1:{}", common::free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantry"));
     cmd.args([
         "operator",
         "--listen",
-        "127.0.0.1:0",
+        &listen,
         "--identity",
         "bench",
         "--lease-name",
@@ -211,6 +275,7 @@ async fn main() {
     let all_ready = start.elapsed();
     let ready = seen.lock().await.ready.len();
     let (rss, hwm) = rss_kib(op.id());
+    let reconciles_ready = reconciles(&listen).await;
 
     // The tier changes: time until every tenant's status shows the new limit.
     tiers
@@ -227,6 +292,7 @@ async fn main() {
     .await;
     let reached = seen.lock().await.with_daily(200_000);
     let (rss_after, hwm_after) = rss_kib(op.id());
+    let reconciles_after = reconciles(&listen).await;
 
     println!("tenants: {n} (vectors: {store})");
     println!("created in: {:.2} s", created.as_secs_f64());
@@ -247,6 +313,11 @@ async fn main() {
         mib(hwm_after)
     );
 
+    println!("reconciles until all Ready: {}", reconciles_ready.show());
+    println!(
+        "reconciles for the tier change: {}",
+        reconciles_after.since(&reconciles_ready).show()
+    );
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     println!(
         "operator log: {} warnings, {} errors ({})",
