@@ -46,12 +46,20 @@ pub struct ApplyCache {
 }
 
 impl ApplyCache {
-    /// Records a watch event of `obj` (called by the watch mappers).
-    pub fn observe<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+    /// Records a watch event of `obj` (called by the watch mappers). Returns whether it is
+    /// news: `false` when it is the echo of the operator's own last apply of the object (the
+    /// version that apply returned), which needs no reconcile.
+    pub fn observe<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
         let (Some(key), Some(rv)) = (key(obj), obj.meta().resource_version.clone()) else {
-            return;
+            return true;
         };
+        let echo = self
+            .applied
+            .lock()
+            .get(&key)
+            .is_some_and(|(_, applied)| *applied == rv);
         self.observed.lock().insert(key, rv);
+        !echo
     }
 
     /// Whether `desired` (digest `digest`) is what was last applied and the object has not
@@ -162,6 +170,20 @@ mod tests {
         assert!(!cache.unchanged(&desired, &d), "changed by someone else");
         cache.forget_namespace("ns");
         assert!(!cache.unchanged(&desired, &d));
+    }
+
+    #[test]
+    fn the_echo_of_the_operators_own_apply_is_no_news() {
+        let cache = ApplyCache::default();
+        assert!(cache.observe(&map("4", "a")), "never applied: news");
+        let desired = map("", "a");
+        cache.applied(&map("5", "a"), digest(&desired));
+        assert!(!cache.observe(&map("5", "a")), "the apply's own version");
+        assert!(
+            cache.observe(&map("6", "a")),
+            "a later version (status, an edit)"
+        );
+        assert!(cache.observe(&map("", "a")), "no version: news");
     }
 
     #[tokio::test]

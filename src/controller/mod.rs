@@ -41,8 +41,8 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 
@@ -382,7 +382,15 @@ pub async fn run(
     let client = ctx.client.clone();
     let tenants: Api<Tenant> = Api::all(client.clone());
     let owned = || watcher::Config::default().labels(MANAGED_BY);
-    let controller = Controller::new(tenants, watcher::Config::default());
+    // The Tenants' own watch triggers on what the operator acts on, not on the status it
+    // writes: every status patch would otherwise come back as one more reconcile.
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(tenants, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(acted_on, Default::default());
+    let controller = Controller::for_stream(trigger, reader);
     let store = controller.store();
     let tiers = ctx.tiers.clone();
     let controller = controller
@@ -495,10 +503,23 @@ pub const CONCURRENCY: u16 = 32;
 fn observe<K: Resource<DynamicType = ()>>(
     cache: Arc<cache::ApplyCache>,
 ) -> impl Fn(K) -> Option<ObjectRef<Tenant>> + Send + Sync + 'static {
-    move |o| {
-        cache.observe(&o);
-        tenant_owner(&o)
-    }
+    // The echo of the operator's own apply changes nothing it did not just do.
+    move |o| cache.observe(&o).then(|| tenant_owner(&o)).flatten()
+}
+
+/// What of a Tenant the operator acts on: its spec (the generation, which the API server also
+/// bumps when it marks the Tenant deleted), annotations (key rotation), labels, finalizers and
+/// deletion. A status-only change hashes the same and triggers nothing.
+fn acted_on(t: &Tenant) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let m = t.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.annotations.hash(&mut h);
+    m.labels.hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
 }
 
 /// The Tenant owning an object (cluster-scoped: no namespace in the reference).

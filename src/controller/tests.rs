@@ -47,6 +47,42 @@ fn an_owner_reference_of_another_version_of_the_group_still_names_the_tenant() {
     assert_eq!(tenant_owner(&owned("v1")), None);
 }
 
+#[test]
+fn only_what_the_operator_acts_on_triggers_a_tenant_not_its_status() {
+    let tenant: Tenant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tenantry.dev/v1alpha1", "kind": "Tenant",
+        "metadata": {"name": "acme", "generation": 1, "finalizers": [FINALIZER]},
+        "spec": {"tier": "pro"},
+    }))
+    .expect("tenant");
+    let base = acted_on(&tenant);
+    let mut status_only = tenant.clone();
+    status_only.status = Some(Default::default());
+    status_only.metadata.resource_version = Some("9".into());
+    assert_eq!(acted_on(&status_only), base, "a status patch");
+    let changed = |f: &dyn Fn(&mut Tenant)| {
+        let mut t = tenant.clone();
+        f(&mut t);
+        acted_on(&t)
+    };
+    assert_ne!(changed(&|t| t.metadata.generation = Some(2)), base, "spec");
+    let rotate = |t: &mut Tenant| {
+        t.metadata.annotations = Some([(crate::crd::ROTATE_ANNOTATION.into(), "1".into())].into())
+    };
+    assert_ne!(changed(&rotate), base, "rotation annotation");
+    assert_ne!(
+        changed(&|t| t.metadata.finalizers = None),
+        base,
+        "finalizer"
+    );
+    let deleted = |t: &mut Tenant| {
+        t.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+    };
+    assert_ne!(changed(&deleted), base, "deletion");
+}
+
 mod scenarios {
     use axum::http::{Method, StatusCode};
     use serde_json::{Value, json};
