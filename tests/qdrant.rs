@@ -241,10 +241,16 @@ async fn one_tenants_collection_is_created_small_a_shared_one_with_the_defaults(
     b.ensure_collection("shared", &spec()).await.unwrap();
     let own = &server.get_json("/collections/own")["result"]["config"];
     assert_eq!(own["wal_config"]["wal_capacity_mb"], 4, "{own}");
-    assert_eq!(own["optimizer_config"]["default_segment_number"], 2, "{own}");
+    assert_eq!(
+        own["optimizer_config"]["default_segment_number"], 2,
+        "{own}"
+    );
     let shared = &server.get_json("/collections/shared")["result"]["config"];
     assert_eq!(shared["wal_config"]["wal_capacity_mb"], 32, "{shared}");
-    assert_eq!(shared["optimizer_config"]["default_segment_number"], 0, "{shared}");
+    assert_eq!(
+        shared["optimizer_config"]["default_segment_number"], 0,
+        "{shared}"
+    );
     // Both answer reads and writes alike.
     for name in ["own", "shared"] {
         b.upsert(name, points(10, 0)).await.unwrap();

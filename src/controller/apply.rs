@@ -87,17 +87,24 @@ pub async fn read_existing(
     names: &Names,
 ) -> Result<Result<Existing, Conflict>, Error> {
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let Some(ns) = namespaces
-        .get_opt(&names.namespace)
-        .await
-        .map_err(kube_err("get Namespace"))?
-    else {
+    // What the operator applied and the watch shows unchanged since is known to be the
+    // Tenant's: only other objects are read.
+    let ns_known = ctx.applied.current::<Namespace>("", &names.namespace);
+    let read = if ns_known {
+        None
+    } else {
+        namespaces
+            .get_opt(&names.namespace)
+            .await
+            .map_err(kube_err("get Namespace"))?
+    };
+    let Some(ns) = read.or_else(|| ns_known.then(Namespace::default)) else {
         return Ok(Ok(Existing {
             namespace: false,
             signing_key: StoredKey::Missing,
         }));
     };
-    if !owned_by(&ns.metadata, tenant) {
+    if !ns_known && !owned_by(&ns.metadata, tenant) {
         let message = if ns.metadata.deletion_timestamp.is_some() {
             format!(
                 "namespace {} is being deleted and is not this Tenant's; waiting until it is gone",
@@ -129,8 +136,11 @@ pub async fn read_existing(
             .await
             .map_err(kube_err("get Secret"))?
         else {
+            ctx.applied.absent::<Secret>(&names.namespace, name);
             continue;
         };
+        // Secrets are read, not watched: this read stands for the watch's report.
+        ctx.applied.observe(&secret);
         if !owned_by(&secret.metadata, tenant) {
             return Ok(Err(foreign(reason::SECRET_CONFLICT, "Secret", names, name)));
         }
@@ -139,10 +149,13 @@ pub async fn read_existing(
         }
     }
     let maps: Api<ConfigMap> = in_ns(&ctx.client, &names.namespace);
-    if let Some(map) = maps
-        .get_opt(&names.config)
-        .await
-        .map_err(kube_err("get ConfigMap"))?
+    if !ctx
+        .applied
+        .current::<ConfigMap>(&names.namespace, &names.config)
+        && let Some(map) = maps
+            .get_opt(&names.config)
+            .await
+            .map_err(kube_err("get ConfigMap"))?
         && !owned_by(&map.metadata, tenant)
     {
         return Ok(Err(foreign(
@@ -249,9 +262,7 @@ pub async fn apply(
         ssa_changed(ctx, &in_ns(client, ns), &limit_range, "apply LimitRange").await?;
     let signing_key = apply_signing_key(ctx, valid, ns, signing_key).await?;
     let secrets = in_ns(client, ns);
-    let verify_keys = once_authorized(|| ssa_raw(&secrets, &verify_keys))
-        .await
-        .map_err(kube_err("apply Secret"))?;
+    let verify_keys = ssa_changed_authorized(ctx, &secrets, &verify_keys).await?;
     let credentials = copy_credentials(ctx, valid, &names).await?;
     let config = ssa_changed(ctx, &in_ns(client, ns), &config, "apply ConfigMap").await?;
     let deployment = credentials::stamp(deployment, credentials.as_ref());
@@ -341,6 +352,25 @@ where
         return Ok(obj.clone());
     }
     let stored = ssa(api, obj, step).await?;
+    ctx.applied.applied(&stored, digest);
+    Ok(stored)
+}
+
+/// [`ssa_changed`] for a Secret, retried while the RoleBinding that allows it is not yet seen
+/// by the authorizer ([`once_authorized`]). Secrets are not watched: [`read_existing`]'s read
+/// of them is what shows them untouched.
+async fn ssa_changed_authorized(
+    ctx: &Context,
+    api: &Api<Secret>,
+    obj: &Secret,
+) -> Result<Secret, Error> {
+    let digest = super::cache::digest(obj);
+    if ctx.applied.unchanged(obj, &digest) {
+        return Ok(obj.clone());
+    }
+    let stored = once_authorized(|| ssa_raw(api, obj))
+        .await
+        .map_err(kube_err("apply Secret"))?;
     ctx.applied.applied(&stored, digest);
     Ok(stored)
 }
@@ -511,9 +541,7 @@ async fn apply_signing_key(
     key: SigningKey,
 ) -> Result<SigningKey, Error> {
     let api = in_ns(&ctx.client, namespace);
-    let secret = once_authorized(|| ssa_raw(&api, &key.secret))
-        .await
-        .map_err(kube_err("apply Secret"))?;
+    let secret = ssa_changed_authorized(ctx, &api, &key.secret).await?;
     let tenant = valid.tenant;
     if key.replaced_invalid {
         let note = "the signing-key Secret held no valid keyring; a new key was generated";

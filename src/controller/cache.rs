@@ -62,6 +62,32 @@ impl ApplyCache {
         !echo
     }
 
+    /// Records that a read found no `K` named `name` in `namespace` (for kinds that are read,
+    /// not watched): the next apply of it is not skipped.
+    pub fn absent<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) {
+        let key = (
+            K::kind(&()).into_owned(),
+            namespace.to_string(),
+            name.to_string(),
+        );
+        self.observed.lock().remove(&key);
+    }
+
+    /// Whether the `K` named `name` in `namespace` is, as far as the watch (or the last read)
+    /// reports, the version the operator's last apply returned: it exists, and nobody changed
+    /// it since (its owner included), so reading it again tells nothing new.
+    pub fn current<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> bool {
+        let key = (
+            K::kind(&()).into_owned(),
+            namespace.to_string(),
+            name.to_string(),
+        );
+        let applied = self.applied.lock();
+        applied
+            .get(&key)
+            .is_some_and(|(_, rv)| self.observed.lock().get(&key) == Some(rv))
+    }
+
     /// Whether `desired` (digest `digest`) is what was last applied and the object has not
     /// changed since, as far as the watch reports.
     pub fn unchanged<K: Resource<DynamicType = ()>>(&self, desired: &K, digest: &[u8; 32]) -> bool {
@@ -85,8 +111,9 @@ impl ApplyCache {
 
     /// Forgets the objects in `namespace` (the tenant is gone).
     pub fn forget_namespace(&self, namespace: &str) {
-        self.applied.lock().retain(|k, _| k.1 != namespace);
-        self.observed.lock().retain(|k, _| k.1 != namespace);
+        let keep = |k: &Key| k.1 != namespace && !(k.0 == "Namespace" && k.2 == namespace);
+        self.applied.lock().retain(|k, _| keep(k));
+        self.observed.lock().retain(|k, _| keep(k));
     }
 }
 
@@ -170,6 +197,27 @@ mod tests {
         assert!(!cache.unchanged(&desired, &d), "changed by someone else");
         cache.forget_namespace("ns");
         assert!(!cache.unchanged(&desired, &d));
+    }
+
+    #[test]
+    fn an_object_is_current_while_the_watch_shows_the_applied_version() {
+        let cache = ApplyCache::default();
+        assert!(!cache.current::<ConfigMap>("ns", "c"), "never applied");
+        let desired = map("", "a");
+        cache.applied(&map("5", "a"), digest(&desired));
+        assert!(!cache.current::<ConfigMap>("ns", "c"), "not yet confirmed");
+        cache.observe(&map("5", "a"));
+        assert!(cache.current::<ConfigMap>("ns", "c"));
+        assert!(!cache.current::<ConfigMap>("ns", "other"));
+        cache.absent::<ConfigMap>("ns", "c");
+        assert!(!cache.current::<ConfigMap>("ns", "c"), "read as missing");
+        assert!(
+            !cache.unchanged(&desired, &digest(&desired)),
+            "re-applied once missing"
+        );
+        cache.observe(&map("5", "a"));
+        cache.observe(&map("7", "edited"));
+        assert!(!cache.current::<ConfigMap>("ns", "c"), "edited");
     }
 
     #[test]

@@ -128,7 +128,8 @@ mod scenarios {
 
     /// Every owned object's apply after the signing key (in the order they are applied).
     fn then_api_objects(v: ApiServerVerifier) -> ApiServerVerifier {
-        v.then_apply(&format!("{CORE}/configmaps/acme-api-config"))
+        let v = v
+            .then_apply(&format!("{CORE}/configmaps/acme-api-config"))
             .then(
                 Method::PATCH,
                 &format!("{APPS}/deployments/acme-api"),
@@ -141,18 +142,8 @@ mod scenarios {
             .then_apply("/apis/policy/v1/namespaces/tenant-acme/poddisruptionbudgets/acme-api")
             .then_apply(
                 "/apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/acme-api",
-            )
-            // Not exposed: the operator looks for a route or ingress of its own to remove.
-            .then(
-                Method::GET,
-                "/apis/gateway.networking.k8s.io/v1/namespaces/tenant-acme/httproutes/acme-api",
-                Reply::Error(StatusCode::NOT_FOUND),
-            )
-            .then(
-                Method::GET,
-                "/apis/networking.k8s.io/v1/namespaces/tenant-acme/ingresses/acme-api",
-                Reply::Error(StatusCode::NOT_FOUND),
-            )
+            );
+        then_no_exposure(v)
     }
 
     /// The first reconcile of a new `tenant` of the built-in tier `pro` (see
@@ -346,6 +337,160 @@ mod scenarios {
         // No key Event, no status patch and no Reconciled Event: nothing changed.
         let (result, _) = reconcile_with(steady, ctx, then_api_objects(verifier)).await;
         assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    }
+
+    /// An echo stamped with a resourceVersion, as the API server answers an apply.
+    fn versioned(mut v: Value) -> Value {
+        v["metadata"]["resourceVersion"] = json!("7");
+        v
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_skips_what_the_watches_and_reads_show_unchanged_since_its_apply() {
+        let (_dir, ctx, verifier) = test_context();
+        let first = Tenant::test().finalized();
+        let verifier = then_first_pinned_reconcile(verifier, &first);
+        let (result, seen) = reconcile_with(first.clone(), ctx.clone(), verifier).await;
+        result.expect("first reconcile");
+        let namespace = versioned(seen[2].body.clone());
+        let secret = versioned(seen[6].body.clone());
+        let verify = versioned(seen[8].body.clone());
+        let config = versioned(applied(&seen, "ConfigMap").clone());
+        let mut steady = first;
+        steady.status = Some(patched_status(&seen[seen.len() - 3]));
+
+        // A steady reconcile in a fresh operator reads and applies everything; its applies
+        // are answered with a version.
+        let (_dir2, ctx, verifier) = test_context();
+        let ns_objects = [
+            format!("{CORE}/resourcequotas/acme-api"),
+            format!("{CORE}/limitranges/acme-api"),
+        ];
+        let mut v = then_owned_objects_read(
+            verifier,
+            namespace.clone(),
+            secret.clone(),
+            verify.clone(),
+            config.clone(),
+        )
+        .then(Method::PATCH, CORE, Reply::EchoWith(versioned));
+        for path in &ns_objects {
+            v = v.then(Method::PATCH, path, Reply::EchoWith(versioned));
+        }
+        for name in ["acme-signing-key", "acme-verify-keys"] {
+            let path = format!("{CORE}/secrets/{name}");
+            v = v.then(Method::PATCH, &path, Reply::EchoWith(versioned));
+        }
+        let v = v
+            .then(
+                Method::PATCH,
+                &format!("{CORE}/configmaps/acme-api-config"),
+                Reply::EchoWith(versioned),
+            )
+            .then(
+                Method::PATCH,
+                &format!("{APPS}/deployments/acme-api"),
+                Reply::EchoWith(|d| versioned(with_an_available_replica(d))),
+            );
+        let mut v = v;
+        for path in [
+            format!("{CORE}/services/acme-api"),
+            "/apis/autoscaling/v2/namespaces/tenant-acme/horizontalpodautoscalers/acme-api".into(),
+            "/apis/policy/v1/namespaces/tenant-acme/poddisruptionbudgets/acme-api".into(),
+            "/apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/acme-api".into(),
+        ] {
+            v = v.then(Method::PATCH, &path, Reply::EchoWith(versioned));
+        }
+        let v = then_no_exposure(v);
+        let (result, seen) = reconcile_with(steady.clone(), ctx.clone(), v).await;
+        result.expect("steady reconcile");
+
+        // The watches report each watched object at the version the apply returned.
+        for s in seen.iter().filter(|s| s.method == Method::PATCH) {
+            let o = versioned(s.body.clone());
+            match s.body["kind"].as_str() {
+                Some("Namespace") => ctx.applied.observe(&typed::<Namespace>(o)),
+                Some("ResourceQuota") => ctx.applied.observe(&typed::<ResourceQuota>(o)),
+                Some("LimitRange") => ctx.applied.observe(&typed::<LimitRange>(o)),
+                Some("ConfigMap") => ctx.applied.observe(&typed::<ConfigMap>(o)),
+                Some("Service") => ctx.applied.observe(&typed::<Service>(o)),
+                Some("HorizontalPodAutoscaler") => {
+                    ctx.applied.observe(&typed::<HorizontalPodAutoscaler>(o))
+                }
+                Some("PodDisruptionBudget") => {
+                    ctx.applied.observe(&typed::<PodDisruptionBudget>(o))
+                }
+                Some("NetworkPolicy") => ctx.applied.observe(&typed::<NetworkPolicy>(o)),
+                _ => true,
+            };
+        }
+        // The next reconcile reads only the Secrets (not watched) and applies only what is
+        // always applied: the RoleBinding, the Deployment (its status is read), exposure.
+        let reads = |v: ApiServerVerifier, verify: Value| {
+            v.then_apply(BINDING)
+                .then(
+                    Method::GET,
+                    &format!("{CORE}/secrets/acme-signing-key"),
+                    Reply::Json(secret.clone()),
+                )
+                .then(
+                    Method::GET,
+                    &format!("{CORE}/secrets/acme-verify-keys"),
+                    Reply::Json(verify),
+                )
+        };
+        let deployment = |v: ApiServerVerifier| {
+            v.then(
+                Method::PATCH,
+                &format!("{APPS}/deployments/acme-api"),
+                Reply::EchoWith(|d| versioned(with_an_available_replica(d))),
+            )
+        };
+        let (_dir3, next, v) = sharing_caches(&ctx);
+        let v = then_no_exposure(deployment(reads(v, verify.clone())));
+        let (result, _) = reconcile_with(steady.clone(), next, v).await;
+        assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+
+        // A Secret read at another version (edited, or deleted and made again) is applied.
+        let mut edited = verify;
+        edited["metadata"]["resourceVersion"] = json!("8");
+        let (_dir4, next, v) = sharing_caches(&ctx);
+        let v = reads(v, edited).then(
+            Method::PATCH,
+            &format!("{CORE}/secrets/acme-verify-keys"),
+            Reply::EchoWith(versioned),
+        );
+        let v = then_no_exposure(deployment(v));
+        let (result, _) = reconcile_with(steady, next, v).await;
+        assert_eq!(result.expect("reconciled"), Action::requeue(RESYNC));
+    }
+
+    /// A new test context (its own scripted API server) sharing `ctx`'s apply and tier caches:
+    /// the same operator's next reconcile.
+    fn sharing_caches(ctx: &Arc<Context>) -> (tempfile::TempDir, Arc<Context>, ApiServerVerifier) {
+        let (dir, mut next, v) = test_context();
+        let fresh = Arc::get_mut(&mut next).expect("a fresh context");
+        fresh.applied = ctx.applied.clone();
+        fresh.tiers = ctx.tiers.clone();
+        (dir, next, v)
+    }
+
+    fn typed<K: serde::de::DeserializeOwned>(v: Value) -> K {
+        serde_json::from_value(v).expect("object")
+    }
+
+    /// Not exposed: the operator looks for a route or ingress of its own to remove.
+    fn then_no_exposure(v: ApiServerVerifier) -> ApiServerVerifier {
+        v.then(
+            Method::GET,
+            "/apis/gateway.networking.k8s.io/v1/namespaces/tenant-acme/httproutes/acme-api",
+            Reply::Error(StatusCode::NOT_FOUND),
+        )
+        .then(
+            Method::GET,
+            "/apis/networking.k8s.io/v1/namespaces/tenant-acme/ingresses/acme-api",
+            Reply::Error(StatusCode::NOT_FOUND),
+        )
     }
 
     /// A steady reconcile's reads: tier, then the namespace, Secrets and ConfigMap (each the
