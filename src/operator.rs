@@ -307,7 +307,7 @@ fn open_vectors(args: &OperatorArgs) -> Result<Arc<dyn VectorBackend>, OperatorE
             )
         });
         tracing::info!(dir = %dir.display(), "provisioning collections in the embedded vector store");
-        return Ok(Arc::new(EdgeBackend::open(&dir)?));
+        return Ok(Arc::new(EdgeBackend::open_provisioner(&dir)?));
     };
     let backend = QdrantBackend::connect(QdrantConfig {
         url,

@@ -62,6 +62,10 @@ struct Inner {
     _lock: File,
     /// Loaded collections. Structural changes (load, create, drop) happen with this held.
     collections: Mutex<HashMap<String, Arc<Collection>>>,
+    /// Set for a backend that only provisions ([`EdgeBackend::open_provisioner`]): the
+    /// one-tenant collections it ensured, by name, with their dimension. They are not kept
+    /// loaded, and ensuring one again touches nothing.
+    provisioned: Option<Mutex<HashMap<String, usize>>>,
 }
 
 /// One loaded collection.
@@ -158,8 +162,22 @@ impl EdgeBackend {
                 root: root.to_path_buf(),
                 _lock: lock,
                 collections: Mutex::new(HashMap::new()),
+                provisioned: None,
             }),
         })
+    }
+
+    /// [`EdgeBackend::open`] for a process that creates collections for others and does not
+    /// use them (the operator): a collection of one tenant is closed as soon as it is created
+    /// and indexed, so a thousand tenants do not hold a thousand open shards (their memory,
+    /// WAL files and mappings), and is not looked at again by later ensures. Collections many
+    /// tenants share stay loaded, as with [`EdgeBackend::open`]. One collection must not be
+    /// ensured concurrently with itself (a Tenant's reconciles never overlap).
+    pub fn open_provisioner(root: &Path) -> Result<EdgeBackend, VectorError> {
+        let mut backend = Self::open(root)?;
+        let inner = Arc::get_mut(&mut backend.inner).expect("a new backend");
+        inner.provisioned = Some(Mutex::new(HashMap::new()));
+        Ok(backend)
     }
 
     /// The data directory.
@@ -395,6 +413,12 @@ impl Inner {
                 "collection {name}: dimension must be positive"
             )));
         }
+        let close_after = self.provisioned.as_ref().filter(|_| !spec.multi_tenant);
+        if let Some(done) = close_after
+            && done.lock().get(name) == Some(&spec.dimension)
+        {
+            return Ok(());
+        }
         let mut map = self.collections.lock();
         let collection = match self.get_locked(&mut map, name)? {
             Some(c) => {
@@ -427,11 +451,28 @@ impl Inner {
                 collection.create_keyword_index(key, false)?;
             }
         }
+        if let Some(done) = close_after {
+            self.close(name);
+            done.lock().insert(name.to_string(), spec.dimension);
+        }
         Ok(())
+    }
+
+    /// Unloads collection `name` (flushed and closed; its data stays on disk).
+    fn close(&self, name: &str) {
+        let Some(c) = self.collections.lock().remove(name) else {
+            return;
+        };
+        let _writer = c.write.lock();
+        // Dropping the shard flushes it and releases its WAL lock.
+        drop(c.shard.write().take());
     }
 
     fn drop_collection(&self, name: &str) -> Result<(), VectorError> {
         validate_collection_name(name)?;
+        if let Some(done) = &self.provisioned {
+            done.lock().remove(name);
+        }
         let mut map = self.collections.lock();
         if let Some(c) = map.remove(name) {
             let _writer = c.write.lock();
@@ -694,6 +735,46 @@ mod tests {
             ));
         }
         assert!(b.ready().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_provisioner_closes_one_tenants_collections_and_keeps_shared_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = CollectionSpec {
+            keyword_indexes: &["document_id"],
+            ..spec(false)
+        };
+        {
+            let b = EdgeBackend::open_provisioner(dir.path()).unwrap();
+            b.ensure_collection("own", &own).await.unwrap();
+            b.ensure_collection("shared", &spec(true)).await.unwrap();
+            let loaded: Vec<String> = b.inner.collections.lock().keys().cloned().collect();
+            assert_eq!(loaded, ["shared"], "only the shared collection stays open");
+            // Ensured again: nothing is opened.
+            b.ensure_collection("own", &own).await.unwrap();
+            assert!(!b.inner.collections.lock().contains_key("own"));
+            // A new dimension is still checked against the collection on disk.
+            let wider = CollectionSpec {
+                dimension: 8,
+                ..own.clone()
+            };
+            assert!(matches!(
+                b.ensure_collection("own", &wider).await,
+                Err(VectorError::Invalid(_))
+            ));
+            b.drop_collection("own").await.unwrap();
+            assert!(!dir.path().join("own").exists());
+            b.ensure_collection("own", &own).await.unwrap();
+            assert!(dir.path().join("own").join(EDGE_CONFIG_FILE).is_file());
+        }
+        // What it created is on disk, indexed, for the process that uses it.
+        let b = EdgeBackend::open(dir.path()).unwrap();
+        b.upsert("own", vec![point([1.0, 2.0, 3.0, 4.0], "acme", 1)])
+            .await
+            .unwrap();
+        assert_eq!(b.count("own", &Filter::default()).await.unwrap(), 1);
+        let c = b.inner.get("own").unwrap().expect("loaded");
+        assert!(c.has_index("document_id"));
     }
 
     #[tokio::test]
