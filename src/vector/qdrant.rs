@@ -347,7 +347,19 @@ impl QdrantBackend {
                 err => return Err(err),
             },
         };
-        match (self.info(name).await?, refused) {
+        // In a cluster, a collection just created may not answer yet on every node ("0 of 0
+        // read operations failed"): ask again for a moment before reporting it.
+        let mut info = self.info(name).await;
+        for _ in 0..20 {
+            match &info {
+                Err(VectorError::Unavailable(_)) if refused.is_none() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    info = self.info(name).await;
+                }
+                _ => break,
+            }
+        }
+        match (info?, refused) {
             (Some(info), _) => Ok(info),
             (None, Some(err)) => Err(err),
             (None, None) => Err(VectorError::Unavailable(format!(
