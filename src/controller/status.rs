@@ -359,19 +359,30 @@ pub async fn patch(ctx: &Context, tenant: &Tenant, status: TenantStatus) -> Resu
         return Ok(()); // unchanged: no write, no watch event, no loop
     }
     let api: Api<Tenant> = Api::all(ctx.client.clone());
+    apply_status(&api, &tenant.name_any(), &status)
+        .await
+        .map_err(kube_err("patch status"))
+}
+
+/// Server-side apply of `status` to the status subresource of `name` under the operator's
+/// field manager.
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch = serde_json::json!({
-        "apiVersion": <Tenant as kube::Resource>::api_version(&()),
-        "kind": <Tenant as kube::Resource>::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &tenant.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_err("patch status"))?;
-    Ok(())
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
 }
 
 /// The current time as a condition's `lastTransitionTime`.

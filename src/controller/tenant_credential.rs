@@ -34,7 +34,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 
 use super::build::{Names, REVOCATIONS_KEY, revocations_config_map};
-use super::status::{ComponentOutcome, conditions, rfc3339};
+use super::status::{ComponentOutcome, apply_status, conditions, rfc3339};
 use crate::auth::LEEWAY_SECS;
 use crate::auth::keys::{Keyring, Revocations, unix_now};
 use crate::crd::{
@@ -478,19 +478,9 @@ async fn patch_status(
     }
     let api: Api<TenantCredential> =
         Api::namespaced(ctx.client.clone(), &cred.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": TenantCredential::api_version(&()),
-        "kind": TenantCredential::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &cred.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_err("patch TenantCredential status"))?;
-    Ok(())
+    apply_status(&api, &cred.name_any(), &status)
+        .await
+        .map_err(kube_err("patch TenantCredential status"))
 }
 
 /// Revokes every token the credential issued (its UID in the tenant's revoked-tokens
